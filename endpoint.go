@@ -1,0 +1,444 @@
+package oauthbearer
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/providers"
+)
+
+// maxTokenResponse caps what is read of a token endpoint's answer.
+const maxTokenResponse = 1 << 20
+
+// maxLifetime caps how long a token is cached, whatever the provider says:
+// a token is never treated as eternal.
+const maxLifetime = 24 * time.Hour
+
+// version is sent in the User-Agent of token requests.
+const version = "0.1.0"
+
+// endpoint talks to one token endpoint: it builds the token request the
+// provider expects and turns the answer into a token or a *TokenError.
+type endpoint struct {
+	cfg    sourceConfig
+	client *http.Client
+	// format is the request format in use; with request_format auto it
+	// starts as the preferred one and switches once if the server refuses it.
+	format atomic.Value // string
+}
+
+func newEndpoint(cfg sourceConfig) *endpoint {
+	transport := &http.Transport{
+		// A pool of its own: token requests never share connections with
+		// the proxied traffic. HTTPS_PROXY is honoured, as Caddy does.
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		ForceAttemptHTTP2:     true,
+		MaxIdleConns:          4,
+		MaxIdleConnsPerHost:   2,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ResponseHeaderTimeout: cfg.Timeout,
+	}
+	e := &endpoint{
+		cfg: cfg,
+		client: &http.Client{
+			Transport: transport,
+			// Credentials are never sent to a second address: a redirect
+			// from the token endpoint is an error.
+			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		},
+	}
+	f := cfg.Format
+	if f == providers.FormatAuto {
+		f = cfg.PreferredFormat
+	}
+	e.format.Store(f)
+	return e
+}
+
+// fetch performs one client_credentials token request (two with
+// request_format auto when the first format is refused).
+func (e *endpoint) fetch(ctx context.Context, now func() time.Time) (*token, error) {
+	format := e.format.Load().(string)
+	tok, err := e.request(ctx, format, now)
+	if err == nil || e.cfg.Format != providers.FormatAuto || !formatRefused(err) {
+		return tok, err
+	}
+	other := providers.FormatForm
+	if format == providers.FormatForm {
+		other = providers.FormatJSON
+	}
+	tok, err2 := e.request(ctx, other, now)
+	if err2 != nil {
+		// Report the answer to the preferred format: it is the one the
+		// provider documents, so its error is the more useful one.
+		if formatRefused(err2) {
+			return nil, err
+		}
+		return nil, err2
+	}
+	e.format.Store(other)
+	return tok, nil
+}
+
+// formatRefused reports whether an error means "wrong body format".
+func formatRefused(err error) bool {
+	var te *TokenError
+	if !errors.As(err, &te) {
+		return false
+	}
+	return te.Status == http.StatusUnsupportedMediaType ||
+		(te.Status == http.StatusBadRequest && te.Code == "invalid_request")
+}
+
+// grantParams returns the token request parameters, client credentials
+// excluded.
+func (e *endpoint) grantParams() url.Values {
+	v := url.Values{}
+	v.Set("grant_type", "client_credentials")
+	if e.cfg.Scope != "" {
+		v.Set("scope", e.cfg.Scope)
+	}
+	if e.cfg.Audience != "" {
+		v.Set("audience", e.cfg.Audience)
+	}
+	for _, r := range e.cfg.Resources {
+		v.Add("resource", r)
+	}
+	for k, val := range e.cfg.Params {
+		v.Set(k, val)
+	}
+	return v
+}
+
+func (e *endpoint) request(ctx context.Context, format string, now func() time.Time) (*token, error) {
+	params := e.grantParams()
+	req, err := e.newRequest(ctx, format, params)
+	if err != nil {
+		return nil, e.localError("invalid_request", err.Error())
+	}
+	start := now()
+	resp, err := e.client.Do(req)
+	if err != nil {
+		return nil, e.transportError(ctx, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxTokenResponse+1))
+	if err != nil {
+		return nil, e.transportError(ctx, err)
+	}
+	if len(body) > maxTokenResponse {
+		return nil, &TokenError{Provider: e.cfg.Provider, Status: resp.StatusCode, Code: "response_too_large",
+			Description: "token response exceeds 1 MiB"}
+	}
+	return parseTokenResponse(e.cfg, resp, body, start)
+}
+
+// newRequest builds the HTTP request for one token call.
+func (e *endpoint) newRequest(ctx context.Context, format string, params url.Values) (*http.Request, error) {
+	if e.cfg.ClientAuth == providers.AuthBody {
+		params.Set("client_id", e.cfg.ClientID)
+		params.Set("client_secret", e.cfg.clientSecret)
+	}
+	var body []byte
+	var contentType string
+	if format == providers.FormatJSON {
+		obj := make(map[string]any, len(params))
+		for k, vs := range params {
+			if len(vs) == 1 {
+				obj[k] = vs[0]
+			} else {
+				obj[k] = vs
+			}
+		}
+		b, err := json.Marshal(obj)
+		if err != nil {
+			return nil, err
+		}
+		body, contentType = b, "application/json"
+	} else {
+		body, contentType = []byte(params.Encode()), "application/x-www-form-urlencoded"
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, e.cfg.TokenURL, bytes.NewReader(body))
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Content-Type", contentType)
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", "caddy-oauth-bearer/"+version)
+	if e.cfg.ClientAuth == providers.AuthBasic {
+		// RFC 6749 2.3.1: form-encode id and secret before Basic encoding.
+		cred := url.QueryEscape(e.cfg.ClientID) + ":" + url.QueryEscape(e.cfg.clientSecret)
+		req.Header.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(cred)))
+	}
+	return req, nil
+}
+
+func (e *endpoint) localError(code, desc string) *TokenError {
+	return &TokenError{Provider: e.cfg.Provider, Code: code, Description: e.cfg.redact(desc)}
+}
+
+func (e *endpoint) transportError(ctx context.Context, err error) *TokenError {
+	code := "unreachable"
+	var ne net.Error
+	if errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) || ctx.Err() != nil {
+		code = "timeout"
+	}
+	return e.localError(code, err.Error())
+}
+
+// TokenError is a failure to obtain a token. Code is the provider's OAuth
+// error code when it gave one, else a short local code (unreachable,
+// timeout, http_502, invalid_response, ...).
+type TokenError struct {
+	Provider    string
+	Status      int // HTTP status of the answer; 0 when none came
+	Code        string
+	Description string // the provider's error_description, secrets redacted
+	RetryAfter  time.Duration
+}
+
+func (e *TokenError) Error() string {
+	var b strings.Builder
+	b.WriteString(e.Provider)
+	b.WriteString(" token request failed: ")
+	b.WriteString(e.Code)
+	if e.Status != 0 {
+		fmt.Fprintf(&b, " (HTTP %d)", e.Status)
+	}
+	if e.Description != "" {
+		b.WriteString(": ")
+		b.WriteString(e.Description)
+	}
+	return b.String()
+}
+
+// tokenResponse is the union of the fields token endpoints answer with.
+type tokenResponse struct {
+	AccessToken      string          `json:"access_token"`
+	TokenType        string          `json:"token_type"`
+	ExpiresIn        json.RawMessage `json:"expires_in"`
+	RefreshToken     string          `json:"refresh_token"`
+	Scope            string          `json:"scope"`
+	CreatedAt        json.RawMessage `json:"created_at"`
+	Error            string          `json:"error"`
+	ErrorDescription string          `json:"error_description"`
+	Message          string          `json:"message"` // non-RFC errors: {"message": "..."}
+	Title            string          `json:"title"`   // application/problem+json
+	Detail           string          `json:"detail"`
+}
+
+// parseTokenResponse turns a token endpoint's answer into a token.
+// start is when the request was sent.
+func parseTokenResponse(cfg sourceConfig, resp *http.Response, body []byte, start time.Time) (*token, error) {
+	fail := func(code, desc string) *TokenError {
+		return &TokenError{Provider: cfg.Provider, Status: resp.StatusCode, Code: code,
+			Description: cfg.redact(desc), RetryAfter: retryAfter(resp.Header, start)}
+	}
+	if resp.StatusCode >= 300 && resp.StatusCode < 400 {
+		return nil, fail("unexpected_redirect", "the token endpoint redirected to "+safeLocation(resp.Header.Get("Location"))+"; redirects are not followed with credentials")
+	}
+	var tr tokenResponse
+	mediaType, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	trimmed := bytes.TrimSpace(body)
+	switch {
+	case len(trimmed) == 0:
+		if resp.StatusCode >= 400 {
+			return nil, fail(fmt.Sprintf("http_%d", resp.StatusCode), "empty body")
+		}
+		return nil, fail("invalid_response", "empty body")
+	case trimmed[0] == '{':
+		if err := json.Unmarshal(trimmed, &tr); err != nil {
+			if resp.StatusCode >= 400 {
+				return nil, fail(fmt.Sprintf("http_%d", resp.StatusCode), "unparseable JSON body")
+			}
+			return nil, fail("invalid_response", "token response is not valid JSON: "+err.Error())
+		}
+	case mediaType == "application/x-www-form-urlencoded" || (resp.StatusCode < 300 && mediaType != "text/html"):
+		// Some servers (GitHub) answer form-encoded bodies.
+		vals, err := url.ParseQuery(string(trimmed))
+		if err != nil || (vals.Get("access_token") == "" && vals.Get("error") == "") {
+			if resp.StatusCode >= 400 {
+				return nil, fail(fmt.Sprintf("http_%d", resp.StatusCode), describeBody(mediaType, trimmed))
+			}
+			return nil, fail("invalid_response", "token response is neither JSON nor form-encoded ("+describeBody(mediaType, trimmed)+")")
+		}
+		tr.AccessToken, tr.TokenType, tr.Scope = vals.Get("access_token"), vals.Get("token_type"), vals.Get("scope")
+		tr.RefreshToken, tr.Error, tr.ErrorDescription = vals.Get("refresh_token"), vals.Get("error"), vals.Get("error_description")
+		if s := vals.Get("expires_in"); s != "" {
+			tr.ExpiresIn = json.RawMessage(strconv.Quote(s))
+		}
+	default:
+		return nil, fail(fmt.Sprintf("http_%d", resp.StatusCode), describeBody(mediaType, trimmed))
+	}
+
+	if tr.Error != "" {
+		// An error field fails the request even on HTTP 200.
+		return nil, fail(tr.Error, tr.ErrorDescription)
+	}
+	if resp.StatusCode >= 300 {
+		desc := firstNonEmpty(tr.Message, tr.Detail, tr.Title, tr.ErrorDescription)
+		return nil, fail(fmt.Sprintf("http_%d", resp.StatusCode), desc)
+	}
+	if tr.AccessToken == "" {
+		return nil, fail("invalid_response", "token response has no access_token")
+	}
+	if strings.ContainsAny(tr.AccessToken, "\r\n\x00") {
+		return nil, fail("invalid_response", "access_token contains control characters")
+	}
+	if tt := tr.TokenType; tt != "" && !strings.EqualFold(tt, "bearer") {
+		return nil, fail("unsupported_token_type", "token_type "+strconv.Quote(truncate(tt, 32))+" is not Bearer")
+	}
+
+	tok := &token{value: tr.AccessToken, scope: tr.Scope, refreshToken: tr.RefreshToken, obtained: start}
+	lifetime, ok := parseSeconds(tr.ExpiresIn)
+	switch {
+	case ok && lifetime > 0:
+		tok.lifetimeFrom = "expires_in"
+		// created_at (Doorkeeper) anchors the expiry at the moment the
+		// token was minted, when that moment is recent; Doorkeeper answers
+		// a reused token with its old created_at and the remaining
+		// lifetime, so an older created_at is ignored.
+		if created, ok := parseSeconds(tr.CreatedAt); ok {
+			at := time.Unix(int64(created.Seconds()), 0)
+			if !at.After(start) && start.Sub(at) < 5*time.Minute {
+				lifetime -= start.Sub(at)
+			}
+		}
+	default:
+		if jwtLife, ok := jwtLifetime(tr.AccessToken, start); ok {
+			lifetime, tok.lifetimeFrom = jwtLife, "jwt_exp"
+		} else {
+			lifetime, tok.lifetimeFrom = cfg.DefaultLifetime, "default_lifetime"
+		}
+	}
+	if lifetime > maxLifetime {
+		lifetime = maxLifetime
+	}
+	tok.setLifetime(start, lifetime, cfg.RefreshBefore)
+	return tok, nil
+}
+
+// parseSeconds reads a JSON number or numeric string as seconds.
+func parseSeconds(raw json.RawMessage) (time.Duration, bool) {
+	s := strings.TrimSpace(string(raw))
+	if s == "" || s == "null" {
+		return 0, false
+	}
+	if unq, err := strconv.Unquote(s); err == nil {
+		s = strings.TrimSpace(unq)
+	}
+	f, err := strconv.ParseFloat(s, 64)
+	if err != nil || f != f { // NaN
+		return 0, false
+	}
+	if f > maxLifetime.Seconds()*365*100 {
+		f = maxLifetime.Seconds() * 365 * 100 // avoid overflow; capped later
+	}
+	if f < -maxLifetime.Seconds()*365*100 {
+		f = -maxLifetime.Seconds() * 365 * 100
+	}
+	return time.Duration(f * float64(time.Second)), true
+}
+
+// jwtLifetime reads exp (and iat) from an access token that is a JWT. The
+// signature is not checked: the value only schedules the refresh. With iat,
+// exp-iat is used, which is immune to clock skew between us and the issuer.
+func jwtLifetime(tok string, now time.Time) (time.Duration, bool) {
+	parts := strings.Split(tok, ".")
+	if len(parts) != 3 {
+		return 0, false
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(strings.TrimRight(parts[1], "="))
+	if err != nil {
+		return 0, false
+	}
+	var claims struct {
+		Exp json.RawMessage `json:"exp"`
+		Iat json.RawMessage `json:"iat"`
+	}
+	if json.Unmarshal(payload, &claims) != nil {
+		return 0, false
+	}
+	exp, ok := parseSeconds(claims.Exp)
+	if !ok {
+		return 0, false
+	}
+	if iat, ok := parseSeconds(claims.Iat); ok && exp > iat {
+		return exp - iat, true
+	}
+	life := time.Unix(int64(exp.Seconds()), 0).Sub(now)
+	return life, life > 0
+}
+
+// retryAfter reads Retry-After (seconds or HTTP date) or X-RateLimit-Reset
+// (unix time) from a response.
+func retryAfter(h http.Header, now time.Time) time.Duration {
+	if v := h.Get("Retry-After"); v != "" {
+		if secs, err := strconv.Atoi(strings.TrimSpace(v)); err == nil && secs >= 0 {
+			return time.Duration(secs) * time.Second
+		}
+		if t, err := http.ParseTime(v); err == nil {
+			if d := t.Sub(now); d > 0 {
+				return d
+			}
+		}
+	}
+	if v := h.Get("X-RateLimit-Reset"); v != "" {
+		if unix, err := strconv.ParseInt(strings.TrimSpace(v), 10, 64); err == nil {
+			if d := time.Unix(unix, 0).Sub(now); d > 0 {
+				return d
+			}
+		}
+	}
+	return 0
+}
+
+// describeBody says what a non-token body was, without echoing much of it.
+func describeBody(mediaType string, body []byte) string {
+	if mediaType == "" {
+		mediaType = "no content type"
+	}
+	return fmt.Sprintf("%s body of %d bytes", mediaType, len(body))
+}
+
+// safeLocation reports a redirect target without its query, which could
+// carry anything.
+func safeLocation(loc string) string {
+	u, err := url.Parse(loc)
+	if err != nil || loc == "" {
+		return "an unparseable location"
+	}
+	u.RawQuery, u.Fragment, u.User = "", "", nil
+	return u.String()
+}
+
+func firstNonEmpty(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "…"
+}

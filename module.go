@@ -1,0 +1,448 @@
+// Package oauthbearer is a Caddy HTTP handler that obtains OAuth 2.0 access
+// tokens from an API provider, caches and refreshes them, and sets
+// `Authorization: Bearer <token>` (plus provider headers) on requests before
+// reverse_proxy sends them upstream, so that apps that cannot speak OAuth
+// can call OAuth APIs.
+//
+// A request flows: ServeHTTP (this file) → tokenSource.Token
+// (tokensource.go: cache, singleflight) → endpoint.fetch (endpoint.go: the
+// token request and response) → headers set → next handler.
+package oauthbearer
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/textproto"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"golang.org/x/net/http/httpguts"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/providers"
+)
+
+func init() {
+	caddy.RegisterModule(new(Handler))
+}
+
+// Defaults.
+const (
+	defaultRefreshBefore   = 60 * time.Second
+	defaultTimeout         = 10 * time.Second
+	defaultDefaultLifetime = 10 * time.Minute
+)
+
+// Handler injects an OAuth 2.0 access token, obtained with the
+// client_credentials grant, into every request it handles.
+type Handler struct {
+	// Provider names a preset (eventtemple, eventbookings, bookable,
+	// generic). Empty means generic, which requires token_url.
+	Provider string `json:"provider,omitempty"`
+	// Environment selects one of the preset's token endpoints (Bookable:
+	// production, sandbox).
+	Environment string `json:"environment,omitempty"`
+	// TokenURL overrides the preset's token endpoint.
+	TokenURL string `json:"token_url,omitempty"`
+
+	// ClientID and ClientSecret are resolved once in Provision; use
+	// {env.X} or {file./path} placeholders to keep them out of the JSON.
+	ClientID     string `json:"client_id,omitempty"`
+	ClientSecret string `json:"client_secret,omitempty"`
+
+	// Scopes are sent space-separated in the scope parameter.
+	Scopes []string `json:"scopes,omitempty"`
+	// Audience is the Auth0-style audience parameter.
+	Audience string `json:"audience,omitempty"`
+	// Resources are RFC 8707 resource indicators (absolute URIs).
+	Resources []string `json:"resources,omitempty"`
+	// Params are extra token request parameters.
+	Params map[string]string `json:"params,omitempty"`
+
+	// RequestFormat of the token request body: json, form or auto.
+	RequestFormat string `json:"request_format,omitempty"`
+	// ClientAuth is body (client_secret_post) or basic (client_secret_basic).
+	ClientAuth string `json:"client_auth,omitempty"`
+
+	// RefreshBefore is how long before expiry a token is replaced
+	// (default 60s; half the lifetime for tokens living less than twice that).
+	RefreshBefore caddy.Duration `json:"refresh_before,omitempty"`
+	// DefaultLifetime applies to tokens whose lifetime is unknown (no
+	// expires_in and not a JWT with exp). Default 10m.
+	DefaultLifetime caddy.Duration `json:"default_lifetime,omitempty"`
+	// Timeout bounds one token request. Default 10s.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	// Headers are extra upstream request headers; values may use request
+	// placeholders.
+	Headers map[string]string `json:"headers,omitempty"`
+	// Org is the provider's organisation header shorthand (Event Temple:
+	// X-API-ORG).
+	Org string `json:"org,omitempty"`
+	// TokenHeader is the header that carries the token (default
+	// Authorization) and TokenPrefix what precedes it (default "Bearer"
+	// for Authorization, nothing for other headers).
+	TokenHeader string  `json:"token_header,omitempty"`
+	TokenPrefix *string `json:"token_prefix,omitempty"`
+
+	preset      providers.Provider
+	cfg         sourceConfig
+	source      *tokenSource
+	logger      *zap.Logger
+	tokenHeader string // canonical header key
+	tokenPrefix string // with its trailing space, or empty
+	headers     []upstreamHeader
+	last        atomic.Pointer[injected]
+}
+
+// upstreamHeader is one extra header, its value resolved in Provision
+// unless it holds request placeholders.
+type upstreamHeader struct {
+	key      string // canonical
+	value    string
+	perReq   bool // value has placeholders to resolve per request
+	valueSet []string
+}
+
+// injected caches the header value built for the last token seen, so the
+// per-request path does not build a string.
+type injected struct {
+	tok   *token
+	value string
+}
+
+// CaddyModule returns the Caddy module information.
+func (*Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.oauth_bearer",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision resolves the configuration and takes a reference to the shared
+// token source. It does no network I/O: tokens are fetched on first use.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	cfg, err := h.resolve(caddy.NewReplacer())
+	if err != nil {
+		return err
+	}
+	h.cfg = cfg
+	val, _, err := sources.LoadOrNew(cfg.key(), func() (caddy.Destructor, error) {
+		return newTokenSource(cfg), nil
+	})
+	if err != nil {
+		return err
+	}
+	h.source = val.(*tokenSource)
+	return nil
+}
+
+// resolve checks the configuration, fills in the preset's defaults and
+// resolves {env.*}/{file.*} placeholders into the source configuration.
+// Errors name the offending field.
+func (h *Handler) resolve(repl *caddy.Replacer) (sourceConfig, error) {
+	name := h.Provider
+	if name == "" {
+		name = providers.Generic
+	}
+	p, ok := providers.Lookup(name)
+	if !ok {
+		return sourceConfig{}, fmt.Errorf("unknown provider %q (known: %s)", name, strings.Join(providers.Names(), ", "))
+	}
+	h.preset = p
+
+	cfg := sourceConfig{
+		Provider:        name,
+		Scope:           strings.Join(h.Scopes, " "),
+		Audience:        firstNonEmpty(repl.ReplaceKnown(h.Audience, ""), p.Audience),
+		Format:          firstNonEmpty(h.RequestFormat, p.RequestFormat),
+		PreferredFormat: firstNonEmpty(p.PreferredFormat, p.RequestFormat),
+		ClientAuth:      firstNonEmpty(h.ClientAuth, p.ClientAuth),
+		RefreshBefore:   firstDuration(h.RefreshBefore, p.RefreshBefore, defaultRefreshBefore),
+		DefaultLifetime: firstDuration(h.DefaultLifetime, 0, defaultDefaultLifetime),
+		Timeout:         firstDuration(h.Timeout, 0, defaultTimeout),
+	}
+	if cfg.PreferredFormat == providers.FormatAuto {
+		cfg.PreferredFormat = providers.FormatForm
+	}
+	if cfg.Format != providers.FormatAuto {
+		cfg.PreferredFormat = ""
+	}
+	switch cfg.Format {
+	case providers.FormatJSON, providers.FormatForm, providers.FormatAuto:
+	default:
+		return cfg, fmt.Errorf("request_format: %q is not json, form or auto", cfg.Format)
+	}
+	switch cfg.ClientAuth {
+	case providers.AuthBody, providers.AuthBasic:
+	default:
+		return cfg, fmt.Errorf("client_auth: %q is not body or basic", cfg.ClientAuth)
+	}
+	for field, d := range map[string]time.Duration{"refresh_before": time.Duration(h.RefreshBefore),
+		"default_lifetime": time.Duration(h.DefaultLifetime), "timeout": time.Duration(h.Timeout)} {
+		if d < 0 {
+			return cfg, fmt.Errorf("%s: must not be negative", field)
+		}
+	}
+
+	// Token endpoint.
+	if h.Environment != "" {
+		if _, err := p.TokenURL(h.Environment); err != nil {
+			return cfg, fmt.Errorf("environment: %w", err)
+		}
+	}
+	if h.TokenURL != "" {
+		cfg.TokenURL = repl.ReplaceKnown(h.TokenURL, "")
+	} else {
+		u, err := p.TokenURL(h.Environment)
+		if err != nil {
+			return cfg, fmt.Errorf("token_url is required for provider %s", name)
+		}
+		cfg.TokenURL = u
+	}
+	if err := checkTokenURL(cfg.TokenURL); err != nil {
+		return cfg, fmt.Errorf("token_url: %w", err)
+	}
+
+	// Credentials: resolved now, never kept in exported fields.
+	cfg.ClientID = repl.ReplaceKnown(h.ClientID, "")
+	cfg.clientSecret = repl.ReplaceKnown(h.ClientSecret, "")
+	if h.ClientID == "" {
+		return cfg, errors.New("client_id is required")
+	}
+	if h.ClientSecret == "" {
+		return cfg, errors.New("client_secret is required")
+	}
+	if cfg.ClientID == "" {
+		return cfg, fmt.Errorf("client_id %s resolved to an empty value (is the variable or file set?)", h.ClientID)
+	}
+	if cfg.clientSecret == "" {
+		return cfg, fmt.Errorf("client_secret %s resolved to an empty value (is the variable or file set?)", placeholderOnly(h.ClientSecret))
+	}
+	if p.RequiresAudience && cfg.Audience == "" {
+		return cfg, fmt.Errorf("audience is required by provider %s", name)
+	}
+	for _, r := range h.Resources {
+		r = repl.ReplaceKnown(r, "")
+		if u, err := url.Parse(r); err != nil || !u.IsAbs() || u.Fragment != "" {
+			return cfg, fmt.Errorf("resource: %q is not an absolute URI without a fragment (RFC 8707)", r)
+		}
+		cfg.Resources = append(cfg.Resources, r)
+	}
+	if len(h.Params) > 0 {
+		cfg.Params = make(map[string]string, len(h.Params))
+		for k, v := range h.Params {
+			switch k {
+			case "grant_type", "client_id", "client_secret":
+				return cfg, fmt.Errorf("param: %q is set by the handler and cannot be overridden", k)
+			case "":
+				return cfg, errors.New("param: empty parameter name")
+			}
+			cfg.Params[k] = repl.ReplaceKnown(v, "")
+		}
+	}
+
+	// Upstream headers.
+	h.tokenHeader = textproto.CanonicalMIMEHeaderKey(firstNonEmpty(h.TokenHeader, "Authorization"))
+	if !httpguts.ValidHeaderFieldName(h.tokenHeader) {
+		return cfg, fmt.Errorf("token_header: %q is not a valid header name", h.TokenHeader)
+	}
+	switch {
+	case h.TokenPrefix != nil && *h.TokenPrefix != "":
+		h.tokenPrefix = *h.TokenPrefix + " "
+	case h.TokenPrefix == nil && h.tokenHeader == "Authorization":
+		h.tokenPrefix = "Bearer "
+	}
+	hdrs := make(map[string]string, len(h.Headers)+1)
+	if h.Org != "" {
+		if p.OrgHeader == "" {
+			return cfg, fmt.Errorf("org: provider %s has no organisation header; use header <name> <value>", name)
+		}
+		hdrs[p.OrgHeader] = h.Org
+	}
+	for k, v := range h.Headers {
+		hdrs[k] = v
+	}
+	h.headers = h.headers[:0]
+	for k, v := range hdrs {
+		key := textproto.CanonicalMIMEHeaderKey(k)
+		if !httpguts.ValidHeaderFieldName(key) {
+			return cfg, fmt.Errorf("header: %q is not a valid header name", k)
+		}
+		if key == h.tokenHeader {
+			return cfg, fmt.Errorf("header: %s carries the token; it cannot be set as an extra header", key)
+		}
+		val := repl.ReplaceKnown(v, "")
+		if !httpguts.ValidHeaderFieldValue(val) {
+			return cfg, fmt.Errorf("header: the value of %s is not a valid header value", key)
+		}
+		uh := upstreamHeader{key: key, value: val, perReq: strings.Contains(val, "{")}
+		if val == "" && !uh.perReq {
+			return cfg, fmt.Errorf("header: %s resolved to an empty value (is the variable or file set?)", key)
+		}
+		h.headers = append(h.headers, uh)
+	}
+	return cfg, nil
+}
+
+// checkTokenURL accepts https URLs, and plain http only to a loopback host
+// (a local stand-in or a sidecar): credentials never cross a network in
+// clear text.
+func checkTokenURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("%q is not a URL: %v", raw, err)
+	}
+	if u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
+		return fmt.Errorf("%q is not an absolute http(s) URL", raw)
+	}
+	if u.User != nil {
+		return errors.New("the URL must not carry credentials; use client_id and client_secret")
+	}
+	if u.Scheme == "http" && !isLoopback(u.Hostname()) {
+		return fmt.Errorf("%q uses plain http to a non-loopback host; use https", raw)
+	}
+	return nil
+}
+
+// Validate checks what Provision could not (kept for symmetry with other
+// modules; all checks happen while resolving).
+func (h *Handler) Validate() error {
+	if h.source == nil {
+		return errors.New("not provisioned")
+	}
+	return nil
+}
+
+// Cleanup drops this configuration's reference to the shared token source.
+func (h *Handler) Cleanup() error {
+	if h.source == nil {
+		return nil
+	}
+	_, err := sources.Delete(h.cfg.key())
+	h.source = nil
+	return err
+}
+
+// ServeHTTP sets the access token and the provider headers on the request
+// and passes it on. Without a valid token the request is not forwarded.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	tok, err := h.source.Token(r.Context(), h.logger)
+	if err != nil {
+		return h.fail(w, r, err)
+	}
+	// The client's own credential is replaced, never forwarded.
+	if h.tokenHeader != "Authorization" {
+		r.Header.Del("Authorization")
+	}
+	setHeader(r.Header, h.tokenHeader, h.headerValue(tok))
+	if len(h.headers) > 0 {
+		var repl *caddy.Replacer
+		for i := range h.headers {
+			hd := &h.headers[i]
+			v := hd.value
+			if hd.perReq {
+				if repl == nil {
+					repl, _ = r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+				}
+				if repl != nil {
+					v = repl.ReplaceKnown(v, "")
+				}
+			}
+			setHeader(r.Header, hd.key, v)
+		}
+	}
+	return next.ServeHTTP(w, r)
+}
+
+// setHeader sets a single-valued header, reusing the request's own slice
+// when it has one so that the common case does not allocate.
+func setHeader(hdr http.Header, key, value string) {
+	if vs := hdr[key]; len(vs) == 1 {
+		vs[0] = value
+		return
+	}
+	hdr[key] = []string{value}
+}
+
+// headerValue returns prefix+token, built once per token and handler.
+func (h *Handler) headerValue(tok *token) string {
+	if c := h.last.Load(); c != nil && c.tok == tok {
+		return c.value
+	}
+	c := &injected{tok: tok, value: h.tokenPrefix + tok.value}
+	h.last.Store(c)
+	return c.value
+}
+
+// fail answers a request that cannot get a token. The client sees the
+// provider and the error code, never the provider's description (that is
+// logged) nor anything secret.
+func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) error {
+	if r.Context().Err() != nil {
+		// The client gave up while waiting; nobody reads an answer.
+		return caddyhttp.Error(499, fmt.Errorf("client gave up waiting for a %s token", h.cfg.Provider))
+	}
+	code := "token_unavailable"
+	status := http.StatusBadGateway
+	var te *TokenError
+	if errors.As(err, &te) {
+		code = te.Code
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	fmt.Fprintf(w, "oauth_bearer: no access token from %s (%s); the request was not forwarded\n", h.cfg.Provider, code)
+	return nil
+}
+
+func firstDuration(ds ...any) time.Duration {
+	for _, d := range ds {
+		var v time.Duration
+		switch d := d.(type) {
+		case caddy.Duration:
+			v = time.Duration(d)
+		case time.Duration:
+			v = d
+		}
+		if v > 0 {
+			return v
+		}
+	}
+	return 0
+}
+
+// placeholderOnly returns s when it is a placeholder (safe to print), and a
+// neutral word otherwise (a literal secret must not be echoed).
+func placeholderOnly(s string) string {
+	if strings.HasPrefix(s, "{") && strings.HasSuffix(s, "}") {
+		return s
+	}
+	return "(literal value)"
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
+		return true
+	}
+	if ip := net.ParseIP(host); ip != nil {
+		return ip.IsLoopback()
+	}
+	return false
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

@@ -1,0 +1,24 @@
+package providers
+
+import "time"
+
+// Bookable uses Auth0: JSON token requests that must carry the API audience,
+// production and sandbox tenants, and tokens re-fetched 60 s before expiry.
+// Auth0 counts every machine-to-machine token against the customer's quota,
+// which is why the token is cached and shared.
+func init() {
+	register(Provider{
+		Name:  "bookable",
+		Title: "Bookable",
+		Environments: map[string]string{
+			"production": "https://auth.bookabletech.com/oauth/token",
+			"sandbox":    "https://auth-sandbox.bookabletech.com/oauth/token",
+		},
+		DefaultEnvironment: "production",
+		RequestFormat:      FormatJSON,
+		ClientAuth:         AuthBody,
+		Audience:           "api.bookabletech.com",
+		RequiresAudience:   true,
+		RefreshBefore:      60 * time.Second,
+	})
+}

@@ -1,0 +1,110 @@
+// Package providers holds the presets of the oauth_bearer handler: what each
+// API provider's token endpoint expects on the wire. A preset is plain data;
+// adding one is one small file that calls register in its init function.
+package providers
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+)
+
+// Request formats of a token request body.
+const (
+	FormatForm = "form" // application/x-www-form-urlencoded (RFC 6749)
+	FormatJSON = "json" // application/json, as many providers' docs show
+	FormatAuto = "auto" // the preferred format first, the other one once on 400 invalid_request or 415
+)
+
+// Client authentication methods (RFC 6749 section 2.3.1).
+const (
+	AuthBody  = "body"  // client_secret_post: client_id and client_secret in the body
+	AuthBasic = "basic" // client_secret_basic: HTTP Basic, each part form-encoded first
+)
+
+// Provider is a preset: defaults for one API provider. Every value can be
+// overridden in the handler's configuration.
+type Provider struct {
+	// Name is what users write after the directive: oauth_bearer <name>.
+	Name string
+	// Title is the human name used in docs and messages.
+	Title string
+	// Environments maps an environment name to its token URL. A provider
+	// with one endpoint has a single entry named by DefaultEnvironment.
+	Environments map[string]string
+	// DefaultEnvironment is the environment used when none is configured.
+	DefaultEnvironment string
+	// AuthorizeURL and RevokeURL are the provider's other endpoints, where
+	// it has them (used by the authorization-code grant).
+	AuthorizeURL string
+	RevokeURL    string
+	// RequestFormat is the token request body format the provider's docs show.
+	RequestFormat string
+	// PreferredFormat is the first format tried when RequestFormat is auto.
+	PreferredFormat string
+	// ClientAuth is how the client authenticates at the token endpoint.
+	ClientAuth string
+	// Audience is the default audience parameter (Auth0-style providers).
+	Audience string
+	// RequiresAudience makes a configuration without audience an error.
+	RequiresAudience bool
+	// OrgHeader is the upstream header set by the `org` shorthand, if any.
+	OrgHeader string
+	// RefreshBefore is how long before expiry the provider asks clients to
+	// replace a token; zero means the handler default.
+	RefreshBefore time.Duration
+}
+
+// TokenURL returns the token URL of the named environment, or of the
+// default environment when env is empty.
+func (p Provider) TokenURL(env string) (string, error) {
+	if env == "" {
+		env = p.DefaultEnvironment
+	}
+	if u, ok := p.Environments[env]; ok {
+		return u, nil
+	}
+	if len(p.Environments) == 0 {
+		return "", fmt.Errorf("provider %q has no built-in token URL: set token_url", p.Name)
+	}
+	return "", fmt.Errorf("provider %q has no environment %q (known: %s)", p.Name, env, strings.Join(p.EnvironmentNames(), ", "))
+}
+
+// EnvironmentNames lists the provider's environments, sorted.
+func (p Provider) EnvironmentNames() []string {
+	names := make([]string, 0, len(p.Environments))
+	for n := range p.Environments {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+var registry = map[string]Provider{}
+
+func register(p Provider) {
+	if _, dup := registry[p.Name]; dup {
+		panic("providers: duplicate preset " + p.Name)
+	}
+	registry[p.Name] = p
+}
+
+// Lookup returns the preset with the given name.
+func Lookup(name string) (Provider, bool) {
+	p, ok := registry[name]
+	return p, ok
+}
+
+// Names lists the known presets, sorted.
+func Names() []string {
+	names := make([]string, 0, len(registry))
+	for n := range registry {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Generic is the name of the preset used when none is named.
+const Generic = "generic"
