@@ -1,0 +1,310 @@
+package oauthbearer
+
+// Test harness: a real Caddy running in this process, a stand-in OAuth
+// token endpoint that enforces a provider's wire format, and an upstream
+// that records what it received.
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+)
+
+// caddyMu serialises tests that run Caddy: it is a process-wide singleton.
+var caddyMu sync.Mutex
+
+// testCaddy is a Caddy instance loaded from a Caddyfile.
+type testCaddy struct {
+	t       *testing.T
+	addr    string // 127.0.0.1:port of the first site
+	logFile string
+	dir     string
+}
+
+// startCaddy runs Caddy with the given site blocks. "LISTEN" in them is
+// replaced by a free loopback address (c.addr). Logs go, at debug level, to
+// c.logFile so tests can search them.
+func startCaddy(t *testing.T, sites string) *testCaddy {
+	t.Helper()
+	caddyMu.Lock()
+	dir := t.TempDir()
+	c := &testCaddy{t: t, addr: freeAddr(t), logFile: filepath.Join(dir, "caddy.log"), dir: dir}
+	t.Cleanup(func() {
+		if err := caddy.Stop(); err != nil {
+			t.Errorf("stopping caddy: %v", err)
+		}
+		caddyMu.Unlock()
+	})
+	if err := c.load(sites); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// load adapts and loads a configuration: called again, it is a reload.
+func (c *testCaddy) load(sites string) error {
+	c.t.Helper()
+	cfgJSON, err := c.adapt(sites)
+	if err != nil {
+		return err
+	}
+	return caddy.Load(cfgJSON, true)
+}
+
+func (c *testCaddy) adapt(sites string) ([]byte, error) {
+	cf := fmt.Sprintf(`{
+	admin off
+	auto_https off
+	persist_config off
+	storage file_system %s
+	log {
+		output file %s
+		format json
+		level DEBUG
+	}
+}
+`, filepath.Join(c.dir, "storage"), c.logFile) + strings.ReplaceAll(sites, "LISTEN", c.addr)
+	out, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), map[string]any{"filename": "Caddyfile"})
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range warnings {
+		c.t.Logf("adapter warning: %s", w.String())
+	}
+	return out, nil
+}
+
+// logs returns what Caddy logged so far.
+func (c *testCaddy) logs() string {
+	b, _ := os.ReadFile(c.logFile)
+	return string(b)
+}
+
+// url is the address of the first site.
+func (c *testCaddy) url(path string) string { return "http://" + c.addr + path }
+
+// get sends a GET with optional headers (name, value pairs) and returns
+// the status and body.
+func (c *testCaddy) get(path string, hdr ...string) (int, string) {
+	c.t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, c.url(path), nil)
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := testClient.Do(req)
+	if err != nil {
+		c.t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+var testClient = &http.Client{Timeout: 10 * time.Second}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	return addr
+}
+
+// fakeAS is a token endpoint standing in for a provider. It enforces the
+// wire format it is configured with and answers like the real server does
+// when a client gets it wrong.
+type fakeAS struct {
+	*httptest.Server
+	t *testing.T
+
+	clientID, secret string
+	format           string            // "json" or "form": the only body it accepts; "" accepts both
+	auth             string            // "body" or "basic"
+	want             map[string]string // parameters that must be present with these values
+	expiresIn        int               // 0: omit expires_in
+	tokenPrefix      string
+
+	hold     chan struct{} // when set, each request waits for it to close
+	requests atomic.Int64  // every request
+	issued   atomic.Int64  // successful token requests
+	mu       sync.Mutex
+	formats  []string // body format of each request, in order
+	lastBody map[string]any
+}
+
+func newFakeAS(t *testing.T, format, auth string) *fakeAS {
+	f := &fakeAS{t: t, clientID: "client-1", secret: "s3cr3t:+/%-value", format: format, auth: auth,
+		expiresIn: 3600, tokenPrefix: "tok"}
+	f.Server = httptest.NewServer(http.HandlerFunc(f.serve))
+	t.Cleanup(f.Close)
+	return f
+}
+
+func (f *fakeAS) tokenURL() string { return f.URL + "/oauth/token" }
+
+func (f *fakeAS) serve(w http.ResponseWriter, r *http.Request) {
+	f.requests.Add(1)
+	if f.hold != nil {
+		<-f.hold
+	}
+	oauthErr := func(status int, code, desc string) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		json.NewEncoder(w).Encode(map[string]string{"error": code, "error_description": desc})
+	}
+	if r.Method != http.MethodPost || r.URL.Path != "/oauth/token" {
+		oauthErr(http.StatusNotFound, "not_found", r.Method+" "+r.URL.Path)
+		return
+	}
+	params := map[string]any{}
+	ct := r.Header.Get("Content-Type")
+	format := ""
+	switch {
+	case strings.HasPrefix(ct, "application/json"):
+		format = "json"
+		if err := json.NewDecoder(r.Body).Decode(&params); err != nil {
+			oauthErr(400, "invalid_request", "bad JSON")
+			return
+		}
+	case strings.HasPrefix(ct, "application/x-www-form-urlencoded"):
+		format = "form"
+		r.ParseForm()
+		for k, v := range r.PostForm {
+			if len(v) == 1 {
+				params[k] = v[0]
+			} else {
+				params[k] = v
+			}
+		}
+	}
+	f.mu.Lock()
+	f.formats = append(f.formats, format)
+	f.lastBody = params
+	f.mu.Unlock()
+	if f.format != "" && format != f.format {
+		// What IdentityServer does with a JSON body, and what a JSON-only
+		// API does with a form.
+		oauthErr(400, "invalid_request", "unsupported content type "+ct)
+		return
+	}
+	id, secret := "", ""
+	switch f.auth {
+	case "basic":
+		if _, inBody := params["client_secret"]; inBody {
+			oauthErr(400, "invalid_request", "client authentication must use Basic")
+			return
+		}
+		raw, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Basic ")
+		dec, err := base64.StdEncoding.DecodeString(raw)
+		u, p, ok2 := strings.Cut(string(dec), ":")
+		if !ok || err != nil || !ok2 {
+			oauthErr(401, "invalid_client", "no Basic credentials")
+			return
+		}
+		id, _ = url.QueryUnescape(u)
+		secret, _ = url.QueryUnescape(p)
+	default:
+		if r.Header.Get("Authorization") != "" {
+			oauthErr(400, "invalid_request", "unexpected Authorization header")
+			return
+		}
+		id, _ = params["client_id"].(string)
+		secret, _ = params["client_secret"].(string)
+	}
+	if id != f.clientID || secret != f.secret {
+		oauthErr(401, "invalid_client", "client authentication failed")
+		return
+	}
+	if params["grant_type"] != "client_credentials" {
+		oauthErr(400, "unsupported_grant_type", fmt.Sprint(params["grant_type"]))
+		return
+	}
+	for k, v := range f.want {
+		if params[k] != v {
+			oauthErr(400, "invalid_request", fmt.Sprintf("%s must be %q, got %v", k, v, params[k]))
+			return
+		}
+	}
+	n := f.issued.Add(1)
+	resp := map[string]any{"access_token": fmt.Sprintf("%s-%d-%s", f.tokenPrefix, n, randomHex(8)), "token_type": "Bearer"}
+	if f.expiresIn != 0 {
+		resp["expires_in"] = f.expiresIn
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(resp)
+}
+
+func (f *fakeAS) bodyFormats() []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return append([]string(nil), f.formats...)
+}
+
+func (f *fakeAS) lastParams() map[string]any {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.lastBody
+}
+
+// upstream records the headers of every request it receives.
+type upstream struct {
+	*httptest.Server
+	mu   sync.Mutex
+	seen []http.Header
+}
+
+func newUpstream(t *testing.T) *upstream {
+	u := &upstream{}
+	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u.mu.Lock()
+		u.seen = append(u.seen, r.Header.Clone())
+		u.mu.Unlock()
+		fmt.Fprintf(w, "upstream got Authorization=%q\n", r.Header.Get("Authorization"))
+	}))
+	t.Cleanup(u.Close)
+	return u
+}
+
+func (u *upstream) hostport() string { return strings.TrimPrefix(u.URL, "http://") }
+
+func (u *upstream) requests() []http.Header {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return append([]http.Header(nil), u.seen...)
+}
+
+func (u *upstream) last(t *testing.T) http.Header {
+	t.Helper()
+	r := u.requests()
+	if len(r) == 0 {
+		t.Fatal("upstream received no request")
+	}
+	return r[len(r)-1]
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
