@@ -2,6 +2,7 @@ package oauthbearer
 
 import (
 	"fmt"
+	"github.com/dustin/go-humanize"
 	"net/textproto"
 	"net/url"
 	"strings"
@@ -48,6 +49,9 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		header           <name> <value>    # repeatable; request placeholders allowed
 //		org              <id>              # X-API-ORG for eventtemple
 //		token_header     <name> [<prefix>]
+//		ca_file          <path>            # extra CA for the token endpoint
+//		upstream_401     retry|invalidate|off
+//		replay_max_body  <size>            # default 64KiB
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
@@ -77,7 +81,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 		switch sub {
 		case "client_id", "client_secret", "token_url", "environment", "audience",
-			"request_format", "client_auth", "refresh_before", "default_lifetime", "timeout", "org":
+			"request_format", "client_auth", "refresh_before", "default_lifetime", "timeout", "org",
+			"ca_file", "upstream_401", "replay_max_body":
 			var val string
 			if !d.AllArgs(&val) {
 				return d.ArgErr()
@@ -171,7 +176,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 var subdirectives = []string{"client_id", "client_secret", "token_url", "environment", "scope", "audience",
 	"resource", "param", "request_format", "client_auth", "refresh_before", "default_lifetime", "timeout",
-	"header", "org", "token_header"}
+	"header", "org", "token_header", "ca_file", "upstream_401", "replay_max_body"}
 
 // setSingle stores a one-argument subdirective, checking what can be
 // checked before placeholders are resolved.
@@ -230,6 +235,24 @@ func (h *Handler) setSingle(d *caddyfile.Dispenser, sub, val string, preset prov
 			return d.Errf("org: provider '%s' has no organisation header; use header <name> <value>", preset.Name)
 		}
 		h.Org = val
+	case "ca_file":
+		h.CAFile = val
+	case "upstream_401":
+		switch val {
+		case upstream401Retry, upstream401Invalidate, upstream401Off:
+		default:
+			return d.Errf("upstream_401: '%s' is not retry, invalidate or off", val)
+		}
+		h.Upstream401 = val
+	case "replay_max_body":
+		size, err := humanize.ParseBytes(val)
+		if err != nil || size > 1<<30 {
+			return d.Errf("replay_max_body: bad size '%s' (e.g. 64KiB, at most 1GiB)", val)
+		}
+		h.ReplayMaxBody = int64(size)
+		if size == 0 {
+			h.ReplayMaxBody = -1 // only requests without a body are replayed
+		}
 	default:
 		return fmt.Errorf("internal: no setter for %s", sub)
 	}

@@ -3,6 +3,8 @@ package oauthbearer
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -52,6 +54,15 @@ func newEndpoint(cfg sourceConfig) *endpoint {
 		IdleConnTimeout:       90 * time.Second,
 		TLSHandshakeTimeout:   10 * time.Second,
 		ResponseHeaderTimeout: cfg.Timeout,
+	}
+	if len(cfg.caPEM) > 0 {
+		// Validated in Provision: the system roots plus the extra CA.
+		roots, err := x509.SystemCertPool()
+		if err != nil || roots == nil {
+			roots = x509.NewCertPool()
+		}
+		roots.AppendCertsFromPEM(cfg.caPEM)
+		transport.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
 	}
 	e := &endpoint{
 		cfg: cfg,
@@ -209,7 +220,35 @@ type TokenError struct {
 	Status      int // HTTP status of the answer; 0 when none came
 	Code        string
 	Description string // the provider's error_description, secrets redacted
-	RetryAfter  time.Duration
+	// RetryAfter is how long the provider asked to wait (Retry-After,
+	// X-RateLimit-Reset), or, with Backoff, how long until the next attempt.
+	RetryAfter time.Duration
+	// Backoff marks an error returned without a request because the
+	// source is waiting after earlier failures.
+	Backoff bool
+}
+
+// rateLimited reports an answer that means "too many requests": 429, 503
+// with a wait, slow_down, and Auth0's HTTP 500 access_denied about limits.
+func (e *TokenError) rateLimited() bool {
+	return e.Status == http.StatusTooManyRequests ||
+		(e.Status == http.StatusServiceUnavailable && e.RetryAfter > 0) ||
+		e.Code == "slow_down" ||
+		(e.Status == http.StatusInternalServerError && e.Code == "access_denied" &&
+			strings.Contains(strings.ToLower(e.Description), "limit"))
+}
+
+// permanent reports an error that retrying cannot fix: the credentials or
+// the grant's parameters are refused.
+func (e *TokenError) permanent() bool {
+	if e.rateLimited() {
+		return false
+	}
+	switch e.Code {
+	case "invalid_client", "unauthorized_client", "invalid_scope", "access_denied", "unsupported_grant_type":
+		return true
+	}
+	return false
 }
 
 func (e *TokenError) Error() string {

@@ -10,13 +10,19 @@
 package oauthbearer
 
 import (
+	"bytes"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/textproto"
 	"net/url"
+	"os"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -37,6 +43,14 @@ const (
 	defaultRefreshBefore   = 60 * time.Second
 	defaultTimeout         = 10 * time.Second
 	defaultDefaultLifetime = 10 * time.Minute
+	defaultReplayMaxBody   = 64 << 10
+)
+
+// Upstream 401 modes.
+const (
+	upstream401Retry      = "retry"
+	upstream401Invalidate = "invalidate"
+	upstream401Off        = "off"
 )
 
 // Handler injects an OAuth 2.0 access token, obtained with the
@@ -91,6 +105,20 @@ type Handler struct {
 	TokenHeader string  `json:"token_header,omitempty"`
 	TokenPrefix *string `json:"token_prefix,omitempty"`
 
+	// CAFile is a PEM file of extra CA certificates to trust for the token
+	// endpoint (corporate providers), besides the system roots.
+	CAFile string `json:"ca_file,omitempty"`
+	// Upstream401 says what happens when the upstream answers 401 to an
+	// injected token: retry (default: drop the token and replay the request
+	// once with a new one, when it can be replayed), invalidate (drop the
+	// token, pass the 401 on) or off.
+	Upstream401 string `json:"upstream_401,omitempty"`
+	// ReplayMaxBody is the largest request body buffered so that the
+	// request can be replayed after a 401 (default 64 KiB; -1: only
+	// requests without a body are replayed). Larger and streaming bodies
+	// are never buffered and never replayed.
+	ReplayMaxBody int64 `json:"replay_max_body,omitempty"`
+
 	preset      providers.Provider
 	cfg         sourceConfig
 	source      *tokenSource
@@ -129,6 +157,9 @@ func (*Handler) CaddyModule() caddy.ModuleInfo {
 // token source. It does no network I/O: tokens are fetched on first use.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
+	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
+		return fmt.Errorf("registering metrics: %w", err)
+	}
 	cfg, err := h.resolve(caddy.NewReplacer())
 	if err != nil {
 		return err
@@ -249,6 +280,23 @@ func (h *Handler) resolve(repl *caddy.Replacer) (sourceConfig, error) {
 		}
 	}
 
+	if h.CAFile != "" {
+		cfg.CAFile = repl.ReplaceKnown(h.CAFile, "")
+		pem, err := os.ReadFile(cfg.CAFile)
+		if err != nil {
+			return cfg, fmt.Errorf("ca_file: %w", err)
+		}
+		if !x509.NewCertPool().AppendCertsFromPEM(pem) {
+			return cfg, fmt.Errorf("ca_file: %s holds no PEM certificate", cfg.CAFile)
+		}
+		cfg.caPEM = pem
+	}
+	switch h.Upstream401 {
+	case "", upstream401Retry, upstream401Invalidate, upstream401Off:
+	default:
+		return cfg, fmt.Errorf("upstream_401: %q is not retry, invalidate or off", h.Upstream401)
+	}
+
 	// Upstream headers.
 	h.tokenHeader = textproto.CanonicalMIMEHeaderKey(firstNonEmpty(h.TokenHeader, "Authorization"))
 	if !httpguts.ValidHeaderFieldName(h.tokenHeader) {
@@ -333,33 +381,157 @@ func (h *Handler) Cleanup() error {
 
 // ServeHTTP sets the access token and the provider headers on the request
 // and passes it on. Without a valid token the request is not forwarded.
+// When the upstream refuses the token with a 401, the token is dropped and
+// the request replayed once with a new one (see Upstream401).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	tok, err := h.source.Token(r.Context(), h.logger)
 	if err != nil {
 		return h.fail(w, r, err)
 	}
+	if h.Upstream401 == upstream401Off {
+		h.inject(r, tok)
+		return next.ServeHTTP(w, r)
+	}
+
+	var body []byte
+	replayable := false
+	if h.Upstream401 != upstream401Invalidate {
+		if body, replayable, err = h.bufferBody(r); err != nil {
+			return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("reading request body: %w", err))
+		}
+	}
+	var before http.Header
+	if replayable {
+		before = w.Header().Clone()
+	}
+	buf := bufPool.Get().(*bytes.Buffer)
+	buf.Reset()
+	defer bufPool.Put(buf)
+	rec := caddyhttp.NewResponseRecorder(w, buf, tokenRejected)
+
+	h.inject(r, tok)
+	err = next.ServeHTTP(rec, r)
+	if err != nil || !rec.Buffered() || rec.Status() != http.StatusUnauthorized {
+		return err
+	}
+
+	// The upstream refused the token.
+	retry := h.source.reject(tok)
+	if !retry || !replayable {
+		action := "passed"
+		if retry {
+			action = "invalidated"
+		}
+		metrics.upstream401.WithLabelValues(h.cfg.Provider, action).Inc()
+		h.logger.Warn("upstream refused the token",
+			zap.String("provider", h.cfg.Provider),
+			zap.String("action", action),
+			zap.Duration("token_age", h.source.now().Sub(tok.obtained)),
+			zap.Bool("replayable", replayable))
+		return rec.WriteResponse()
+	}
+	metrics.upstream401.WithLabelValues(h.cfg.Provider, "retried").Inc()
+	h.logger.Info("upstream refused the token; retrying with a new one",
+		zap.String("provider", h.cfg.Provider),
+		zap.Duration("token_age", h.source.now().Sub(tok.obtained)))
+	hdr := w.Header()
+	clear(hdr)
+	for k, v := range before {
+		hdr[k] = v
+	}
+	if tok, err = h.source.Token(r.Context(), h.logger); err != nil {
+		return h.fail(w, r, err)
+	}
+	if body != nil {
+		r.Body = io.NopCloser(bytes.NewReader(body))
+	}
+	h.inject(r, tok)
+	return next.ServeHTTP(w, r)
+}
+
+// inject sets the token and the extra headers on the request.
+func (h *Handler) inject(r *http.Request, tok *token) {
 	// The client's own credential is replaced, never forwarded.
 	if h.tokenHeader != "Authorization" {
 		r.Header.Del("Authorization")
 	}
 	setHeader(r.Header, h.tokenHeader, h.headerValue(tok))
-	if len(h.headers) > 0 {
-		var repl *caddy.Replacer
-		for i := range h.headers {
-			hd := &h.headers[i]
-			v := hd.value
-			if hd.perReq {
-				if repl == nil {
-					repl, _ = r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-				}
-				if repl != nil {
-					v = repl.ReplaceKnown(v, "")
-				}
+	if len(h.headers) == 0 {
+		return
+	}
+	var repl *caddy.Replacer
+	for i := range h.headers {
+		hd := &h.headers[i]
+		v := hd.value
+		if hd.perReq {
+			if repl == nil {
+				repl, _ = r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 			}
-			setHeader(r.Header, hd.key, v)
+			if repl != nil {
+				v = repl.ReplaceKnown(v, "")
+			}
+		}
+		setHeader(r.Header, hd.key, v)
+	}
+}
+
+var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// tokenRejected reports an upstream answer that refuses the token: a 401
+// with no challenge, or with a Bearer challenge whose error is absent or
+// invalid_token. Other challenges (Basic, Bearer invalid_request) and every
+// 403 (insufficient_scope) are not fixed by a new token.
+func tokenRejected(status int, hdr http.Header) bool {
+	if status != http.StatusUnauthorized {
+		return false
+	}
+	challenges := hdr.Values("Www-Authenticate")
+	if len(challenges) == 0 {
+		return true
+	}
+	for _, c := range challenges {
+		scheme, params, _ := strings.Cut(strings.TrimSpace(c), " ")
+		if !strings.EqualFold(scheme, "Bearer") {
+			continue
+		}
+		lower := strings.ToLower(params)
+		if !strings.Contains(lower, "error=") || strings.Contains(lower, `error="invalid_token"`) ||
+			strings.Contains(lower, "error=invalid_token") {
+			return true
 		}
 	}
-	return next.ServeHTTP(w, r)
+	return false
+}
+
+// bufferBody makes the request body replayable when it is small enough:
+// no body, or one of at most ReplayMaxBody bytes, is read into memory. A
+// larger or longer streaming body is left to stream (what was read is put
+// back in front of it) and the request is not replayable.
+func (h *Handler) bufferBody(r *http.Request) ([]byte, bool, error) {
+	if r.Body == nil || r.Body == http.NoBody {
+		return nil, true, nil
+	}
+	limit := h.ReplayMaxBody
+	if limit == 0 {
+		limit = defaultReplayMaxBody
+	}
+	if limit < 0 || r.ContentLength > limit {
+		return nil, false, nil
+	}
+	orig := r.Body
+	b, err := io.ReadAll(io.LimitReader(orig, limit+1))
+	if err != nil {
+		return nil, false, err
+	}
+	if int64(len(b)) > limit {
+		r.Body = struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(bytes.NewReader(b), orig), orig}
+		return nil, false, nil
+	}
+	r.Body = io.NopCloser(bytes.NewReader(b))
+	return b, true, nil
 }
 
 // setHeader sets a single-valued header, reusing the request's own slice
@@ -382,25 +554,31 @@ func (h *Handler) headerValue(tok *token) string {
 	return c.value
 }
 
-// fail answers a request that cannot get a token. The client sees the
-// provider and the error code, never the provider's description (that is
-// logged) nor anything secret.
+// fail answers a request that cannot get a token: 502, or 503 with
+// Retry-After when the provider asked to wait or the source is backing off.
+// The client sees the provider and the error code, never the provider's
+// description (that is logged once per token request) nor anything secret.
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) error {
 	if r.Context().Err() != nil {
 		// The client gave up while waiting; nobody reads an answer.
 		return caddyhttp.Error(499, fmt.Errorf("client gave up waiting for a %s token", h.cfg.Provider))
 	}
-	code := "token_unavailable"
-	status := http.StatusBadGateway
+	metrics.failedRequests.WithLabelValues(h.cfg.Provider, resultClass(err)).Inc()
+	code, status, retryIn := "token_unavailable", http.StatusBadGateway, ""
 	var te *TokenError
 	if errors.As(err, &te) {
 		code = te.Code
+		if te.RetryAfter > 0 {
+			secs := int64((te.RetryAfter + time.Second - 1) / time.Second)
+			status, retryIn = http.StatusServiceUnavailable, fmt.Sprintf("; retry in %ds", secs)
+			w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
+		}
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
-	fmt.Fprintf(w, "oauth_bearer: no access token from %s (%s); the request was not forwarded\n", h.cfg.Provider, code)
+	fmt.Fprintf(w, "oauth_bearer: no access token from %s (%s)%s; the request was not forwarded\n", h.cfg.Provider, code, retryIn)
 	return nil
 }
 

@@ -5,7 +5,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
+	"math/rand/v2"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -19,6 +22,23 @@ import (
 // cached token) lives across routes, sites and config reloads for as long
 // as any configuration uses it.
 var sources = caddy.NewUsagePool()
+
+// timeNow is the clock of new token sources; tests replace it.
+var timeNow = time.Now
+
+// Retry schedule after a failed token request: exponential backoff with
+// full jitter between minBackoff and maxBackoff; errors a retry cannot fix
+// wait maxBackoff; a provider's Retry-After is honoured up to
+// maxRetryAfter.
+const (
+	minBackoff    = time.Second
+	maxBackoff    = 5 * time.Minute
+	maxRetryAfter = time.Hour
+	// A token younger than this is not dropped on an upstream 401: a
+	// fresh token that is refused points at the configuration, not at
+	// the token, and re-fetching would only hammer the provider.
+	minAgeToInvalidate = 30 * time.Second
+)
 
 // sourceConfig is everything that decides which token a source fetches
 // and how. Two handlers with equal sourceConfigs share one source.
@@ -37,6 +57,8 @@ type sourceConfig struct {
 	RefreshBefore   time.Duration     `json:"refresh_before"`
 	DefaultLifetime time.Duration     `json:"default_lifetime"`
 	Timeout         time.Duration     `json:"timeout"`
+	CAFile          string            `json:"ca_file,omitempty"`
+	caPEM           []byte            // CAFile's contents, read in Provision; hashed into the key
 }
 
 // key identifies the credential set in the pool. The secret is part of it
@@ -47,13 +69,15 @@ func (c sourceConfig) key() string {
 	h.Write(b)
 	h.Write([]byte{0})
 	h.Write([]byte(c.clientSecret))
+	h.Write([]byte{0})
+	h.Write(c.caPEM)
 	return "oauth_bearer:" + hex.EncodeToString(h.Sum(nil))
 }
 
 // redact removes the client secret from text that came from elsewhere
 // (a provider's error description, a transport error) before it is logged.
 func (c sourceConfig) redact(s string) string {
-	if c.clientSecret != "" && len(c.clientSecret) >= 4 {
+	if len(c.clientSecret) >= 4 {
 		s = strings.ReplaceAll(s, c.clientSecret, "[REDACTED]")
 	}
 	return truncate(strings.Map(func(r rune) rune {
@@ -75,11 +99,16 @@ type token struct {
 	expiry       time.Time // from here on, the token is never injected
 }
 
-// setLifetime schedules the token: replaced refreshBefore ahead of expiry,
-// or half-way through its life when it lives less than twice that.
+// setLifetime schedules the token: replaced refreshBefore ahead of expiry
+// (half-way through its life when it lives less than twice that), plus a
+// random jitter of up to a tenth of refreshBefore so that a fleet of
+// proxies does not refresh in lockstep.
 func (t *token) setLifetime(start time.Time, lifetime, refreshBefore time.Duration) {
 	if lifetime < 2*refreshBefore {
 		refreshBefore = lifetime / 2
+	}
+	if j := refreshBefore / 10; j > 0 {
+		refreshBefore += rand.N(j)
 	}
 	t.expiry = start.Add(lifetime)
 	t.refreshAt = t.expiry.Add(-refreshBefore)
@@ -87,28 +116,38 @@ func (t *token) setLifetime(start time.Time, lifetime, refreshBefore time.Durati
 
 // tokenSource caches the token of one credential set. Reads are one atomic
 // load; fetches go through a singleflight group so that concurrent misses
-// cause one token request.
+// cause one token request, and failures set a backoff before the next.
 type tokenSource struct {
 	endpoint *endpoint
 	provider string
+	id       string // short hash of the key, for metrics and logs
 	now      func() time.Time
 
 	cur        atomic.Pointer[token]
 	fetches    singleflight.Group
 	refreshing atomic.Bool
 
-	// ctx bounds background fetches; cancelled when the last
-	// configuration using the source is cleaned up.
+	// Failure state: the next attempt is not made before nextAttempt
+	// (unix nanoseconds); lastErr is what callers get meanwhile.
+	nextAttempt atomic.Int64
+	mu          sync.Mutex
+	failures    int
+	lastErr     *TokenError
+
+	// ctx bounds fetches; cancelled when the last configuration using
+	// the source is cleaned up.
 	ctx    context.Context
 	cancel context.CancelFunc
 }
 
 func newTokenSource(cfg sourceConfig) *tokenSource {
+	initMetrics()
 	ctx, cancel := context.WithCancel(context.Background())
 	return &tokenSource{
 		endpoint: newEndpoint(cfg),
 		provider: cfg.Provider,
-		now:      time.Now,
+		id:       strings.TrimPrefix(cfg.key(), "oauth_bearer:")[:12],
+		now:      timeNow,
 		ctx:      ctx,
 		cancel:   cancel,
 	}
@@ -123,19 +162,25 @@ func (s *tokenSource) Destruct() error {
 }
 
 // Token returns a token that is valid now. A cached token is returned at
-// once; when it is due for refresh, one background fetch replaces it. With
-// no valid token the caller waits for the one shared fetch, or until ctx
-// ends (a client that gave up stops waiting; the fetch goes on for others).
+// once; when it is due for refresh, one background fetch replaces it (never
+// while backing off). With no valid token the caller waits for the one
+// shared fetch, or until ctx ends (a client that gave up stops waiting; the
+// fetch goes on for others); while backing off it gets the last error at
+// once, with the time left in RetryAfter.
 func (s *tokenSource) Token(ctx context.Context, log *zap.Logger) (*token, error) {
 	now := s.now()
 	if t := s.cur.Load(); t != nil && now.Before(t.expiry) {
-		if !now.Before(t.refreshAt) && s.refreshing.CompareAndSwap(false, true) {
+		if !now.Before(t.refreshAt) && now.UnixNano() >= s.nextAttempt.Load() &&
+			s.refreshing.CompareAndSwap(false, true) {
 			s.fetches.DoChan("token", func() (any, error) {
 				defer s.refreshing.Store(false)
 				return s.fetch(log)
 			})
 		}
 		return t, nil
+	}
+	if wait := s.nextAttempt.Load() - now.UnixNano(); wait > 0 {
+		return nil, s.backingOff(time.Duration(wait))
 	}
 	ch := s.fetches.DoChan("token", func() (any, error) { return s.fetch(log) })
 	select {
@@ -147,6 +192,34 @@ func (s *tokenSource) Token(ctx context.Context, log *zap.Logger) (*token, error
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// backingOff is the error of a caller that finds no valid token while the
+// source waits before its next attempt.
+func (s *tokenSource) backingOff(wait time.Duration) *TokenError {
+	s.mu.Lock()
+	last := s.lastErr
+	s.mu.Unlock()
+	e := &TokenError{Provider: s.provider, Code: "backing_off", RetryAfter: wait, Backoff: true}
+	if last != nil {
+		e.Code, e.Status, e.Description = last.Code, last.Status, last.Description
+	}
+	return e
+}
+
+// reject handles an upstream's refusal of t: t is dropped from the cache
+// if it is still the cached token and old enough (see minAgeToInvalidate);
+// a newer token is never dropped because of an answer to an older one. It
+// reports whether another attempt would use another token.
+func (s *tokenSource) reject(t *token) bool {
+	if s.cur.Load() != t {
+		return true // already replaced
+	}
+	if s.now().Sub(t.obtained) < minAgeToInvalidate {
+		return false
+	}
+	s.cur.CompareAndSwap(t, nil)
+	return true
 }
 
 // fetch requests a new token and caches it. Only one runs at a time.
@@ -161,33 +234,82 @@ func (s *tokenSource) fetch(log *zap.Logger) (*token, error) {
 	start := time.Now()
 	t, err := s.endpoint.fetch(ctx, s.now)
 	took := time.Since(start)
+	metrics.tokenDuration.WithLabelValues(s.provider).Observe(took.Seconds())
+	metrics.tokenRequests.WithLabelValues(s.provider, resultClass(err)).Inc()
 	if err != nil {
-		fields := []zap.Field{zap.String("provider", s.provider), zap.Duration("duration", took)}
-		if te, ok := err.(*TokenError); ok {
-			fields = append(fields, zap.String("error", te.Code), zap.Int("status", te.Status),
-				zap.String("error_description", te.Description))
-			if te.RetryAfter > 0 {
-				fields = append(fields, zap.Duration("retry_after", te.RetryAfter))
-			}
-		} else {
-			fields = append(fields, zap.Error(err))
-		}
-		if cur := s.cur.Load(); cur != nil && s.now().Before(cur.expiry) {
-			log.Warn("token refresh failed; the cached token is still valid", append(fields,
-				zap.Time("cached_token_expires", cur.expiry))...)
-		} else {
-			log.Error("token request failed", fields...)
-		}
-		return nil, err
+		return nil, s.failed(err, took, log)
 	}
+	s.mu.Lock()
+	s.failures, s.lastErr = 0, nil
+	s.mu.Unlock()
+	s.nextAttempt.Store(0)
 	s.cur.Store(t)
 	log.Debug("token obtained",
 		zap.String("provider", s.provider),
+		zap.String("source", s.id),
 		zap.Duration("duration", took),
 		zap.Duration("expires_in", t.expiry.Sub(t.obtained)),
 		zap.String("lifetime_from", t.lifetimeFrom),
 		zap.String("scope", t.scope))
 	return t, nil
+}
+
+// failed records a failed fetch: it sets the backoff before the next
+// attempt and logs the failure, at error level when no valid token is left
+// or the error is one a retry cannot fix.
+func (s *tokenSource) failed(err error, took time.Duration, log *zap.Logger) *TokenError {
+	var te *TokenError
+	if !errors.As(err, &te) {
+		te = &TokenError{Provider: s.provider, Code: "error", Description: s.endpoint.cfg.redact(err.Error())}
+	}
+	s.mu.Lock()
+	s.failures++
+	wait := backoff(s.failures)
+	if te.permanent() {
+		wait = maxBackoff
+	}
+	if te.RetryAfter > wait {
+		wait = min(te.RetryAfter, maxRetryAfter)
+	}
+	s.lastErr = te
+	failures := s.failures
+	s.mu.Unlock()
+	s.nextAttempt.Store(s.now().Add(wait).UnixNano())
+
+	fields := []zap.Field{
+		zap.String("provider", s.provider),
+		zap.String("source", s.id),
+		zap.String("error", te.Code),
+		zap.Int("status", te.Status),
+		zap.String("error_description", te.Description),
+		zap.Duration("duration", took),
+		zap.Int("consecutive_failures", failures),
+		zap.Duration("next_attempt_in", wait),
+	}
+	if te.RetryAfter > 0 {
+		fields = append(fields, zap.Duration("retry_after", te.RetryAfter))
+	}
+	cur := s.cur.Load()
+	switch {
+	case te.permanent():
+		log.Error("token request refused; retrying will not help until the configuration or the provider changes", fields...)
+	case cur != nil && s.now().Before(cur.expiry):
+		log.Warn("token refresh failed; the cached token is still valid", append(fields,
+			zap.Time("cached_token_expires", cur.expiry))...)
+	default:
+		log.Error("token request failed", fields...)
+	}
+	return te
+}
+
+// backoff returns the wait after n consecutive failures: full jitter over
+// an exponentially growing window, within [minBackoff, maxBackoff].
+func backoff(n int) time.Duration {
+	window := maxBackoff
+	if n < 20 {
+		window = min(maxBackoff, minBackoff<<(n-1))
+	}
+	return max(minBackoff, rand.N(window+1))
 }
 
 // Interface guards

@@ -131,9 +131,20 @@ func TestTokenSourceNeverServesExpiredToken(t *testing.T) {
 	if !ok || te.Code != "temporarily_unavailable" || te.Provider != "test" {
 		t.Errorf("error = %#v, want the provider's temporarily_unavailable", err)
 	}
+	// While backing off, callers get the error at once, with the wait,
+	// and the provider is left alone.
 	as.fail.Store(false)
+	_, err = s.Token(context.Background(), zap.NewNop())
+	te, ok = err.(*TokenError)
+	if !ok || !te.Backoff || te.RetryAfter <= 0 || te.Code != "temporarily_unavailable" {
+		t.Fatalf("during backoff got %#v, want a backoff error carrying the last code", err)
+	}
+	if n := as.n.Load(); n != 2 {
+		t.Errorf("token requests during backoff: %d, want 2", n)
+	}
+	clock.add(te.RetryAfter)
 	if got := mustToken(t, s).value; got != "token-3" {
-		t.Errorf("after recovery got %q", got)
+		t.Errorf("after the backoff got %q, want token-3", got)
 	}
 }
 

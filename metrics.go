@@ -1,0 +1,122 @@
+package oauthbearer
+
+import (
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics live in Caddy's registry (served on /metrics when the user enables
+// metrics). Collectors are created once per process and registered in every
+// configuration's registry. Labels are bounded: the provider name, a result
+// from a fixed set, and a short hash naming a credential set. Never a
+// token, a secret, a client id or a per-request value.
+var metrics = struct {
+	once            sync.Once
+	tokenRequests   *prometheus.CounterVec
+	tokenDuration   *prometheus.HistogramVec
+	failedRequests  *prometheus.CounterVec
+	upstream401     *prometheus.CounterVec
+	expiryCollector prometheus.Collector
+}{}
+
+const metricsNS, metricsSub = "caddy", "oauth_bearer"
+
+func initMetrics() {
+	metrics.once.Do(func() {
+		metrics.tokenRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNS, Subsystem: metricsSub, Name: "token_requests_total",
+			Help: "Token requests sent to token endpoints, by provider and result (success or an error class).",
+		}, []string{"provider", "result"})
+		metrics.tokenDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: metricsNS, Subsystem: metricsSub, Name: "token_request_duration_seconds",
+			Help:    "Duration of token requests, by provider.",
+			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"provider"})
+		metrics.failedRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNS, Subsystem: metricsSub, Name: "requests_failed_total",
+			Help: "Client requests answered without being forwarded because no valid token could be had.",
+		}, []string{"provider", "result"})
+		metrics.upstream401 = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNS, Subsystem: metricsSub, Name: "upstream_unauthorized_total",
+			Help: "Upstream 401 answers to an injected token, by what was done: invalidated (token dropped), retried (request replayed with a new token), passed (answer passed to the client).",
+		}, []string{"provider", "action"})
+		metrics.expiryCollector = expiryCollector{desc: prometheus.NewDesc(
+			prometheus.BuildFQName(metricsNS, metricsSub, "token_expiry_seconds"),
+			"Seconds until the cached token of a token source expires (negative or absent: no valid token).",
+			[]string{"provider", "source"}, nil)}
+	})
+}
+
+// registerMetrics adds the collectors to a configuration's registry.
+func registerMetrics(reg *prometheus.Registry) error {
+	initMetrics()
+	if reg == nil {
+		return nil
+	}
+	for _, c := range []prometheus.Collector{metrics.tokenRequests, metrics.tokenDuration,
+		metrics.failedRequests, metrics.upstream401, metrics.expiryCollector} {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(err, &are) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// resultClass maps an error to a bounded label value: provider error codes
+// are free text, so only the RFC 6749 ones and local ones are kept.
+func resultClass(err error) string {
+	if err == nil {
+		return "success"
+	}
+	te, ok := err.(*TokenError)
+	if !ok {
+		return "error"
+	}
+	if te.Backoff {
+		return "backing_off"
+	}
+	if te.rateLimited() {
+		return "rate_limited"
+	}
+	switch te.Code {
+	case "invalid_request", "invalid_client", "invalid_grant", "unauthorized_client",
+		"unsupported_grant_type", "invalid_scope", "access_denied", "temporarily_unavailable",
+		"server_error", "unreachable", "timeout", "invalid_response", "response_too_large",
+		"unexpected_redirect", "unsupported_token_type", "backing_off":
+		return te.Code
+	}
+	if te.Status >= 500 {
+		return "http_5xx"
+	}
+	if te.Status >= 400 {
+		return "http_4xx"
+	}
+	return "other"
+}
+
+// expiryCollector reports, at scrape time, how long each live token
+// source's token has left.
+type expiryCollector struct{ desc *prometheus.Desc }
+
+func (c expiryCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c expiryCollector) Collect(ch chan<- prometheus.Metric) {
+	sources.Range(func(_, v any) bool {
+		s, ok := v.(*tokenSource)
+		if !ok {
+			return true
+		}
+		left := -1.0
+		if t := s.cur.Load(); t != nil {
+			left = t.expiry.Sub(s.now()).Round(time.Second).Seconds()
+		}
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, left, s.provider, s.id)
+		return true
+	})
+}
