@@ -85,7 +85,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			"ca_file", "upstream_401", "replay_max_body":
 			var val string
 			if !d.AllArgs(&val) {
-				return d.ArgErr()
+				return subArgErr(d, sub)
 			}
 			if err := h.setSingle(d, sub, val, preset); err != nil {
 				return err
@@ -93,12 +93,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "scope":
 			h.Scopes = d.RemainingArgs()
 			if len(h.Scopes) == 0 {
-				return d.ArgErr()
+				return subArgErr(d, sub)
 			}
 		case "resource":
 			var val string
 			if !d.AllArgs(&val) {
-				return d.ArgErr()
+				return subArgErr(d, sub)
 			}
 			if !strings.Contains(val, "{") {
 				if u, err := url.Parse(val); err != nil || !u.IsAbs() || u.Fragment != "" {
@@ -109,7 +109,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "param":
 			var name, val string
 			if !d.AllArgs(&name, &val) {
-				return d.ArgErr()
+				return subArgErr(d, sub)
 			}
 			switch name {
 			case "grant_type", "client_id", "client_secret":
@@ -125,7 +125,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "header":
 			var name, val string
 			if !d.AllArgs(&name, &val) {
-				return d.ArgErr()
+				return subArgErr(d, sub)
 			}
 			if !httpguts.ValidHeaderFieldName(name) {
 				return d.Errf("header: '%s' is not a valid header name", name)
@@ -141,7 +141,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "token_header":
 			args := d.RemainingArgs()
 			if len(args) < 1 || len(args) > 2 {
-				return d.ArgErr()
+				return subArgErr(d, sub)
 			}
 			if !httpguts.ValidHeaderFieldName(args[0]) {
 				return d.Errf("token_header: '%s' is not a valid header name", args[0])
@@ -165,11 +165,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.Errf("oauth_bearer %s: missing subdirective 'client_secret'", preset.Name)
 	case h.TokenURL == "" && len(preset.Environments) == 0:
 		return d.Errf("oauth_bearer %s: missing subdirective 'token_url' (required without a provider preset)", preset.Name)
-	case h.Org != "" && h.Headers[textproto.CanonicalMIMEHeaderKey(preset.OrgHeader)] != "":
+	case h.Org != "" && hasKey(h.Headers, textproto.CanonicalMIMEHeaderKey(preset.OrgHeader)):
 		return d.Errf("org: %s is also set with header", preset.OrgHeader)
 	}
-	if h.TokenHeader != "" && h.Headers[textproto.CanonicalMIMEHeaderKey(h.TokenHeader)] != "" {
-		return d.Errf("header: %s carries the token (token_header); it cannot also be an extra header", h.TokenHeader)
+	if th := textproto.CanonicalMIMEHeaderKey(firstNonEmpty(h.TokenHeader, "Authorization")); hasKey(h.Headers, th) {
+		return d.Errf("header: %s carries the token (token_header); it cannot also be an extra header", th)
 	}
 	return nil
 }
@@ -261,3 +261,11 @@ func (h *Handler) setSingle(d *caddyfile.Dispenser, sub, val string, preset prov
 
 // Interface guard
 var _ caddyfile.Unmarshaler = (*Handler)(nil)
+
+// subArgErr reports a wrong argument count naming the subdirective, not the
+// last token read (which may be the client secret).
+func subArgErr(d *caddyfile.Dispenser, sub string) error {
+	return d.Errf("%s: wrong argument count or unexpected line ending", sub)
+}
+
+func hasKey(m map[string]string, k string) bool { _, ok := m[k]; return ok }

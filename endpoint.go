@@ -18,6 +18,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/oauthbearer/caddy-oauth-bearer/providers"
 )
@@ -206,7 +207,13 @@ func (e *endpoint) localError(code, desc string) *TokenError {
 func (e *endpoint) transportError(ctx context.Context, err error) *TokenError {
 	code := "unreachable"
 	var ne net.Error
-	if errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) || ctx.Err() != nil {
+	var certErr *tls.CertificateVerificationError
+	var unknownAuth x509.UnknownAuthorityError
+	var hostErr x509.HostnameError
+	switch {
+	case errors.As(err, &certErr) || errors.As(err, &unknownAuth) || errors.As(err, &hostErr):
+		code = "tls_error" // never skipped: trust an extra CA with ca_file
+	case errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout()) || ctx.Err() != nil:
 		code = "timeout"
 	}
 	return e.localError(code, err.Error())
@@ -478,6 +485,9 @@ func firstNonEmpty(s ...string) string {
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
 	}
 	return s[:n] + "…"
 }

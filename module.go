@@ -313,10 +313,14 @@ func (h *Handler) resolve(repl *caddy.Replacer) (sourceConfig, error) {
 		if p.OrgHeader == "" {
 			return cfg, fmt.Errorf("org: provider %s has no organisation header; use header <name> <value>", name)
 		}
-		hdrs[p.OrgHeader] = h.Org
+		hdrs[textproto.CanonicalMIMEHeaderKey(p.OrgHeader)] = h.Org
 	}
 	for k, v := range h.Headers {
-		hdrs[k] = v
+		key := textproto.CanonicalMIMEHeaderKey(k)
+		if _, dup := hdrs[key]; dup {
+			return cfg, fmt.Errorf("header: %s is given twice (as org, or in another letter case)", key)
+		}
+		hdrs[key] = v
 	}
 	h.headers = h.headers[:0]
 	for k, v := range hdrs {
@@ -608,6 +612,7 @@ func placeholderOnly(s string) string {
 }
 
 func isLoopback(host string) bool {
+	host = strings.ToLower(host)
 	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
 		return true
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"math/rand/v2"
+	"net/url"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -78,7 +79,10 @@ func (c sourceConfig) key() string {
 // (a provider's error description, a transport error) before it is logged.
 func (c sourceConfig) redact(s string) string {
 	if len(c.clientSecret) >= 4 {
-		s = strings.ReplaceAll(s, c.clientSecret, "[REDACTED]")
+		// As sent, and as a form or a JSON body would echo it back.
+		for _, v := range []string{c.clientSecret, url.QueryEscape(c.clientSecret), jsonEscape(c.clientSecret)} {
+			s = strings.ReplaceAll(s, v, "[REDACTED]")
+		}
 	}
 	return truncate(strings.Map(func(r rune) rune {
 		if r < 0x20 || r == 0x7f {
@@ -86,6 +90,11 @@ func (c sourceConfig) redact(s string) string {
 		}
 		return r
 	}, s), 300)
+}
+
+func jsonEscape(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b[1 : len(b)-1])
 }
 
 // token is one access token and its schedule. It is immutable once stored.
