@@ -336,7 +336,7 @@ func parseTokenResponse(cfg sourceConfig, resp *http.Response, body []byte, star
 		// An error field fails the request even on HTTP 200.
 		return nil, fail(tr.Error, tr.ErrorDescription)
 	}
-	if resp.StatusCode >= 300 {
+	if resp.StatusCode < 200 || resp.StatusCode >= 300 {
 		desc := firstNonEmpty(tr.Message, tr.Detail, tr.Title, tr.ErrorDescription)
 		return nil, fail(fmt.Sprintf("http_%d", resp.StatusCode), desc)
 	}
