@@ -646,7 +646,7 @@ func TestResolvePlaceholders(t *testing.T) {
 		h := &Handler{ClientID: "{env.OAB_RS_ID}", ClientSecret: "{env.OAB_RS_SECRET}", TokenURL: "{env.OAB_RS_URL}",
 			Audience: "{env.OAB_RS_AUD}", Params: map[string]string{"p": "{env.OAB_RS_PARAM}"},
 			Headers: map[string]string{"X-Env": "{env.OAB_RS_HDR}", "X-Req": "{http.request.header.X-Foo}"}}
-		cfg, err := h.resolve(caddy.NewReplacer())
+		cfg, err := h.resolve(provisionReplacer())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -673,7 +673,7 @@ func TestResolvePlaceholders(t *testing.T) {
 	})
 	t.Run("file", func(t *testing.T) {
 		h := &Handler{Provider: "eventtemple", ClientID: "{file." + idFile + "}", ClientSecret: "{file." + secretFile + "}"}
-		cfg, err := h.resolve(caddy.NewReplacer())
+		cfg, err := h.resolve(provisionReplacer())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -686,7 +686,7 @@ func TestResolvePlaceholders(t *testing.T) {
 	})
 	t.Run("sourceConfig JSON never holds the secret", func(t *testing.T) {
 		h := &Handler{Provider: "eventtemple", ClientID: "a", ClientSecret: "{env.OAB_RS_SECRET}"}
-		cfg, err := h.resolve(caddy.NewReplacer())
+		cfg, err := h.resolve(provisionReplacer())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -751,7 +751,7 @@ func TestResolveErrors(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := tc.h.resolve(caddy.NewReplacer())
+			_, err := tc.h.resolve(provisionReplacer())
 			if err == nil {
 				t.Fatal("no error")
 			}
@@ -850,7 +850,7 @@ func TestResolvePresetDefaults(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg, err := tc.h.resolve(caddy.NewReplacer())
+			cfg, err := tc.h.resolve(provisionReplacer())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -899,7 +899,7 @@ func TestResolveTokenHeader(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			h := &Handler{Provider: "eventtemple", ClientID: "a", ClientSecret: "b", TokenHeader: tc.header, TokenPrefix: tc.prefix}
-			if _, err := h.resolve(caddy.NewReplacer()); err != nil {
+			if _, err := h.resolve(provisionReplacer()); err != nil {
 				t.Fatal(err)
 			}
 			if h.tokenHeader != tc.wantHeader || h.tokenPrefix != tc.wantPrefix {
@@ -921,7 +921,7 @@ func TestResolveSourceKey(t *testing.T) {
 	}
 	key := func(h *Handler) string {
 		t.Helper()
-		cfg, err := h.resolve(caddy.NewReplacer())
+		cfg, err := h.resolve(provisionReplacer())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -954,6 +954,28 @@ func TestResolveSourceKey(t *testing.T) {
 	for name, mod := range differ {
 		if k := key(mk(mod)); k == base {
 			t.Errorf("changing %s does not change the source key", name)
+		}
+	}
+}
+
+// Only {env.*} and {file.*} are resolved at provision time: a header value
+// with {time.*} or {system.*} is left for each request, and scopes take
+// placeholders like the other grant parameters.
+func TestResolveLeavesRequestTimePlaceholders(t *testing.T) {
+	t.Setenv("RS_SCOPE", "crm_read")
+	h := &Handler{TokenURL: "https://as.example/token", ClientID: "id", ClientSecret: "secret",
+		Scopes:  []string{"{env.RS_SCOPE}", "crm_manage"},
+		Headers: map[string]string{"X-Now": "{time.now.unix_ms}", "X-Host": "{system.hostname}"}}
+	cfg, err := h.resolve(provisionReplacer())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Scope != "crm_read crm_manage" {
+		t.Errorf("scope = %q, want the env placeholder resolved", cfg.Scope)
+	}
+	for _, hd := range h.headers {
+		if !hd.perReq || !strings.HasPrefix(hd.value, "{") {
+			t.Errorf("header %s = %q (per request: %v), want the placeholder kept for each request", hd.key, hd.value, hd.perReq)
 		}
 	}
 }

@@ -160,7 +160,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
-	cfg, err := h.resolve(caddy.NewReplacer())
+	cfg, err := h.resolve(provisionReplacer())
 	if err != nil {
 		return err
 	}
@@ -191,7 +191,7 @@ func (h *Handler) resolve(repl *caddy.Replacer) (sourceConfig, error) {
 
 	cfg := sourceConfig{
 		Provider:        name,
-		Scope:           strings.Join(h.Scopes, " "),
+		Scope:           repl.ReplaceKnown(strings.Join(h.Scopes, " "), ""),
 		Audience:        firstNonEmpty(repl.ReplaceKnown(h.Audience, ""), p.Audience),
 		Format:          firstNonEmpty(h.RequestFormat, p.RequestFormat),
 		PreferredFormat: firstNonEmpty(p.PreferredFormat, p.RequestFormat),
@@ -342,6 +342,22 @@ func (h *Handler) resolve(repl *caddy.Replacer) (sourceConfig, error) {
 		h.headers = append(h.headers, uh)
 	}
 	return cfg, nil
+}
+
+// provisionReplacer resolves {env.*} and {file.*} placeholders, the ones
+// that hold configuration and secrets. Everything else ({time.*},
+// {system.*}, {http.*}) is left for the request's replacer, so that a header
+// value such as {time.now.unix} is fresh on every request.
+func provisionReplacer() *caddy.Replacer {
+	full := caddy.NewReplacer()
+	r := caddy.NewEmptyReplacer()
+	r.Map(func(key string) (any, bool) {
+		if strings.HasPrefix(key, "env.") || strings.HasPrefix(key, "file.") {
+			return full.Get(key)
+		}
+		return nil, false
+	})
+	return r
 }
 
 // checkTokenURL accepts https URLs, and plain http only to a loopback host
@@ -573,7 +589,7 @@ func (h *Handler) fail(w http.ResponseWriter, r *http.Request, err error) error 
 	if errors.As(err, &te) {
 		code = te.Code
 		if te.RetryAfter > 0 {
-			secs := int64((te.RetryAfter + time.Second - 1) / time.Second)
+			secs := int64((min(te.RetryAfter, maxRetryAfter) + time.Second - 1) / time.Second)
 			status, retryIn = http.StatusServiceUnavailable, fmt.Sprintf("; retry in %ds", secs)
 			w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
 		}

@@ -181,10 +181,10 @@ func (s *tokenSource) Token(ctx context.Context, log *zap.Logger) (*token, error
 	if t := s.cur.Load(); t != nil && now.Before(t.expiry) {
 		if !now.Before(t.refreshAt) && now.UnixNano() >= s.nextAttempt.Load() &&
 			s.refreshing.CompareAndSwap(false, true) {
-			s.fetches.DoChan("token", func() (any, error) {
-				defer s.refreshing.Store(false)
-				return s.fetch(log)
-			})
+			// The flag is cleared when the fetch ends, also when DoChan
+			// joined a fetch that a waiting caller had started.
+			ch := s.fetches.DoChan("token", func() (any, error) { return s.fetch(log) })
+			go func() { <-ch; s.refreshing.Store(false) }()
 		}
 		return t, nil
 	}

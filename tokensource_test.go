@@ -245,3 +245,35 @@ func TestSourcePoolSharingAndDestruct(t *testing.T) {
 		t.Errorf("Cleanup of an unprovisioned handler: %v", err)
 	}
 }
+
+// A background refresh that joins a fetch a waiting caller started must
+// not leave the source unable to refresh in the background afterwards.
+func TestTokenSourceRefreshFlagClearedWhenJoiningAFetch(t *testing.T) {
+	as := newCountingAS(t, 100)
+	clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
+	s := newTestSource(t, as, clock)
+	mustToken(t, s) // token-1, expires at +100s
+
+	// A caller that sees token-1 expired starts a fetch (held)...
+	release := as.hold()
+	clock.add(101 * time.Second)
+	waiting := make(chan *token, 1)
+	go func() { tok, _ := s.Token(context.Background(), zap.NewNop()); waiting <- tok }()
+	waitFor(t, func() bool { return as.gate.Load() != nil })
+	time.Sleep(20 * time.Millisecond)
+	// ...while another, with an earlier view of the clock, sees token-1
+	// in its refresh window and joins that fetch.
+	clock.add(-6 * time.Second)
+	mustToken(t, s)
+	clock.add(6 * time.Second)
+	release()
+	if tok := <-waiting; tok == nil || tok.value != "token-2" {
+		t.Fatalf("waiting caller got %v", tok)
+	}
+	waitFor(t, func() bool { return !s.refreshing.Load() })
+
+	// token-2 enters its refresh window: a background refresh happens.
+	clock.add(95 * time.Second)
+	mustToken(t, s)
+	waitFor(t, func() bool { return as.n.Load() == 3 })
+}
