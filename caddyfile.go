@@ -52,6 +52,19 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //		ca_file          <path>            # extra CA for the token endpoint
 //		upstream_401     retry|invalidate|off
 //		replay_max_body  <size>            # default 64KiB
+//
+//		# authorization_code and refresh_token grants
+//		grant            client_credentials|authorization_code|refresh_token
+//		redirect_uri     <url>             # makes this the consent handler
+//		connect_path     <path>            # default: beside the callback
+//		status_path      <path>
+//		disconnect_path  <path>
+//		authorize_url    <url>
+//		refresh_url      <url>
+//		revoke_url       <url>
+//		pkce             on|off            # default on (S256)
+//		refresh_token    <token>           # seeds grant refresh_token
+//		account          <name|placeholder>
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // the directive name
@@ -82,7 +95,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		switch sub {
 		case "client_id", "client_secret", "token_url", "environment", "audience",
 			"request_format", "client_auth", "refresh_before", "default_lifetime", "timeout", "org",
-			"ca_file", "upstream_401", "replay_max_body":
+			"ca_file", "upstream_401", "replay_max_body", "grant", "redirect_uri", "connect_path",
+			"status_path", "disconnect_path", "authorize_url", "refresh_url", "revoke_url", "pkce",
+			"refresh_token", "account":
 			var val string
 			if !d.AllArgs(&val) {
 				return subArgErr(d, sub)
@@ -165,6 +180,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		return d.Errf("oauth_bearer %s: missing subdirective 'client_secret'", preset.Name)
 	case h.TokenURL == "" && len(preset.Environments) == 0:
 		return d.Errf("oauth_bearer %s: missing subdirective 'token_url' (required without a provider preset)", preset.Name)
+	case h.RedirectURI != "" && h.Grant != grantAuthorizationCode:
+		return d.Errf("redirect_uri: only with 'grant authorization_code'")
+	case h.RefreshToken != "" && h.Grant != grantRefreshToken:
+		return d.Errf("refresh_token: only with 'grant refresh_token'")
+	case h.Grant == grantRefreshToken && h.RefreshToken == "":
+		return d.Errf("oauth_bearer %s: missing subdirective 'refresh_token' (required by grant refresh_token)", preset.Name)
 	case h.Org != "" && hasKey(h.Headers, textproto.CanonicalMIMEHeaderKey(preset.OrgHeader)):
 		return d.Errf("org: %s is also set with header", preset.OrgHeader)
 	}
@@ -176,7 +197,9 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 var subdirectives = []string{"client_id", "client_secret", "token_url", "environment", "scope", "audience",
 	"resource", "param", "request_format", "client_auth", "refresh_before", "default_lifetime", "timeout",
-	"header", "org", "token_header", "ca_file", "upstream_401", "replay_max_body"}
+	"header", "org", "token_header", "ca_file", "upstream_401", "replay_max_body", "grant", "redirect_uri",
+	"connect_path", "status_path", "disconnect_path", "authorize_url", "refresh_url", "revoke_url", "pkce",
+	"refresh_token", "account"}
 
 // setSingle stores a one-argument subdirective, checking what can be
 // checked before placeholders are resolved.
@@ -253,6 +276,49 @@ func (h *Handler) setSingle(d *caddyfile.Dispenser, sub, val string, preset prov
 		if size == 0 {
 			h.ReplayMaxBody = -1 // only requests without a body are replayed
 		}
+	case "grant":
+		switch val {
+		case grantClientCredentials, grantAuthorizationCode, grantRefreshToken:
+		default:
+			return d.Errf("grant: '%s' is not client_credentials, authorization_code or refresh_token", val)
+		}
+		h.Grant = val
+	case "redirect_uri":
+		if !strings.Contains(val, "{") {
+			if _, err := deriveConsentPaths(val, "", "", ""); err != nil {
+				return d.Err(err.Error())
+			}
+		}
+		h.RedirectURI = val
+	case "connect_path", "status_path", "disconnect_path":
+		if !strings.HasPrefix(val, "/") {
+			return d.Errf("%s: '%s' must start with /", sub, val)
+		}
+		*map[string]*string{"connect_path": &h.ConnectPath, "status_path": &h.StatusPath, "disconnect_path": &h.DisconnectPath}[sub] = val
+	case "authorize_url", "refresh_url", "revoke_url":
+		if !strings.Contains(val, "{") {
+			if err := checkTokenURL(val); err != nil {
+				return d.Errf("%s: %v", sub, err)
+			}
+		}
+		*map[string]*string{"authorize_url": &h.AuthorizeURL, "refresh_url": &h.RefreshURL, "revoke_url": &h.RevokeURL}[sub] = val
+	case "pkce":
+		switch val {
+		case "on", "off":
+		default:
+			return d.Errf("pkce: '%s' is not on or off", val)
+		}
+		on := val == "on"
+		h.PKCE = &on
+	case "refresh_token":
+		h.RefreshToken = val
+	case "account":
+		if !strings.Contains(val, "{") {
+			if err := checkAccount(val); err != nil {
+				return d.Errf("account: %v", err)
+			}
+		}
+		h.Account = val
 	default:
 		return fmt.Errorf("internal: no setter for %s", sub)
 	}

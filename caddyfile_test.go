@@ -275,7 +275,7 @@ func TestParseCaddyfileErrors(t *testing.T) {
 	}{
 		// the provider argument
 		{"unknown provider", "oauth_bearer paypal {\n" + creds + "}", 1,
-			[]string{"unknown provider 'paypal'", "bookable, eventbookings, eventtemple, generic"}},
+			[]string{"unknown provider 'paypal'", "bookable, calcom, eventbookings, eventtemple, generic"}},
 		{"extra arg after provider", "oauth_bearer eventtemple extra {\n" + creds + "}", 1,
 			[]string{"wrong argument count", "extra"}},
 
@@ -721,7 +721,7 @@ func TestResolveErrors(t *testing.T) {
 		{"client_secret missing", &Handler{Provider: "eventtemple", ClientID: "a"}, []string{"client_secret", "required"}},
 		{"generic without token_url", &Handler{ClientID: "a", ClientSecret: literalSecret}, []string{"token_url", "generic"}},
 		{"unknown provider", &Handler{Provider: "paypal", ClientID: "a", ClientSecret: literalSecret},
-			[]string{"paypal", "bookable, eventbookings, eventtemple, generic"}},
+			[]string{"paypal", "bookable, calcom, eventbookings, eventtemple, generic"}},
 		{"token_url resolves to plain http", &Handler{ClientID: "a", ClientSecret: literalSecret, TokenURL: "{env.OAB_RE_HTTP_URL}"},
 			[]string{"token_url", "plain http"}},
 		{"environment staging on bookable", &Handler{Provider: "bookable", Environment: "staging", ClientID: "a", ClientSecret: literalSecret},

@@ -138,31 +138,91 @@ func (e *endpoint) grantParams() url.Values {
 }
 
 func (e *endpoint) request(ctx context.Context, format string, now func() time.Time) (*token, error) {
-	params := e.grantParams()
-	req, err := e.newRequest(ctx, format, params)
-	if err != nil {
-		return nil, e.localError("invalid_request", err.Error())
+	return e.tokenCall(ctx, e.cfg.TokenURL, format, e.grantParams(), "", now)
+}
+
+// exchangeCode redeems an authorization code (RFC 6749 4.1.3, with the PKCE
+// verifier of RFC 7636). A code is single-use, so the request is made once,
+// in the format in use: never the format fallback of request_format auto.
+func (e *endpoint) exchangeCode(ctx context.Context, code, verifier, redirectURI string, now func() time.Time) (*token, error) {
+	p := url.Values{"grant_type": {"authorization_code"}, "code": {code}, "redirect_uri": {redirectURI}}
+	if verifier != "" {
+		p.Set("code_verifier", verifier)
 	}
-	start := now()
-	resp, err := e.client.Do(req)
-	if err != nil {
-		return nil, e.transportError(ctx, err)
+	return e.tokenCall(ctx, e.cfg.TokenURL, e.format.Load().(string), p, "", now)
+}
+
+// refresh redeems a refresh token (RFC 6749 section 6) at the refresh URL
+// (the token URL unless the provider has its own). Providers that take the
+// refresh token as a bearer credential (Cal.com) get it in both places.
+func (e *endpoint) refresh(ctx context.Context, refreshToken string, now func() time.Time) (*token, error) {
+	p := url.Values{"grant_type": {"refresh_token"}, "refresh_token": {refreshToken}}
+	bearer := ""
+	if e.cfg.RefreshBearer {
+		bearer = refreshToken
 	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxTokenResponse+1))
-	if err != nil {
-		return nil, e.transportError(ctx, err)
+	return e.tokenCall(ctx, firstNonEmpty(e.cfg.RefreshURL, e.cfg.TokenURL), e.format.Load().(string), p, bearer, now)
+}
+
+// revoke revokes a token at the provider (RFC 7009, or the provider's own
+// call with the same parameters). Unknown tokens are not an error there.
+func (e *endpoint) revoke(ctx context.Context, tok, hint string) error {
+	p := url.Values{"token": {tok}}
+	if hint != "" {
+		p.Set("token_type_hint", hint)
 	}
-	if len(body) > maxTokenResponse {
-		return nil, &TokenError{Provider: e.cfg.Provider, Status: resp.StatusCode, Code: "response_too_large",
-			Description: "token response exceeds 1 MiB"}
+	resp, body, _, err := e.do(ctx, e.cfg.RevokeURL, e.format.Load().(string), p, "", time.Now)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
+		return nil
+	}
+	if _, perr := parseTokenResponse(e.cfg, resp, body, time.Now()); perr != nil {
+		return perr
+	}
+	return e.localError(fmt.Sprintf("http_%d", resp.StatusCode), "revocation refused")
+}
+
+// tokenCall posts a token request and parses the answer.
+func (e *endpoint) tokenCall(ctx context.Context, target, format string, params url.Values, bearer string, now func() time.Time) (*token, error) {
+	resp, body, start, err := e.do(ctx, target, format, params, bearer, now)
+	if err != nil {
+		return nil, err
 	}
 	return parseTokenResponse(e.cfg, resp, body, start)
 }
 
-// newRequest builds the HTTP request for one token call.
-func (e *endpoint) newRequest(ctx context.Context, format string, params url.Values) (*http.Request, error) {
-	if e.cfg.ClientAuth == providers.AuthBody {
+// do posts params to target with client authentication and reads at most
+// maxTokenResponse of the answer.
+func (e *endpoint) do(ctx context.Context, target, format string, params url.Values, bearer string, now func() time.Time) (*http.Response, []byte, time.Time, error) {
+	req, err := e.newRequest(ctx, target, format, params, bearer)
+	if err != nil {
+		return nil, nil, time.Time{}, e.localError("invalid_request", err.Error())
+	}
+	start := now()
+	resp, err := e.client.Do(req)
+	if err != nil {
+		return nil, nil, start, e.transportError(ctx, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxTokenResponse+1))
+	if err != nil {
+		return nil, nil, start, e.transportError(ctx, err)
+	}
+	if len(body) > maxTokenResponse {
+		return nil, nil, start, &TokenError{Provider: e.cfg.Provider, Status: resp.StatusCode, Code: "response_too_large",
+			Description: "token response exceeds 1 MiB"}
+	}
+	return resp, body, start, nil
+}
+
+// newRequest builds the HTTP request for one call to the provider. With a
+// bearer credential (a refresh token sent as Authorization: Bearer), the
+// client authenticates in the body.
+func (e *endpoint) newRequest(ctx context.Context, target, format string, params url.Values, bearer string) (*http.Request, error) {
+	basic := e.cfg.ClientAuth == providers.AuthBasic && bearer == ""
+	if !basic {
 		params.Set("client_id", e.cfg.ClientID)
 		params.Set("client_secret", e.cfg.clientSecret)
 	}
@@ -185,14 +245,17 @@ func (e *endpoint) newRequest(ctx context.Context, format string, params url.Val
 	} else {
 		body, contentType = []byte(params.Encode()), "application/x-www-form-urlencoded"
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, e.cfg.TokenURL, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
 	req.Header.Set("Content-Type", contentType)
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", "caddy-oauth-bearer/"+version)
-	if e.cfg.ClientAuth == providers.AuthBasic {
+	switch {
+	case bearer != "":
+		req.Header.Set("Authorization", "Bearer "+bearer)
+	case basic:
 		// RFC 6749 2.3.1: form-encode id and secret before Basic encoding.
 		cred := url.QueryEscape(e.cfg.ClientID) + ":" + url.QueryEscape(e.cfg.clientSecret)
 		req.Header.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(cred)))

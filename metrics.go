@@ -19,6 +19,7 @@ var metrics = struct {
 	tokenDuration   *prometheus.HistogramVec
 	failedRequests  *prometheus.CounterVec
 	upstream401     *prometheus.CounterVec
+	consents        *prometheus.CounterVec
 	expiryCollector prometheus.Collector
 }{}
 
@@ -43,6 +44,10 @@ func initMetrics() {
 			Namespace: metricsNS, Subsystem: metricsSub, Name: "upstream_unauthorized_total",
 			Help: "Upstream 401 answers to an injected token, by what was done: invalidated (token dropped), retried (request replayed with a new token), passed (answer passed to the client).",
 		}, []string{"provider", "action"})
+		metrics.consents = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNS, Subsystem: metricsSub, Name: "consent_events_total",
+			Help: "Authorization-code grants connected and disconnected, and grants found to need consent again (invalid_grant).",
+		}, []string{"provider", "event"})
 		metrics.expiryCollector = expiryCollector{desc: prometheus.NewDesc(
 			prometheus.BuildFQName(metricsNS, metricsSub, "token_expiry_seconds"),
 			"Seconds until the cached token of a token source expires (negative or absent: no valid token).",
@@ -57,7 +62,7 @@ func registerMetrics(reg *prometheus.Registry) error {
 		return nil
 	}
 	for _, c := range []prometheus.Collector{metrics.tokenRequests, metrics.tokenDuration,
-		metrics.failedRequests, metrics.upstream401, metrics.expiryCollector} {
+		metrics.failedRequests, metrics.upstream401, metrics.consents, metrics.expiryCollector} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {

@@ -11,7 +11,9 @@ package oauthbearer
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -119,14 +121,47 @@ type Handler struct {
 	// are never buffered and never replayed.
 	ReplayMaxBody int64 `json:"replay_max_body,omitempty"`
 
-	preset      providers.Provider
-	cfg         sourceConfig
-	source      *tokenSource
-	logger      *zap.Logger
-	tokenHeader string // canonical header key
-	tokenPrefix string // with its trailing space, or empty
-	headers     []upstreamHeader
-	last        atomic.Pointer[injected]
+	// Grant is client_credentials (default), authorization_code (a person
+	// consents through the consent endpoints) or refresh_token (start from
+	// RefreshToken, obtained elsewhere).
+	Grant string `json:"grant,omitempty"`
+	// RedirectURI makes this handler the consent endpoint of an
+	// authorization_code grant: it serves connect, callback (the path of
+	// RedirectURI), status and disconnect, and nothing else.
+	RedirectURI string `json:"redirect_uri,omitempty"`
+	// ConnectPath, StatusPath and DisconnectPath default to connect, status
+	// and disconnect beside the callback path.
+	ConnectPath    string `json:"connect_path,omitempty"`
+	StatusPath     string `json:"status_path,omitempty"`
+	DisconnectPath string `json:"disconnect_path,omitempty"`
+	// AuthorizeURL, RefreshURL and RevokeURL override the preset's.
+	AuthorizeURL string `json:"authorize_url,omitempty"`
+	RefreshURL   string `json:"refresh_url,omitempty"`
+	RevokeURL    string `json:"revoke_url,omitempty"`
+	// PKCE (S256) is on unless set to false.
+	PKCE *bool `json:"pkce,omitempty"`
+	// RefreshToken seeds a refresh_token grant; once the grant is stored
+	// (and rotated), the stored one wins. Use {env.X} or {file./path}.
+	RefreshToken string `json:"refresh_token,omitempty"`
+	// Account selects whose grant a request uses, usually a placeholder
+	// such as {http.request.header.X-Account}; default "default".
+	Account string `json:"account,omitempty"`
+
+	preset         providers.Provider
+	cfg            sourceConfig
+	source         *tokenSource // client_credentials
+	grants         *grants      // authorization_code, refresh_token
+	poolKey        string
+	paths          consentPaths // set on a consent handler
+	clock          func() time.Time
+	logger         *zap.Logger
+	authorizeURL   string
+	resolvedScopes []string
+	bootstrap      string
+	tokenHeader    string // canonical header key
+	tokenPrefix    string // with its trailing space, or empty
+	headers        []upstreamHeader
+	last           atomic.Pointer[injected]
 }
 
 // upstreamHeader is one extra header, its value resolved in Provision
@@ -165,13 +200,35 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.cfg = cfg
-	val, _, err := sources.LoadOrNew(cfg.key(), func() (caddy.Destructor, error) {
-		return newTokenSource(cfg), nil
+	h.clock = timeNow
+	if cfg.Grant == "" {
+		h.poolKey = cfg.key()
+		val, _, err := sources.LoadOrNew(h.poolKey, func() (caddy.Destructor, error) {
+			return newTokenSource(cfg), nil
+		})
+		if err != nil {
+			return err
+		}
+		h.source = val.(*tokenSource)
+		return nil
+	}
+	// Grants are shared by the consent handler and the proxying handlers:
+	// what only the consent request uses (scope) is not part of the key.
+	gcfg := cfg
+	gcfg.Scope, gcfg.Audience, gcfg.Resources, gcfg.Params = "", "", nil, nil
+	bh := sha256.Sum256([]byte(h.bootstrap))
+	h.poolKey = "grants:" + gcfg.key() + ":" + hex.EncodeToString(bh[:8])
+	storage := ctx.Storage()
+	val, _, err := sources.LoadOrNew(h.poolKey, func() (caddy.Destructor, error) {
+		return newGrants(gcfg, storage, h.bootstrap, h.logger)
 	})
 	if err != nil {
 		return err
 	}
-	h.source = val.(*tokenSource)
+	h.grants = val.(*grants)
+	if h.paths.connect != "" {
+		h.grants.connectPath.Store(h.paths.connect)
+	}
 	return nil
 }
 
@@ -297,6 +354,10 @@ func (h *Handler) resolve(repl *caddy.Replacer) (sourceConfig, error) {
 		return cfg, fmt.Errorf("upstream_401: %q is not retry, invalidate or off", h.Upstream401)
 	}
 
+	if err := h.resolveGrant(&cfg, p, repl); err != nil {
+		return cfg, err
+	}
+
 	// Upstream headers.
 	h.tokenHeader = textproto.CanonicalMIMEHeaderKey(firstNonEmpty(h.TokenHeader, "Authorization"))
 	if !httpguts.ValidHeaderFieldName(h.tokenHeader) {
@@ -344,6 +405,90 @@ func (h *Handler) resolve(repl *caddy.Replacer) (sourceConfig, error) {
 	return cfg, nil
 }
 
+// resolveGrant checks and fills in what the authorization_code and
+// refresh_token grants need.
+func (h *Handler) resolveGrant(cfg *sourceConfig, p providers.Provider, repl *caddy.Replacer) error {
+	h.paths, h.authorizeURL, h.bootstrap, h.resolvedScopes = consentPaths{}, "", "", nil
+	switch h.Grant {
+	case "", grantClientCredentials:
+		for field, v := range map[string]string{"redirect_uri": h.RedirectURI, "refresh_token": h.RefreshToken,
+			"account": h.Account, "authorize_url": h.AuthorizeURL, "refresh_url": h.RefreshURL, "revoke_url": h.RevokeURL,
+			"connect_path": h.ConnectPath, "status_path": h.StatusPath, "disconnect_path": h.DisconnectPath} {
+			if v != "" {
+				return fmt.Errorf("%s: only for grant authorization_code or refresh_token", field)
+			}
+		}
+		return nil
+	case grantAuthorizationCode, grantRefreshToken:
+	default:
+		return fmt.Errorf("grant: %q is not client_credentials, authorization_code or refresh_token", h.Grant)
+	}
+	cfg.Grant = h.Grant
+	if cfg.Audience != "" && cfg.Audience != p.Audience || len(cfg.Resources) > 0 || len(cfg.Params) > 0 {
+		return errors.New("audience, resource and param apply to the client_credentials grant only")
+	}
+	cfg.Audience = ""
+	if cfg.Format == providers.FormatAuto {
+		// A code is single-use: no format probing with it.
+		cfg.Format, cfg.PreferredFormat = cfg.PreferredFormat, ""
+	}
+	cfg.RefreshURL = repl.ReplaceKnown(firstNonEmpty(h.RefreshURL, p.RefreshURL), "")
+	cfg.RevokeURL = repl.ReplaceKnown(firstNonEmpty(h.RevokeURL, p.RevokeURL), "")
+	cfg.RefreshBearer = p.RefreshBearer && h.RefreshURL == ""
+	for field, u := range map[string]string{"refresh_url": cfg.RefreshURL, "revoke_url": cfg.RevokeURL} {
+		if u != "" {
+			if err := checkTokenURL(u); err != nil {
+				return fmt.Errorf("%s: %w", field, err)
+			}
+		}
+	}
+	if h.Account != "" && !strings.Contains(h.Account, "{") {
+		if err := checkAccount(h.Account); err != nil {
+			return fmt.Errorf("account: %w", err)
+		}
+	}
+	if h.Grant == grantRefreshToken {
+		if h.RedirectURI != "" {
+			return errors.New("redirect_uri: only for grant authorization_code")
+		}
+		if h.RefreshToken == "" {
+			return errors.New("refresh_token is required for grant refresh_token")
+		}
+		h.bootstrap = repl.ReplaceKnown(h.RefreshToken, "")
+		if h.bootstrap == "" {
+			return fmt.Errorf("refresh_token %s resolved to an empty value (is the variable or file set?)", placeholderOnly(h.RefreshToken))
+		}
+		return nil
+	}
+	if h.RefreshToken != "" {
+		return errors.New("refresh_token: only for grant refresh_token")
+	}
+	if h.RedirectURI == "" {
+		for field, v := range map[string]string{"connect_path": h.ConnectPath, "status_path": h.StatusPath, "disconnect_path": h.DisconnectPath} {
+			if v != "" {
+				return fmt.Errorf("%s: only on the consent handler (the one with redirect_uri)", field)
+			}
+		}
+		return nil // a proxying handler: uses the grant the consent handler stores
+	}
+	paths, err := deriveConsentPaths(repl.ReplaceKnown(h.RedirectURI, ""), h.ConnectPath, h.StatusPath, h.DisconnectPath)
+	if err != nil {
+		return err
+	}
+	h.paths = paths
+	h.authorizeURL = repl.ReplaceKnown(firstNonEmpty(h.AuthorizeURL, p.AuthorizeURL), "")
+	if h.authorizeURL == "" {
+		return fmt.Errorf("authorize_url is required: provider %s has none built in", p.Name)
+	}
+	if u, err := url.Parse(h.authorizeURL); err != nil || u.Host == "" || (u.Scheme != "https" && !isLoopback(u.Hostname())) {
+		return fmt.Errorf("authorize_url: %q is not an https URL", h.authorizeURL)
+	}
+	for _, sc := range h.Scopes {
+		h.resolvedScopes = append(h.resolvedScopes, repl.ReplaceKnown(sc, ""))
+	}
+	return nil
+}
+
 // provisionReplacer resolves {env.*} and {file.*} placeholders, the ones
 // that hold configuration and secrets. Everything else ({time.*},
 // {system.*}, {http.*}) is left for the request's replacer, so that a header
@@ -383,7 +528,7 @@ func checkTokenURL(raw string) error {
 // Validate checks what Provision could not (kept for symmetry with other
 // modules; all checks happen while resolving).
 func (h *Handler) Validate() error {
-	if h.source == nil {
+	if h.source == nil && h.grants == nil {
 		return errors.New("not provisioned")
 	}
 	return nil
@@ -391,11 +536,11 @@ func (h *Handler) Validate() error {
 
 // Cleanup drops this configuration's reference to the shared token source.
 func (h *Handler) Cleanup() error {
-	if h.source == nil {
+	if h.source == nil && h.grants == nil {
 		return nil
 	}
-	_, err := sources.Delete(h.cfg.key())
-	h.source = nil
+	_, err := sources.Delete(h.poolKey)
+	h.source, h.grants = nil, nil
 	return err
 }
 
@@ -404,8 +549,24 @@ func (h *Handler) Cleanup() error {
 // When the upstream refuses the token with a 401, the token is dropped and
 // the request replayed once with a new one (see Upstream401).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
-	tok, err := h.source.Token(r.Context(), h.logger)
+	if h.paths.callback != "" {
+		return h.serveConsent(w, r)
+	}
+	src := h.source
+	account := ""
+	if h.grants != nil {
+		var err error
+		if account, err = h.requestAccount(r); err != nil {
+			http.Error(w, "oauth_bearer: "+err.Error()+"; the request was not forwarded", http.StatusBadRequest)
+			return nil
+		}
+		src = h.grants.source(account)
+	}
+	tok, err := src.Token(r.Context(), h.logger)
 	if err != nil {
+		if h.grants != nil && isConsent(err) {
+			return h.consentNeeded(w, r, account, src, err)
+		}
 		return h.fail(w, r, err)
 	}
 	if h.Upstream401 == upstream401Off {
@@ -436,7 +597,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	// The upstream refused the token.
-	retry := h.source.reject(tok)
+	retry := src.reject(tok)
 	if !retry || !replayable {
 		action := "passed"
 		if retry {
@@ -446,20 +607,20 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		h.logger.Warn("upstream refused the token",
 			zap.String("provider", h.cfg.Provider),
 			zap.String("action", action),
-			zap.Duration("token_age", h.source.now().Sub(tok.obtained)),
+			zap.Duration("token_age", src.now().Sub(tok.obtained)),
 			zap.Bool("replayable", replayable))
 		return rec.WriteResponse()
 	}
 	metrics.upstream401.WithLabelValues(h.cfg.Provider, "retried").Inc()
 	h.logger.Info("upstream refused the token; retrying with a new one",
 		zap.String("provider", h.cfg.Provider),
-		zap.Duration("token_age", h.source.now().Sub(tok.obtained)))
+		zap.Duration("token_age", src.now().Sub(tok.obtained)))
 	hdr := w.Header()
 	clear(hdr)
 	for k, v := range before {
 		hdr[k] = v
 	}
-	if tok, err = h.source.Token(r.Context(), h.logger); err != nil {
+	if tok, err = src.Token(r.Context(), h.logger); err != nil {
 		return h.fail(w, r, err)
 	}
 	if body != nil {
@@ -552,6 +713,43 @@ func (h *Handler) bufferBody(r *http.Request) ([]byte, bool, error) {
 	}
 	r.Body = io.NopCloser(bytes.NewReader(b))
 	return b, true, nil
+}
+
+// requestAccount names the account whose grant a request uses.
+func (h *Handler) requestAccount(r *http.Request) (string, error) {
+	if h.Account == "" {
+		return defaultAccount, nil
+	}
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if repl == nil {
+		return "", errors.New("no request replacer")
+	}
+	a := repl.ReplaceKnown(h.Account, "")
+	if a == "" {
+		return "", errors.New("the request names no account")
+	}
+	return a, checkAccount(a)
+}
+
+// consentNeeded answers a request whose account has no usable grant: 503,
+// naming the account's connect endpoint.
+func (h *Handler) consentNeeded(w http.ResponseWriter, r *http.Request, account string, src *tokenSource, err error) error {
+	te := err.(*TokenError)
+	if strings.HasPrefix(te.Description, "no grant is stored") {
+		h.grants.forget(account, src) // keep nothing for accounts that do not exist
+	}
+	metrics.failedRequests.WithLabelValues(h.cfg.Provider, codeConsentRequired).Inc()
+	where := "an administrator must connect it (no consent endpoint is configured for it)"
+	if p, _ := h.grants.connectPath.Load().(string); p != "" {
+		where = "connect it at " + p + "?account=" + url.QueryEscape(account)
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(http.StatusServiceUnavailable)
+	fmt.Fprintf(w, "oauth_bearer: %s account %q needs consent (%s): %s; the request was not forwarded\n",
+		h.cfg.Provider, account, codeConsentRequired, where)
+	return nil
 }
 
 // setHeader sets a single-valued header, reusing the request's own slice

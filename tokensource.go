@@ -39,6 +39,8 @@ const (
 	// fresh token that is refused points at the configuration, not at
 	// the token, and re-fetching would only hammer the provider.
 	minAgeToInvalidate = 30 * time.Second
+	// How often a source whose grant needs consent looks at the storage.
+	consentRecheck = 2 * time.Second
 )
 
 // sourceConfig is everything that decides which token a source fetches
@@ -59,6 +61,10 @@ type sourceConfig struct {
 	DefaultLifetime time.Duration     `json:"default_lifetime"`
 	Timeout         time.Duration     `json:"timeout"`
 	CAFile          string            `json:"ca_file,omitempty"`
+	Grant           string            `json:"grant,omitempty"` // empty: client_credentials
+	RefreshURL      string            `json:"refresh_url,omitempty"`
+	RevokeURL       string            `json:"revoke_url,omitempty"`
+	RefreshBearer   bool              `json:"refresh_bearer,omitempty"`
 	caPEM           []byte            // CAFile's contents, read in Provision; hashed into the key
 }
 
@@ -128,9 +134,12 @@ func (t *token) setLifetime(start time.Time, lifetime, refreshBefore time.Durati
 // cause one token request, and failures set a backoff before the next.
 type tokenSource struct {
 	endpoint *endpoint
-	provider string
-	id       string // short hash of the key, for metrics and logs
-	now      func() time.Time
+	// fetchToken gets a new token: the client_credentials request, or for
+	// a stored grant its refresh (grant.go).
+	fetchToken func(ctx context.Context, now func() time.Time) (*token, error)
+	provider   string
+	id         string // short hash of the key, for metrics and logs
+	now        func() time.Time
 
 	cur        atomic.Pointer[token]
 	fetches    singleflight.Group
@@ -152,13 +161,15 @@ type tokenSource struct {
 func newTokenSource(cfg sourceConfig) *tokenSource {
 	initMetrics()
 	ctx, cancel := context.WithCancel(context.Background())
+	ep := newEndpoint(cfg)
 	return &tokenSource{
-		endpoint: newEndpoint(cfg),
-		provider: cfg.Provider,
-		id:       strings.TrimPrefix(cfg.key(), "oauth_bearer:")[:12],
-		now:      timeNow,
-		ctx:      ctx,
-		cancel:   cancel,
+		endpoint:   ep,
+		fetchToken: ep.fetch,
+		provider:   cfg.Provider,
+		id:         strings.TrimPrefix(cfg.key(), "oauth_bearer:")[:12],
+		now:        timeNow,
+		ctx:        ctx,
+		cancel:     cancel,
 	}
 }
 
@@ -241,7 +252,7 @@ func (s *tokenSource) fetch(log *zap.Logger) (*token, error) {
 	ctx, cancel := context.WithTimeout(s.ctx, s.endpoint.cfg.Timeout)
 	defer cancel()
 	start := time.Now()
-	t, err := s.endpoint.fetch(ctx, s.now)
+	t, err := s.fetchToken(ctx, s.now)
 	took := time.Since(start)
 	metrics.tokenDuration.WithLabelValues(s.provider).Observe(took.Seconds())
 	metrics.tokenRequests.WithLabelValues(s.provider, resultClass(err)).Inc()
@@ -274,8 +285,13 @@ func (s *tokenSource) failed(err error, took time.Duration, log *zap.Logger) *To
 	s.mu.Lock()
 	s.failures++
 	wait := backoff(s.failures)
-	if te.permanent() {
+	switch {
+	case te.permanent():
 		wait = maxBackoff
+	case te.Code == codeConsentRequired:
+		// Nothing to ask the provider: look at the storage again soon, in
+		// case consent was given on another instance.
+		wait = consentRecheck
 	}
 	if te.RetryAfter > wait {
 		wait = min(te.RetryAfter, maxRetryAfter)
@@ -300,6 +316,10 @@ func (s *tokenSource) failed(err error, took time.Duration, log *zap.Logger) *To
 	}
 	cur := s.cur.Load()
 	switch {
+	case te.Code == codeConsentRequired && failures > 1:
+		log.Debug("consent still required", fields...)
+	case te.Code == codeConsentRequired:
+		log.Error("consent required: the grant is missing or was refused by the provider", fields...)
 	case te.permanent():
 		log.Error("token request refused; retrying will not help until the configuration or the provider changes", fields...)
 	case cur != nil && s.now().Before(cur.expiry):
@@ -323,3 +343,13 @@ func backoff(n int) time.Duration {
 
 // Interface guards
 var _ caddy.Destructor = (*tokenSource)(nil)
+
+// reset replaces the cached token (nil: none) and clears the failure
+// state: a grant was just connected or disconnected.
+func (s *tokenSource) reset(t *token) {
+	s.mu.Lock()
+	s.failures, s.lastErr = 0, nil
+	s.mu.Unlock()
+	s.nextAttempt.Store(0)
+	s.cur.Store(t)
+}

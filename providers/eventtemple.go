@@ -2,7 +2,8 @@ package providers
 
 // Event Temple runs Doorkeeper: JSON token requests with the client
 // credentials in the body (Doorkeeper's Basic parser does not URL-decode),
-// and every API call needs the organisation in X-API-ORG.
+// and every API call needs the organisation in X-API-ORG. Its authorize URL
+// takes scopes joined with commas; refresh tokens rotate on every use.
 func init() {
 	register(Provider{
 		Name:               "eventtemple",
@@ -14,5 +15,6 @@ func init() {
 		RequestFormat:      FormatJSON,
 		ClientAuth:         AuthBody,
 		OrgHeader:          "X-API-ORG",
+		ScopeSeparator:     ",",
 	})
 }

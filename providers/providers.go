@@ -39,6 +39,12 @@ type Provider struct {
 	// it has them (used by the authorization-code grant).
 	AuthorizeURL string
 	RevokeURL    string
+	// RefreshURL is where refresh tokens are redeemed, when not the token URL.
+	RefreshURL string
+	// RefreshBearer sends the refresh token as Authorization: Bearer too.
+	RefreshBearer bool
+	// ScopeSeparator joins scopes in the authorize URL (default a space).
+	ScopeSeparator string
 	// RequestFormat is the token request body format the provider's docs show.
 	RequestFormat string
 	// PreferredFormat is the first format tried when RequestFormat is auto.
@@ -84,6 +90,9 @@ func (p Provider) EnvironmentNames() []string {
 var registry = map[string]Provider{}
 
 func register(p Provider) {
+	if p.ScopeSeparator == "" {
+		p.ScopeSeparator = " "
+	}
 	if _, dup := registry[p.Name]; dup {
 		panic("providers: duplicate preset " + p.Name)
 	}

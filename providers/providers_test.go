@@ -7,7 +7,7 @@ import (
 )
 
 func TestPresetsAreComplete(t *testing.T) {
-	for _, want := range []string{"bookable", "eventbookings", "eventtemple", "generic"} {
+	for _, want := range []string{"bookable", "calcom", "eventbookings", "eventtemple", "generic"} {
 		if _, ok := Lookup(want); !ok {
 			t.Errorf("preset %q is not registered", want)
 		}
