@@ -154,12 +154,15 @@ func (e *endpoint) exchangeCode(ctx context.Context, code, verifier, redirectURI
 
 // refresh redeems a refresh token (RFC 6749 section 6) at the refresh URL
 // (the token URL unless the provider has its own). Providers that take the
-// refresh token as a bearer credential (Cal.com) get it in both places.
+// refresh token as a bearer credential (Cal.com) get it in the
+// Authorization header instead of the body.
 func (e *endpoint) refresh(ctx context.Context, refreshToken string, now func() time.Time) (*token, error) {
-	p := url.Values{"grant_type": {"refresh_token"}, "refresh_token": {refreshToken}}
+	p := url.Values{"grant_type": {"refresh_token"}}
 	bearer := ""
 	if e.cfg.RefreshBearer {
 		bearer = refreshToken
+	} else {
+		p.Set("refresh_token", refreshToken)
 	}
 	return e.tokenCall(ctx, firstNonEmpty(e.cfg.RefreshURL, e.cfg.TokenURL), e.format.Load().(string), p, bearer, now)
 }

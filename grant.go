@@ -97,10 +97,11 @@ type grants struct {
 	unsaved  map[string]*grantRecord // refreshed but not yet stored (storage failed)
 	// usedStates are consent states already redeemed here (one use).
 	usedStates map[string]time.Time
-	// connectPath is the connect endpoint of a consent handler sharing
-	// these grants, named in the answer to requests of unconnected accounts.
-	connectPath atomic.Value // string
-	log         *zap.Logger
+	// consent holds the endpoint paths of a consent handler sharing these
+	// grants: named to requests of unconnected accounts, and passed through
+	// untouched by the proxying handlers.
+	consent atomic.Pointer[consentPaths]
+	log     *zap.Logger
 }
 
 func newGrants(cfg sourceConfig, storage certmagic.Storage, bootstrap string, log *zap.Logger) (*grants, error) {
@@ -173,6 +174,11 @@ func (g *grants) storageKey(account string) string {
 
 func (g *grants) lockName(account string) string {
 	return "oauth_bearer_grant_" + g.id + "_" + account
+}
+
+func (g *grants) isConsentPath(p string) bool {
+	c := g.consent.Load()
+	return c != nil && (p == c.connect || p == c.callback || p == c.status || p == c.disconnect)
 }
 
 func consentRequired(provider, reason string) *TokenError {

@@ -45,9 +45,16 @@ type testCaddy struct {
 // c.logFile so tests can search them.
 func startCaddy(t *testing.T, sites string) *testCaddy {
 	t.Helper()
+	return startCaddyAt(t, freeAddr(t), sites)
+}
+
+// startCaddyAt is startCaddy on a given address (for configurations, such
+// as a redirect_uri, that must know it beforehand).
+func startCaddyAt(t *testing.T, addr, sites string) *testCaddy {
+	t.Helper()
 	caddyMu.Lock()
 	dir := t.TempDir()
-	c := &testCaddy{t: t, addr: freeAddr(t), logFile: filepath.Join(dir, "caddy.log"), dir: dir}
+	c := &testCaddy{t: t, addr: addr, logFile: filepath.Join(dir, "caddy.log"), dir: dir}
 	t.Cleanup(func() {
 		if err := caddy.Stop(); err != nil {
 			t.Errorf("stopping caddy: %v", err)

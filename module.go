@@ -227,7 +227,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.grants = val.(*grants)
 	if h.paths.connect != "" {
-		h.grants.connectPath.Store(h.paths.connect)
+		h.grants.consent.Store(&h.paths)
 	}
 	return nil
 }
@@ -434,7 +434,7 @@ func (h *Handler) resolveGrant(cfg *sourceConfig, p providers.Provider, repl *ca
 	}
 	cfg.RefreshURL = repl.ReplaceKnown(firstNonEmpty(h.RefreshURL, p.RefreshURL), "")
 	cfg.RevokeURL = repl.ReplaceKnown(firstNonEmpty(h.RevokeURL, p.RevokeURL), "")
-	cfg.RefreshBearer = p.RefreshBearer && h.RefreshURL == ""
+	cfg.RefreshBearer = p.RefreshBearer
 	for field, u := range map[string]string{"refresh_url": cfg.RefreshURL, "revoke_url": cfg.RevokeURL} {
 		if u != "" {
 			if err := checkTokenURL(u); err != nil {
@@ -555,6 +555,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	src := h.source
 	account := ""
 	if h.grants != nil {
+		if h.grants.isConsentPath(r.URL.EscapedPath()) {
+			// The consent handler's endpoints pass untouched, on to the
+			// route that guards and serves them.
+			return next.ServeHTTP(w, r)
+		}
 		var err error
 		if account, err = h.requestAccount(r); err != nil {
 			http.Error(w, "oauth_bearer: "+err.Error()+"; the request was not forwarded", http.StatusBadRequest)
@@ -740,8 +745,8 @@ func (h *Handler) consentNeeded(w http.ResponseWriter, r *http.Request, account 
 	}
 	metrics.failedRequests.WithLabelValues(h.cfg.Provider, codeConsentRequired).Inc()
 	where := "an administrator must connect it (no consent endpoint is configured for it)"
-	if p, _ := h.grants.connectPath.Load().(string); p != "" {
-		where = "connect it at " + p + "?account=" + url.QueryEscape(account)
+	if p := h.grants.consent.Load(); p != nil {
+		where = "connect it at " + p.connect + "?account=" + url.QueryEscape(account)
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
