@@ -14,7 +14,6 @@ import (
 	"io/fs"
 	"regexp"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/certmagic"
@@ -97,11 +96,7 @@ type grants struct {
 	unsaved  map[string]*grantRecord // refreshed but not yet stored (storage failed)
 	// usedStates are consent states already redeemed here (one use).
 	usedStates map[string]time.Time
-	// consent holds the endpoint paths of a consent handler sharing these
-	// grants: named to requests of unconnected accounts, and passed through
-	// untouched by the proxying handlers.
-	consent atomic.Pointer[consentPaths]
-	log     *zap.Logger
+	log        *zap.Logger
 }
 
 func newGrants(cfg sourceConfig, storage certmagic.Storage, bootstrap string, log *zap.Logger) (*grants, error) {
@@ -176,9 +171,71 @@ func (g *grants) lockName(account string) string {
 	return "oauth_bearer_grant_" + g.id + "_" + account
 }
 
+// consentEndpoints records, by grant id, the endpoint paths of the consent
+// handlers in the running configurations. Proxying handlers of the same
+// grant (which may differ in settings such as refresh_before, and so not
+// share a grants value) pass those paths through untouched and name the
+// connect path to requests of unconnected accounts.
+var consentEndpoints = struct {
+	sync.RWMutex
+	m map[string][]*consentPaths
+}{m: map[string][]*consentPaths{}}
+
+func registerConsent(id string, p *consentPaths) {
+	consentEndpoints.Lock()
+	consentEndpoints.m[id] = append(consentEndpoints.m[id], p)
+	consentEndpoints.Unlock()
+}
+
+func unregisterConsent(id string, p *consentPaths) {
+	consentEndpoints.Lock()
+	defer consentEndpoints.Unlock()
+	list := consentEndpoints.m[id]
+	for i, q := range list {
+		if q == p {
+			list = append(list[:i:i], list[i+1:]...)
+			break
+		}
+	}
+	if len(list) == 0 {
+		delete(consentEndpoints.m, id)
+	} else {
+		consentEndpoints.m[id] = list
+	}
+}
+
+// consentFor returns the newest consent endpoints of a grant, or nil.
+func (g *grants) consentFor() *consentPaths {
+	consentEndpoints.RLock()
+	defer consentEndpoints.RUnlock()
+	if list := consentEndpoints.m[g.id]; len(list) > 0 {
+		return list[len(list)-1]
+	}
+	return nil
+}
+
 func (g *grants) isConsentPath(p string) bool {
-	c := g.consent.Load()
-	return c != nil && (p == c.connect || p == c.callback || p == c.status || p == c.disconnect)
+	consentEndpoints.RLock()
+	defer consentEndpoints.RUnlock()
+	for _, c := range consentEndpoints.m[g.id] {
+		if p == c.connect || p == c.callback || p == c.status || p == c.disconnect {
+			return true
+		}
+	}
+	return false
+}
+
+// resetAccount sets an account's token (nil: none) in every grants value
+// of the same grant in this process, so that a consent given or withdrawn
+// takes effect at once for every handler.
+func (g *grants) resetAccount(account string, tok *token) {
+	sources.Range(func(_, v any) bool {
+		if o, ok := v.(*grants); ok && o.id == g.id {
+			o.source(account).reset(tok)
+		}
+		return true
+	})
+	g.source(account).reset(tok)
 }
 
 func consentRequired(provider, reason string) *TokenError {
@@ -334,7 +391,7 @@ func (g *grants) connect(ctx context.Context, account string, tok *token, now ti
 	if err != nil {
 		return err
 	}
-	g.source(account).reset(tok)
+	g.resetAccount(account, tok)
 	return nil
 }
 
@@ -367,7 +424,7 @@ func (g *grants) disconnect(ctx context.Context, account string) (revoked bool, 
 		}
 		return nil
 	})
-	g.source(account).reset(nil)
+	g.resetAccount(account, nil)
 	return revoked, err
 }
 

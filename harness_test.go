@@ -26,8 +26,22 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
+	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 )
+
+// TestMain lets the test binary double as a Caddy process: with
+// OAB_CHILD_CADDY_CONFIG set it runs `caddy run` on that Caddyfile (with
+// this module and the standard ones), for tests that need a second
+// instance sharing storage with the in-process one.
+func TestMain(m *testing.M) {
+	if cfg := os.Getenv("OAB_CHILD_CADDY_CONFIG"); cfg != "" {
+		os.Args = []string{"caddy", "run", "--config", cfg, "--adapter", "caddyfile"}
+		caddycmd.Main()
+		return
+	}
+	os.Exit(m.Run())
+}
 
 // caddyMu serialises tests that run Caddy: it is a process-wide singleton.
 var caddyMu sync.Mutex

@@ -227,7 +227,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.grants = val.(*grants)
 	if h.paths.connect != "" {
-		h.grants.consent.Store(&h.paths)
+		registerConsent(h.grants.id, &h.paths)
 	}
 	return nil
 }
@@ -539,6 +539,9 @@ func (h *Handler) Cleanup() error {
 	if h.source == nil && h.grants == nil {
 		return nil
 	}
+	if h.grants != nil && h.paths.connect != "" {
+		unregisterConsent(h.grants.id, &h.paths)
+	}
 	_, err := sources.Delete(h.poolKey)
 	h.source, h.grants = nil, nil
 	return err
@@ -745,7 +748,7 @@ func (h *Handler) consentNeeded(w http.ResponseWriter, r *http.Request, account 
 	}
 	metrics.failedRequests.WithLabelValues(h.cfg.Provider, codeConsentRequired).Inc()
 	where := "an administrator must connect it (no consent endpoint is configured for it)"
-	if p := h.grants.consent.Load(); p != nil {
+	if p := h.grants.consentFor(); p != nil {
 		where = "connect it at " + p.connect + "?account=" + url.QueryEscape(account)
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
