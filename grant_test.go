@@ -421,3 +421,103 @@ func mustURL(s string) *url.URL {
 	}
 	return u
 }
+
+// grant refresh_token: the proxy starts from a refresh token obtained
+// elsewhere; after first use the stored, rotated token wins over the
+// configured (now dead) one, across a restart.
+func TestRefreshTokenBootstrap(t *testing.T) {
+	clock := useFakeClock(t)
+	as := newCodeAS(t, "http://127.0.0.1/unused")
+	api := newAPIUpstream(t, as)
+	t.Setenv("BOOT_RT", as.issueRefreshToken())
+	t.Setenv("CAS_SECRET", as.Secret)
+	conf := fmt.Sprintf(`http://LISTEN {
+	oauth_bearer {
+		grant         refresh_token
+		refresh_token {env.BOOT_RT}
+		token_url     %s
+		client_id     %s
+		client_secret {env.CAS_SECRET}
+	}
+	reverse_proxy %s
+}`, as.tokenURL(), as.ClientID, api.hostport())
+	c := startCaddy(t, conf)
+	if status, body := c.get("/a"); status != 200 {
+		t.Fatalf("first request: %d %q", status, body)
+	}
+	clock.add(3601 * time.Second)
+	if status, body := c.get("/b"); status != 200 {
+		t.Fatalf("after a rotation: %d %q", status, body)
+	}
+	// Restart with the same configuration, whose refresh token is dead now.
+	if err := caddy.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.load(conf); err != nil {
+		t.Fatal(err)
+	}
+	clock.add(3601 * time.Second)
+	if status, body := c.get("/c"); status != 200 {
+		t.Fatalf("after restart: %d %q", status, body)
+	}
+	if as.Refreshes.Load() != 3 || as.InvalidGrants.Load() != 0 {
+		t.Errorf("refreshes %d, invalid_grant %d; want 3 and 0 (the stored token won)", as.Refreshes.Load(), as.InvalidGrants.Load())
+	}
+	assertNoSecrets(t, c.logs(), os.Getenv("BOOT_RT"), as.Secret)
+}
+
+// The calcom preset: scopes READ_BOOKING READ_PROFILE, no expires_in (the
+// JWT's exp schedules the refresh), the refresh token sent as a bearer
+// credential to a separate refresh URL.
+func TestCalcomCodeGrant(t *testing.T) {
+	clock := useFakeClock(t)
+	addr := freeAddr(t)
+	redirect := "http://" + addr + "/cal/callback"
+	as := newCodeAS(t, redirect)
+	as.AccessLifetime = 0 // JWT with exp, no expires_in
+	api := newAPIUpstream(t, as)
+	t.Setenv("CAL_SECRET", as.Secret)
+	common := fmt.Sprintf(`client_id     %s
+		client_secret {env.CAL_SECRET}
+		token_url     %s
+		refresh_url   %s`, as.ClientID, as.tokenURL(), as.tokenURL())
+	g := &grantSetup{t: t, as: as, api: api}
+	g.c = startCaddyAt(t, addr, fmt.Sprintf(`http://LISTEN {
+	handle /cal/* {
+		oauth_bearer calcom {
+			grant         authorization_code
+			%s
+			authorize_url %s
+			redirect_uri  %s
+			scope         READ_BOOKING READ_PROFILE
+		}
+	}
+	handle {
+		oauth_bearer calcom {
+			grant authorization_code
+			%s
+		}
+		reverse_proxy %s
+	}
+}`, common, as.authorizeURL(), redirect, common, api.hostport()))
+	jar, _ := cookiejar.New(nil)
+	if status, body := do(t, &http.Client{Jar: jar, Timeout: 10 * time.Second}, http.MethodGet, g.c.url("/cal/connect")); status != 200 {
+		t.Fatalf("consent: %d %q", status, body)
+	}
+	if got := strings.Join(as.authorizedScopes(), ","); got != "READ_BOOKING,READ_PROFILE" {
+		t.Errorf("scopes = %q", got)
+	}
+	if status, body := g.c.get("/v2/bookings"); status != 200 {
+		t.Fatalf("proxied: %d %q", status, body)
+	}
+	// Within the JWT's 30 minutes: no refresh; past it: one.
+	clock.add(20 * time.Minute)
+	g.c.get("/v2/bookings")
+	if as.Refreshes.Load() != 0 {
+		t.Errorf("refreshed %d times within the JWT's lifetime", as.Refreshes.Load())
+	}
+	clock.add(11 * time.Minute)
+	if status, body := g.c.get("/v2/bookings"); status != 200 || as.Refreshes.Load() != 1 {
+		t.Errorf("past exp: %d %q, refreshes %d", status, body, as.Refreshes.Load())
+	}
+}
