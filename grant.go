@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io/fs"
 	"regexp"
+	"strings"
 	"sync"
 	"time"
 
@@ -46,7 +47,7 @@ const defaultAccount = "default"
 var validAccount = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_@+=.-]{0,127}$`)
 
 func checkAccount(name string) error {
-	if !validAccount.MatchString(name) || regexp.MustCompile(`\.\.`).MatchString(name) {
+	if !validAccount.MatchString(name) || strings.Contains(name, "..") {
 		return fmt.Errorf("invalid account name %q: use 1-128 letters, digits and _@+=.- starting with a letter or digit", truncate(name, 64))
 	}
 	return nil
