@@ -143,8 +143,7 @@ func (g *grants) source(account string) *tokenSource {
 	if s, ok := g.accounts[account]; ok {
 		return s
 	}
-	s := newTokenSource(g.cfg)
-	s.endpoint = g.endpoint
+	s := newTokenSourceWith(g.cfg, g.endpoint)
 	s.id = g.id
 	s.fetchToken = func(ctx context.Context, now func() time.Time) (*token, error) {
 		return g.refresh(ctx, account, now)
@@ -323,6 +322,17 @@ func (g *grants) locked(ctx context.Context, account string, fn func() error) er
 // refresh_token grant. The rotated refresh token is stored before the new
 // access token is used; invalid_grant marks the grant as needing consent.
 func (g *grants) refresh(ctx context.Context, account string, now func() time.Time) (*token, error) {
+	// Accounts with no grant are answered without taking the lock: requests
+	// for them must not churn lock files.
+	if g.bootstrap == "" || account != defaultAccount {
+		rec, err := g.load(ctx, account)
+		if err != nil {
+			return nil, err
+		}
+		if rec == nil {
+			return nil, consentRequired(g.cfg.Provider, "no grant is stored for account "+account)
+		}
+	}
 	var out *token
 	err := g.locked(ctx, account, func() error {
 		rec, err := g.load(ctx, account)

@@ -742,8 +742,8 @@ func (h *Handler) requestAccount(r *http.Request) (string, error) {
 // consentNeeded answers a request whose account has no usable grant: 503,
 // naming the account's connect endpoint.
 func (h *Handler) consentNeeded(w http.ResponseWriter, r *http.Request, account string, src *tokenSource, err error) error {
-	te := err.(*TokenError)
-	if strings.HasPrefix(te.Description, "no grant is stored") {
+	var te *TokenError
+	if errors.As(err, &te) && strings.HasPrefix(te.Description, "no grant is stored") {
 		h.grants.forget(account, src) // keep nothing for accounts that do not exist
 	}
 	metrics.failedRequests.WithLabelValues(h.cfg.Provider, codeConsentRequired).Inc()

@@ -159,9 +159,14 @@ type tokenSource struct {
 }
 
 func newTokenSource(cfg sourceConfig) *tokenSource {
+	return newTokenSourceWith(cfg, newEndpoint(cfg))
+}
+
+// newTokenSourceWith makes a source that uses an existing endpoint (the
+// accounts of a grant share one).
+func newTokenSourceWith(cfg sourceConfig, ep *endpoint) *tokenSource {
 	initMetrics()
 	ctx, cancel := context.WithCancel(context.Background())
-	ep := newEndpoint(cfg)
 	return &tokenSource{
 		endpoint:   ep,
 		fetchToken: ep.fetch,
