@@ -589,9 +589,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("reading request body: %w", err))
 		}
 	}
-	var before http.Header
+	var before *headerSnapshot
 	if replayable {
-		before = w.Header().Clone()
+		// The response header as it is before the upstream answers,
+		// restored for a replay. Pooled: nearly every request discards it.
+		before = snapshotPool.Get().(*headerSnapshot)
+		before.take(w.Header())
+		defer snapshotPool.Put(before)
 	}
 	buf := bufPool.Get().(*bytes.Buffer)
 	buf.Reset()
@@ -623,11 +627,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	h.logger.Info("upstream refused the token; retrying with a new one",
 		zap.String("provider", h.cfg.Provider),
 		zap.Duration("token_age", src.now().Sub(tok.obtained)))
-	hdr := w.Header()
-	clear(hdr)
-	for k, v := range before {
-		hdr[k] = v
-	}
+	before.restore(w.Header())
 	if tok, err = src.Token(r.Context(), h.logger); err != nil {
 		return h.fail(w, r, err)
 	}
@@ -666,6 +666,35 @@ func (h *Handler) inject(r *http.Request, tok *token) {
 
 var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
+// headerSnapshot is a copy of a header whose map and value storage are
+// reused from request to request (http.Header.Clone allocates both).
+type headerSnapshot struct {
+	hdr  http.Header
+	vals []string
+}
+
+var snapshotPool = sync.Pool{New: func() any { return &headerSnapshot{hdr: make(http.Header)} }}
+
+// take copies h.
+func (s *headerSnapshot) take(h http.Header) {
+	clear(s.hdr)
+	s.vals = s.vals[:0]
+	for k, vs := range h {
+		n := len(s.vals)
+		s.vals = append(s.vals, vs...)
+		s.hdr[k] = s.vals[n:len(s.vals):len(s.vals)]
+	}
+}
+
+// restore makes h what it was when take copied it. The values are copied
+// out: the snapshot's storage goes back to the pool.
+func (s *headerSnapshot) restore(h http.Header) {
+	clear(h)
+	for k, vs := range s.hdr {
+		h[k] = append([]string(nil), vs...)
+	}
+}
+
 // tokenRejected reports an upstream answer that refuses the token: a 401
 // with no challenge, or with a Bearer challenge whose error is absent or
 // invalid_token. Other challenges (Basic, Bearer invalid_request) and every
@@ -697,7 +726,11 @@ func tokenRejected(status int, hdr http.Header) bool {
 // larger or longer streaming body is left to stream (what was read is put
 // back in front of it) and the request is not replayable.
 func (h *Handler) bufferBody(r *http.Request) ([]byte, bool, error) {
-	if r.Body == nil || r.Body == http.NoBody {
+	// Content-Length 0 is a request without a body (an unknown length is
+	// -1); reverse_proxy sends none then. Caddy wraps even http.NoBody in
+	// a reader of its own, so reading it would cost every GET a 512-byte
+	// buffer, two wrappers and a read that moves the connection's deadline.
+	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
 		return nil, true, nil
 	}
 	limit := h.ReplayMaxBody

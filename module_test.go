@@ -3,7 +3,10 @@ package oauthbearer
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
+	"net/http/httptest"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -469,5 +472,38 @@ func waitFor(t *testing.T, cond func() bool) {
 			t.Fatal("condition not met within 10s")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// A header snapshot restores the header as it was, and what it restores
+// does not share storage with the pooled snapshot.
+func TestHeaderSnapshotRestores(t *testing.T) {
+	h := http.Header{"Server": {"Caddy"}, "Vary": {"Accept", "Origin"}}
+	s := &headerSnapshot{hdr: make(http.Header)}
+	s.take(h)
+	h.Set("Server", "upstream")
+	h.Add("Vary", "Cookie")
+	h.Set("Www-Authenticate", "Bearer")
+	s.restore(h)
+	want := http.Header{"Server": {"Caddy"}, "Vary": {"Accept", "Origin"}}
+	if !reflect.DeepEqual(h, want) {
+		t.Fatalf("restored %v, want %v", h, want)
+	}
+	s.take(http.Header{"X": {"1", "2", "3"}})
+	if !reflect.DeepEqual(h, want) {
+		t.Fatalf("reusing the snapshot changed the restored header: %v", h)
+	}
+}
+
+// A request without a body, as Caddy passes it on (Content-Length 0, the
+// body wrapped so that it is not http.NoBody), is replayable without being
+// read.
+func TestBufferBodyContentLengthZero(t *testing.T) {
+	r := httptest.NewRequest(http.MethodGet, "http://127.0.0.1/", nil)
+	wrapped := struct{ io.ReadCloser }{http.NoBody}
+	r.Body = wrapped
+	b, replayable, err := (&Handler{}).bufferBody(r)
+	if err != nil || !replayable || b != nil || r.Body != io.ReadCloser(wrapped) {
+		t.Fatalf("bufferBody = %v, %v, %v; body replaced: %v", b, replayable, err, r.Body != io.ReadCloser(wrapped))
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"net/url"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -112,6 +113,9 @@ type token struct {
 	obtained     time.Time // when the request that got it was sent
 	refreshAt    time.Time // from here on, a replacement is fetched
 	expiry       time.Time // from here on, the token is never injected
+	// realClock: refreshAt and expiry come from the real clock, so the
+	// hot path may compare them with the monotonic clock alone.
+	realClock bool
 }
 
 // setLifetime schedules the token: replaced refreshBefore ahead of expiry
@@ -193,17 +197,15 @@ func (s *tokenSource) Destruct() error {
 // fetch goes on for others); while backing off it gets the last error at
 // once, with the time left in RetryAfter.
 func (s *tokenSource) Token(ctx context.Context, log *zap.Logger) (*token, error) {
-	now := s.now()
-	if t := s.cur.Load(); t != nil && now.Before(t.expiry) {
-		if !now.Before(t.refreshAt) && now.UnixNano() >= s.nextAttempt.Load() &&
-			s.refreshing.CompareAndSwap(false, true) {
-			// The flag is cleared when the fetch ends, also when DoChan
-			// joined a fetch that a waiting caller had started.
-			ch := s.fetches.DoChan("token", func() (any, error) { return s.fetch(log) })
-			go func() { <-ch; s.refreshing.Store(false) }()
+	if t := s.cur.Load(); t != nil {
+		if left := s.until(t, t.expiry); left > 0 {
+			if left <= t.expiry.Sub(t.refreshAt) {
+				s.refreshAhead(log)
+			}
+			return t, nil
 		}
-		return t, nil
 	}
+	now := s.now()
 	if wait := s.nextAttempt.Load() - now.UnixNano(); wait > 0 {
 		return nil, s.backingOff(time.Duration(wait))
 	}
@@ -217,6 +219,37 @@ func (s *tokenSource) Token(ctx context.Context, log *zap.Logger) (*token, error
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+}
+
+// until returns how long until d, a deadline of t. This is the only clock
+// read of a request that finds a valid token: for a token timed by the real
+// clock it is time.Until, which reads the monotonic clock alone, half the
+// cost of time.Now (wall and monotonic clocks); expiry and refreshAt carry
+// a monotonic reading, so the result is the same.
+func (s *tokenSource) until(t *token, d time.Time) time.Duration {
+	if t.realClock {
+		return time.Until(d)
+	}
+	return d.Sub(s.now())
+}
+
+// refreshAhead starts one background fetch of the next token, unless one
+// is running or the source is backing off.
+func (s *tokenSource) refreshAhead(log *zap.Logger) {
+	if s.refreshing.Load() || s.now().UnixNano() < s.nextAttempt.Load() ||
+		!s.refreshing.CompareAndSwap(false, true) {
+		return
+	}
+	// The flag is cleared when the fetch ends, also when DoChan joined a
+	// fetch that a waiting caller had started.
+	ch := s.fetches.DoChan("token", func() (any, error) { return s.fetch(log) })
+	go func() { <-ch; s.refreshing.Store(false) }()
+}
+
+// isTimeNow reports whether now is time.Now itself rather than a test's
+// clock.
+func isTimeNow(now func() time.Time) bool {
+	return reflect.ValueOf(now).Pointer() == reflect.ValueOf(time.Now).Pointer()
 }
 
 // backingOff is the error of a caller that finds no valid token while the
@@ -264,6 +297,7 @@ func (s *tokenSource) fetch(log *zap.Logger) (*token, error) {
 	if err != nil {
 		return nil, s.failed(err, took, log)
 	}
+	t.realClock = isTimeNow(s.now) // not yet shared: t is new
 	s.mu.Lock()
 	s.failures, s.lastErr = 0, nil
 	s.mu.Unlock()

@@ -277,3 +277,14 @@ func TestTokenSourceRefreshFlagClearedWhenJoiningAFetch(t *testing.T) {
 	mustToken(t, s)
 	waitFor(t, func() bool { return as.n.Load() == 3 })
 }
+
+// The hot path reads the monotonic clock alone only for tokens timed by the
+// real clock; a test clock is always asked.
+func TestIsTimeNow(t *testing.T) {
+	if !isTimeNow(time.Now) {
+		t.Error("isTimeNow(time.Now) = false")
+	}
+	if isTimeNow(func() time.Time { return time.Now() }) || isTimeNow((&fakeClock{}).now) {
+		t.Error("isTimeNow of another clock = true")
+	}
+}
