@@ -5,8 +5,11 @@
 // can call OAuth APIs.
 //
 // A request flows: ServeHTTP (this file) → tokenSource.Token
-// (tokensource.go: cache, singleflight) → endpoint.fetch (endpoint.go: the
-// token request and response) → headers set → next handler.
+// (tokensource.go: cache, singleflight, backoff) → endpoint.fetch
+// (endpoint.go: the token request and response), or for a stored grant
+// grants.refresh (grant.go: storage, lock, rotation) → headers set → next
+// handler. The consent endpoints of the authorization-code grant are in
+// consent.go, metrics in metrics.go, presets in providers/.
 package oauthbearer
 
 import (
