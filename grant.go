@@ -13,8 +13,10 @@ import (
 	"fmt"
 	"io/fs"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/certmagic"
@@ -93,7 +95,7 @@ type grants struct {
 	bootstrapHash string
 
 	mu       sync.Mutex
-	accounts map[string]*tokenSource
+	accounts sync.Map                // account name → *tokenSource
 	unsaved  map[string]*grantRecord // refreshed but not yet stored (storage failed)
 	// usedStates are consent states already redeemed here (one use).
 	usedStates map[string]time.Time
@@ -116,7 +118,7 @@ func newGrants(cfg sourceConfig, storage certmagic.Storage, bootstrap string, lo
 		return nil, err
 	}
 	g := &grants{cfg: cfg, storage: storage, aead: aead, id: id, endpoint: newEndpoint(cfg),
-		bootstrap: bootstrap, accounts: map[string]*tokenSource{}, unsaved: map[string]*grantRecord{},
+		bootstrap: bootstrap, unsaved: map[string]*grantRecord{},
 		usedStates: map[string]time.Time{}, log: log}
 	if bootstrap != "" {
 		h := sha256.Sum256([]byte(bootstrap))
@@ -127,38 +129,36 @@ func newGrants(cfg sourceConfig, storage certmagic.Storage, bootstrap string, lo
 
 // Destruct implements caddy.Destructor.
 func (g *grants) Destruct() error {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	for _, s := range g.accounts {
-		s.Destruct()
-	}
+	g.accounts.Range(func(_, v any) bool {
+		v.(*tokenSource).Destruct()
+		return true
+	})
 	g.endpoint.client.CloseIdleConnections()
 	return nil
 }
 
 // source returns the token source of an account, creating it on first use.
+// Finding an existing one takes no lock: it runs for every proxied request.
 func (g *grants) source(account string) *tokenSource {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if s, ok := g.accounts[account]; ok {
-		return s
+	if s, ok := g.accounts.Load(account); ok {
+		return s.(*tokenSource)
 	}
 	s := newTokenSourceWith(g.cfg, g.endpoint)
 	s.id = g.id
 	s.fetchToken = func(ctx context.Context, now func() time.Time) (*token, error) {
 		return g.refresh(ctx, account, now)
 	}
-	g.accounts[account] = s
+	if prev, loaded := g.accounts.LoadOrStore(account, s); loaded {
+		s.Destruct() // another request created it first
+		return prev.(*tokenSource)
+	}
 	return s
 }
 
 // forget drops an account's source when it has no grant, so that requests
 // naming accounts that do not exist leave nothing behind.
 func (g *grants) forget(account string, s *tokenSource) {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.accounts[account] == s {
-		delete(g.accounts, account)
+	if g.accounts.CompareAndDelete(account, s) {
 		s.Destruct()
 	}
 }
@@ -176,48 +176,60 @@ func (g *grants) lockName(account string) string {
 // grant (which may differ in settings such as refresh_before, and so not
 // share a grants value) pass those paths through untouched and name the
 // connect path to requests of unconnected accounts.
-var consentEndpoints = struct {
-	sync.RWMutex
-	m map[string][]*consentPaths
-}{m: map[string][]*consentPaths{}}
+var consentEndpoints struct {
+	mu sync.Mutex // serialises writers; readers load the map without a lock
+	m  atomic.Pointer[map[string][]*consentPaths]
+}
+
+// updateConsent replaces the registry with a copy changed by fn.
+func updateConsent(fn func(m map[string][]*consentPaths)) {
+	consentEndpoints.mu.Lock()
+	defer consentEndpoints.mu.Unlock()
+	next := map[string][]*consentPaths{}
+	if cur := consentEndpoints.m.Load(); cur != nil {
+		for k, v := range *cur {
+			next[k] = v
+		}
+	}
+	fn(next)
+	consentEndpoints.m.Store(&next)
+}
 
 func registerConsent(id string, p *consentPaths) {
-	consentEndpoints.Lock()
-	consentEndpoints.m[id] = append(consentEndpoints.m[id], p)
-	consentEndpoints.Unlock()
+	updateConsent(func(m map[string][]*consentPaths) {
+		m[id] = append(m[id][:len(m[id]):len(m[id])], p)
+	})
 }
 
 func unregisterConsent(id string, p *consentPaths) {
-	consentEndpoints.Lock()
-	defer consentEndpoints.Unlock()
-	list := consentEndpoints.m[id]
-	for i, q := range list {
-		if q == p {
-			list = append(list[:i:i], list[i+1:]...)
-			break
+	updateConsent(func(m map[string][]*consentPaths) {
+		list := slices.DeleteFunc(slices.Clone(m[id]), func(q *consentPaths) bool { return q == p })
+		if len(list) == 0 {
+			delete(m, id)
+		} else {
+			m[id] = list
 		}
+	})
+}
+
+// consentList returns the consent endpoints registered for the grant.
+func (g *grants) consentList() []*consentPaths {
+	if m := consentEndpoints.m.Load(); m != nil {
+		return (*m)[g.id]
 	}
-	if len(list) == 0 {
-		delete(consentEndpoints.m, id)
-	} else {
-		consentEndpoints.m[id] = list
-	}
+	return nil
 }
 
 // consentFor returns the newest consent endpoints of a grant, or nil.
 func (g *grants) consentFor() *consentPaths {
-	consentEndpoints.RLock()
-	defer consentEndpoints.RUnlock()
-	if list := consentEndpoints.m[g.id]; len(list) > 0 {
+	if list := g.consentList(); len(list) > 0 {
 		return list[len(list)-1]
 	}
 	return nil
 }
 
 func (g *grants) isConsentPath(p string) bool {
-	consentEndpoints.RLock()
-	defer consentEndpoints.RUnlock()
-	for _, c := range consentEndpoints.m[g.id] {
+	for _, c := range g.consentList() {
 		if p == c.connect || p == c.callback || p == c.status || p == c.disconnect {
 			return true
 		}
