@@ -61,6 +61,13 @@ type codeAS struct {
 	JWTLifetime      time.Duration // default 1800s
 	ClientAuth       string        // "body" (client_id/client_secret in the body) or "basic"; "" accepts both
 	Deny             atomic.Bool   // /authorize redirects back with error=access_denied
+	// SeparateRefresh makes it Cal.com-shaped: refresh tokens are redeemed
+	// only at /oauth/refresh, and only as "Authorization: Bearer <rt>";
+	// the token endpoint refuses grant_type=refresh_token.
+	SeparateRefresh bool
+	// Now is the server's clock (default time.Now): a test on a fake clock
+	// gives it the same one, so that expiries agree.
+	Now func() time.Time
 	// ReuseRevokesGrant: presenting a refresh token that was already
 	// rotated away also revokes the live tokens of its grant (RFC 9700
 	// 4.14.2 replay detection). Off by default.
@@ -117,15 +124,24 @@ func newCodeAS(t *testing.T, redirectURI string) *codeAS {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/oauth/authorize", a.serveAuthorize)
 	mux.HandleFunc("/oauth/token", a.serveToken)
+	mux.HandleFunc("/oauth/refresh", a.serveToken)
 	mux.HandleFunc("/oauth/revoke", a.serveRevoke)
 	a.Server = httptest.NewServer(mux)
 	t.Cleanup(a.Close)
 	return a
 }
 
+func (a *codeAS) now() time.Time {
+	if a.Now != nil {
+		return a.Now()
+	}
+	return time.Now()
+}
+
 func (a *codeAS) authorizeURL() string { return a.URL + "/oauth/authorize" }
 func (a *codeAS) tokenURL() string     { return a.URL + "/oauth/token" }
 func (a *codeAS) revokeURL() string    { return a.URL + "/oauth/revoke" }
+func (a *codeAS) refreshURL() string   { return a.URL + "/oauth/refresh" }
 
 // validAccess reports whether token was issued as an access token, has not
 // expired (by real time) and has not been revoked.
@@ -133,7 +149,7 @@ func (a *codeAS) validAccess(token string) bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	at, ok := a.accesses[token]
-	return ok && !at.dead && time.Now().Before(at.expires)
+	return ok && !at.dead && a.now().Before(at.expires)
 }
 
 // liveRefreshTokens counts the refresh tokens that a refresh would accept.
@@ -269,7 +285,7 @@ func (a *codeAS) serveAuthorize(w http.ResponseWriter, r *http.Request) {
 		redirectURI: a.RedirectURI,
 		challenge:   challenge,
 		scope:       scope,
-		expires:     time.Now().Add(casCodeLifetime),
+		expires:     a.now().Add(casCodeLifetime),
 	}
 	a.lastScope = slices.Clone(scope)
 	a.mu.Unlock()
@@ -327,6 +343,19 @@ func (a *codeAS) serveToken(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	if a.SeparateRefresh {
+		switch {
+		case r.URL.Path == "/oauth/token" && grantType == "refresh_token":
+			a.oauthError(w, r, http.StatusBadRequest, "unsupported_grant_type", "refresh tokens are redeemed at /oauth/refresh")
+			return
+		case r.URL.Path == "/oauth/refresh" && (grantType != "refresh_token" || bearerRT == ""):
+			a.oauthError(w, r, http.StatusBadRequest, "invalid_request", "/oauth/refresh takes grant_type=refresh_token with the refresh token as a Bearer credential")
+			return
+		}
+	} else if r.URL.Path != "/oauth/token" {
+		a.oauthError(w, r, http.StatusNotFound, "invalid_request", "no such endpoint")
+		return
+	}
 	mode := a.ClientAuth
 	if bearerRT != "" {
 		mode = "body"
@@ -352,7 +381,7 @@ func (a *codeAS) exchangeCode(w http.ResponseWriter, r *http.Request, p map[stri
 		a.oauthError(w, r, http.StatusBadRequest, "invalid_request", "code is required")
 		return
 	}
-	now := time.Now()
+	now := a.now()
 	resp, desc := func() (map[string]any, string) {
 		a.mu.Lock()
 		defer a.mu.Unlock()
@@ -411,7 +440,7 @@ func (a *codeAS) refresh(w http.ResponseWriter, r *http.Request, p map[string]st
 			}
 		}
 	}
-	now := time.Now()
+	now := a.now()
 	var errCode, desc string
 	resp := func() map[string]any {
 		a.mu.Lock()
@@ -1100,7 +1129,7 @@ func TestCodeASStrictness(t *testing.T) {
 	if st != 200 || hasExpiresIn || !strings.HasPrefix(jwt, "eyJ") || !as.validAccess(jwt) {
 		t.Fatalf("JWT mode: %d %v", st, tok)
 	}
-	if life, ok := jwtLifetime(jwt, time.Now()); !ok || life != 1800*time.Second {
+	if life, ok := jwtLifetime(jwt, time.Now().Add(-time.Minute)); !ok || life != 1800*time.Second {
 		t.Errorf("JWT lifetime = %v %v, want 1800s", life, ok)
 	}
 	parts := strings.Split(jwt, ".")

@@ -77,7 +77,7 @@ func (as *benchAS) serve(w http.ResponseWriter, r *http.Request) {
 func benchHandler(tb testing.TB, tokenURL, clientID string, configure func(*Handler)) *Handler {
 	tb.Helper()
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	h := &Handler{TokenURL: tokenURL, ClientID: clientID, ClientSecret: "bench-secret"}
+	h := &Handler{Credentials: Credentials{TokenURL: tokenURL, ClientID: clientID, ClientSecret: "bench-secret"}}
 	if configure != nil {
 		configure(h)
 	}
@@ -126,19 +126,19 @@ func cachedTokenImpls(b *testing.B) []benchImpl {
 	as := newBenchAS(b, 3600)
 	h := benchHandler(b, as.URL, "bench-hot", nil)
 	ctx := context.Background()
-	if _, err := h.source.Token(ctx, h.logger); err != nil {
+	if _, err := h.source.Token(ctx); err != nil {
 		b.Fatal(err)
 	}
 
 	ours := benchImpl{
 		name: "oauth_bearer",
 		lookup: func() {
-			if _, err := h.source.Token(ctx, h.logger); err != nil {
+			if _, err := h.source.Token(ctx); err != nil {
 				panic(err)
 			}
 		},
 		inject: func(r *http.Request) {
-			tok, err := h.source.Token(r.Context(), h.logger)
+			tok, err := h.source.Token(r.Context())
 			if err != nil {
 				panic(err)
 			}
@@ -266,7 +266,7 @@ func BenchmarkServeHTTP(b *testing.B) {
 	}{}
 	for _, mode := range []string{upstream401Retry, upstream401Invalidate, upstream401Off} {
 		h := benchHandler(b, as.URL, "bench-serve", func(h *Handler) { h.Upstream401 = mode })
-		if _, err := h.source.Token(context.Background(), h.logger); err != nil {
+		if _, err := h.source.Token(context.Background()); err != nil {
 			b.Fatal(err)
 		}
 		handlers = append(handlers, struct {
@@ -349,8 +349,8 @@ func BenchmarkStampede(b *testing.B) {
 		b.StopTimer()
 		// A new source: nothing cached, nothing in flight.
 		old := h.source
-		h.source = newTokenSource(h.cfg)
-		h.source.now = old.now
+		fresh := newSourceEntry(h.entry.(*sourceEntry).ep.cfg, h.poolKey)
+		h.source = fresh.src
 		as.requests.Store(0)
 		arrived.Store(0)
 		for j := range slots {
@@ -393,7 +393,7 @@ func BenchmarkStampede(b *testing.B) {
 		if got != 1 {
 			b.Fatalf("stampede %d: %d concurrent requests made %d token requests, want exactly 1", i, n, got)
 		}
-		h.source.Destruct()
+		fresh.Destruct()
 		h.source = old
 		b.StartTimer()
 	}
@@ -442,12 +442,12 @@ func measureSources(b *testing.B, tokenURL string, n int, variant string) (heap,
 	m0 := settledMemStats()
 	g0 := runtime.NumGoroutine()
 
-	srcs := make([]*tokenSource, n)
+	srcs := make([]*sourceEntry, n)
 	for i := range srcs {
-		srcs[i] = newTokenSource(sourceConfig{Provider: "generic", TokenURL: tokenURL,
+		cs := &credentialSet{Provider: "generic", TokenURL: tokenURL,
 			ClientID: fmt.Sprintf("tenant-%05d", i), clientSecret: "bench-secret", Format: "form",
-			ClientAuth: "basic", RefreshBefore: time.Minute, DefaultLifetime: 10 * time.Minute,
-			Timeout: 10 * time.Second})
+			ClientAuth: "basic", DefaultLifetime: 10 * time.Minute, Timeout: 10 * time.Second}
+		srcs[i] = newSourceEntry(cs, "cc:"+cs.key())
 	}
 	if variant != "provisioned" {
 		// Eight at a time, as a cold start under load would.
@@ -462,11 +462,11 @@ func measureSources(b *testing.B, tokenURL string, n int, variant string) (heap,
 					if i >= n {
 						return
 					}
-					if _, err := srcs[i].Token(context.Background(), zap.NewNop()); err != nil {
+					if _, err := srcs[i].src.Token(context.Background()); err != nil {
 						panic(err)
 					}
 					if variant == "with_token" {
-						srcs[i].endpoint.client.CloseIdleConnections()
+						srcs[i].ep.close()
 					}
 				}
 			}()

@@ -1,337 +1,389 @@
 package oauthbearer
 
 import (
+	"errors"
 	"fmt"
-	"github.com/dustin/go-humanize"
 	"net/textproto"
-	"net/url"
+	"slices"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"golang.org/x/net/http/httpguts"
-
-	"github.com/oauthbearer/caddy-oauth-bearer/providers"
+	"github.com/dustin/go-humanize"
 )
 
+// caddyfile.go: the oauth_bearer and oauth_bearer_consent directives. The
+// parsers turn tokens into the handlers' fields and report syntax (argument
+// counts, durations, sizes, a subdirective given twice); the rules of what
+// may be combined are the handlers' check methods (config.go, module.go,
+// consent.go), run at the end of each block so that a broken rule is
+// reported on the line of the subdirective at fault.
+
 func init() {
-	httpcaddyfile.RegisterHandlerDirective("oauth_bearer", parseCaddyfile)
-	// After request_header rather than before reverse_proxy: anchoring on
-	// reverse_proxy would sort the handler after a handle block holding the
-	// proxy, and the proxy would run without the token.
+	httpcaddyfile.RegisterHandlerDirective("oauth_bearer", parseHandler)
+	httpcaddyfile.RegisterHandlerDirective("oauth_bearer_consent", parseConsent)
+	// Both right after request_header, the consent endpoints first: they
+	// answer before an injector at the same level asks for a token, and
+	// both run before a handle or route block holding reverse_proxy
+	// (anchoring on reverse_proxy would sort them after such a block).
 	httpcaddyfile.RegisterDirectiveOrder("oauth_bearer", httpcaddyfile.After, "request_header")
+	httpcaddyfile.RegisterDirectiveOrder("oauth_bearer_consent", httpcaddyfile.After, "request_header")
 }
 
-func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+func parseHandler(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 	m := new(Handler)
-	err := m.UnmarshalCaddyfile(h.Dispenser)
-	return m, err
+	return m, m.UnmarshalCaddyfile(h.Dispenser)
+}
+
+func parseConsent(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	m := new(ConsentHandler)
+	return m, m.UnmarshalCaddyfile(h.Dispenser)
 }
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
 //
 //	oauth_bearer [<matcher>] [<provider>] {
+//		# the provider and the client (as in oauth_bearer_consent)
 //		client_id        <id>
 //		client_secret    <secret>          # use {env.X} or {file./path}
 //		token_url        <url>             # required for the generic provider
-//		environment      <name>            # e.g. bookable: production | sandbox
-//		scope            <scope...>
-//		audience         <value>
-//		resource         <uri>             # repeatable (RFC 8707)
-//		param            <name> <value>    # repeatable
-//		request_format   json|form|auto
+//		environment      <name>            # bookable: production | sandbox
 //		client_auth      body|basic
-//		refresh_before   <duration>
-//		default_lifetime <duration>
+//		request_format   json|form|auto
 //		timeout          <duration>
+//		default_lifetime <duration>
+//		ca_file          <path>
+//		refresh_url      <url>             # grants
+//		revoke_url       <url>             # grants
+//
+//		# the token
+//		grant            client_credentials|authorization_code|refresh_token
+//		scope            <scope...>        # client_credentials
+//		audience         <value>           # client_credentials
+//		resource         <uri>             # client_credentials; repeatable (RFC 8707)
+//		param            <name> <value>    # client_credentials; repeatable
+//		refresh_token    <token>           # grant refresh_token
+//		account          <name|placeholder> # grants: whose grant a request uses
+//		refresh_before   <duration>
+//
+//		# the upstream request
 //		header           <name> <value>    # repeatable; request placeholders allowed
-//		org              <id>              # X-API-ORG for eventtemple
+//		org              <id>              # eventtemple: X-API-ORG
 //		token_header     <name> [<prefix>]
-//		ca_file          <path>            # extra CA for the token endpoint
 //		upstream_401     retry|invalidate|off
 //		replay_max_body  <size>            # default 64KiB
-//
-//		# authorization_code and refresh_token grants
-//		grant            client_credentials|authorization_code|refresh_token
-//		redirect_uri     <url>             # makes this the consent handler
-//		connect_path     <path>            # default: beside the callback
-//		status_path      <path>
-//		disconnect_path  <path>
-//		authorize_url    <url>
-//		refresh_url      <url>
-//		revoke_url       <url>
-//		pkce             on|off            # default on (S256)
-//		refresh_token    <token>           # seeds grant refresh_token
-//		account          <name|placeholder>
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // the directive name
-	if d.NextArg() {
-		h.Provider = d.Val()
-		if _, ok := providers.Lookup(h.Provider); !ok {
-			return d.Errf("unknown provider '%s' (known: %s)", h.Provider, strings.Join(providers.Names(), ", "))
-		}
-		if d.NextArg() {
-			return d.ArgErr()
-		}
+	b, err := openBlock(d, &h.Provider)
+	if err != nil {
+		return err
 	}
-	preset, _ := providers.Lookup(firstNonEmpty(h.Provider, providers.Generic))
-
-	seen := map[string]bool{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		sub := d.Val()
-		switch sub {
-		case "resource", "param", "header":
-			// repeatable
-		default:
-			if seen[sub] {
-				return d.Errf("subdirective '%s' given twice", sub)
-			}
+		if err := b.record(sub, "resource", "param", "header"); err != nil {
+			return err
 		}
-		seen[sub] = true
-
-		switch sub {
-		case "client_id", "client_secret", "token_url", "environment", "audience",
-			"request_format", "client_auth", "refresh_before", "default_lifetime", "timeout", "org",
-			"ca_file", "upstream_401", "replay_max_body", "grant", "redirect_uri", "connect_path",
-			"status_path", "disconnect_path", "authorize_url", "refresh_url", "revoke_url", "pkce",
-			"refresh_token", "account":
-			var val string
-			if !d.AllArgs(&val) {
-				return subArgErr(d, sub)
-			}
-			if err := h.setSingle(d, sub, val, preset); err != nil {
+		if ok, err := h.Credentials.unmarshalSub(d, sub); ok || err != nil {
+			if err != nil {
 				return err
 			}
-		case "scope":
-			h.Scopes = d.RemainingArgs()
-			if len(h.Scopes) == 0 {
-				return subArgErr(d, sub)
-			}
-		case "resource":
-			var val string
-			if !d.AllArgs(&val) {
-				return subArgErr(d, sub)
-			}
-			if !strings.Contains(val, "{") {
-				if u, err := url.Parse(val); err != nil || !u.IsAbs() || u.Fragment != "" {
-					return d.Errf("resource: '%s' is not an absolute URI without a fragment (RFC 8707)", val)
-				}
-			}
-			h.Resources = append(h.Resources, val)
-		case "param":
-			var name, val string
-			if !d.AllArgs(&name, &val) {
-				return subArgErr(d, sub)
-			}
-			switch name {
-			case "grant_type", "client_id", "client_secret":
-				return d.Errf("param: '%s' is set by the handler; use its own subdirective", name)
-			}
-			if _, dup := h.Params[name]; dup {
-				return d.Errf("param: '%s' given twice", name)
-			}
-			if h.Params == nil {
-				h.Params = map[string]string{}
-			}
-			h.Params[name] = val
-		case "header":
-			var name, val string
-			if !d.AllArgs(&name, &val) {
-				return subArgErr(d, sub)
-			}
-			if !httpguts.ValidHeaderFieldName(name) {
-				return d.Errf("header: '%s' is not a valid header name", name)
-			}
-			key := textproto.CanonicalMIMEHeaderKey(name)
-			if _, dup := h.Headers[key]; dup {
-				return d.Errf("header: '%s' given twice", key)
-			}
-			if h.Headers == nil {
-				h.Headers = map[string]string{}
-			}
-			h.Headers[key] = val
-		case "token_header":
-			args := d.RemainingArgs()
-			if len(args) < 1 || len(args) > 2 {
-				return subArgErr(d, sub)
-			}
-			if !httpguts.ValidHeaderFieldName(args[0]) {
-				return d.Errf("token_header: '%s' is not a valid header name", args[0])
-			}
-			h.TokenHeader = args[0]
-			prefix := ""
-			if len(args) == 2 {
-				prefix = args[1]
-			}
-			h.TokenPrefix = &prefix
-		default:
-			return d.Errf("unrecognized subdirective '%s' (known: %s)", sub, strings.Join(subdirectives, ", "))
-		}
-	}
-
-	// What a block must hold, checked here so the error names the line.
-	switch {
-	case h.ClientID == "":
-		return d.Errf("oauth_bearer %s: missing subdirective 'client_id'", preset.Name)
-	case h.ClientSecret == "":
-		return d.Errf("oauth_bearer %s: missing subdirective 'client_secret'", preset.Name)
-	case h.TokenURL == "" && len(preset.Environments) == 0:
-		return d.Errf("oauth_bearer %s: missing subdirective 'token_url' (required without a provider preset)", preset.Name)
-	case h.RedirectURI != "" && h.Grant != grantAuthorizationCode:
-		return d.Errf("redirect_uri: only with 'grant authorization_code'")
-	case h.RefreshToken != "" && h.Grant != grantRefreshToken:
-		return d.Errf("refresh_token: only with 'grant refresh_token'")
-	case h.Grant == grantRefreshToken && h.RefreshToken == "":
-		return d.Errf("oauth_bearer %s: missing subdirective 'refresh_token' (required by grant refresh_token)", preset.Name)
-	case h.Org != "" && hasKey(h.Headers, textproto.CanonicalMIMEHeaderKey(preset.OrgHeader)):
-		return d.Errf("org: %s is also set with header", preset.OrgHeader)
-	}
-	if th := textproto.CanonicalMIMEHeaderKey(firstNonEmpty(h.TokenHeader, "Authorization")); hasKey(h.Headers, th) {
-		return d.Errf("header: %s carries the token (token_header); it cannot also be an extra header", th)
-	}
-	return nil
-}
-
-var subdirectives = []string{"client_id", "client_secret", "token_url", "environment", "scope", "audience",
-	"resource", "param", "request_format", "client_auth", "refresh_before", "default_lifetime", "timeout",
-	"header", "org", "token_header", "ca_file", "upstream_401", "replay_max_body", "grant", "redirect_uri",
-	"connect_path", "status_path", "disconnect_path", "authorize_url", "refresh_url", "revoke_url", "pkce",
-	"refresh_token", "account"}
-
-// setSingle stores a one-argument subdirective, checking what can be
-// checked before placeholders are resolved.
-func (h *Handler) setSingle(d *caddyfile.Dispenser, sub, val string, preset providers.Provider) error {
-	switch sub {
-	case "client_id":
-		h.ClientID = val
-	case "client_secret":
-		h.ClientSecret = val
-	case "token_url":
-		if !strings.Contains(val, "{") {
-			if err := checkTokenURL(val); err != nil {
-				return d.Errf("token_url: %v", err)
-			}
-		}
-		h.TokenURL = val
-	case "environment":
-		if _, err := preset.TokenURL(val); err != nil {
-			return d.Errf("environment: %v", err)
-		}
-		h.Environment = val
-	case "audience":
-		h.Audience = val
-	case "request_format":
-		switch val {
-		case providers.FormatJSON, providers.FormatForm, providers.FormatAuto:
-		default:
-			return d.Errf("request_format: '%s' is not json, form or auto", val)
-		}
-		h.RequestFormat = val
-	case "client_auth":
-		switch val {
-		case providers.AuthBody, providers.AuthBasic:
-		default:
-			return d.Errf("client_auth: '%s' is not body or basic", val)
-		}
-		h.ClientAuth = val
-	case "refresh_before", "default_lifetime", "timeout":
-		dur, err := caddy.ParseDuration(val)
-		if err != nil {
-			return d.Errf("%s: bad duration '%s': %v", sub, val, err)
-		}
-		if dur <= 0 {
-			return d.Errf("%s: duration must be positive, got '%s'", sub, val)
+			continue
 		}
 		switch sub {
+		case "grant":
+			err = oneArg(d, sub, &h.Grant)
+		case "audience":
+			err = oneArg(d, sub, &h.Audience)
+		case "refresh_token":
+			err = oneArg(d, sub, &h.RefreshToken)
+		case "account":
+			err = oneArg(d, sub, &h.Account)
+		case "org":
+			err = oneArg(d, sub, &h.Org)
+		case "upstream_401":
+			err = oneArg(d, sub, &h.Upstream401)
 		case "refresh_before":
-			h.RefreshBefore = caddy.Duration(dur)
-		case "default_lifetime":
-			h.DefaultLifetime = caddy.Duration(dur)
-		default:
-			h.Timeout = caddy.Duration(dur)
-		}
-	case "org":
-		if preset.OrgHeader == "" {
-			return d.Errf("org: provider '%s' has no organisation header; use header <name> <value>", preset.Name)
-		}
-		h.Org = val
-	case "ca_file":
-		h.CAFile = val
-	case "upstream_401":
-		switch val {
-		case upstream401Retry, upstream401Invalidate, upstream401Off:
-		default:
-			return d.Errf("upstream_401: '%s' is not retry, invalidate or off", val)
-		}
-		h.Upstream401 = val
-	case "replay_max_body":
-		size, err := humanize.ParseBytes(val)
-		if err != nil || size > 1<<30 {
-			return d.Errf("replay_max_body: bad size '%s' (e.g. 64KiB, at most 1GiB)", val)
-		}
-		h.ReplayMaxBody = int64(size)
-		if size == 0 {
-			h.ReplayMaxBody = -1 // only requests without a body are replayed
-		}
-	case "grant":
-		switch val {
-		case grantClientCredentials, grantAuthorizationCode, grantRefreshToken:
-		default:
-			return d.Errf("grant: '%s' is not client_credentials, authorization_code or refresh_token", val)
-		}
-		h.Grant = val
-	case "redirect_uri":
-		if !strings.Contains(val, "{") {
-			if _, err := deriveConsentPaths(val, "", "", ""); err != nil {
-				return d.Err(err.Error())
+			err = durationArg(d, sub, &h.RefreshBefore)
+		case "scope":
+			if h.Scopes = d.RemainingArgs(); len(h.Scopes) == 0 {
+				err = argErr(d, sub)
 			}
-		}
-		h.RedirectURI = val
-	case "connect_path", "status_path", "disconnect_path":
-		if !strings.HasPrefix(val, "/") {
-			return d.Errf("%s: '%s' must start with /", sub, val)
-		}
-		*map[string]*string{"connect_path": &h.ConnectPath, "status_path": &h.StatusPath, "disconnect_path": &h.DisconnectPath}[sub] = val
-	case "authorize_url", "refresh_url", "revoke_url":
-		if !strings.Contains(val, "{") {
-			if err := checkTokenURL(val); err != nil {
-				return d.Errf("%s: %v", sub, err)
+		case "resource":
+			var r string
+			if err = oneArg(d, sub, &r); err == nil {
+				h.Resources = append(h.Resources, r)
 			}
-		}
-		*map[string]*string{"authorize_url": &h.AuthorizeURL, "refresh_url": &h.RefreshURL, "revoke_url": &h.RevokeURL}[sub] = val
-	case "pkce":
-		switch val {
-		case "on", "off":
+		case "param":
+			err = h.unmarshalParam(d)
+		case "header":
+			err = h.unmarshalHeader(d)
+		case "token_header":
+			err = h.unmarshalTokenHeader(d)
+		case "replay_max_body":
+			err = h.unmarshalReplayMaxBody(d)
+		case "redirect_uri", "authorize_url", "pkce", "connect_path", "status_path", "disconnect_path":
+			err = d.Errf("%s: belongs to oauth_bearer_consent, the handler of the consent endpoints", sub)
 		default:
-			return d.Errf("pkce: '%s' is not on or off", val)
+			err = d.Errf("unrecognized subdirective '%s' (known: %s)", sub, strings.Join(handlerSubdirectives, ", "))
 		}
-		on := val == "on"
-		h.PKCE = &on
-	case "refresh_token":
-		h.RefreshToken = val
-	case "account":
-		if !strings.Contains(val, "{") {
-			if err := checkAccount(val); err != nil {
-				return d.Errf("account: %v", err)
-			}
+		if err != nil {
+			return err
 		}
-		h.Account = val
-	default:
-		return fmt.Errorf("internal: no setter for %s", sub)
+	}
+	return b.check(h.check())
+}
+
+var handlerSubdirectives = append(slices.Clone(credentialSubdirectives), "grant", "scope", "audience", "resource",
+	"param", "refresh_token", "account", "refresh_before", "header", "org", "token_header", "upstream_401", "replay_max_body")
+
+func (h *Handler) unmarshalParam(d *caddyfile.Dispenser) error {
+	var name, val string
+	if !d.AllArgs(&name, &val) {
+		return argErr(d, "param")
+	}
+	if _, dup := h.Params[name]; dup {
+		return d.Errf("param: '%s' given twice", name)
+	}
+	if h.Params == nil {
+		h.Params = map[string]string{}
+	}
+	h.Params[name] = val
+	return nil
+}
+
+func (h *Handler) unmarshalHeader(d *caddyfile.Dispenser) error {
+	var name, val string
+	if !d.AllArgs(&name, &val) {
+		return argErr(d, "header")
+	}
+	key := textproto.CanonicalMIMEHeaderKey(name)
+	if _, dup := h.Headers[key]; dup {
+		return d.Errf("header: '%s' given twice", key)
+	}
+	if h.Headers == nil {
+		h.Headers = map[string]string{}
+	}
+	h.Headers[key] = val
+	return nil
+}
+
+// unmarshalTokenHeader: token_header <name> [<prefix>]; no prefix given
+// means none, also for Authorization.
+func (h *Handler) unmarshalTokenHeader(d *caddyfile.Dispenser) error {
+	args := d.RemainingArgs()
+	if len(args) < 1 || len(args) > 2 {
+		return argErr(d, "token_header")
+	}
+	h.TokenHeader = args[0]
+	prefix := ""
+	if len(args) == 2 {
+		prefix = args[1]
+	}
+	h.TokenPrefix = &prefix
+	return nil
+}
+
+// unmarshalReplayMaxBody: a size such as 64KiB; 0 means that only requests
+// without a body are replayed (JSON -1).
+func (h *Handler) unmarshalReplayMaxBody(d *caddyfile.Dispenser) error {
+	var val string
+	if err := oneArg(d, "replay_max_body", &val); err != nil {
+		return err
+	}
+	size, err := humanize.ParseBytes(val)
+	if err != nil || size > 1<<30 {
+		return d.Errf("replay_max_body: bad size '%s' (e.g. 64KiB, at most 1GiB)", val)
+	}
+	h.ReplayMaxBody = int64(size)
+	if size == 0 {
+		h.ReplayMaxBody = -1
 	}
 	return nil
 }
 
-// Interface guard
-var _ caddyfile.Unmarshaler = (*Handler)(nil)
+// UnmarshalCaddyfile sets up the consent handler from Caddyfile tokens.
+// Syntax:
+//
+//	oauth_bearer_consent [<matcher>] [<provider>] {
+//		# the provider and the client, as in oauth_bearer
+//		client_id        <id>
+//		client_secret    <secret>
+//		...
+//		grant            authorization_code  # optional: the only grant it serves
+//		redirect_uri     <url>               # required: the callback, as registered
+//		authorize_url    <url>
+//		scope            <scope...>
+//		pkce             on|off              # default on (S256)
+//		connect_path     <path>              # default: beside the callback
+//		status_path      <path>
+//		disconnect_path  <path>
+//	}
+func (h *ConsentHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	b, err := openBlock(d, &h.Provider)
+	if err != nil {
+		return err
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		sub := d.Val()
+		if err := b.record(sub); err != nil {
+			return err
+		}
+		if ok, err := h.Credentials.unmarshalSub(d, sub); ok || err != nil {
+			if err != nil {
+				return err
+			}
+			continue
+		}
+		switch sub {
+		case "grant":
+			var g string
+			if err = oneArg(d, sub, &g); err == nil && g != grantAuthorizationCode {
+				err = d.Errf("grant: oauth_bearer_consent serves the authorization_code grant only, not '%s'", g)
+			}
+		case "redirect_uri":
+			err = oneArg(d, sub, &h.RedirectURI)
+		case "authorize_url":
+			err = oneArg(d, sub, &h.AuthorizeURL)
+		case "connect_path":
+			err = oneArg(d, sub, &h.ConnectPath)
+		case "status_path":
+			err = oneArg(d, sub, &h.StatusPath)
+		case "disconnect_path":
+			err = oneArg(d, sub, &h.DisconnectPath)
+		case "scope":
+			if h.Scopes = d.RemainingArgs(); len(h.Scopes) == 0 {
+				err = argErr(d, sub)
+			}
+		case "pkce":
+			var v string
+			if err = oneArg(d, sub, &v); err == nil {
+				if v != "on" && v != "off" {
+					err = d.Errf("pkce: '%s' is not on or off", v)
+				}
+				on := v == "on"
+				h.PKCE = &on
+			}
+		case "header", "org", "token_header", "upstream_401", "replay_max_body", "account", "refresh_before",
+			"refresh_token", "audience", "resource", "param":
+			err = d.Errf("%s: belongs to oauth_bearer, the handler that injects tokens", sub)
+		default:
+			err = d.Errf("unrecognized subdirective '%s' (known: %s)", sub, strings.Join(consentSubdirectives, ", "))
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return b.check(h.check())
+}
 
-// subArgErr reports a wrong argument count naming the subdirective, not the
+var consentSubdirectives = append(slices.Clone(credentialSubdirectives), "grant", "redirect_uri", "authorize_url",
+	"scope", "pkce", "connect_path", "status_path", "disconnect_path")
+
+var credentialSubdirectives = []string{"client_id", "client_secret", "token_url", "environment", "client_auth",
+	"request_format", "timeout", "default_lifetime", "ca_file", "refresh_url", "revoke_url"}
+
+// unmarshalSub parses one of the credential subdirectives shared by both
+// directives; false when sub is not one of them.
+func (c *Credentials) unmarshalSub(d *caddyfile.Dispenser, sub string) (bool, error) {
+	strs := map[string]*string{"client_id": &c.ClientID, "client_secret": &c.ClientSecret, "token_url": &c.TokenURL,
+		"environment": &c.Environment, "client_auth": &c.ClientAuth, "request_format": &c.RequestFormat,
+		"ca_file": &c.CAFile, "refresh_url": &c.RefreshURL, "revoke_url": &c.RevokeURL}
+	if p, ok := strs[sub]; ok {
+		return true, oneArg(d, sub, p)
+	}
+	switch sub {
+	case "timeout":
+		return true, durationArg(d, sub, &c.Timeout)
+	case "default_lifetime":
+		return true, durationArg(d, sub, &c.DefaultLifetime)
+	}
+	return false, nil
+}
+
+// block tracks the subdirectives of one directive: which were given, and
+// on which line.
+type block struct {
+	d     *caddyfile.Dispenser
+	name  string
+	file  string
+	line  int
+	lines map[string]int
+}
+
+// openBlock steps over the directive name and reads the optional provider
+// argument.
+func openBlock(d *caddyfile.Dispenser, provider *string) (*block, error) {
+	d.Next() // the directive name
+	b := &block{d: d, name: d.Val(), file: d.File(), line: d.Line(), lines: map[string]int{}}
+	if d.NextArg() {
+		*provider = d.Val()
+		b.lines["provider"] = d.Line()
+		if d.NextArg() {
+			return nil, d.ArgErr()
+		}
+	}
+	return b, nil
+}
+
+// record notes a subdirective's line; one that is not repeatable may be
+// given once.
+func (b *block) record(sub string, repeatable ...string) error {
+	if _, seen := b.lines[sub]; seen && !slices.Contains(repeatable, sub) {
+		return b.d.Errf("subdirective '%s' given twice", sub)
+	}
+	b.lines[sub] = b.d.Line()
+	return nil
+}
+
+// check reports a broken rule on the line of the subdirective at fault, or
+// of the directive when the fault is a missing subdirective.
+func (b *block) check(err error) error {
+	var ce *configError
+	if err == nil || !errors.As(err, &ce) {
+		return err
+	}
+	line, ok := b.lines[ce.field]
+	if !ok {
+		line = b.line
+	}
+	return fmt.Errorf("%s %s, at %s:%d", b.name, err, b.file, line)
+}
+
+// oneArg reads the single argument of sub.
+func oneArg(d *caddyfile.Dispenser, sub string, dst *string) error {
+	if !d.AllArgs(dst) {
+		return argErr(d, sub)
+	}
+	return nil
+}
+
+// durationArg reads a positive duration.
+func durationArg(d *caddyfile.Dispenser, sub string, dst *caddy.Duration) error {
+	var val string
+	if err := oneArg(d, sub, &val); err != nil {
+		return err
+	}
+	dur, err := caddy.ParseDuration(val)
+	if err != nil {
+		return d.Errf("%s: bad duration '%s': %v", sub, val, err)
+	}
+	if dur <= 0 {
+		return d.Errf("%s: duration must be positive, got '%s'", sub, val)
+	}
+	*dst = caddy.Duration(dur)
+	return nil
+}
+
+// argErr reports a wrong argument count naming the subdirective, not the
 // last token read (which may be the client secret).
-func subArgErr(d *caddyfile.Dispenser, sub string) error {
+func argErr(d *caddyfile.Dispenser, sub string) error {
 	return d.Errf("%s: wrong argument count or unexpected line ending", sub)
 }
 
-func hasKey(m map[string]string, k string) bool { _, ok := m[k]; return ok }
+// Interface guards
+var (
+	_ caddyfile.Unmarshaler = (*Handler)(nil)
+	_ caddyfile.Unmarshaler = (*ConsentHandler)(nil)
+)

@@ -44,7 +44,7 @@ func TestParseCaddyfileSubdirectives(t *testing.T) {
 	const creds = "\tclient_id my-client\n\tclient_secret {env.CF_SECRET}\n"
 	const tokenURL = "\ttoken_url https://as.example.com/oauth/token\n"
 	base := func() *Handler {
-		return &Handler{ClientID: "my-client", ClientSecret: "{env.CF_SECRET}", TokenURL: "https://as.example.com/oauth/token"}
+		return &Handler{Credentials: Credentials{ClientID: "my-client", ClientSecret: "{env.CF_SECRET}", TokenURL: "https://as.example.com/oauth/token"}}
 	}
 	with := func(f func(h *Handler)) *Handler {
 		h := base()
@@ -96,17 +96,17 @@ func TestParseCaddyfileSubdirectives(t *testing.T) {
 		{
 			name:  "preset needs no token_url",
 			input: "oauth_bearer eventtemple {\n" + creds + "}",
-			want:  &Handler{Provider: "eventtemple", ClientID: "my-client", ClientSecret: "{env.CF_SECRET}"},
+			want:  &Handler{Credentials: Credentials{Provider: "eventtemple", ClientID: "my-client", ClientSecret: "{env.CF_SECRET}"}},
 		},
 		{
 			name:  "environment sandbox on bookable",
 			input: "oauth_bearer bookable {\n" + creds + "\tenvironment sandbox\n}",
-			want:  &Handler{Provider: "bookable", Environment: "sandbox", ClientID: "my-client", ClientSecret: "{env.CF_SECRET}"},
+			want:  &Handler{Credentials: Credentials{Provider: "bookable", Environment: "sandbox", ClientID: "my-client", ClientSecret: "{env.CF_SECRET}"}},
 		},
 		{
 			name:  "environment production on eventbookings",
 			input: "oauth_bearer eventbookings {\n" + creds + "\tenvironment production\n}",
-			want:  &Handler{Provider: "eventbookings", Environment: "production", ClientID: "my-client", ClientSecret: "{env.CF_SECRET}"},
+			want:  &Handler{Credentials: Credentials{Provider: "eventbookings", Environment: "production", ClientID: "my-client", ClientSecret: "{env.CF_SECRET}"}},
 		},
 		{
 			name:  "scope with several values",
@@ -179,7 +179,7 @@ func TestParseCaddyfileSubdirectives(t *testing.T) {
 		{
 			name:  "org on eventtemple",
 			input: "oauth_bearer eventtemple {\n" + creds + "\torg {env.CF_ORG}\n}",
-			want:  &Handler{Provider: "eventtemple", ClientID: "my-client", ClientSecret: "{env.CF_SECRET}", Org: "{env.CF_ORG}"},
+			want:  &Handler{Credentials: Credentials{Provider: "eventtemple", ClientID: "my-client", ClientSecret: "{env.CF_SECRET}"}, Org: "{env.CF_ORG}"},
 		},
 		{
 			name:  "token_header with prefix",
@@ -239,14 +239,15 @@ func TestParseCaddyfileSubdirectives(t *testing.T) {
 	token_header  X-Access-Token
 }`,
 			want: &Handler{
-				Provider: "bookable", Environment: "sandbox", TokenURL: "https://auth.example.net/oauth/token",
-				ClientID: "{env.BK_ID}", ClientSecret: "{env.BK_SECRET}",
-				Scopes: []string{"venue:read", "venue-booking:create"}, Audience: "api.example.net",
-				Resources: []string{"https://api.example.net/"}, Params: map[string]string{"connection": "m2m"},
-				RequestFormat: "form", ClientAuth: "basic",
-				RefreshBefore: caddy.Duration(2 * time.Minute), DefaultLifetime: caddy.Duration(15 * time.Minute),
-				Timeout: caddy.Duration(3 * time.Second), Headers: map[string]string{"X-Request-Source": "caddy"},
-				TokenHeader: "X-Access-Token", TokenPrefix: cfStr(""),
+				Credentials:   Credentials{Provider: "bookable", Environment: "sandbox", TokenURL: "https://auth.example.net/oauth/token", ClientID: "{env.BK_ID}", ClientSecret: "{env.BK_SECRET}", RequestFormat: "form", ClientAuth: "basic", DefaultLifetime: caddy.Duration(15 * time.Minute), Timeout: caddy.Duration(3 * time.Second)},
+				Scopes:        []string{"venue:read", "venue-booking:create"},
+				Audience:      "api.example.net",
+				Resources:     []string{"https://api.example.net/"},
+				Params:        map[string]string{"connection": "m2m"},
+				RefreshBefore: caddy.Duration(2 * time.Minute),
+				Headers:       map[string]string{"X-Request-Source": "caddy"},
+				TokenHeader:   "X-Access-Token",
+				TokenPrefix:   cfStr(""),
 			},
 		},
 	}
@@ -275,7 +276,7 @@ func TestParseCaddyfileErrors(t *testing.T) {
 	}{
 		// the provider argument
 		{"unknown provider", "oauth_bearer paypal {\n" + creds + "}", 1,
-			[]string{"unknown provider 'paypal'", "bookable, calcom, eventbookings, eventtemple, generic"}},
+			[]string{"provider: unknown provider \"paypal\"", "bookable, calcom, eventbookings, eventtemple, generic"}},
 		{"extra arg after provider", "oauth_bearer eventtemple extra {\n" + creds + "}", 1,
 			[]string{"wrong argument count", "extra"}},
 
@@ -320,12 +321,13 @@ func TestParseCaddyfileErrors(t *testing.T) {
 		{"same header twice, differently cased", gen + "\theader x-a 1\n\theader X-A 2\n}", 6, []string{"header", "'X-A' given twice"}},
 
 		// required subdirectives (checked at the end of the block)
-		{"missing everything", "oauth_bearer", 1, []string{"missing subdirective 'client_id'"}},
-		{"missing client_id", "oauth_bearer {\n\tclient_secret " + cfSecret + "\n\ttoken_url https://as.example.com/token\n}", 4,
-			[]string{"missing subdirective 'client_id'"}},
-		{"missing client_secret", "oauth_bearer eventtemple {\n\tclient_id a\n}", 3, []string{"missing subdirective 'client_secret'"}},
-		{"missing token_url, generic", "oauth_bearer {\n" + creds + "}", 4, []string{"oauth_bearer generic", "missing subdirective 'token_url'"}},
-		{"missing token_url, generic named", "oauth_bearer generic {\n" + creds + "}", 4, []string{"missing subdirective 'token_url'"}},
+		{"missing everything", "oauth_bearer", 1, []string{"token_url: required for provider generic"}},
+		{"missing everything, a preset", "oauth_bearer eventtemple", 1, []string{"client_id: is required"}},
+		{"missing client_id", "oauth_bearer {\n\tclient_secret " + cfSecret + "\n\ttoken_url https://as.example.com/token\n}", 1,
+			[]string{"client_id: is required"}},
+		{"missing client_secret", "oauth_bearer eventtemple {\n\tclient_id a\n}", 1, []string{"client_secret: is required"}},
+		{"missing token_url, generic", "oauth_bearer {\n" + creds + "}", 1, []string{"token_url: required for provider generic"}},
+		{"missing token_url, generic named", "oauth_bearer generic {\n" + creds + "}", 1, []string{"token_url: required for provider generic"}},
 
 		// token_url
 		{"token_url not a URL", "oauth_bearer {\n" + creds + "\ttoken_url \"://nope\"\n}", 4, []string{"token_url", "not a URL"}},
@@ -356,39 +358,39 @@ func TestParseCaddyfileErrors(t *testing.T) {
 			[]string{"environment", "token_url"}},
 
 		// enumerations
-		{"request_format xml", gen + "\trequest_format xml\n}", 5, []string{"request_format", "'xml'", "json, form or auto"}},
-		{"client_auth jwt", gen + "\tclient_auth private_key_jwt\n}", 5, []string{"client_auth", "'private_key_jwt'", "body or basic"}},
+		{"request_format xml", gen + "\trequest_format xml\n}", 5, []string{"request_format", `"xml"`, "json, form or auto"}},
+		{"client_auth jwt", gen + "\tclient_auth private_key_jwt\n}", 5, []string{"client_auth", `"private_key_jwt"`, "body or basic"}},
 
 		// params the handler owns
-		{"param grant_type", gen + "\tparam grant_type password\n}", 5, []string{"param", "'grant_type'", "own subdirective"}},
-		{"param client_id", gen + "\tparam client_id other\n}", 5, []string{"param", "'client_id'"}},
-		{"param client_secret", gen + "\tparam client_secret other\n}", 5, []string{"param", "'client_secret'"}},
+		{"param grant_type", gen + "\tparam grant_type password\n}", 5, []string{"param", `"grant_type"`, "cannot be overridden"}},
+		{"param client_id", gen + "\tparam client_id other\n}", 5, []string{"param", `"client_id"`}},
+		{"param client_secret", gen + "\tparam client_secret other\n}", 5, []string{"param", `"client_secret"`}},
 
 		// org
-		{"org on generic (implicit)", gen + "\torg 42\n}", 5, []string{"org", "'generic'", "header <name> <value>"}},
+		{"org on generic (implicit)", gen + "\torg 42\n}", 5, []string{"org", "provider generic", "header <name> <value>"}},
 		{"org on generic (named)", "oauth_bearer generic {\n" + creds + "\ttoken_url https://as.example.com/token\n\torg 42\n}", 5,
-			[]string{"org", "'generic'"}},
-		{"org on bookable", "oauth_bearer bookable {\n" + creds + "\torg 42\n}", 4, []string{"org", "'bookable'"}},
-		{"org and header X-API-ORG", "oauth_bearer eventtemple {\n" + creds + "\torg 42\n\theader x-api-org 43\n}", 6,
-			[]string{"org", "X-API-ORG"}},
+			[]string{"org", "provider generic"}},
+		{"org on bookable", "oauth_bearer bookable {\n" + creds + "\torg 42\n}", 4, []string{"org", "provider bookable"}},
+		{"org and header X-API-ORG", "oauth_bearer eventtemple {\n" + creds + "\torg 42\n\theader x-api-org 43\n}", 5,
+			[]string{"header", "X-Api-Org is given twice (as org"}},
 
 		// ca_file, upstream_401, replay_max_body
 		{"ca_file without value", gen + "\tca_file\n}", 5, []string{"ca_file", "wrong argument count"}},
-		{"upstream_401 bogus", gen + "\tupstream_401 always\n}", 5, []string{"upstream_401", "'always'"}},
+		{"upstream_401 bogus", gen + "\tupstream_401 always\n}", 5, []string{"upstream_401", `"always"`}},
 		{"replay_max_body bad", gen + "\treplay_max_body lots\n}", 5, []string{"replay_max_body", "'lots'"}},
 		{"replay_max_body too big", gen + "\treplay_max_body 2GiB\n}", 5, []string{"replay_max_body", "'2GiB'"}},
 		{"replay_max_body twice", gen + "\treplay_max_body 1KiB\n\treplay_max_body 2KiB\n}", 6,
 			[]string{"subdirective 'replay_max_body' given twice"}},
 
 		// header names
-		{"header name with a space", gen + "\theader \"X Bad\" v\n}", 5, []string{"header", "'X Bad'", "not a valid header name"}},
-		{"header name with a colon", gen + "\theader X-Bad: v\n}", 5, []string{"header", "'X-Bad:'", "not a valid header name"}},
+		{"header name with a space", gen + "\theader \"X Bad\" v\n}", 5, []string{"header", `"X Bad"`, "not a valid header name"}},
+		{"header name with a colon", gen + "\theader X-Bad: v\n}", 5, []string{"header", `"X-Bad:"`, "not a valid header name"}},
 		{"token_header name invalid", gen + "\ttoken_header \"X Bad\"\n}", 5, []string{"token_header", "not a valid header name"}},
-		{"header duplicating token_header", gen + "\ttoken_header X-Api-Key\n\theader x-api-key v\n}", 7,
+		{"header duplicating token_header", gen + "\ttoken_header X-Api-Key\n\theader x-api-key v\n}", 6,
 			[]string{"header", "X-Api-Key", "token"}},
-		{"header duplicating token_header Authorization with prefix", gen + "\ttoken_header Authorization Token\n\theader Authorization v\n}", 7,
+		{"header duplicating token_header Authorization with prefix", gen + "\ttoken_header Authorization Token\n\theader Authorization v\n}", 6,
 			[]string{"header", "Authorization", "token"}},
-		{"header duplicating the default token header", gen + "\theader authorization \"Bearer static\"\n}", 6,
+		{"header duplicating the default token header", gen + "\theader authorization \"Bearer static\"\n}", 5,
 			[]string{"header", "Authorization", "token"}},
 	}
 	for _, tc := range tests {
@@ -643,10 +645,13 @@ func TestResolvePlaceholders(t *testing.T) {
 	}
 
 	t.Run("env", func(t *testing.T) {
-		h := &Handler{ClientID: "{env.OAB_RS_ID}", ClientSecret: "{env.OAB_RS_SECRET}", TokenURL: "{env.OAB_RS_URL}",
-			Audience: "{env.OAB_RS_AUD}", Params: map[string]string{"p": "{env.OAB_RS_PARAM}"},
-			Headers: map[string]string{"X-Env": "{env.OAB_RS_HDR}", "X-Req": "{http.request.header.X-Foo}"}}
-		cfg, err := h.resolve(provisionReplacer())
+		h := &Handler{
+			Credentials: Credentials{ClientID: "{env.OAB_RS_ID}", ClientSecret: "{env.OAB_RS_SECRET}", TokenURL: "{env.OAB_RS_URL}"},
+			Audience:    "{env.OAB_RS_AUD}",
+			Params:      map[string]string{"p": "{env.OAB_RS_PARAM}"},
+			Headers:     map[string]string{"X-Env": "{env.OAB_RS_HDR}", "X-Req": "{http.request.header.X-Foo}"},
+		}
+		cfg, err := h.configure(provisionReplacer())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -672,8 +677,8 @@ func TestResolvePlaceholders(t *testing.T) {
 		}
 	})
 	t.Run("file", func(t *testing.T) {
-		h := &Handler{Provider: "eventtemple", ClientID: "{file." + idFile + "}", ClientSecret: "{file." + secretFile + "}"}
-		cfg, err := h.resolve(provisionReplacer())
+		h := &Handler{Credentials: Credentials{Provider: "eventtemple", ClientID: "{file." + idFile + "}", ClientSecret: "{file." + secretFile + "}"}}
+		cfg, err := h.configure(provisionReplacer())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -684,9 +689,9 @@ func TestResolvePlaceholders(t *testing.T) {
 			t.Errorf("client secret = %q, want the file's content without its newline", cfg.clientSecret)
 		}
 	})
-	t.Run("sourceConfig JSON never holds the secret", func(t *testing.T) {
-		h := &Handler{Provider: "eventtemple", ClientID: "a", ClientSecret: "{env.OAB_RS_SECRET}"}
-		cfg, err := h.resolve(provisionReplacer())
+	t.Run("credentialSet JSON never holds the secret", func(t *testing.T) {
+		h := &Handler{Credentials: Credentials{Provider: "eventtemple", ClientID: "a", ClientSecret: "{env.OAB_RS_SECRET}"}}
+		cfg, err := h.configure(provisionReplacer())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -709,49 +714,59 @@ func TestResolveErrors(t *testing.T) {
 		h    *Handler
 		want []string
 	}{
-		{"secret resolves empty (env)", &Handler{Provider: "eventtemple", ClientID: "a", ClientSecret: "{env.OAB_RE_UNSET_SECRET}"},
+		{"secret resolves empty (env)", &Handler{Credentials: Credentials{Provider: "eventtemple", ClientID: "a", ClientSecret: "{env.OAB_RE_UNSET_SECRET}"}},
 			[]string{"client_secret", "{env.OAB_RE_UNSET_SECRET}", "empty"}},
-		{"secret resolves empty (missing file)", &Handler{Provider: "eventtemple", ClientID: "a",
-			ClientSecret: "{file." + filepath.Join(t.TempDir(), "absent") + "}"}, []string{"client_secret", "empty"}},
-		{"secret resolves empty (set but empty)", &Handler{Provider: "eventtemple", ClientID: "a", ClientSecret: "{env.OAB_RE_EMPTY}"},
+		{"secret resolves empty (missing file)", &Handler{
+			Credentials: Credentials{Provider: "eventtemple", ClientID: "a", ClientSecret: "{file." + filepath.Join(t.TempDir(), "absent") + "}"},
+		}, []string{"client_secret", "empty"}},
+		{"secret resolves empty (set but empty)", &Handler{Credentials: Credentials{Provider: "eventtemple", ClientID: "a", ClientSecret: "{env.OAB_RE_EMPTY}"}},
 			[]string{"client_secret", "empty"}},
-		{"client_id resolves empty", &Handler{Provider: "eventtemple", ClientID: "{env.OAB_RE_UNSET_ID}", ClientSecret: literalSecret},
+		{"client_id resolves empty", &Handler{Credentials: Credentials{Provider: "eventtemple", ClientID: "{env.OAB_RE_UNSET_ID}", ClientSecret: literalSecret}},
 			[]string{"client_id", "empty"}},
-		{"client_id missing", &Handler{Provider: "eventtemple", ClientSecret: literalSecret}, []string{"client_id", "required"}},
-		{"client_secret missing", &Handler{Provider: "eventtemple", ClientID: "a"}, []string{"client_secret", "required"}},
-		{"generic without token_url", &Handler{ClientID: "a", ClientSecret: literalSecret}, []string{"token_url", "generic"}},
-		{"unknown provider", &Handler{Provider: "paypal", ClientID: "a", ClientSecret: literalSecret},
+		{"client_id missing", &Handler{Credentials: Credentials{Provider: "eventtemple", ClientSecret: literalSecret}}, []string{"client_id", "required"}},
+		{"client_secret missing", &Handler{Credentials: Credentials{Provider: "eventtemple", ClientID: "a"}}, []string{"client_secret", "required"}},
+		{"generic without token_url", &Handler{Credentials: Credentials{ClientID: "a", ClientSecret: literalSecret}}, []string{"token_url", "generic"}},
+		{"unknown provider", &Handler{Credentials: Credentials{Provider: "paypal", ClientID: "a", ClientSecret: literalSecret}},
 			[]string{"paypal", "bookable, calcom, eventbookings, eventtemple, generic"}},
-		{"token_url resolves to plain http", &Handler{ClientID: "a", ClientSecret: literalSecret, TokenURL: "{env.OAB_RE_HTTP_URL}"},
+		{"token_url resolves to plain http", &Handler{Credentials: Credentials{ClientID: "a", ClientSecret: literalSecret, TokenURL: "{env.OAB_RE_HTTP_URL}"}},
 			[]string{"token_url", "plain http"}},
-		{"environment staging on bookable", &Handler{Provider: "bookable", Environment: "staging", ClientID: "a", ClientSecret: literalSecret},
+		{"environment staging on bookable", &Handler{Credentials: Credentials{Provider: "bookable", Environment: "staging", ClientID: "a", ClientSecret: literalSecret}},
 			[]string{"environment", "staging"}},
-		{"bad request_format", &Handler{Provider: "eventtemple", ClientID: "a", ClientSecret: literalSecret, RequestFormat: "xml"},
+		{"bad request_format", &Handler{Credentials: Credentials{Provider: "eventtemple", ClientID: "a", ClientSecret: literalSecret, RequestFormat: "xml"}},
 			[]string{"request_format"}},
-		{"bad client_auth", &Handler{Provider: "eventtemple", ClientID: "a", ClientSecret: literalSecret, ClientAuth: "jwt"},
+		{"bad client_auth", &Handler{Credentials: Credentials{Provider: "eventtemple", ClientID: "a", ClientSecret: literalSecret, ClientAuth: "jwt"}},
 			[]string{"client_auth"}},
-		{"negative timeout", &Handler{Provider: "eventtemple", ClientID: "a", ClientSecret: literalSecret, Timeout: -1},
+		{"negative timeout", &Handler{Credentials: Credentials{Provider: "eventtemple", ClientID: "a", ClientSecret: literalSecret, Timeout: -1}},
 			[]string{"timeout"}},
-		{"param grant_type", &Handler{Provider: "eventtemple", ClientID: "a", ClientSecret: literalSecret,
-			Params: map[string]string{"grant_type": "password"}}, []string{"param", "grant_type"}},
-		{"org on generic", &Handler{ClientID: "a", ClientSecret: literalSecret, TokenURL: "https://as.example.com/t", Org: "1"},
+		{"param grant_type", &Handler{
+			Credentials: Credentials{Provider: "eventtemple", ClientID: "a", ClientSecret: literalSecret},
+			Params:      map[string]string{"grant_type": "password"},
+		}, []string{"param", "grant_type"}},
+		{"org on generic", &Handler{Credentials: Credentials{ClientID: "a", ClientSecret: literalSecret, TokenURL: "https://as.example.com/t"}, Org: "1"},
 			[]string{"org", "generic"}},
-		{"header duplicating the token header", &Handler{Provider: "eventtemple", ClientID: "a", ClientSecret: literalSecret,
-			Headers: map[string]string{"authorization": "Bearer x"}}, []string{"header", "Authorization"}},
-		{"org header resolves empty", &Handler{Provider: "eventtemple", ClientID: "a", ClientSecret: literalSecret, Org: "{env.OAB_RE_UNSET_ORG}"},
+		{"header duplicating the token header", &Handler{
+			Credentials: Credentials{Provider: "eventtemple", ClientID: "a", ClientSecret: literalSecret},
+			Headers:     map[string]string{"authorization": "Bearer x"},
+		}, []string{"header", "Authorization"}},
+		{"org header resolves empty", &Handler{Credentials: Credentials{Provider: "eventtemple", ClientID: "a", ClientSecret: literalSecret}, Org: "{env.OAB_RE_UNSET_ORG}"},
 			[]string{"X-Api-Org", "empty"}},
-		{"org also set as a header", &Handler{Provider: "eventtemple", ClientID: "a", ClientSecret: literalSecret, Org: "1",
-			Headers: map[string]string{"X-Api-Org": "2"}}, []string{"X-Api-Org"}},
+		{"org also set as a header", &Handler{
+			Credentials: Credentials{Provider: "eventtemple", ClientID: "a", ClientSecret: literalSecret},
+			Org:         "1",
+			Headers:     map[string]string{"X-Api-Org": "2"},
+		}, []string{"X-Api-Org"}},
 		// JSON configs can hold one header under two spellings; which one
 		// would be sent depends on map order.
-		{"header given twice in different case", &Handler{Provider: "eventtemple", ClientID: "a", ClientSecret: literalSecret,
-			Headers: map[string]string{"x-a": "1", "X-A": "2"}}, []string{"header", "X-A"}},
-		{"resource relative", &Handler{Provider: "eventtemple", ClientID: "a", ClientSecret: literalSecret, Resources: []string{"/x"}},
+		{"header given twice in different case", &Handler{
+			Credentials: Credentials{Provider: "eventtemple", ClientID: "a", ClientSecret: literalSecret},
+			Headers:     map[string]string{"x-a": "1", "X-A": "2"},
+		}, []string{"header", "X-A"}},
+		{"resource relative", &Handler{Credentials: Credentials{Provider: "eventtemple", ClientID: "a", ClientSecret: literalSecret}, Resources: []string{"/x"}},
 			[]string{"resource"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := tc.h.resolve(provisionReplacer())
+			_, err := tc.h.configure(provisionReplacer())
 			if err == nil {
 				t.Fatal("no error")
 			}
@@ -773,84 +788,87 @@ func TestResolvePresetDefaults(t *testing.T) {
 	tests := []struct {
 		name string
 		h    *Handler
-		want sourceConfig
+		want credentialSet
 		// extra upstream headers expected, canonical key → value
 		headers map[string]string
 	}{
 		{
 			name: "eventtemple",
-			h:    &Handler{Provider: "eventtemple", ClientID: "id", ClientSecret: sec, Org: "4711", Scopes: []string{"crm_read", "crm_manage"}},
-			want: sourceConfig{Provider: "eventtemple", TokenURL: "https://api.eventtemple.com/oauth/token", ClientID: "id",
+			h:    &Handler{Credentials: Credentials{Provider: "eventtemple", ClientID: "id", ClientSecret: sec}, Org: "4711", Scopes: []string{"crm_read", "crm_manage"}},
+			want: credentialSet{Provider: "eventtemple", TokenURL: "https://api.eventtemple.com/oauth/token", ClientID: "id",
 				Scope: "crm_read crm_manage", Format: "json", ClientAuth: "body",
-				RefreshBefore: 60 * time.Second, DefaultLifetime: 10 * time.Minute, Timeout: 10 * time.Second},
+				DefaultLifetime: 10 * time.Minute, Timeout: 10 * time.Second},
 			headers: map[string]string{"X-Api-Org": "4711"},
 		},
 		{
 			name: "eventbookings auto preferring json",
-			h:    &Handler{Provider: "eventbookings", ClientID: "id", ClientSecret: sec},
-			want: sourceConfig{Provider: "eventbookings", TokenURL: "https://identity.eventbookings.com/connect/token", ClientID: "id",
+			h:    &Handler{Credentials: Credentials{Provider: "eventbookings", ClientID: "id", ClientSecret: sec}},
+			want: credentialSet{Provider: "eventbookings", TokenURL: "https://identity.eventbookings.com/connect/token", ClientID: "id",
 				Format: "auto", PreferredFormat: "json", ClientAuth: "body",
-				RefreshBefore: 60 * time.Second, DefaultLifetime: 10 * time.Minute, Timeout: 10 * time.Second},
+				DefaultLifetime: 10 * time.Minute, Timeout: 10 * time.Second},
 		},
 		{
 			name: "bookable production",
-			h:    &Handler{Provider: "bookable", ClientID: "id", ClientSecret: sec},
-			want: sourceConfig{Provider: "bookable", TokenURL: "https://auth.bookabletech.com/oauth/token", ClientID: "id",
+			h:    &Handler{Credentials: Credentials{Provider: "bookable", ClientID: "id", ClientSecret: sec}},
+			want: credentialSet{Provider: "bookable", TokenURL: "https://auth.bookabletech.com/oauth/token", ClientID: "id",
 				Audience: "api.bookabletech.com", Format: "json", ClientAuth: "body",
-				RefreshBefore: 60 * time.Second, DefaultLifetime: 10 * time.Minute, Timeout: 10 * time.Second},
+				DefaultLifetime: 10 * time.Minute, Timeout: 10 * time.Second},
 		},
 		{
 			name: "bookable sandbox",
-			h:    &Handler{Provider: "bookable", Environment: "sandbox", ClientID: "id", ClientSecret: sec},
-			want: sourceConfig{Provider: "bookable", TokenURL: "https://auth-sandbox.bookabletech.com/oauth/token", ClientID: "id",
+			h:    &Handler{Credentials: Credentials{Provider: "bookable", Environment: "sandbox", ClientID: "id", ClientSecret: sec}},
+			want: credentialSet{Provider: "bookable", TokenURL: "https://auth-sandbox.bookabletech.com/oauth/token", ClientID: "id",
 				Audience: "api.bookabletech.com", Format: "json", ClientAuth: "body",
-				RefreshBefore: 60 * time.Second, DefaultLifetime: 10 * time.Minute, Timeout: 10 * time.Second},
+				DefaultLifetime: 10 * time.Minute, Timeout: 10 * time.Second},
 		},
 		{
 			name: "generic",
-			h:    &Handler{ClientID: "id", ClientSecret: sec, TokenURL: "https://as.example.com/token"},
-			want: sourceConfig{Provider: "generic", TokenURL: "https://as.example.com/token", ClientID: "id",
+			h:    &Handler{Credentials: Credentials{ClientID: "id", ClientSecret: sec, TokenURL: "https://as.example.com/token"}},
+			want: credentialSet{Provider: "generic", TokenURL: "https://as.example.com/token", ClientID: "id",
 				Format: "form", ClientAuth: "basic",
-				RefreshBefore: 60 * time.Second, DefaultLifetime: 10 * time.Minute, Timeout: 10 * time.Second},
+				DefaultLifetime: 10 * time.Minute, Timeout: 10 * time.Second},
 		},
 		{
 			name: "overrides",
-			h: &Handler{Provider: "eventbookings", ClientID: "id", ClientSecret: sec,
-				TokenURL: "http://127.0.0.1:9999/connect/token", RequestFormat: "form", ClientAuth: "basic",
-				Audience: "aud", Resources: []string{"https://api.example.com/"}, Params: map[string]string{"k": "v"},
-				RefreshBefore: caddy.Duration(2 * time.Minute), DefaultLifetime: caddy.Duration(time.Hour),
-				Timeout: caddy.Duration(3 * time.Second), Headers: map[string]string{"x-one": "1"}},
-			want: sourceConfig{Provider: "eventbookings", TokenURL: "http://127.0.0.1:9999/connect/token", ClientID: "id",
+			h: &Handler{
+				Credentials:   Credentials{Provider: "eventbookings", ClientID: "id", ClientSecret: sec, TokenURL: "http://127.0.0.1:9999/connect/token", RequestFormat: "form", ClientAuth: "basic", DefaultLifetime: caddy.Duration(time.Hour), Timeout: caddy.Duration(3 * time.Second)},
+				Audience:      "aud",
+				Resources:     []string{"https://api.example.com/"},
+				Params:        map[string]string{"k": "v"},
+				RefreshBefore: caddy.Duration(2 * time.Minute),
+				Headers:       map[string]string{"x-one": "1"},
+			},
+			want: credentialSet{Provider: "eventbookings", TokenURL: "http://127.0.0.1:9999/connect/token", ClientID: "id",
 				Audience: "aud", Resources: []string{"https://api.example.com/"}, Params: map[string]string{"k": "v"},
 				Format: "form", ClientAuth: "basic",
-				RefreshBefore: 2 * time.Minute, DefaultLifetime: time.Hour, Timeout: 3 * time.Second},
+				DefaultLifetime: time.Hour, Timeout: 3 * time.Second},
 			headers: map[string]string{"X-One": "1"},
 		},
 		{
 			name: "bookable audience override, explicit environment production",
-			h:    &Handler{Provider: "bookable", Environment: "production", ClientID: "id", ClientSecret: sec, Audience: "other-api"},
-			want: sourceConfig{Provider: "bookable", TokenURL: "https://auth.bookabletech.com/oauth/token", ClientID: "id",
+			h:    &Handler{Credentials: Credentials{Provider: "bookable", Environment: "production", ClientID: "id", ClientSecret: sec}, Audience: "other-api"},
+			want: credentialSet{Provider: "bookable", TokenURL: "https://auth.bookabletech.com/oauth/token", ClientID: "id",
 				Audience: "other-api", Format: "json", ClientAuth: "body",
-				RefreshBefore: 60 * time.Second, DefaultLifetime: 10 * time.Minute, Timeout: 10 * time.Second},
+				DefaultLifetime: 10 * time.Minute, Timeout: 10 * time.Second},
 		},
 		{
 			name: "eventbookings pinned json",
-			h:    &Handler{Provider: "eventbookings", ClientID: "id", ClientSecret: sec, RequestFormat: "json"},
-			want: sourceConfig{Provider: "eventbookings", TokenURL: "https://identity.eventbookings.com/connect/token", ClientID: "id",
+			h:    &Handler{Credentials: Credentials{Provider: "eventbookings", ClientID: "id", ClientSecret: sec, RequestFormat: "json"}},
+			want: credentialSet{Provider: "eventbookings", TokenURL: "https://identity.eventbookings.com/connect/token", ClientID: "id",
 				Format: "json", ClientAuth: "body",
-				RefreshBefore: 60 * time.Second, DefaultLifetime: 10 * time.Minute, Timeout: 10 * time.Second},
+				DefaultLifetime: 10 * time.Minute, Timeout: 10 * time.Second},
 		},
 		{
 			name: "generic auto prefers form",
-			h:    &Handler{ClientID: "id", ClientSecret: sec, TokenURL: "https://as.example.com/token", RequestFormat: "auto"},
-			want: sourceConfig{Provider: "generic", TokenURL: "https://as.example.com/token", ClientID: "id",
+			h:    &Handler{Credentials: Credentials{ClientID: "id", ClientSecret: sec, TokenURL: "https://as.example.com/token", RequestFormat: "auto"}},
+			want: credentialSet{Provider: "generic", TokenURL: "https://as.example.com/token", ClientID: "id",
 				Format: "auto", PreferredFormat: "form", ClientAuth: "basic",
-				RefreshBefore: 60 * time.Second, DefaultLifetime: 10 * time.Minute, Timeout: 10 * time.Second},
+				DefaultLifetime: 10 * time.Minute, Timeout: 10 * time.Second},
 		},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			cfg, err := tc.h.resolve(provisionReplacer())
+			cfg, err := tc.h.configure(provisionReplacer())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -858,7 +876,7 @@ func TestResolvePresetDefaults(t *testing.T) {
 				t.Errorf("secret = %q", cfg.clientSecret)
 			}
 			got, _ := json.Marshal(cfg)
-			want, _ := json.Marshal(tc.want)
+			want, _ := json.Marshal(&tc.want)
 			if string(got) != string(want) {
 				t.Errorf("sourceConfig:\n got %s\nwant %s", got, want)
 			}
@@ -898,8 +916,8 @@ func TestResolveTokenHeader(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			h := &Handler{Provider: "eventtemple", ClientID: "a", ClientSecret: "b", TokenHeader: tc.header, TokenPrefix: tc.prefix}
-			if _, err := h.resolve(provisionReplacer()); err != nil {
+			h := &Handler{Credentials: Credentials{Provider: "eventtemple", ClientID: "a", ClientSecret: "b"}, TokenHeader: tc.header, TokenPrefix: tc.prefix}
+			if _, err := h.configure(provisionReplacer()); err != nil {
 				t.Fatal(err)
 			}
 			if h.tokenHeader != tc.wantHeader || h.tokenPrefix != tc.wantPrefix {
@@ -912,8 +930,12 @@ func TestResolveTokenHeader(t *testing.T) {
 func TestResolveSourceKey(t *testing.T) {
 	const secretA, secretB = "key-secret-aaaa", "key-secret-bbbb"
 	mk := func(mod func(h *Handler)) *Handler {
-		h := &Handler{ClientID: "id", ClientSecret: secretA, TokenURL: "https://as.example.com/token",
-			Scopes: []string{"a", "b"}, Params: map[string]string{"x": "1", "y": "2"}, Resources: []string{"https://r.example/"}}
+		h := &Handler{
+			Credentials: Credentials{ClientID: "id", ClientSecret: secretA, TokenURL: "https://as.example.com/token"},
+			Scopes:      []string{"a", "b"},
+			Params:      map[string]string{"x": "1", "y": "2"},
+			Resources:   []string{"https://r.example/"},
+		}
 		if mod != nil {
 			mod(h)
 		}
@@ -921,7 +943,7 @@ func TestResolveSourceKey(t *testing.T) {
 	}
 	key := func(h *Handler) string {
 		t.Helper()
-		cfg, err := h.resolve(provisionReplacer())
+		cfg, err := h.configure(provisionReplacer())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -963,10 +985,12 @@ func TestResolveSourceKey(t *testing.T) {
 // placeholders like the other grant parameters.
 func TestResolveLeavesRequestTimePlaceholders(t *testing.T) {
 	t.Setenv("RS_SCOPE", "crm_read")
-	h := &Handler{TokenURL: "https://as.example/token", ClientID: "id", ClientSecret: "secret",
-		Scopes:  []string{"{env.RS_SCOPE}", "crm_manage"},
-		Headers: map[string]string{"X-Now": "{time.now.unix_ms}", "X-Host": "{system.hostname}"}}
-	cfg, err := h.resolve(provisionReplacer())
+	h := &Handler{
+		Credentials: Credentials{TokenURL: "https://as.example/token", ClientID: "id", ClientSecret: "secret"},
+		Scopes:      []string{"{env.RS_SCOPE}", "crm_manage"},
+		Headers:     map[string]string{"X-Now": "{time.now.unix_ms}", "X-Host": "{system.hostname}"},
+	}
+	cfg, err := h.configure(provisionReplacer())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -43,12 +43,20 @@ func TestCaddyfileExampleCommentedBlocksAdapt(t *testing.T) {
 	}
 	var blocks []string
 	var cur []string
+	depth, top := 0, 0
 	for _, line := range strings.Split(string(data), "\n") {
 		switch {
 		case strings.HasPrefix(line, "# \t") || strings.HasPrefix(line, "# }") ||
 			(strings.HasPrefix(line, "# ") && strings.HasSuffix(line, "{") && !strings.Contains(line, "  ")):
-			cur = append(cur, strings.TrimPrefix(line, "# "))
-			if line == "# }" {
+			content := strings.TrimPrefix(line, "# ")
+			if depth == 0 {
+				top = len(cur)
+			}
+			cur = append(cur, content)
+			depth += strings.Count(content, "{") - strings.Count(content, "}")
+			// A block ends with its closing brace, unless it is a snippet:
+			// that stays with the site block after it, which imports it.
+			if depth == 0 && !strings.HasPrefix(cur[top], "(") {
 				blocks = append(blocks, strings.Join(cur, "\n"))
 				cur = nil
 			}

@@ -33,17 +33,21 @@ const maxLifetime = 24 * time.Hour
 // version is sent in the User-Agent of token requests.
 const version = "0.1.0"
 
-// endpoint talks to one token endpoint: it builds the token request the
-// provider expects and turns the answer into a token or a *TokenError.
+// endpoint talks to one provider: it builds the token, refresh and
+// revocation requests the provider expects and turns the answers into a
+// token or a *TokenError. It owns its connection pool: whoever made it
+// closes it.
 type endpoint struct {
-	cfg    sourceConfig
+	cfg    *credentialSet
+	clock  *clock // its owner's: stamps when a token was obtained
 	client *http.Client
 	// format is the request format in use; with request_format auto it
 	// starts as the preferred one and switches once if the server refuses it.
 	format atomic.Value // string
 }
 
-func newEndpoint(cfg sourceConfig) *endpoint {
+func newEndpoint(cfg *credentialSet, c *clock) *endpoint {
+	initMetrics()
 	transport := &http.Transport{
 		// A pool of its own: token requests never share connections with
 		// the proxied traffic. HTTPS_PROXY is honoured, as Caddy does.
@@ -66,7 +70,8 @@ func newEndpoint(cfg sourceConfig) *endpoint {
 		transport.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
 	}
 	e := &endpoint{
-		cfg: cfg,
+		cfg:   cfg,
+		clock: c,
 		client: &http.Client{
 			Transport: transport,
 			// Credentials are never sent to a second address: a redirect
@@ -82,11 +87,17 @@ func newEndpoint(cfg sourceConfig) *endpoint {
 	return e
 }
 
-// fetch performs one client_credentials token request (two with
-// request_format auto when the first format is refused).
-func (e *endpoint) fetch(ctx context.Context, now func() time.Time) (*token, error) {
+// close frees the endpoint's idle connections.
+func (e *endpoint) close() { e.client.CloseIdleConnections() }
+
+// clientCredentials performs one client_credentials token request (two with
+// request_format auto when the first format is refused), within the
+// configured timeout.
+func (e *endpoint) clientCredentials(ctx context.Context) (*token, error) {
+	ctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
+	defer cancel()
 	format := e.format.Load().(string)
-	tok, err := e.request(ctx, format, now)
+	tok, err := e.tokenCall(ctx, e.cfg.TokenURL, format, e.grantParams(), "")
 	if err == nil || e.cfg.Format != providers.FormatAuto || !formatRefused(err) {
 		return tok, err
 	}
@@ -94,7 +105,7 @@ func (e *endpoint) fetch(ctx context.Context, now func() time.Time) (*token, err
 	if format == providers.FormatForm {
 		other = providers.FormatJSON
 	}
-	tok, err2 := e.request(ctx, other, now)
+	tok, err2 := e.tokenCall(ctx, e.cfg.TokenURL, other, e.grantParams(), "")
 	if err2 != nil {
 		// Report the answer to the preferred format: it is the one the
 		// provider documents, so its error is the more useful one.
@@ -137,26 +148,26 @@ func (e *endpoint) grantParams() url.Values {
 	return v
 }
 
-func (e *endpoint) request(ctx context.Context, format string, now func() time.Time) (*token, error) {
-	return e.tokenCall(ctx, e.cfg.TokenURL, format, e.grantParams(), "", now)
-}
-
 // exchangeCode redeems an authorization code (RFC 6749 4.1.3, with the PKCE
 // verifier of RFC 7636). A code is single-use, so the request is made once,
 // in the format in use: never the format fallback of request_format auto.
-func (e *endpoint) exchangeCode(ctx context.Context, code, verifier, redirectURI string, now func() time.Time) (*token, error) {
+func (e *endpoint) exchangeCode(ctx context.Context, code, verifier, redirectURI string) (*token, error) {
+	ctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
+	defer cancel()
 	p := url.Values{"grant_type": {"authorization_code"}, "code": {code}, "redirect_uri": {redirectURI}}
 	if verifier != "" {
 		p.Set("code_verifier", verifier)
 	}
-	return e.tokenCall(ctx, e.cfg.TokenURL, e.format.Load().(string), p, "", now)
+	return e.tokenCall(ctx, e.cfg.TokenURL, e.format.Load().(string), p, "")
 }
 
 // refresh redeems a refresh token (RFC 6749 section 6) at the refresh URL
 // (the token URL unless the provider has its own). Providers that take the
 // refresh token as a bearer credential (Cal.com) get it in the
 // Authorization header instead of the body.
-func (e *endpoint) refresh(ctx context.Context, refreshToken string, now func() time.Time) (*token, error) {
+func (e *endpoint) refresh(ctx context.Context, refreshToken string) (*token, error) {
+	ctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
+	defer cancel()
 	p := url.Values{"grant_type": {"refresh_token"}}
 	bearer := ""
 	if e.cfg.RefreshBearer {
@@ -164,17 +175,19 @@ func (e *endpoint) refresh(ctx context.Context, refreshToken string, now func() 
 	} else {
 		p.Set("refresh_token", refreshToken)
 	}
-	return e.tokenCall(ctx, firstNonEmpty(e.cfg.RefreshURL, e.cfg.TokenURL), e.format.Load().(string), p, bearer, now)
+	return e.tokenCall(ctx, firstNonEmpty(e.cfg.RefreshURL, e.cfg.TokenURL), e.format.Load().(string), p, bearer)
 }
 
 // revoke revokes a token at the provider (RFC 7009, or the provider's own
 // call with the same parameters). Unknown tokens are not an error there.
 func (e *endpoint) revoke(ctx context.Context, tok, hint string) error {
+	ctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
+	defer cancel()
 	p := url.Values{"token": {tok}}
 	if hint != "" {
 		p.Set("token_type_hint", hint)
 	}
-	resp, body, _, err := e.do(ctx, e.cfg.RevokeURL, e.format.Load().(string), p, "", time.Now)
+	resp, body, _, err := e.do(ctx, e.cfg.RevokeURL, e.format.Load().(string), p, "")
 	if err != nil {
 		return err
 	}
@@ -187,23 +200,27 @@ func (e *endpoint) revoke(ctx context.Context, tok, hint string) error {
 	return e.localError(fmt.Sprintf("http_%d", resp.StatusCode), "revocation refused")
 }
 
-// tokenCall posts a token request and parses the answer.
-func (e *endpoint) tokenCall(ctx context.Context, target, format string, params url.Values, bearer string, now func() time.Time) (*token, error) {
-	resp, body, start, err := e.do(ctx, target, format, params, bearer, now)
-	if err != nil {
-		return nil, err
+// tokenCall posts a token request, parses the answer and counts it.
+func (e *endpoint) tokenCall(ctx context.Context, target, format string, params url.Values, bearer string) (*token, error) {
+	began := time.Now()
+	resp, body, start, err := e.do(ctx, target, format, params, bearer)
+	var tok *token
+	if err == nil {
+		tok, err = parseTokenResponse(e.cfg, resp, body, start)
 	}
-	return parseTokenResponse(e.cfg, resp, body, start)
+	metrics.tokenDuration.WithLabelValues(e.cfg.Provider).Observe(time.Since(began).Seconds())
+	metrics.tokenRequests.WithLabelValues(e.cfg.Provider, resultClass(err)).Inc()
+	return tok, err
 }
 
 // do posts params to target with client authentication and reads at most
 // maxTokenResponse of the answer.
-func (e *endpoint) do(ctx context.Context, target, format string, params url.Values, bearer string, now func() time.Time) (*http.Response, []byte, time.Time, error) {
+func (e *endpoint) do(ctx context.Context, target, format string, params url.Values, bearer string) (*http.Response, []byte, time.Time, error) {
+	start := e.clock.now()
 	req, err := e.newRequest(ctx, target, format, params, bearer)
 	if err != nil {
-		return nil, nil, time.Time{}, e.localError("invalid_request", err.Error())
+		return nil, nil, start, e.localError("invalid_request", err.Error())
 	}
-	start := now()
 	resp, err := e.client.Do(req)
 	if err != nil {
 		return nil, nil, start, e.transportError(ctx, err)
@@ -299,6 +316,10 @@ type TokenError struct {
 	// Backoff marks an error returned without a request because the
 	// source is waiting after earlier failures.
 	Backoff bool
+
+	account string // consent_required: the account
+	connect string // consent_required: where the account can be connected
+	absent  bool   // consent_required: no grant is stored at all
 }
 
 // rateLimited reports an answer that means "too many requests": 429, 503
@@ -356,7 +377,7 @@ type tokenResponse struct {
 
 // parseTokenResponse turns a token endpoint's answer into a token.
 // start is when the request was sent.
-func parseTokenResponse(cfg sourceConfig, resp *http.Response, body []byte, start time.Time) (*token, error) {
+func parseTokenResponse(cfg *credentialSet, resp *http.Response, body []byte, start time.Time) (*token, error) {
 	fail := func(code, desc string) *TokenError {
 		return &TokenError{Provider: cfg.Provider, Status: resp.StatusCode, Code: code,
 			Description: cfg.redact(desc), RetryAfter: retryAfter(resp.Header, start)}
@@ -409,14 +430,14 @@ func parseTokenResponse(cfg sourceConfig, resp *http.Response, body []byte, star
 	if tr.AccessToken == "" {
 		return nil, fail("invalid_response", "token response has no access_token")
 	}
-	if strings.ContainsAny(tr.AccessToken, "\r\n\x00") {
-		return nil, fail("invalid_response", "access_token contains control characters")
+	if !validTokenValue(tr.AccessToken) {
+		return nil, fail("invalid_response", "access_token holds bytes that cannot be sent in a header (only visible ASCII is)")
 	}
 	if tt := tr.TokenType; tt != "" && !strings.EqualFold(tt, "bearer") {
 		return nil, fail("unsupported_token_type", "token_type "+strconv.Quote(truncate(tt, 32))+" is not Bearer")
 	}
 
-	tok := &token{value: tr.AccessToken, scope: tr.Scope, refreshToken: tr.RefreshToken, obtained: start}
+	tok := &token{value: tr.AccessToken, scope: tr.Scope, refreshToken: tr.RefreshToken, obtained: start, origin: "fetched"}
 	lifetime, ok := parseSeconds(tr.ExpiresIn)
 	switch {
 	case ok && lifetime > 0:
@@ -433,15 +454,15 @@ func parseTokenResponse(cfg sourceConfig, resp *http.Response, body []byte, star
 		}
 	default:
 		if jwtLife, ok := jwtLifetime(tr.AccessToken, start); ok {
+			if jwtLife <= 0 {
+				return nil, fail("invalid_response", "the access token (a JWT) had expired when it arrived, by its exp claim")
+			}
 			lifetime, tok.lifetimeFrom = jwtLife, "jwt_exp"
 		} else {
 			lifetime, tok.lifetimeFrom = cfg.DefaultLifetime, "default_lifetime"
 		}
 	}
-	if lifetime > maxLifetime {
-		lifetime = maxLifetime
-	}
-	tok.setLifetime(start, lifetime, cfg.RefreshBefore)
+	tok.expiry = start.Add(min(lifetime, maxLifetime))
 	return tok, nil
 }
 
@@ -468,8 +489,11 @@ func parseSeconds(raw json.RawMessage) (time.Duration, bool) {
 }
 
 // jwtLifetime reads exp (and iat) from an access token that is a JWT. The
-// signature is not checked: the value only schedules the refresh. With iat,
-// exp-iat is used, which is immune to clock skew between us and the issuer.
+// signature is not checked: the value only schedules the refresh. The
+// lifetime is the smaller of exp-iat (immune to a clock skew that would
+// make exp-now too long) and exp-now (right for a token handed out again
+// long after iat). ok reports whether the token is a JWT with exp; the
+// lifetime may then be zero or negative: the token has expired.
 func jwtLifetime(tok string, now time.Time) (time.Duration, bool) {
 	parts := strings.Split(tok, ".")
 	if len(parts) != 3 {
@@ -490,11 +514,11 @@ func jwtLifetime(tok string, now time.Time) (time.Duration, bool) {
 	if !ok {
 		return 0, false
 	}
-	if iat, ok := parseSeconds(claims.Iat); ok && exp > iat {
-		return exp - iat, true
-	}
 	life := time.Unix(int64(exp.Seconds()), 0).Sub(now)
-	return life, life > 0
+	if iat, ok := parseSeconds(claims.Iat); ok {
+		life = min(life, exp-iat)
+	}
+	return life, true
 }
 
 // retryAfter reads Retry-After (seconds or HTTP date) or X-RateLimit-Reset
@@ -539,15 +563,6 @@ func safeLocation(loc string) string {
 	return u.String()
 }
 
-func firstNonEmpty(s ...string) string {
-	for _, v := range s {
-		if v != "" {
-			return v
-		}
-	}
-	return ""
-}
-
 func truncate(s string, n int) string {
 	if len(s) <= n {
 		return s
@@ -556,4 +571,16 @@ func truncate(s string, n int) string {
 		n--
 	}
 	return s[:n] + "…"
+}
+
+// validTokenValue reports whether an access token can be sent as it is in
+// a header: visible ASCII only (RFC 6750's b64token is a subset). Anything
+// else would make every request fail, or be mangled on the way.
+func validTokenValue(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if v[i] <= ' ' || v[i] >= 0x7f {
+			return false
+		}
+	}
+	return true
 }

@@ -33,15 +33,17 @@ const (
 	epSecret   = "ep-s3cr3t-value"
 )
 
-func epConfig(tokenURL string) sourceConfig {
-	return sourceConfig{
+// epClk is a clock fixed at epNow.
+var epClk = func() *clock { c := &clock{}; c.set(epClock); return c }()
+
+func epConfig(tokenURL string) *credentialSet {
+	return &credentialSet{
 		Provider:        "testprov",
 		TokenURL:        tokenURL,
 		ClientID:        epClientID,
 		clientSecret:    epSecret,
 		Format:          "form",
 		ClientAuth:      "body",
-		RefreshBefore:   time.Minute,
 		DefaultLifetime: 10 * time.Minute,
 		Timeout:         5 * time.Second,
 	}
@@ -81,13 +83,13 @@ func epServe(t *testing.T, c epCanned) (*httptest.Server, *atomic.Int64) {
 }
 
 // epFetch builds an endpoint for cfg and performs one fetch at epNow.
-func epFetch(t *testing.T, cfg sourceConfig) (*token, error) {
+func epFetch(t *testing.T, cfg *credentialSet) (*token, error) {
 	t.Helper()
-	e := newEndpoint(cfg)
-	t.Cleanup(e.client.CloseIdleConnections)
+	e := newEndpoint(cfg, epClk)
+	t.Cleanup(e.close)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	return e.fetch(ctx, epClock)
+	return e.clientCredentials(ctx)
 }
 
 // epTokenError asserts err is a *TokenError and returns it.
@@ -121,6 +123,9 @@ func TestEndpointTokenLifetime(t *testing.T) {
 	// The issuer's clock is 5 minutes ahead: exp-now would be 1200 s,
 	// exp-iat is the real 900 s.
 	jwtExpIat := epJWT(map[string]any{"sub": "svc", "iat": epNow.Unix() + 300, "exp": epNow.Unix() + 1200})
+	// Handed out again 50 minutes after it was minted for an hour:
+	// exp-iat would say 60 minutes, exp-now says the true 10.
+	jwtReissued := epJWT(map[string]any{"sub": "svc", "iat": epNow.Unix() - 3000, "exp": epNow.Unix() + 600})
 	const jsonCT = "application/json"
 	tests := []struct {
 		name      string
@@ -149,6 +154,9 @@ func TestEndpointTokenLifetime(t *testing.T) {
 		{"expires_in absent, JWT with exp and iat", epCanned{contentType: jsonCT,
 			body: epJSON(map[string]any{"access_token": jwtExpIat, "token_type": "Bearer"})},
 			jwtExpIat, 15 * time.Minute, 14 * time.Minute, "jwt_exp", ""},
+		{"expires_in absent, JWT handed out again near its exp", epCanned{contentType: jsonCT,
+			body: epJSON(map[string]any{"access_token": jwtReissued, "token_type": "Bearer"})},
+			jwtReissued, 10 * time.Minute, 9 * time.Minute, "jwt_exp", ""},
 		{"expires_in absent, not a JWT", epCanned{contentType: jsonCT,
 			body: `{"access_token":"opaque","token_type":"Bearer"}`},
 			"opaque", 10 * time.Minute, 9 * time.Minute, "default_lifetime", ""},
@@ -205,8 +213,10 @@ func TestEndpointTokenLifetime(t *testing.T) {
 			if got := tok.expiry.Sub(epNow); got != tc.lifetime {
 				t.Errorf("expiry = now+%v, want now+%v", got, tc.lifetime)
 			}
+			// A source with the default refresh_before (60s) schedules it:
 			// refreshAt is expiry-refreshBefore, moved earlier by a random
 			// jitter of less than a tenth of refreshBefore.
+			(&tokenSource{env: &env{}, clock: epClk}).schedule(tok)
 			before := tc.lifetime - tc.refreshIn
 			if got := tok.refreshAt.Sub(epNow); got > tc.refreshIn || got <= tc.refreshIn-before/10-time.Nanosecond {
 				t.Errorf("refreshAt = now+%v, want now+%v minus a jitter under %v", got, tc.refreshIn, before/10)
@@ -289,7 +299,23 @@ func TestEndpointErrorResponses(t *testing.T) {
 		{name: "empty access_token", resp: epCanned{contentType: jsonCT, body: `{"access_token":"","expires_in":3600}`},
 			code: "invalid_response", status: 200, descHas: []string{"access_token"}},
 		{name: "access_token with CR LF", resp: epCanned{contentType: jsonCT, body: `{"access_token":"tok\r\nX-Evil: 1"}`},
-			code: "invalid_response", status: 200, descHas: []string{"control characters"}},
+			code: "invalid_response", status: 200, descHas: []string{"cannot be sent in a header"}},
+		// Every byte that is not valid in a header (or is, but no bearer
+		// token holds) is refused when the token arrives, not cached to
+		// fail each request later.
+		{name: "access_token with a space", resp: epCanned{contentType: jsonCT, body: `{"access_token":"tok en"}`},
+			code: "invalid_response", status: 200, descHas: []string{"cannot be sent in a header"}},
+		{name: "access_token with a tab", resp: epCanned{contentType: jsonCT, body: `{"access_token":"tok\ten"}`},
+			code: "invalid_response", status: 200, descHas: []string{"cannot be sent in a header"}},
+		{name: "access_token with DEL", resp: epCanned{contentType: jsonCT, body: `{"access_token":"tok\u007f"}`},
+			code: "invalid_response", status: 200, descHas: []string{"cannot be sent in a header"}},
+		{name: "access_token with a vertical tab", resp: epCanned{contentType: jsonCT, body: `{"access_token":"tok\u000b"}`},
+			code: "invalid_response", status: 200, descHas: []string{"cannot be sent in a header"}},
+		{name: "access_token with non-ASCII", resp: epCanned{contentType: jsonCT, body: `{"access_token":"tökén"}`},
+			code: "invalid_response", status: 200, descHas: []string{"cannot be sent in a header"}},
+		{name: "access_token a JWT already expired", resp: epCanned{contentType: jsonCT,
+			body: epJSON(map[string]any{"access_token": epJWT(map[string]any{"iat": epNow.Unix() - 7200, "exp": epNow.Unix() - 60})})},
+			code: "invalid_response", status: 200, descHas: []string{"expired"}},
 		{name: "plain text on 200", resp: epCanned{contentType: "text/plain", body: "hello world"},
 			code: "invalid_response", status: 200, descNot: []string{"hello"}},
 		{name: "provider echoes the client secret", resp: epCanned{status: 401, contentType: jsonCT,
@@ -443,12 +469,12 @@ func epSlowServer(t *testing.T) *httptest.Server {
 func TestEndpointTimeout(t *testing.T) {
 	t.Run("context deadline", func(t *testing.T) {
 		srv := epSlowServer(t)
-		e := newEndpoint(epConfig(srv.URL + "/oauth/token"))
-		t.Cleanup(e.client.CloseIdleConnections)
+		e := newEndpoint(epConfig(srv.URL+"/oauth/token"), epClk)
+		t.Cleanup(e.close)
 		ctx, cancel := context.WithTimeout(context.Background(), 150*time.Millisecond)
 		defer cancel()
 		start := time.Now()
-		_, err := e.fetch(ctx, epClock)
+		_, err := e.clientCredentials(ctx)
 		te := epTokenError(t, err)
 		if te.Code != "timeout" || te.Status != 0 {
 			t.Errorf("got %q HTTP %d, want timeout (%v)", te.Code, te.Status, te)
@@ -461,10 +487,10 @@ func TestEndpointTimeout(t *testing.T) {
 		srv := epSlowServer(t)
 		cfg := epConfig(srv.URL + "/oauth/token")
 		cfg.Timeout = 150 * time.Millisecond
-		e := newEndpoint(cfg)
-		t.Cleanup(e.client.CloseIdleConnections)
+		e := newEndpoint(cfg, epClk)
+		t.Cleanup(e.close)
 		start := time.Now()
-		_, err := e.fetch(context.Background(), epClock)
+		_, err := e.clientCredentials(context.Background())
 		te := epTokenError(t, err)
 		if te.Code != "timeout" {
 			t.Errorf("got %q, want timeout (%v)", te.Code, te)
@@ -714,7 +740,7 @@ func (s *epFormatServer) seen() []string {
 }
 
 func TestEndpointAutoFormat(t *testing.T) {
-	autoCfg := func(url, preferred string) sourceConfig {
+	autoCfg := func(url, preferred string) *credentialSet {
 		cfg := epConfig(url)
 		cfg.Format, cfg.PreferredFormat = "auto", preferred
 		return cfg
@@ -725,7 +751,7 @@ func TestEndpointAutoFormat(t *testing.T) {
 		var errs []error
 		for i := 0; i < n; i++ {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			tok, err := e.fetch(ctx, epClock)
+			tok, err := e.clientCredentials(ctx)
 			cancel()
 			toks, errs = append(toks, tok), append(errs, err)
 		}
@@ -734,8 +760,8 @@ func TestEndpointAutoFormat(t *testing.T) {
 
 	t.Run("form-only server: JSON then form once, then form only", func(t *testing.T) {
 		srv := epFormats(t, http.StatusBadRequest, "", "form")
-		e := newEndpoint(autoCfg(srv.URL+"/connect/token", "json"))
-		t.Cleanup(e.client.CloseIdleConnections)
+		e := newEndpoint(autoCfg(srv.URL+"/connect/token", "json"), epClk)
+		t.Cleanup(e.close)
 		toks, errs := fetchN(t, e, 1)
 		if errs[0] != nil || toks[0].value != "tok-form" {
 			t.Fatalf("first fetch: %v", errs[0])
@@ -755,8 +781,8 @@ func TestEndpointAutoFormat(t *testing.T) {
 	})
 	t.Run("415 also means wrong format", func(t *testing.T) {
 		srv := epFormats(t, http.StatusUnsupportedMediaType, "", "form")
-		e := newEndpoint(autoCfg(srv.URL+"/connect/token", "json"))
-		t.Cleanup(e.client.CloseIdleConnections)
+		e := newEndpoint(autoCfg(srv.URL+"/connect/token", "json"), epClk)
+		t.Cleanup(e.close)
 		toks, errs := fetchN(t, e, 2)
 		if errs[0] != nil || errs[1] != nil || toks[1].value != "tok-form" {
 			t.Fatalf("fetches: %v", errs)
@@ -767,8 +793,8 @@ func TestEndpointAutoFormat(t *testing.T) {
 	})
 	t.Run("JSON server: stays JSON", func(t *testing.T) {
 		srv := epFormats(t, http.StatusBadRequest, "", "json")
-		e := newEndpoint(autoCfg(srv.URL+"/connect/token", "json"))
-		t.Cleanup(e.client.CloseIdleConnections)
+		e := newEndpoint(autoCfg(srv.URL+"/connect/token", "json"), epClk)
+		t.Cleanup(e.close)
 		toks, errs := fetchN(t, e, 2)
 		for i := range toks {
 			if errs[i] != nil || toks[i].value != "tok-json" {
@@ -781,8 +807,8 @@ func TestEndpointAutoFormat(t *testing.T) {
 	})
 	t.Run("preferred form against a JSON server", func(t *testing.T) {
 		srv := epFormats(t, http.StatusBadRequest, "", "json")
-		e := newEndpoint(autoCfg(srv.URL+"/connect/token", "form"))
-		t.Cleanup(e.client.CloseIdleConnections)
+		e := newEndpoint(autoCfg(srv.URL+"/connect/token", "form"), epClk)
+		t.Cleanup(e.close)
 		if _, errs := fetchN(t, e, 2); errs[0] != nil || errs[1] != nil {
 			t.Fatalf("fetches: %v", errs)
 		}
@@ -792,8 +818,8 @@ func TestEndpointAutoFormat(t *testing.T) {
 	})
 	t.Run("server refusing both: the first error is returned", func(t *testing.T) {
 		srv := epFormats(t, http.StatusBadRequest, "")
-		e := newEndpoint(autoCfg(srv.URL+"/connect/token", "json"))
-		t.Cleanup(e.client.CloseIdleConnections)
+		e := newEndpoint(autoCfg(srv.URL+"/connect/token", "json"), epClk)
+		t.Cleanup(e.close)
 		_, errs := fetchN(t, e, 1)
 		te := epTokenError(t, errs[0])
 		if te.Code != "invalid_request" || te.Status != 400 || te.Description != "json bodies are not accepted" {
@@ -810,8 +836,8 @@ func TestEndpointAutoFormat(t *testing.T) {
 	})
 	t.Run("no fallback on a credentials error", func(t *testing.T) {
 		srv := epFormats(t, http.StatusBadRequest, "json", "json", "form")
-		e := newEndpoint(autoCfg(srv.URL+"/connect/token", "json"))
-		t.Cleanup(e.client.CloseIdleConnections)
+		e := newEndpoint(autoCfg(srv.URL+"/connect/token", "json"), epClk)
+		t.Cleanup(e.close)
 		_, errs := fetchN(t, e, 1)
 		if te := epTokenError(t, errs[0]); te.Code != "invalid_client" {
 			t.Errorf("error = %v, want invalid_client", te)
@@ -822,8 +848,8 @@ func TestEndpointAutoFormat(t *testing.T) {
 	})
 	t.Run("fallback answered by another error: that error is returned", func(t *testing.T) {
 		srv := epFormats(t, http.StatusBadRequest, "form", "form")
-		e := newEndpoint(autoCfg(srv.URL+"/connect/token", "json"))
-		t.Cleanup(e.client.CloseIdleConnections)
+		e := newEndpoint(autoCfg(srv.URL+"/connect/token", "json"), epClk)
+		t.Cleanup(e.close)
 		_, errs := fetchN(t, e, 1)
 		if te := epTokenError(t, errs[0]); te.Code != "invalid_client" || te.Status != 401 {
 			t.Errorf("error = %v, want invalid_client from the form request", te)
@@ -836,8 +862,8 @@ func TestEndpointAutoFormat(t *testing.T) {
 		srv := epFormats(t, http.StatusBadRequest, "", "form")
 		cfg := epConfig(srv.URL + "/connect/token")
 		cfg.Format = "json"
-		e := newEndpoint(cfg)
-		t.Cleanup(e.client.CloseIdleConnections)
+		e := newEndpoint(cfg, epClk)
+		t.Cleanup(e.close)
 		_, errs := fetchN(t, e, 1)
 		if te := epTokenError(t, errs[0]); te.Code != "invalid_request" {
 			t.Errorf("error = %v, want invalid_request", te)

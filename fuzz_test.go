@@ -36,8 +36,11 @@ func FuzzTokenResponse(f *testing.F) {
 	for _, s := range seeds {
 		f.Add(s.status, s.ct, s.body)
 	}
-	cfg := sourceConfig{Provider: "fuzz", clientSecret: "secret", RefreshBefore: time.Minute, DefaultLifetime: 10 * time.Minute}
+	cfg := &credentialSet{Provider: "fuzz", clientSecret: "secret", DefaultLifetime: 10 * time.Minute}
 	start := time.Unix(1_700_000_000, 0)
+	clk := &clock{}
+	clk.set(func() time.Time { return start })
+	src := &tokenSource{env: &env{}, clock: clk} // schedules with the default refresh_before
 	f.Fuzz(func(t *testing.T, status int, ct, body string) {
 		if status < 100 || status > 999 {
 			return
@@ -56,9 +59,10 @@ func FuzzTokenResponse(f *testing.F) {
 		if status < 200 || status >= 300 {
 			t.Fatalf("status %d accepted", status)
 		}
-		if tok.value == "" || strings.ContainsAny(tok.value, "\r\n\x00") {
+		if tok.value == "" || strings.ContainsFunc(tok.value, func(r rune) bool { return r <= ' ' || r >= 0x7f }) {
 			t.Fatalf("unusable token %q", tok.value)
 		}
+		src.schedule(tok)
 		if !tok.expiry.After(start) || tok.expiry.Sub(start) > maxLifetime {
 			t.Fatalf("expiry %v outside (start, start+%v]", tok.expiry.Sub(start), maxLifetime)
 		}
@@ -68,8 +72,8 @@ func FuzzTokenResponse(f *testing.F) {
 	})
 }
 
-// FuzzCaddyfile feeds arbitrary blocks to the directive parser: it must
-// never panic, and what it accepts must hold the required fields.
+// FuzzCaddyfile feeds arbitrary blocks to both directives' parsers: they
+// must never panic, and what they accept must hold the required fields.
 func FuzzCaddyfile(f *testing.F) {
 	for _, s := range []string{
 		"oauth_bearer eventtemple {\n client_id a\n client_secret b\n org 1\n scope x y\n}",
@@ -78,16 +82,19 @@ func FuzzCaddyfile(f *testing.F) {
 		"oauth_bearer {\n token_header X-T p\n header X-A {http.request.uri}\n}",
 		"oauth_bearer nope",
 		"oauth_bearer {\n timeout -1s\n replay_max_body 1KiB\n upstream_401 off\n}",
+		"oauth_bearer eventtemple {\n grant authorization_code\n client_id a\n client_secret b\n account {http.auth.user.id}\n}",
+		"oauth_bearer_consent calcom {\n client_id a\n client_secret b\n redirect_uri https://p/cb\n scope A B\n pkce off\n}",
 	} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, input string) {
 		h := new(Handler)
-		if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input)); err != nil {
-			return
+		if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input)); err == nil && (h.ClientID == "" || h.ClientSecret == "") {
+			t.Fatalf("oauth_bearer accepted a block without credentials: %q", input)
 		}
-		if h.ClientID == "" || h.ClientSecret == "" {
-			t.Fatalf("accepted a block without credentials: %q", input)
+		c := new(ConsentHandler)
+		if err := c.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input)); err == nil && (c.ClientID == "" || c.ClientSecret == "" || c.RedirectURI == "") {
+			t.Fatalf("oauth_bearer_consent accepted a block without credentials or redirect_uri: %q", input)
 		}
 	})
 }

@@ -2,40 +2,27 @@ package oauthbearer
 
 import (
 	"context"
-	"crypto/aes"
-	"crypto/cipher"
-	"crypto/hkdf"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
+	"net/url"
 	"regexp"
-	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 )
 
-// Grants: the authorization-code and refresh-token grants. A person
-// consents once (consent.go); the resulting grant (refresh token, access
-// token, expiry, scopes) is kept in Caddy's storage, encrypted, and each
-// account's token source refreshes it under the storage lock, so that one
-// refresh happens per grant at a time across routes and across instances
-// sharing the storage.
-
-// Grant types.
-const (
-	grantClientCredentials = "client_credentials"
-	grantAuthorizationCode = "authorization_code"
-	grantRefreshToken      = "refresh_token"
-)
+// grant.go: the authorization_code and refresh_token grants. A person
+// consents once (consent.go); the grant (refresh token, access token,
+// expiry, scopes) is kept per account in Caddy's storage, encrypted
+// (store.go). Each account that requests use has a token source whose
+// fetcher is the grant: it takes a token another route or instance stored,
+// or redeems the refresh token under the account's storage lock, so that
+// one refresh happens per grant at a time across every instance sharing the
+// storage, and a rotated refresh token is never lost.
 
 // codeConsentRequired is the error code of a request whose grant is missing
 // or was refused by the provider (invalid_grant): a person must connect.
@@ -43,6 +30,27 @@ const codeConsentRequired = "consent_required"
 
 // defaultAccount is the account of handlers that do not select one.
 const defaultAccount = "default"
+
+// Bounds of a grant's storage work.
+const (
+	// lockWait bounds the wait for an account's lock, which another
+	// instance holds while it refreshes (a dead holder's lock goes stale
+	// within the storage's own bound: 10 s for file_system).
+	lockWait = 15 * time.Second
+	// saveRetries are the waits between attempts to store a rotated
+	// grant while its lock is held; after them the grant stays in memory
+	// and is stored again every watchInterval.
+	saveRetries = 4
+	// watchInterval: how often a grant looks for connects and disconnects
+	// made elsewhere, and stores grants that failed to store. A
+	// disconnect takes effect on every instance within about this long.
+	watchInterval = 2 * time.Second
+	// sweepInterval: an account no request used for a whole interval
+	// (one to two of them) is evicted from memory.
+	sweepInterval = 5 * time.Minute
+	// maxEvents is how many connects and disconnects the event log keeps.
+	maxEvents = 1000
+)
 
 // validAccount: account names become storage keys, so no separators, no
 // dot-dot, nothing a storage backend could read as a path.
@@ -70,371 +78,381 @@ type grantRecord struct {
 	BootstrapHash string    `json:"bootstrap_hash,omitempty"` // the configured refresh_token that seeded it
 }
 
-// token turns the record's access token into a scheduled token.
-func (g *grantRecord) token(refreshBefore time.Duration) *token {
-	if g.AccessToken == "" || g.Expiry.IsZero() {
+// token turns the record's access token into a new, unscheduled token;
+// nil when it has none.
+func (r *grantRecord) token() *token {
+	if r.AccessToken == "" || r.Expiry.IsZero() {
 		return nil
 	}
-	t := &token{value: g.AccessToken, scope: g.Scope, obtained: g.Obtained, lifetimeFrom: "stored"}
-	t.setLifetime(g.Obtained, g.Expiry.Sub(g.Obtained), refreshBefore)
-	return t
+	return &token{value: r.AccessToken, scope: r.Scope, obtained: r.Obtained, expiry: r.Expiry,
+		lifetimeFrom: "stored", origin: "stored", final: r.RefreshToken == ""}
 }
 
-// grants is one grant configuration (provider, token URL, client) with its
-// accounts. It is shared through the sources pool like a token source.
-type grants struct {
-	cfg      sourceConfig
-	storage  certmagic.Storage
-	aead     cipher.AEAD
-	id       string // names the grant in storage: hash of provider, token URL and client id
-	endpoint *endpoint
+// grantEvents is the log of connects and disconnects of a grant's
+// accounts, kept in the storage so that every instance applies them.
+type grantEvents struct {
+	Seq    uint64       `json:"seq"`
+	Events []grantEvent `json:"events"`
+}
+
+type grantEvent struct {
+	Seq     uint64    `json:"seq"`
+	Account string    `json:"account"`
+	At      time.Time `json:"at"`
+}
+
+// grant is one stored grant configuration (provider, endpoints, client)
+// with its accounts: a pool entry shared by the consent handler and the
+// injecting handlers that name the same credentials.
+type grant struct {
+	env   env
+	id    string // names the grant in storage: hash of provider, token URL and client id
+	short string // names the pool entry in logs
+	cfg   *credentialSet
+	ep    *endpoint
+	store *recordStore
+	clock clock
 
 	// bootstrap is a refresh token from the configuration (grant
-	// refresh_token), used until a stored grant exists.
+	// refresh_token), used for the default account until a stored grant
+	// exists.
 	bootstrap     string
 	bootstrapHash string
 
-	mu       sync.Mutex
-	accounts sync.Map                // account name → *tokenSource
-	unsaved  map[string]*grantRecord // refreshed but not yet stored (storage failed)
-	// usedStates are consent states already redeemed here (one use).
-	usedStates map[string]time.Time
-	log        *zap.Logger
+	accounts sync.Map // account name → *tokenSource
+
+	mu         sync.Mutex
+	unsaved    map[string]*grantRecord // rotated, but the storage refused it
+	usedStates map[string]time.Time    // consent states already redeemed here
+	eventsSeen uint64
+
+	loop   sync.Once
+	ctx    context.Context // ends at Destruct
+	cancel context.CancelFunc
+	done   chan struct{} // closed when the loop has ended
 }
 
-func newGrants(cfg sourceConfig, storage certmagic.Storage, bootstrap string, log *zap.Logger) (*grants, error) {
-	idHash := sha256.Sum256([]byte(cfg.Provider + "\x00" + cfg.TokenURL + "\x00" + cfg.ClientID))
-	id := hex.EncodeToString(idHash[:8])
-	key, err := hkdf.Key(sha256.New, []byte(cfg.clientSecret), []byte("caddy-oauth-bearer grant v1"), id, 32)
-	if err != nil {
+// grantID names a grant in storage. It depends only on the provider, the
+// token URL and the client, so the same grant is found by every handler
+// and instance that names them.
+func grantID(cs *credentialSet) string {
+	h := sha256.Sum256([]byte(cs.Provider + "\x00" + cs.TokenURL + "\x00" + cs.ClientID))
+	return hex.EncodeToString(h[:8])
+}
+
+// grantKey is the pool key of the grant of cs seeded with bootstrap.
+func grantKey(cs *credentialSet, bootstrap string) string {
+	h := sha256.Sum256([]byte(cs.key() + "\x00" + bootstrap))
+	return "grant:" + hex.EncodeToString(h[:])
+}
+
+func newGrant(cs *credentialSet, key, bootstrap string) (*grant, error) {
+	initMetrics()
+	g := &grant{id: grantID(cs), short: shortID(key), cfg: cs, bootstrap: bootstrap,
+		unsaved: map[string]*grantRecord{}, usedStates: map[string]time.Time{}, done: make(chan struct{})}
+	g.ep = newEndpoint(cs, &g.clock)
+	var err error
+	if g.store, err = newRecordStore(&g.env, cs.clientSecret, "caddy-oauth-bearer grant v1", g.id); err != nil {
 		return nil, err
 	}
-	block, err := aes.NewCipher(key)
-	if err != nil {
-		return nil, err
-	}
-	aead, err := cipher.NewGCM(block)
-	if err != nil {
-		return nil, err
-	}
-	g := &grants{cfg: cfg, storage: storage, aead: aead, id: id, endpoint: newEndpoint(cfg),
-		bootstrap: bootstrap, unsaved: map[string]*grantRecord{},
-		usedStates: map[string]time.Time{}, log: log}
 	if bootstrap != "" {
 		h := sha256.Sum256([]byte(bootstrap))
 		g.bootstrapHash = hex.EncodeToString(h[:])
 	}
+	g.ctx, g.cancel = context.WithCancel(context.Background())
 	return g, nil
 }
 
-// Destruct implements caddy.Destructor.
-func (g *grants) Destruct() error {
+func (g *grant) uses() *env { return &g.env }
+
+// Destruct implements caddy.Destructor: no configuration uses the grant.
+// Its loop ends (after one last attempt to store what the storage refused),
+// then its accounts' sources and its connections.
+func (g *grant) Destruct() error {
+	g.cancel()
+	g.loop.Do(func() { close(g.done) }) // never started: nothing to wait for
+	<-g.done
 	g.accounts.Range(func(_, v any) bool {
-		v.(*tokenSource).Destruct()
+		v.(*tokenSource).stop()
 		return true
 	})
-	g.endpoint.client.CloseIdleConnections()
+	g.ep.close()
 	return nil
 }
 
-// source returns the token source of an account, creating it on first use.
-// Finding an existing one takes no lock: it runs for every proxied request.
-func (g *grants) source(account string) *tokenSource {
-	if s, ok := g.accounts.Load(account); ok {
-		return s.(*tokenSource)
-	}
-	s := newTokenSourceWith(g.cfg, g.endpoint)
-	s.id = g.id
-	s.fetchToken = func(ctx context.Context, now func() time.Time) (*token, error) {
-		return g.refresh(ctx, account, now)
-	}
-	if prev, loaded := g.accounts.LoadOrStore(account, s); loaded {
-		s.Destruct() // another request created it first
-		return prev.(*tokenSource)
-	}
-	return s
-}
+func (g *grant) now() time.Time { return g.clock.now() }
 
-// forget drops an account's source when it has no grant, so that requests
-// naming accounts that do not exist leave nothing behind.
-func (g *grants) forget(account string, s *tokenSource) {
-	if g.accounts.CompareAndDelete(account, s) {
-		s.Destruct()
-	}
-}
-
-func (g *grants) storageKey(account string) string {
+func (g *grant) recordKey(account string) string {
 	return "oauth_bearer/grants/" + g.id + "/" + account + ".json"
 }
 
-func (g *grants) lockName(account string) string {
+func (g *grant) eventsKey() string { return "oauth_bearer/grants/" + g.id + "/_events.json" }
+
+func (g *grant) lockName(account string) string {
 	return "oauth_bearer_grant_" + g.id + "_" + account
 }
 
-// consentEndpoints records, by grant id, the endpoint paths of the consent
-// handlers in the running configurations. Proxying handlers of the same
-// grant (which may differ in settings such as refresh_before, and so not
-// share a grants value) pass those paths through untouched and name the
-// connect path to requests of unconnected accounts.
-var consentEndpoints struct {
-	mu sync.Mutex // serialises writers; readers load the map without a lock
-	m  atomic.Pointer[map[string][]*consentPaths]
-}
+// ---- accounts ----
 
-// updateConsent replaces the registry with a copy changed by fn.
-func updateConsent(fn func(m map[string][]*consentPaths)) {
-	consentEndpoints.mu.Lock()
-	defer consentEndpoints.mu.Unlock()
-	next := map[string][]*consentPaths{}
-	if cur := consentEndpoints.m.Load(); cur != nil {
-		for k, v := range *cur {
-			next[k] = v
-		}
+// source returns the token source of an account, creating it on first
+// use. Finding an existing one takes no lock: it runs for every request.
+func (g *grant) source(account string) *tokenSource {
+	if s, ok := g.accounts.Load(account); ok {
+		return s.(*tokenSource)
 	}
-	fn(next)
-	consentEndpoints.m.Store(&next)
-}
-
-func registerConsent(id string, p *consentPaths) {
-	updateConsent(func(m map[string][]*consentPaths) {
-		m[id] = append(m[id][:len(m[id]):len(m[id])], p)
-	})
-}
-
-func unregisterConsent(id string, p *consentPaths) {
-	updateConsent(func(m map[string][]*consentPaths) {
-		list := slices.DeleteFunc(slices.Clone(m[id]), func(q *consentPaths) bool { return q == p })
-		if len(list) == 0 {
-			delete(m, id)
-		} else {
-			m[id] = list
-		}
-	})
-}
-
-// consentList returns the consent endpoints registered for the grant.
-func (g *grants) consentList() []*consentPaths {
-	if m := consentEndpoints.m.Load(); m != nil {
-		return (*m)[g.id]
+	f := &accountFetcher{g: g, account: account}
+	s := newTokenSource(f, &g.env, &g.clock, g.cfg.Provider, g.short)
+	f.src = s
+	if prev, loaded := g.accounts.LoadOrStore(account, s); loaded {
+		return prev.(*tokenSource)
 	}
-	return nil
+	g.startLoop()
+	return s
 }
 
-// consentFor returns the newest consent endpoints of a grant, or nil.
-func (g *grants) consentFor() *consentPaths {
-	if list := g.consentList(); len(list) > 0 {
-		return list[len(list)-1]
+// forget drops an account's source if it is still src (an account with no
+// grant leaves nothing in memory). Like an evicted one (sweep), the source
+// is not stopped: a request that holds it may still be using it.
+func (g *grant) forget(account string, src *tokenSource) {
+	g.accounts.CompareAndDelete(account, src)
+}
+
+// accountFetcher is the fetcher of one account's token source.
+type accountFetcher struct {
+	g       *grant
+	account string
+	src     *tokenSource
+}
+
+func (f *accountFetcher) fetch(ctx context.Context, old *token, refused bool) (*token, error) {
+	t, err := f.g.refresh(ctx, f.account, old, refused)
+	var te *TokenError
+	if errors.As(err, &te) && te.absent {
+		f.g.forget(f.account, f.src)
 	}
-	return nil
+	return t, err
 }
 
-func (g *grants) isConsentPath(p string) bool {
-	for _, c := range g.consentList() {
-		if p == c.connect || p == c.callback || p == c.status || p == c.disconnect {
-			return true
-		}
-	}
-	return false
-}
-
-// resetAccount sets an account's token (nil: none) in every grants value
-// of the same grant in this process, so that a consent given or withdrawn
-// takes effect at once for every handler.
-func (g *grants) resetAccount(account string, tok *token) {
-	sources.Range(func(_, v any) bool {
-		if o, ok := v.(*grants); ok && o.id == g.id {
-			o.source(account).reset(tok)
+// resetLocal gives every source of the account in this process (in every
+// grant entry of the same grant: handlers whose other settings differ) the
+// token t, or none: a grant was just connected or disconnected here.
+func (g *grant) resetLocal(account string, t func() *token) {
+	pool.Range(func(_, v any) bool {
+		if o, ok := v.(*grant); ok && o.id == g.id {
+			if s, ok := o.accounts.Load(account); ok {
+				s.(*tokenSource).store(t())
+			}
 		}
 		return true
 	})
-	g.source(account).reset(tok)
 }
 
-func consentRequired(provider, reason string) *TokenError {
-	return &TokenError{Provider: provider, Code: codeConsentRequired, Description: reason}
+// ---- refresh ----
+
+// refresh returns a token for an account to replace old: the stored one
+// when it is newer (another route or instance refreshed), else a new one
+// from the refresh token, redeemed under the account's lock. Taking the
+// stored token needs no lock, and neither does an account with no grant.
+func (g *grant) refresh(ctx context.Context, account string, old *token, refused bool) (*token, error) {
+	rec, err := g.current(ctx, account)
+	if err != nil {
+		return nil, err
+	}
+	if t, err := g.decide(account, rec, old, refused); t != nil || err != nil {
+		return t, err
+	}
+	unlock, err := g.store.lock(ctx, g.lockName(account), lockWait)
+	if err != nil {
+		return nil, g.storageError("taking the grant's lock", err)
+	}
+	defer unlock()
+	// Another instance may have refreshed while we waited.
+	if rec, err = g.current(ctx, account); err != nil {
+		return nil, err
+	}
+	if t, err := g.decide(account, rec, old, refused); t != nil || err != nil {
+		return t, err
+	}
+	// From here on the refresh token is sent: the answer is read and
+	// stored whatever happens to the caller, the source or the config.
+	return g.redeem(context.WithoutCancel(ctx), rec)
 }
 
-// load reads an account's grant: nil when none is stored. A grant that
-// cannot be decrypted (tampered with, or the client secret changed) is an
-// error that needs consent again.
-func (g *grants) load(ctx context.Context, account string) (*grantRecord, error) {
+// current returns the account's grant: the one this process holds but
+// could not store, else the stored one; for the default account of a
+// refresh_token grant, one made from the configured refresh token when
+// none is stored or the configured one changed. nil: not connected.
+func (g *grant) current(ctx context.Context, account string) (*grantRecord, error) {
 	g.mu.Lock()
-	if rec, ok := g.unsaved[account]; ok {
-		g.mu.Unlock()
-		return rec, nil
-	}
+	rec := g.unsaved[account]
 	g.mu.Unlock()
-	key := g.storageKey(account)
-	b, err := g.storage.Load(ctx, key)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, &TokenError{Provider: g.cfg.Provider, Code: "storage_error", Description: err.Error()}
-	}
-	ns := g.aead.NonceSize()
-	if len(b) < ns+g.aead.Overhead() {
-		return nil, consentRequired(g.cfg.Provider, "the stored grant is truncated; connect again")
-	}
-	plain, err := g.aead.Open(nil, b[:ns], b[ns:], []byte(key))
-	if err != nil {
-		return nil, consentRequired(g.cfg.Provider, "the stored grant cannot be decrypted (tampered with, or the client secret changed); connect again")
-	}
-	var rec grantRecord
-	if err := json.Unmarshal(plain, &rec); err != nil || rec.Account != account {
-		return nil, consentRequired(g.cfg.Provider, "the stored grant is not readable; connect again")
-	}
-	return &rec, nil
-}
-
-// save encrypts and stores a record (the storage writes atomically: the
-// file system storage writes a temporary file and renames it). On failure
-// the record is kept in memory and saving is tried again on the next
-// refresh, so a rotated refresh token is never lost while Caddy runs.
-func (g *grants) save(ctx context.Context, rec *grantRecord) error {
-	plain, err := json.Marshal(rec)
-	if err != nil {
-		return err
-	}
-	key := g.storageKey(rec.Account)
-	nonce := make([]byte, g.aead.NonceSize())
-	rand.Read(nonce)
-	sealed := g.aead.Seal(nonce, nonce, plain, []byte(key))
-	err = g.storage.Store(ctx, key, sealed)
-	g.mu.Lock()
-	if err != nil {
-		g.unsaved[rec.Account] = rec
-	} else {
-		delete(g.unsaved, rec.Account)
-	}
-	g.mu.Unlock()
-	if err != nil {
-		return &TokenError{Provider: g.cfg.Provider, Code: "storage_error", Description: "storing the grant: " + err.Error()}
-	}
-	return nil
-}
-
-// locked runs fn holding the grant's storage lock, which serialises
-// refreshes across every instance that shares the storage.
-func (g *grants) locked(ctx context.Context, account string, fn func() error) error {
-	name := g.lockName(account)
-	if err := g.storage.Lock(ctx, name); err != nil {
-		return &TokenError{Provider: g.cfg.Provider, Code: "storage_error", Description: "taking the grant lock: " + err.Error()}
-	}
-	defer func() {
-		if err := g.storage.Unlock(context.WithoutCancel(ctx), name); err != nil {
-			g.log.Error("releasing the grant lock", zap.String("lock", name), zap.Error(err))
+	if rec == nil {
+		var r grantRecord
+		found, err := g.store.load(ctx, g.recordKey(account), &r)
+		switch {
+		case errors.Is(err, errUndecryptable):
+			return nil, g.consentError(account, "the stored grant cannot be decrypted (tampered with, or the client secret changed); connect again", false)
+		case err != nil:
+			return nil, g.storageError("reading the grant", err)
+		case found && r.Account == account:
+			rec = &r
+		case found:
+			return nil, g.consentError(account, "the stored grant belongs to another account; connect again", false)
 		}
-	}()
-	return fn()
+	}
+	if g.bootstrap != "" && account == defaultAccount && (rec == nil || rec.BootstrapHash != g.bootstrapHash) {
+		// The configuration holds a refresh token other than the one
+		// the stored grant started from: the operator supplied a new one.
+		rec = &grantRecord{Account: account, RefreshToken: g.bootstrap, BootstrapHash: g.bootstrapHash, ConnectedAt: g.now()}
+	}
+	return rec, nil
 }
 
-// refresh returns a fresh access token for an account: the stored one when
-// another route or instance refreshed it meanwhile, else a new one from the
-// refresh_token grant. The rotated refresh token is stored before the new
-// access token is used; invalid_grant marks the grant as needing consent.
-func (g *grants) refresh(ctx context.Context, account string, now func() time.Time) (*token, error) {
-	// Accounts with no grant are answered without taking the lock: requests
-	// for them must not churn lock files.
-	if g.bootstrap == "" || account != defaultAccount {
-		rec, err := g.load(ctx, account)
-		if err != nil {
+// decide looks at an account's grant: a token to use, an error, or
+// neither, when the refresh token must be redeemed.
+func (g *grant) decide(account string, rec *grantRecord, old *token, refused bool) (*token, error) {
+	switch {
+	case rec == nil:
+		return nil, g.consentError(account, "not connected: no grant is stored for account "+account, true)
+	case rec.NeedsConsent:
+		return nil, g.consentError(account, rec.Reason, false)
+	}
+	t := rec.token()
+	valid := t != nil && g.now().Before(t.expiry) && !(refused && old != nil && t.value == old.value)
+	if valid && (old == nil || t.value != old.value) {
+		return t, nil // another route or instance refreshed, or first use
+	}
+	if rec.RefreshToken == "" {
+		if valid {
+			return t, nil // final: nothing to refresh it with
+		}
+		return nil, g.consentError(account, "the provider gave no refresh token, and the access token expired or was refused; connect again", false)
+	}
+	return nil, nil
+}
+
+// redeem sends the refresh token and stores what comes back, holding the
+// account's lock. The rotated grant is what this process uses from then
+// on, stored or not.
+func (g *grant) redeem(ctx context.Context, rec *grantRecord) (*token, error) {
+	tok, err := g.ep.refresh(ctx, rec.RefreshToken)
+	if err != nil {
+		var te *TokenError
+		if !errors.As(err, &te) || te.Code != "invalid_grant" {
 			return nil, err
 		}
-		if rec == nil {
-			return nil, consentRequired(g.cfg.Provider, "no grant is stored for account "+account)
-		}
+		next := *rec
+		next.NeedsConsent = true
+		next.Reason = "the provider refused the refresh token (invalid_grant): " + te.Description
+		next.AccessToken, next.RefreshToken = "", ""
+		metrics.consents.WithLabelValues(g.cfg.Provider, "consent_required").Inc()
+		g.persist(ctx, &next)
+		return nil, g.consentError(rec.Account, next.Reason, false)
 	}
-	var out *token
-	err := g.locked(ctx, account, func() error {
-		rec, err := g.load(ctx, account)
-		if err != nil {
-			return err
-		}
-		switch {
-		case rec == nil && g.bootstrap != "" && account == defaultAccount:
-			rec = &grantRecord{Account: account, RefreshToken: g.bootstrap, BootstrapHash: g.bootstrapHash, ConnectedAt: now()}
-		case rec == nil:
-			return consentRequired(g.cfg.Provider, "no grant is stored for account "+account)
-		case g.bootstrap != "" && account == defaultAccount && rec.BootstrapHash != g.bootstrapHash:
-			// The configuration holds a refresh token other than the one
-			// the stored grant started from: the operator supplied a new one.
-			rec = &grantRecord{Account: account, RefreshToken: g.bootstrap, BootstrapHash: g.bootstrapHash, ConnectedAt: now()}
-		}
-		if rec.NeedsConsent {
-			return consentRequired(g.cfg.Provider, rec.Reason)
-		}
-		// Another instance may have refreshed while we waited for the lock.
-		if t := rec.token(g.cfg.RefreshBefore); t != nil && now().Before(t.refreshAt) {
-			out = t
-			return nil
-		}
-		if rec.RefreshToken == "" {
-			if t := rec.token(g.cfg.RefreshBefore); t != nil && now().Before(t.expiry) {
-				out = t
-				return nil
-			}
-			return consentRequired(g.cfg.Provider, "the provider gave no refresh token and the access token expired")
-		}
-		tok, err := g.endpoint.refresh(ctx, rec.RefreshToken, now)
-		if err != nil {
-			var te *TokenError
-			if errors.As(err, &te) && te.Code == "invalid_grant" {
-				rec.NeedsConsent = true
-				rec.Reason = "the provider refused the refresh token (invalid_grant): " + te.Description
-				rec.AccessToken, rec.RefreshToken = "", ""
-				metrics.consents.WithLabelValues(g.cfg.Provider, "consent_required").Inc()
-				if serr := g.save(ctx, rec); serr != nil {
-					return serr
-				}
-				return consentRequired(g.cfg.Provider, rec.Reason)
-			}
-			return err
-		}
-		rec.RefreshToken = firstNonEmpty(tok.refreshToken, rec.RefreshToken) // keep the old one when none came
-		rec.AccessToken, rec.Obtained, rec.Expiry = tok.value, tok.obtained, tok.expiry
-		rec.Scope = firstNonEmpty(tok.scope, rec.Scope)
-		rec.LastRefresh = now()
-		if err := g.save(ctx, rec); err != nil {
-			return err
-		}
-		out = tok
-		return nil
-	})
-	return out, err
+	next := *rec
+	next.RefreshToken = firstNonEmpty(tok.refreshToken, rec.RefreshToken) // keep the old one when none came
+	next.AccessToken, next.Obtained, next.Expiry = tok.value, tok.obtained, tok.expiry
+	next.Scope = firstNonEmpty(tok.scope, rec.Scope)
+	next.LastRefresh = g.now()
+	g.persist(ctx, &next)
+	tok.refreshToken = ""
+	tok.final = next.RefreshToken == ""
+	return tok, nil
 }
 
-// connect stores the grant obtained by redeeming an authorization code and
-// makes it the account's current token at once.
-func (g *grants) connect(ctx context.Context, account string, tok *token, now time.Time) error {
+// persist stores a rotated grant, retrying while the caller holds its
+// lock (so that no other instance redeems the stale refresh token meanwhile).
+// When the storage keeps refusing, the grant is kept in memory, used from
+// there, and stored again by the loop until it succeeds.
+func (g *grant) persist(ctx context.Context, rec *grantRecord) {
+	var err error
+	wait := 100 * time.Millisecond
+	for attempt := 0; ; attempt++ {
+		if err = g.store.save(ctx, g.recordKey(rec.Account), rec); err == nil {
+			g.mu.Lock()
+			delete(g.unsaved, rec.Account)
+			g.mu.Unlock()
+			return
+		}
+		if attempt == saveRetries {
+			break
+		}
+		select {
+		case <-time.After(wait):
+		case <-g.ctx.Done():
+		}
+		wait *= 3
+	}
+	g.mu.Lock()
+	g.unsaved[rec.Account] = rec
+	g.mu.Unlock()
+	g.env.logger().Error("storing the refreshed grant failed; it is kept in memory and stored again every few seconds",
+		zap.String("provider", g.cfg.Provider), zap.String("account", rec.Account), zap.Error(err))
+	g.startLoop()
+}
+
+func (g *grant) consentError(account, reason string, absent bool) *TokenError {
+	e := &TokenError{Provider: g.cfg.Provider, Code: codeConsentRequired, Description: reason, account: account, absent: absent}
+	if p := g.env.consentPaths(); p != nil {
+		e.connect = p.connect + "?account=" + url.QueryEscape(account)
+	}
+	return e
+}
+
+func (g *grant) storageError(doing string, err error) *TokenError {
+	return &TokenError{Provider: g.cfg.Provider, Code: "storage_error", Description: doing + ": " + truncate(err.Error(), 200)}
+}
+
+// ---- consent ----
+
+// connect stores the grant obtained by redeeming an authorization code,
+// revokes the refresh token of the grant it replaces, tells the other
+// instances, and makes it the account's token here at once.
+func (g *grant) connect(ctx context.Context, account string, tok *token) error {
+	now := g.now()
 	rec := &grantRecord{Account: account, RefreshToken: tok.refreshToken, AccessToken: tok.value,
 		Obtained: tok.obtained, Expiry: tok.expiry, Scope: tok.scope, ConnectedAt: now, LastRefresh: now,
 		BootstrapHash: g.bootstrapHash}
-	err := g.locked(ctx, account, func() error { return g.save(ctx, rec) })
+	var replaced *grantRecord
+	err := g.locked(ctx, account, func() error {
+		replaced, _ = g.current(ctx, account)
+		if err := g.store.save(ctx, g.recordKey(account), rec); err != nil {
+			return g.storageError("storing the grant", err)
+		}
+		g.mu.Lock()
+		delete(g.unsaved, account)
+		g.mu.Unlock()
+		return nil
+	})
 	if err != nil {
 		return err
 	}
-	g.resetAccount(account, tok)
+	g.publish(ctx, account)
+	g.resetLocal(account, rec.token)
+	if replaced != nil && replaced.RefreshToken != "" && replaced.RefreshToken != rec.RefreshToken && g.cfg.RevokeURL != "" {
+		if err := g.ep.revoke(ctx, replaced.RefreshToken, "refresh_token"); err != nil {
+			g.env.logger().Warn("revoking the refresh token of the replaced grant failed",
+				zap.String("provider", g.cfg.Provider), zap.String("account", account), zap.Error(err))
+		}
+	}
 	return nil
 }
 
-// disconnect revokes the grant at the provider (when it has a revoke URL)
-// and deletes it. It reports whether the provider confirmed revocation.
-func (g *grants) disconnect(ctx context.Context, account string) (revoked bool, err error) {
+// disconnect revokes the grant at the provider (when it has a revoke URL),
+// deletes it and tells the other instances. It reports whether the
+// provider confirmed the revocation.
+func (g *grant) disconnect(ctx context.Context, account string) (revoked bool, err error) {
 	err = g.locked(ctx, account, func() error {
-		rec, lerr := g.load(ctx, account)
-		if lerr != nil && !isConsent(lerr) {
-			return lerr
-		}
+		rec, _ := g.current(ctx, account)
 		if rec != nil && g.cfg.RevokeURL != "" {
 			revoked = true
 			for _, t := range []struct{ v, hint string }{{rec.RefreshToken, "refresh_token"}, {rec.AccessToken, "access_token"}} {
 				if t.v == "" {
 					continue
 				}
-				if rerr := g.endpoint.revoke(ctx, t.v, t.hint); rerr != nil {
+				if rerr := g.ep.revoke(ctx, t.v, t.hint); rerr != nil {
 					revoked = false
-					g.log.Warn("revoking a token at the provider failed; deleting the grant anyway",
+					g.env.logger().Warn("revoking a token at the provider failed; deleting the grant anyway",
 						zap.String("provider", g.cfg.Provider), zap.String("account", account), zap.Error(rerr))
 				}
 			}
@@ -442,51 +460,227 @@ func (g *grants) disconnect(ctx context.Context, account string) (revoked bool, 
 		g.mu.Lock()
 		delete(g.unsaved, account)
 		g.mu.Unlock()
-		if derr := g.storage.Delete(ctx, g.storageKey(account)); derr != nil && !errors.Is(derr, fs.ErrNotExist) {
-			return &TokenError{Provider: g.cfg.Provider, Code: "storage_error", Description: derr.Error()}
+		if derr := g.store.remove(ctx, g.recordKey(account)); derr != nil {
+			return g.storageError("deleting the grant", derr)
 		}
 		return nil
 	})
-	g.resetAccount(account, nil)
+	if err == nil {
+		g.publish(ctx, account)
+	}
+	g.resetLocal(account, func() *token { return nil })
 	return revoked, err
 }
 
-// status describes an account's grant; never a token.
-func (g *grants) status(ctx context.Context, account string) (map[string]any, error) {
-	rec, err := g.load(ctx, account)
-	st := map[string]any{"provider": g.cfg.Provider, "account": account, "connected": false, "needs_consent": true}
+// locked runs fn holding the account's lock.
+func (g *grant) locked(ctx context.Context, account string, fn func() error) error {
+	unlock, err := g.store.lock(ctx, g.lockName(account), lockWait)
 	if err != nil {
-		if !isConsent(err) {
-			return nil, err
-		}
-		st["reason"] = err.(*TokenError).Description
+		return g.storageError("taking the grant's lock", err)
+	}
+	defer unlock()
+	return fn()
+}
+
+// accountStatus describes an account's grant; never a token.
+type accountStatus struct {
+	Provider           string `json:"provider"`
+	Account            string `json:"account"`
+	Connected          bool   `json:"connected"`
+	NeedsConsent       bool   `json:"needs_consent"`
+	Reason             string `json:"reason,omitempty"`
+	Scope              string `json:"scope,omitempty"`
+	AccessTokenExpires string `json:"access_token_expires,omitempty"`
+	ConnectedAt        string `json:"connected_at,omitempty"`
+	LastRefresh        string `json:"last_refresh,omitempty"`
+	HasRefreshToken    bool   `json:"has_refresh_token"`
+	Connect            string `json:"connect,omitempty"`
+}
+
+func (g *grant) status(ctx context.Context, account string) (*accountStatus, error) {
+	st := &accountStatus{Provider: g.cfg.Provider, Account: account, NeedsConsent: true}
+	rec, err := g.current(ctx, account)
+	var te *TokenError
+	switch {
+	case errors.As(err, &te) && te.Code == codeConsentRequired:
+		st.Reason = te.Description
+		return st, nil
+	case err != nil:
+		return nil, err
+	case rec == nil:
+		st.Reason = "not connected"
 		return st, nil
 	}
-	if rec == nil {
-		st["reason"] = "not connected"
-		return st, nil
-	}
-	st["connected"] = !rec.NeedsConsent
-	st["needs_consent"] = rec.NeedsConsent
+	st.Connected, st.NeedsConsent, st.HasRefreshToken, st.Scope = !rec.NeedsConsent, rec.NeedsConsent, rec.RefreshToken != "", rec.Scope
 	if rec.NeedsConsent {
-		st["reason"] = rec.Reason
+		st.Reason = rec.Reason
 	}
-	if !rec.Expiry.IsZero() {
-		st["access_token_expires"] = rec.Expiry.UTC().Format(time.RFC3339)
-	}
-	if rec.Scope != "" {
-		st["scope"] = rec.Scope
-	}
-	for k, t := range map[string]time.Time{"connected_at": rec.ConnectedAt, "last_refresh": rec.LastRefresh} {
-		if !t.IsZero() {
-			st[k] = t.UTC().Format(time.RFC3339)
+	for _, f := range []struct {
+		dst *string
+		t   time.Time
+	}{{&st.AccessTokenExpires, rec.Expiry}, {&st.ConnectedAt, rec.ConnectedAt}, {&st.LastRefresh, rec.LastRefresh}} {
+		if !f.t.IsZero() {
+			*f.dst = f.t.UTC().Format(time.RFC3339)
 		}
 	}
-	st["has_refresh_token"] = rec.RefreshToken != ""
 	return st, nil
 }
 
-func isConsent(err error) bool {
-	var te *TokenError
-	return errors.As(err, &te) && te.Code == codeConsentRequired
+// useState marks a consent state as used; false if it already was.
+func (g *grant) useState(state string, expires time.Time) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	now := g.now()
+	for s, exp := range g.usedStates {
+		if now.After(exp) {
+			delete(g.usedStates, s)
+		}
+	}
+	if _, used := g.usedStates[state]; used {
+		return false
+	}
+	g.usedStates[state] = expires.Add(time.Minute)
+	return true
+}
+
+// ---- the loop: other instances' consents, idle accounts, unsaved grants ----
+
+// startLoop starts the grant's background loop once, when it first has an
+// account (so that `caddy validate` starts nothing).
+func (g *grant) startLoop() {
+	g.loop.Do(func() { go g.run() })
+}
+
+func (g *grant) run() {
+	defer close(g.done)
+	watch := time.NewTicker(watchInterval)
+	defer watch.Stop()
+	sweep := time.NewTicker(sweepInterval)
+	defer sweep.Stop()
+	for {
+		select {
+		case <-g.ctx.Done():
+			g.storeUnsaved(context.Background())
+			return
+		case <-watch.C:
+			g.storeUnsaved(g.ctx)
+			g.watch(g.ctx)
+		case <-sweep.C:
+			g.sweep()
+		}
+	}
+}
+
+// publish appends a connect or disconnect of account to the grant's event
+// log, which the other instances read every watchInterval.
+func (g *grant) publish(ctx context.Context, account string) {
+	err := g.locked(ctx, "_events", func() error {
+		var log grantEvents
+		if _, err := g.store.load(ctx, g.eventsKey(), &log); err != nil && !errors.Is(err, errUndecryptable) {
+			return err
+		}
+		log.Seq++
+		log.Events = append(log.Events, grantEvent{Seq: log.Seq, Account: account, At: g.now()})
+		if len(log.Events) > maxEvents {
+			log.Events = log.Events[len(log.Events)-maxEvents:]
+		}
+		return g.store.save(ctx, g.eventsKey(), &log)
+	})
+	if err != nil {
+		g.env.logger().Warn("recording a consent change for the other instances failed; they see it at their next refresh",
+			zap.String("provider", g.cfg.Provider), zap.String("account", account), zap.Error(err))
+	}
+}
+
+// watch applies the connects and disconnects made since the last look (on
+// any instance, this one included): every account named gets its stored
+// grant's token, or none. When events were missed (the log was trimmed past
+// what this instance saw), every account in memory is read again.
+func (g *grant) watch(ctx context.Context) {
+	var log grantEvents
+	if _, err := g.store.load(ctx, g.eventsKey(), &log); err != nil {
+		g.env.logger().Debug("reading the grant's event log failed", zap.String("provider", g.cfg.Provider), zap.Error(err))
+		return
+	}
+	g.mu.Lock()
+	seen := g.eventsSeen
+	g.eventsSeen = log.Seq
+	g.mu.Unlock()
+	if log.Seq == seen {
+		return
+	}
+	accounts := map[string]bool{}
+	if len(log.Events) == 0 || log.Events[0].Seq > seen+1 {
+		g.accounts.Range(func(k, _ any) bool { accounts[k.(string)] = true; return true })
+	}
+	for _, ev := range log.Events {
+		if ev.Seq > seen {
+			accounts[ev.Account] = true
+		}
+	}
+	for account := range accounts {
+		v, ok := g.accounts.Load(account)
+		if !ok {
+			continue
+		}
+		g.mu.Lock()
+		delete(g.unsaved, account) // a newer grant was stored elsewhere
+		g.mu.Unlock()
+		rec, err := g.current(ctx, account)
+		if err != nil {
+			continue // the next request finds out
+		}
+		var t *token
+		if rec != nil && !rec.NeedsConsent {
+			t = rec.token()
+		}
+		src := v.(*tokenSource)
+		if cur := src.cur.Load(); (t == nil) != (cur == nil) || (t != nil && cur.value != t.value) {
+			src.store(t)
+		}
+	}
+}
+
+// storeUnsaved stores again the grants the storage refused.
+func (g *grant) storeUnsaved(ctx context.Context) {
+	g.mu.Lock()
+	pending := make([]*grantRecord, 0, len(g.unsaved))
+	for _, rec := range g.unsaved {
+		pending = append(pending, rec)
+	}
+	g.mu.Unlock()
+	for _, rec := range pending {
+		err := g.locked(ctx, rec.Account, func() error {
+			if err := g.store.save(ctx, g.recordKey(rec.Account), rec); err != nil {
+				return err
+			}
+			g.mu.Lock()
+			if g.unsaved[rec.Account] == rec {
+				delete(g.unsaved, rec.Account)
+			}
+			g.mu.Unlock()
+			return nil
+		})
+		if err == nil {
+			g.env.logger().Info("the refreshed grant is stored now", zap.String("provider", g.cfg.Provider), zap.String("account", rec.Account))
+		}
+	}
+}
+
+// sweep evicts the sources of accounts that no request used since the
+// last sweep. Their grants stay stored; a later request loads them again.
+// It returns how many it evicted.
+func (g *grant) sweep() int {
+	n := 0
+	g.accounts.Range(func(k, v any) bool {
+		s := v.(*tokenSource)
+		if s.used.Swap(false) || s.refreshing.Load() {
+			return true
+		}
+		if g.accounts.CompareAndDelete(k, s) {
+			n++
+		}
+		return true
+	})
+	return n
 }

@@ -1,17 +1,19 @@
 package oauthbearer
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
 
-// The grant subdirectives: what they set, and each mistake named with its
-// line and subdirective.
-func TestParseGrantSubdirectives(t *testing.T) {
-	h := new(Handler)
-	err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(`oauth_bearer eventtemple {
+// The grant subdirectives of both directives: what they set, and each
+// mistake named with its line and subdirective.
+
+func TestParseConsentSubdirectives(t *testing.T) {
+	h := new(ConsentHandler)
+	err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(`oauth_bearer_consent eventtemple {
 	grant           authorization_code
 	client_id       id
 	client_secret   {env.S}
@@ -22,20 +24,43 @@ func TestParseGrantSubdirectives(t *testing.T) {
 	authorize_url   https://auth.example.com/authorize
 	refresh_url     https://auth.example.com/refresh
 	revoke_url      https://auth.example.com/revoke
+	scope           crm_read crm_manage
 	pkce            off
-	account         {http.request.header.X-Account}
 }`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if h.Grant != "authorization_code" || h.RedirectURI != "https://proxy.example.com/oauth/et/callback" ||
+	if h.Provider != "eventtemple" || h.RedirectURI != "https://proxy.example.com/oauth/et/callback" ||
 		h.ConnectPath != "/oauth/et/start" || h.StatusPath != "/oauth/et/state" || h.DisconnectPath != "/oauth/et/stop" ||
 		h.AuthorizeURL != "https://auth.example.com/authorize" || h.RefreshURL != "https://auth.example.com/refresh" ||
 		h.RevokeURL != "https://auth.example.com/revoke" || h.PKCE == nil || *h.PKCE ||
-		h.Account != "{http.request.header.X-Account}" {
+		strings.Join(h.Scopes, " ") != "crm_read crm_manage" {
 		t.Errorf("parsed: %+v", h)
 	}
 
+	// The grant is implied.
+	h = new(ConsentHandler)
+	if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser("oauth_bearer_consent calcom {\n client_id i\n client_secret s\n redirect_uri https://p.example.com/cb\n}")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestParseInjectorGrantSubdirectives(t *testing.T) {
+	h := new(Handler)
+	err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(`oauth_bearer eventtemple {
+	grant         authorization_code
+	client_id     id
+	client_secret {env.S}
+	revoke_url    https://auth.example.com/revoke
+	account       {http.auth.user.id}
+	org           42
+}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Grant != "authorization_code" || h.Account != "{http.auth.user.id}" || h.RevokeURL != "https://auth.example.com/revoke" {
+		t.Errorf("parsed: %+v", h)
+	}
 	h = new(Handler)
 	if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser("oauth_bearer {\n token_url https://a/t\n client_id i\n client_secret s\n grant refresh_token\n refresh_token {env.RT}\n}")); err != nil {
 		t.Fatal(err)
@@ -46,33 +71,58 @@ func TestParseGrantSubdirectives(t *testing.T) {
 }
 
 func TestParseGrantErrors(t *testing.T) {
-	const head = "oauth_bearer eventtemple {\n\tclient_id id\n\tclient_secret s3cret-value\n"
+	const creds = "\tclient_id id\n\tclient_secret s3cret-value\n"
+	const consent = "oauth_bearer_consent eventtemple {\n" + creds + "\tredirect_uri https://p.example.com/oauth/cb\n"
+	const inject = "oauth_bearer eventtemple {\n" + creds
 	tests := []struct {
-		name, body string
-		line       int
-		want       string
+		name, input string
+		line        int
+		want        string
 	}{
-		{"bad grant", "\tgrant password\n", 4, "grant: 'password'"},
-		{"redirect_uri not absolute", "\tgrant authorization_code\n\tredirect_uri /callback\n", 5, "redirect_uri"},
-		{"redirect_uri over plain http", "\tgrant authorization_code\n\tredirect_uri http://proxy.example.com/cb\n", 5, "must use https"},
-		{"redirect_uri without the code grant", "\tredirect_uri https://p.example.com/cb\n", 5, "redirect_uri: only with 'grant authorization_code'"},
-		{"refresh_token without its grant", "\trefresh_token {env.RT}\n", 5, "refresh_token: only with 'grant refresh_token'"},
-		{"refresh_token grant without a token", "\tgrant refresh_token\n", 5, "missing subdirective 'refresh_token'"},
-		{"connect_path not absolute", "\tconnect_path start\n", 4, "connect_path: 'start' must start with /"},
-		{"authorize_url over plain http", "\tauthorize_url http://auth.example.com/a\n", 4, "authorize_url"},
-		{"pkce value", "\tpkce maybe\n", 4, "pkce: 'maybe' is not on or off"},
-		{"hostile account", "\taccount ../../etc\n", 4, "account: invalid account name"},
-		{"grant twice", "\tgrant authorization_code\n\tgrant authorization_code\n", 5, "given twice"},
+		// oauth_bearer_consent
+		{"consent: another grant", consent + "\tgrant client_credentials\n}", 5, "grant: oauth_bearer_consent serves the authorization_code grant only"},
+		{"consent: redirect_uri missing", "oauth_bearer_consent eventtemple {\n" + creds + "}", 1, "redirect_uri: is required"},
+		{"consent: redirect_uri not absolute", "oauth_bearer_consent eventtemple {\n" + creds + "\tredirect_uri /callback\n}", 4, "redirect_uri"},
+		{"consent: redirect_uri over plain http", "oauth_bearer_consent eventtemple {\n" + creds + "\tredirect_uri http://proxy.example.com/cb\n}", 4, "must use https"},
+		{"consent: connect_path not absolute", consent + "\tconnect_path start\n}", 5, `connect_path: "start" must start with /`},
+		{"consent: authorize_url over plain http", consent + "\tauthorize_url http://auth.example.com/a\n}", 5, "authorize_url"},
+		{"consent: generic without authorize_url", "oauth_bearer_consent {\n" + creds + "\ttoken_url https://a.example.com/t\n\tredirect_uri https://p.example.com/cb\n}", 1, "authorize_url: is required"},
+		{"consent: pkce value", consent + "\tpkce maybe\n}", 5, "pkce: 'maybe' is not on or off"},
+		{"consent: an injector's subdirective", consent + "\torg 42\n}", 5, "org: belongs to oauth_bearer"},
+		{"consent: unknown", consent + "\taccount_header X\n}", 5, "unrecognized subdirective 'account_header'"},
+		{"consent: scope twice", consent + "\tscope a\n\tscope b\n}", 6, "given twice"},
+
+		// oauth_bearer with a grant
+		{"inject: bad grant", inject + "\tgrant password\n}", 4, `grant: "password" is not client_credentials, authorization_code or refresh_token`},
+		{"inject: consent subdirective", inject + "\tgrant authorization_code\n\tredirect_uri https://p.example.com/cb\n}", 5, "redirect_uri: belongs to oauth_bearer_consent"},
+		{"inject: refresh_token without its grant", inject + "\trefresh_token {env.RT}\n}", 4, "refresh_token: only for the authorization_code and refresh_token grants"},
+		{"inject: refresh_token with the code grant", inject + "\tgrant authorization_code\n\trefresh_token {env.RT}\n}", 5, "refresh_token: only for grant refresh_token"},
+		{"inject: refresh_token grant without a token", inject + "\tgrant refresh_token\n}", 1, "refresh_token: is required by grant refresh_token"},
+		{"inject: scope with a grant", inject + "\tgrant authorization_code\n\tscope a\n}", 5, "scope: only for the client_credentials grant"},
+		{"inject: param with a grant", inject + "\tgrant authorization_code\n\tparam a b\n}", 1, "only for the client_credentials grant"},
+		{"inject: account with client credentials", inject + "\taccount alice\n}", 4, "account: only for the authorization_code and refresh_token grants"},
+		{"inject: hostile account", inject + "\tgrant authorization_code\n\taccount ../../etc\n}", 5, "account: invalid account name"},
+		{"inject: revoke_url with client credentials", inject + "\trevoke_url https://a.example.com/r\n}", 4, "revoke_url: only for the authorization_code and refresh_token grants"},
+		{"inject: grant twice", inject + "\tgrant authorization_code\n\tgrant authorization_code\n}", 5, "given twice"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			err := new(Handler).UnmarshalCaddyfile(caddyfile.NewTestDispenser(head + tc.body + "}"))
+			d := caddyfile.NewTestDispenser(tc.input)
+			var err error
+			if strings.HasPrefix(tc.input, "oauth_bearer_consent") {
+				err = new(ConsentHandler).UnmarshalCaddyfile(d)
+			} else {
+				err = new(Handler).UnmarshalCaddyfile(d)
+			}
 			if err == nil {
 				t.Fatal("accepted")
 			}
 			msg := err.Error()
-			if !strings.Contains(msg, tc.want) || !strings.Contains(msg, "Testfile:") {
-				t.Errorf("error %q lacks %q or the line", msg, tc.want)
+			if !strings.Contains(msg, tc.want) {
+				t.Errorf("error %q lacks %q", msg, tc.want)
+			}
+			if suffix := fmt.Sprintf("Testfile:%d", tc.line); !strings.HasSuffix(msg, suffix) {
+				t.Errorf("error %q does not end with %q", msg, suffix)
 			}
 			if strings.Contains(msg, "s3cret-value") {
 				t.Errorf("error %q echoes the secret", msg)
@@ -81,53 +131,77 @@ func TestParseGrantErrors(t *testing.T) {
 	}
 }
 
-func TestResolveGrantErrors(t *testing.T) {
+// JSON configurations meet the same rules (check and configure run in
+// Provision).
+func TestConfigureGrantErrors(t *testing.T) {
 	base := func() *Handler {
-		return &Handler{Provider: "eventtemple", ClientID: "id", ClientSecret: "secret"}
+		return &Handler{Credentials: Credentials{Provider: "eventtemple", ClientID: "id", ClientSecret: "secret"}}
 	}
 	tests := []struct {
 		name string
 		mod  func(h *Handler)
 		want string
 	}{
-		{"redirect_uri with client_credentials", func(h *Handler) { h.RedirectURI = "https://p/cb" }, "redirect_uri: only for grant"},
-		{"account with client_credentials", func(h *Handler) { h.Account = "alice" }, "account: only for grant"},
+		{"account with client_credentials", func(h *Handler) { h.Account = "alice" }, "account: only for the authorization_code"},
 		{"unknown grant", func(h *Handler) { h.Grant = "implicit" }, "grant:"},
 		{"param with a code grant", func(h *Handler) { h.Grant = "authorization_code"; h.Params = map[string]string{"a": "b"} },
-			"client_credentials grant only"},
-		{"refresh_token grant without token", func(h *Handler) { h.Grant = "refresh_token" }, "refresh_token is required"},
-		{"refresh_token resolving empty", func(h *Handler) { h.Grant = "refresh_token"; h.RefreshToken = "{env.OAB_UNSET_RT}" },
-			"refresh_token {env.OAB_UNSET_RT} resolved to an empty value"},
-		{"generic consent handler without authorize_url", func(h *Handler) {
-			h.Provider, h.TokenURL, h.Grant, h.RedirectURI = "", "https://a/t", "authorization_code", "https://p/cb"
-		}, "authorize_url is required"},
+			"only for the client_credentials grant"},
+		{"refresh_token grant without token", func(h *Handler) { h.Grant = "refresh_token" }, "refresh_token: is required"},
+		{"refresh_url with client credentials", func(h *Handler) { h.RefreshURL = "https://a.example.com/r" }, "refresh_url: only for"},
 		{"hostile literal account", func(h *Handler) { h.Grant = "authorization_code"; h.Account = "a/b" }, "invalid account name"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			h := base()
 			tc.mod(h)
-			_, err := h.resolve(provisionReplacer())
+			_, err := h.configure(provisionReplacer())
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Errorf("error %v, want %q", err, tc.want)
 			}
 		})
 	}
-	// A consent handler's endpoints derive from redirect_uri.
+	// The bootstrap refresh token is resolved in Provision: an empty one
+	// names its placeholder.
 	h := base()
-	h.Grant, h.RedirectURI, h.Scopes = "authorization_code", "https://p.example.com/oauth/et/callback", []string{"crm_read", "crm_manage"}
-	if _, err := h.resolve(provisionReplacer()); err != nil {
+	h.Grant, h.RefreshToken = "refresh_token", "{env.OAB_UNSET_RT}"
+	if _, err := resolveRequired(provisionReplacer(), "refresh_token", h.RefreshToken); err == nil ||
+		!strings.Contains(err.Error(), "refresh_token: {env.OAB_UNSET_RT} resolved to an empty value") {
+		t.Errorf("unset refresh_token: %v", err)
+	}
+}
+
+func TestConfigureConsent(t *testing.T) {
+	h := &ConsentHandler{Credentials: Credentials{Provider: "eventtemple", ClientID: "id", ClientSecret: "secret"},
+		RedirectURI: "https://p.example.com/oauth/et/callback", Scopes: []string{"crm_read", "crm_manage"}}
+	if _, err := h.configure(provisionReplacer()); err != nil {
 		t.Fatal(err)
 	}
 	want := consentPaths{redirect: h.RedirectURI, callback: "/oauth/et/callback", connect: "/oauth/et/connect",
 		status: "/oauth/et/status", disconnect: "/oauth/et/disconnect"}
-	if h.paths != want || h.authorizeURL != "https://client.eventtemple.com/oauth/authorize" {
-		t.Errorf("paths %+v, authorize %q", h.paths, h.authorizeURL)
+	if h.paths != want || h.authorizeURL != "https://client.eventtemple.com/oauth/authorize" || h.scope != "crm_read,crm_manage" {
+		t.Errorf("paths %+v, authorize %q, scope %q", h.paths, h.authorizeURL, h.scope)
+	}
+	if h.formAction != "https://client.eventtemple.com" {
+		t.Errorf("form-action origin %q", h.formAction)
+	}
+
+	for name, mod := range map[string]func(c *ConsentHandler){
+		"no redirect_uri":             func(c *ConsentHandler) { c.RedirectURI = "" },
+		"generic without authorize":   func(c *ConsentHandler) { c.Provider, c.TokenURL = "", "https://a.example.com/t" },
+		"connect_path relative":       func(c *ConsentHandler) { c.ConnectPath = "x" },
+		"redirect_uri resolves empty": func(c *ConsentHandler) { c.RedirectURI = "{env.OAB_UNSET_REDIRECT}" },
+	} {
+		c := &ConsentHandler{Credentials: Credentials{Provider: "eventtemple", ClientID: "id", ClientSecret: "secret"},
+			RedirectURI: "https://p.example.com/cb"}
+		mod(c)
+		if _, err := c.configure(provisionReplacer()); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
 	}
 }
 
 func TestCheckAccount(t *testing.T) {
-	for _, ok := range []string{"default", "alice", "user@example.com", "acct-42", "A.B_c+d=e"} {
+	for _, ok := range []string{"default", "alice", "user@example.com", "acct-42", "A.B_c+d=e", strings.Repeat("a", 128)} {
 		if err := checkAccount(ok); err != nil {
 			t.Errorf("%q refused: %v", ok, err)
 		}

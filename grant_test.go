@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	"golang.org/x/crypto/bcrypt"
 )
 
@@ -36,50 +35,58 @@ type grantSetup struct {
 	conf string
 }
 
+// grantConfig is the site: the consent handler and the injector share the
+// credentials through a snippet, as the README shows.
+func grantConfig(as *codeAS, redirect, extraProxy, apiHostport string) string {
+	hash, err := bcrypt.GenerateFromPassword([]byte(adminPass), bcrypt.MinCost)
+	if err != nil {
+		panic(err)
+	}
+	return fmt.Sprintf(`(et_client) {
+	client_id     %s
+	client_secret {env.CAS_SECRET}
+	token_url     %s
+	revoke_url    %s
+}
+http://LISTEN {
+	basic_auth /oauth/et/* {
+		%s %s
+	}
+	oauth_bearer_consent /oauth/et/* eventtemple {
+		import et_client
+		authorize_url %s
+		redirect_uri  %s
+		scope         crm_read crm_manage
+	}
+	oauth_bearer eventtemple {
+		grant authorization_code
+		import et_client
+		org   42
+		%s
+	}
+	reverse_proxy %s
+}`, as.ClientID, as.tokenURL(), as.revokeURL(), adminUser, hash, as.authorizeURL(), redirect, extraProxy, apiHostport)
+}
+
 func newGrantSetup(t *testing.T, extraProxy string) *grantSetup {
 	t.Helper()
 	addr := freeAddr(t)
 	redirect := "http://" + addr + "/oauth/et/callback"
 	as := newCodeAS(t, redirect)
 	as.ScopeSep = ","
+	if testClock != nil {
+		as.Now = testClock.now
+	}
 	api := newAPIUpstream(t, as)
-	hash, err := bcrypt.GenerateFromPassword([]byte(adminPass), bcrypt.MinCost)
-	if err != nil {
-		t.Fatal(err)
-	}
 	t.Setenv("CAS_SECRET", as.Secret)
-	common := fmt.Sprintf(`client_id     %s
-		client_secret {env.CAS_SECRET}
-		token_url     %s
-		revoke_url    %s`, as.ClientID, as.tokenURL(), as.revokeURL())
-	conf := fmt.Sprintf(`http://LISTEN {
-	route /oauth/et/* {
-		basic_auth {
-			%s %s
-		}
-		oauth_bearer eventtemple {
-			grant         authorization_code
-			%s
-			authorize_url %s
-			redirect_uri  %s
-			scope         crm_read crm_manage
-		}
-	}
-	oauth_bearer eventtemple {
-		grant authorization_code
-		%s
-		org   42
-		%s
-	}
-	reverse_proxy %s
-}`, adminUser, hash, common, as.authorizeURL(), redirect, common, extraProxy, api.hostport())
-	g := &grantSetup{t: t, as: as, api: api, conf: conf}
-	g.c = startCaddyAt(t, addr, conf)
+	g := &grantSetup{t: t, as: as, api: api, conf: grantConfig(as, redirect, extraProxy, api.hostport())}
+	g.c = startCaddyAt(t, addr, g.conf)
 	return g
 }
 
-// browser is a person's browser: it keeps cookies, follows redirects and
-// knows the admin's basic_auth credentials for the Caddy origin.
+// browser is a person's browser: it keeps cookies, follows redirects, knows
+// the admin's basic_auth credentials for the Caddy origin, and sends Origin
+// with a POST as browsers do.
 func (g *grantSetup) browser() *http.Client {
 	jar, _ := cookiejar.New(nil)
 	return &http.Client{Jar: jar, Timeout: 10 * time.Second,
@@ -92,6 +99,9 @@ func (a authTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	if r.URL.Host == a.host {
 		r = r.Clone(r.Context())
 		r.SetBasicAuth(adminUser, adminPass)
+		if r.Method == http.MethodPost && r.Header.Get("Origin") == "" {
+			r.Header.Set("Origin", "http://"+a.host)
+		}
 	}
 	return http.DefaultTransport.RoundTrip(r)
 }
@@ -108,13 +118,29 @@ func do(t *testing.T, client *http.Client, method, u string) (int, string) {
 	return resp.StatusCode, string(b)
 }
 
-// connect runs the consent flow for an account in a fresh browser.
+// connect runs the consent flow for an account in a fresh browser: the
+// connect page, its form, the provider, the callback.
 func (g *grantSetup) connect(account string) (int, string) {
-	u := g.c.url("/oauth/et/connect")
+	return connectWith(g.t, g.browser(), g.c.url("/oauth/et/connect"), account)
+}
+
+// connectWith opens the connect page, fills the account into its form and
+// submits it, following the redirects to the provider and back.
+func connectWith(t *testing.T, browser *http.Client, connectURL, account string) (int, string) {
+	t.Helper()
+	page := connectURL
 	if account != "" {
-		u += "?account=" + url.QueryEscape(account)
+		page += "?account=" + url.QueryEscape(account)
 	}
-	return do(g.t, g.browser(), http.MethodGet, u)
+	status, body := do(t, browser, http.MethodGet, page)
+	if status != 200 {
+		return status, body
+	}
+	form := onlyForm(t, body)
+	if account != "" && form.values.Get("account") != account {
+		t.Errorf("the connect form holds account %q, want %q", form.values.Get("account"), account)
+	}
+	return submitForm(t, browser, page, form, nil)
 }
 
 func (g *grantSetup) status(account string) map[string]any {
@@ -178,12 +204,7 @@ func TestAuthorizationCodeFlowEndToEnd(t *testing.T) {
 
 	// Restart: a new process's worth of state (every handler and pool
 	// entry gone), the same storage: no consent needed.
-	if err := caddy.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	if err := g.c.load(g.conf); err != nil {
-		t.Fatal(err)
-	}
+	g.c.restart(g.conf)
 	clock.add(3601 * time.Second) // and the stored access token has expired
 	if status, body := g.c.get("/api/after-restart"); status != 200 {
 		t.Fatalf("after restart: %d %q", status, body)
@@ -241,18 +262,13 @@ func TestConsentCallbackRefusesForgeryAndReplay(t *testing.T) {
 	noFollow.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
 	// Start a flow and stop at the provider's redirect back.
-	resp, err := noFollow.Get(g.c.url("/oauth/et/connect"))
-	if err != nil || resp.StatusCode != http.StatusFound {
-		t.Fatalf("connect: %v %v", err, resp)
-	}
-	resp.Body.Close()
-	authz := resp.Header.Get("Location")
+	authz := g.startConsent(noFollow, "")
 	for _, p := range []string{"code_challenge_method=S256", "response_type=code", "state=", "scope=crm_read%2Ccrm_manage"} {
 		if !strings.Contains(authz, p) {
 			t.Errorf("authorize URL %q lacks %s", authz, p)
 		}
 	}
-	resp, err = noFollow.Get(authz)
+	resp, err := noFollow.Get(authz)
 	if err != nil || resp.StatusCode != http.StatusFound {
 		t.Fatalf("authorize: %v %v", err, resp)
 	}
@@ -263,9 +279,11 @@ func TestConsentCallbackRefusesForgeryAndReplay(t *testing.T) {
 	if status, body := do(t, g.browser(), http.MethodGet, callback); status != 400 || !strings.Contains(body, "did not start it") {
 		t.Errorf("callback without the state cookie: %d %q", status, body)
 	}
-	// A forged state with the right cookie: refused.
+	// A forged state, from the browser that holds the flow's cookie:
+	// refused (each flow's cookie is named after its state, so a forged
+	// state finds none).
 	forged := strings.Replace(callback, "state=", "state=x", 1)
-	if status, body := do(t, noFollow, http.MethodGet, forged); status != 400 || !strings.Contains(body, "does not match") {
+	if status, body := do(t, noFollow, http.MethodGet, forged); status != 400 || !strings.Contains(body, "did not start it") {
 		t.Errorf("forged state: %d %q", status, body)
 	}
 	if g.as.CodeExchanges.Load() != 0 {
@@ -273,9 +291,7 @@ func TestConsentCallbackRefusesForgeryAndReplay(t *testing.T) {
 	}
 
 	// A fresh, genuine flow completes once; replaying its callback fails.
-	resp, _ = noFollow.Get(g.c.url("/oauth/et/connect"))
-	resp.Body.Close()
-	resp, _ = noFollow.Get(resp.Header.Get("Location"))
+	resp, _ = noFollow.Get(g.startConsent(noFollow, ""))
 	resp.Body.Close()
 	callback = resp.Header.Get("Location")
 	saved := noFollow.Jar.Cookies(mustURL(callback))
@@ -289,6 +305,30 @@ func TestConsentCallbackRefusesForgeryAndReplay(t *testing.T) {
 	if g.as.CodeExchanges.Load() != 1 {
 		t.Errorf("code exchanges = %d, want 1", g.as.CodeExchanges.Load())
 	}
+}
+
+// startConsent opens the connect page in browser (which must not follow
+// redirects), submits its form and returns where it is sent: the
+// provider's authorization URL.
+func (g *grantSetup) startConsent(browser *http.Client, account string) string {
+	g.t.Helper()
+	page := g.c.url("/oauth/et/connect?account=" + url.QueryEscape(firstNonEmpty(account, "default")))
+	status, body := do(g.t, browser, http.MethodGet, page)
+	if status != 200 {
+		g.t.Fatalf("connect page: %d %q", status, body)
+	}
+	form := onlyForm(g.t, body)
+	req, _ := http.NewRequest(form.method, g.c.url(form.action), strings.NewReader(form.values.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, err := browser.Do(req)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusSeeOther {
+		g.t.Fatalf("connect form: %d, want 303 to the provider", resp.StatusCode)
+	}
+	return resp.Header.Get("Location")
 }
 
 func TestConsentDeniedByUser(t *testing.T) {
@@ -322,12 +362,7 @@ func TestTamperedStoredGrantNeedsConsent(t *testing.T) {
 	data[len(data)/2] ^= 0x01
 	os.WriteFile(file, data, 0o600)
 	// A new configuration load: nothing cached, the grant must be read.
-	if err := caddy.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	if err := g.c.load(g.conf); err != nil {
-		t.Fatal(err)
-	}
+	g.c.restart(g.conf)
 	status, body := g.c.get("/api/x")
 	if status != http.StatusServiceUnavailable || !strings.Contains(body, "consent_required") {
 		t.Errorf("tampered grant: %d %q", status, body)
@@ -450,12 +485,7 @@ func TestRefreshTokenBootstrap(t *testing.T) {
 		t.Fatalf("after a rotation: %d %q", status, body)
 	}
 	// Restart with the same configuration, whose refresh token is dead now.
-	if err := caddy.Stop(); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.load(conf); err != nil {
-		t.Fatal(err)
-	}
+	c.restart(conf)
 	clock.add(3601 * time.Second)
 	if status, body := c.get("/c"); status != 200 {
 		t.Fatalf("after restart: %d %q", status, body)
@@ -475,17 +505,17 @@ func TestCalcomCodeGrant(t *testing.T) {
 	redirect := "http://" + addr + "/cal/callback"
 	as := newCodeAS(t, redirect)
 	as.AccessLifetime = 0 // JWT with exp, no expires_in
+	as.SeparateRefresh = true
+	as.Now = clock.now
 	api := newAPIUpstream(t, as)
 	t.Setenv("CAL_SECRET", as.Secret)
 	common := fmt.Sprintf(`client_id     %s
 		client_secret {env.CAL_SECRET}
 		token_url     %s
-		refresh_url   %s`, as.ClientID, as.tokenURL(), as.tokenURL())
-	g := &grantSetup{t: t, as: as, api: api}
-	g.c = startCaddyAt(t, addr, fmt.Sprintf(`http://LISTEN {
+		refresh_url   %s`, as.ClientID, as.tokenURL(), as.refreshURL())
+	c := startCaddyAt(t, addr, fmt.Sprintf(`http://LISTEN {
 	handle /cal/* {
-		oauth_bearer calcom {
-			grant         authorization_code
+		oauth_bearer_consent calcom {
 			%s
 			authorize_url %s
 			redirect_uri  %s
@@ -501,23 +531,24 @@ func TestCalcomCodeGrant(t *testing.T) {
 	}
 }`, common, as.authorizeURL(), redirect, common, api.hostport()))
 	jar, _ := cookiejar.New(nil)
-	if status, body := do(t, &http.Client{Jar: jar, Timeout: 10 * time.Second}, http.MethodGet, g.c.url("/cal/connect")); status != 200 {
+	if status, body := connectWith(t, &http.Client{Jar: jar, Timeout: 10 * time.Second}, c.url("/cal/connect"), ""); status != 200 {
 		t.Fatalf("consent: %d %q", status, body)
 	}
 	if got := strings.Join(as.authorizedScopes(), ","); got != "READ_BOOKING,READ_PROFILE" {
 		t.Errorf("scopes = %q", got)
 	}
-	if status, body := g.c.get("/v2/bookings"); status != 200 {
+	if status, body := c.get("/v2/bookings"); status != 200 {
 		t.Fatalf("proxied: %d %q", status, body)
 	}
-	// Within the JWT's 30 minutes: no refresh; past it: one.
+	// Within the JWT's 30 minutes: no refresh; past it: one, at the
+	// separate refresh endpoint (the token endpoint would refuse it).
 	clock.add(20 * time.Minute)
-	g.c.get("/v2/bookings")
+	c.get("/v2/bookings")
 	if as.Refreshes.Load() != 0 {
 		t.Errorf("refreshed %d times within the JWT's lifetime", as.Refreshes.Load())
 	}
 	clock.add(11 * time.Minute)
-	if status, body := g.c.get("/v2/bookings"); status != 200 || as.Refreshes.Load() != 1 {
+	if status, body := c.get("/v2/bookings"); status != 200 || as.Refreshes.Load() != 1 {
 		t.Errorf("past exp: %d %q, refreshes %d", status, body, as.Refreshes.Load())
 	}
 }

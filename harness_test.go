@@ -81,6 +81,27 @@ func startCaddyAt(t *testing.T, addr, sites string) *testCaddy {
 	return c
 }
 
+// restart stops Caddy (every handler and pool entry is gone, as in a new
+// process) and starts it again with sites, once the old listener is
+// closed: Caddy's Stop returns before its servers have closed their
+// listeners, and a connection made meanwhile would reach the old one.
+func (c *testCaddy) restart(sites string) {
+	c.t.Helper()
+	if err := caddy.Stop(); err != nil {
+		c.t.Fatal(err)
+	}
+	waitFor(c.t, func() bool {
+		conn, err := net.Dial("tcp", c.addr)
+		if err == nil {
+			conn.Close()
+		}
+		return err != nil
+	})
+	if err := c.load(sites); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
 // load adapts and loads a configuration: called again, it is a reload.
 func (c *testCaddy) load(sites string) error {
 	c.t.Helper()
@@ -88,7 +109,16 @@ func (c *testCaddy) load(sites string) error {
 	if err != nil {
 		return err
 	}
-	return caddy.Load(cfgJSON, true)
+	if err := caddy.Load(cfgJSON, true); err != nil {
+		return err
+	}
+	// The old servers close their idle connections: a request must not
+	// be sent on one of them.
+	testClient.CloseIdleConnections()
+	if testClock != nil {
+		setPoolClocks(testClock.now)
+	}
+	return nil
 }
 
 func (c *testCaddy) adapt(sites string) ([]byte, error) {

@@ -112,11 +112,12 @@ type expiryCollector struct{ desc *prometheus.Desc }
 func (c expiryCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
 
 func (c expiryCollector) Collect(ch chan<- prometheus.Metric) {
-	sources.Range(func(_, v any) bool {
-		s, ok := v.(*tokenSource)
+	pool.Range(func(_, v any) bool {
+		e, ok := v.(*sourceEntry)
 		if !ok {
 			return true
 		}
+		s := e.src
 		left := -1.0
 		if t := s.cur.Load(); t != nil {
 			left = t.expiry.Sub(s.now()).Round(time.Second).Seconds()

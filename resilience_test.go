@@ -517,11 +517,28 @@ type fakeTime struct {
 	start time.Time
 }
 
+// testClock, when set, is given to every token source and grant of the
+// Caddy the tests run, each time it loads a configuration.
+var testClock *fakeTime
+
+// useFakeClock makes the test's Caddy run on a fake clock, starting now.
 func useFakeClock(t *testing.T) *fakeTime {
 	c := &fakeTime{start: time.Now()}
 	c.t = c.start
-	prev := timeNow
-	timeNow = c.now
-	t.Cleanup(func() { timeNow = prev })
+	testClock = c
+	t.Cleanup(func() { testClock = nil })
 	return c
+}
+
+// setPoolClocks sets the clock of every entry in the pool.
+func setPoolClocks(f clockFunc) {
+	pool.Range(func(_, v any) bool {
+		switch e := v.(type) {
+		case *sourceEntry:
+			e.clock.set(f)
+		case *grant:
+			e.clock.set(f)
+		}
+		return true
+	})
 }

@@ -6,16 +6,18 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 )
 
-// fakeClock is a settable clock for the token source.
+// fakeClock is a settable clock.
 type fakeClock struct {
 	mu sync.Mutex
 	t  time.Time
@@ -28,20 +30,23 @@ func (c *fakeClock) add(d time.Duration) {
 	c.mu.Unlock()
 }
 
-// countingAS issues token-<n> with the given lifetime; while gate holds a
-// channel, requests wait for it to be closed; fail makes it answer 503.
+// countingAS issues token-<n> with the given lifetime; while held, each
+// request announces itself on arrived and waits for the release; fail makes
+// it answer 503.
 type countingAS struct {
 	*httptest.Server
-	n    atomic.Int64
-	gate atomic.Pointer[chan struct{}]
-	fail atomic.Bool
-	life int
+	n       atomic.Int64
+	gate    atomic.Pointer[chan struct{}]
+	arrived chan struct{}
+	fail    atomic.Bool
+	life    int
 }
 
 func newCountingAS(t *testing.T, life int) *countingAS {
-	as := &countingAS{life: life}
+	as := &countingAS{life: life, arrived: make(chan struct{}, 100)}
 	as.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if g := as.gate.Load(); g != nil {
+			as.arrived <- struct{}{}
 			select {
 			case <-*g:
 			case <-r.Context().Done():
@@ -61,24 +66,38 @@ func newCountingAS(t *testing.T, life int) *countingAS {
 	return as
 }
 
+// hold makes requests wait until the returned function is called.
 func (as *countingAS) hold() func() {
 	ch := make(chan struct{})
 	as.gate.Store(&ch)
 	return func() { as.gate.Store(nil); close(ch) }
 }
 
+// waitArrived waits until a held request has reached the server.
+func (as *countingAS) waitArrived(t *testing.T) {
+	t.Helper()
+	select {
+	case <-as.arrived:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no token request reached the server")
+	}
+}
+
+// newTestSource is a client-credentials entry on clock, whose handlers ask
+// for refresh_before 10s.
 func newTestSource(t *testing.T, as *countingAS, clock *fakeClock) *tokenSource {
-	s := newTokenSource(sourceConfig{Provider: "test", TokenURL: as.URL, ClientID: "id", clientSecret: "secret",
-		Format: "form", ClientAuth: "basic", RefreshBefore: 10 * time.Second, DefaultLifetime: time.Minute,
-		Timeout: 5 * time.Second})
-	s.now = clock.now
-	t.Cleanup(func() { s.Destruct() })
-	return s
+	cs := &credentialSet{Provider: "test", TokenURL: as.URL, ClientID: "id", clientSecret: "secret",
+		Format: "form", ClientAuth: "basic", DefaultLifetime: time.Minute, Timeout: 5 * time.Second}
+	e := newSourceEntry(cs, "cc:"+cs.key())
+	e.clock.set(clock.now)
+	e.env.attach(&use{logger: zap.NewNop(), refreshBefore: 10 * time.Second})
+	t.Cleanup(func() { e.Destruct() })
+	return e.src
 }
 
 func mustToken(t *testing.T, s *tokenSource) *token {
 	t.Helper()
-	tok, err := s.Token(context.Background(), zap.NewNop())
+	tok, err := s.Token(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,13 +115,14 @@ func TestTokenSourceRefreshAheadDoesNotBlock(t *testing.T) {
 	if first.value != "token-1" || as.n.Load() != 1 {
 		t.Fatalf("first token %q after %d requests", first.value, as.n.Load())
 	}
-	clock.add(95 * time.Second) // refresh window: 90s..100s
+	clock.add(95 * time.Second) // refresh window: 89s..90s to 100s
 	release := as.hold()
 	for i := 0; i < 50; i++ {
 		if tok := mustToken(t, s); tok != first {
 			t.Fatalf("request %d in the refresh window got %q, want the cached token", i, tok.value)
 		}
 	}
+	as.waitArrived(t) // the one background fetch
 	release()
 	waitFor(t, func() bool { return s.cur.Load() != first })
 	if got := mustToken(t, s).value; got != "token-2" {
@@ -123,7 +143,7 @@ func TestTokenSourceNeverServesExpiredToken(t *testing.T) {
 
 	as.fail.Store(true)
 	clock.add(101 * time.Second)
-	tok, err := s.Token(context.Background(), zap.NewNop())
+	tok, err := s.Token(context.Background())
 	if err == nil {
 		t.Fatalf("got token %q after expiry with the provider failing", tok.value)
 	}
@@ -134,7 +154,7 @@ func TestTokenSourceNeverServesExpiredToken(t *testing.T) {
 	// While backing off, callers get the error at once, with the wait,
 	// and the provider is left alone.
 	as.fail.Store(false)
-	_, err = s.Token(context.Background(), zap.NewNop())
+	_, err = s.Token(context.Background())
 	te, ok = err.(*TokenError)
 	if !ok || !te.Backoff || te.RetryAfter <= 0 || te.Code != "temporarily_unavailable" {
 		t.Fatalf("during backoff got %#v, want a backoff error carrying the last code", err)
@@ -159,16 +179,17 @@ func TestTokenSourceSingleflightAndCancellation(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	gaveUp := make(chan error, 1)
 	go func() {
-		_, err := s.Token(ctx, zap.NewNop())
+		_, err := s.Token(ctx)
 		gaveUp <- err
 	}()
+	as.waitArrived(t)
 	var wg sync.WaitGroup
 	results := make(chan string, 100)
 	for i := 0; i < 100; i++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			tok, err := s.Token(context.Background(), zap.NewNop())
+			tok, err := s.Token(context.Background())
 			if err != nil {
 				results <- err.Error()
 				return
@@ -193,41 +214,48 @@ func TestTokenSourceSingleflightAndCancellation(t *testing.T) {
 	}
 }
 
-// Handlers with equal configurations share one source through the pool;
-// the source is destroyed, and its fetches cancelled, with the last user.
+// Handlers with equal credentials share one source through the pool; the
+// source is destroyed, and its fetches cancelled, with the last user.
 func TestSourcePoolSharingAndDestruct(t *testing.T) {
 	as := newCountingAS(t, 100)
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	defer cancel()
-	mk := func(scope string) *Handler {
-		h := &Handler{TokenURL: as.URL, ClientID: "id", ClientSecret: "secret", Scopes: []string{scope}}
+	mk := func(scope string, refreshBefore time.Duration) *Handler {
+		h := &Handler{Credentials: Credentials{TokenURL: as.URL, ClientID: "id", ClientSecret: "secret"},
+			Scopes: []string{scope}, RefreshBefore: caddy.Duration(refreshBefore)}
 		if err := h.Provision(ctx); err != nil {
 			t.Fatal(err)
 		}
 		return h
 	}
-	a, b, other := mk("read"), mk("read"), mk("write")
+	a, b, other := mk("read", 0), mk("read", 20*time.Second), mk("write", 0)
 	if a.source != b.source {
-		t.Error("equal configurations got different token sources")
+		t.Error("equal credentials got different token sources")
 	}
 	if a.source == other.source {
 		t.Error("different scopes share a token source")
 	}
 	src := a.source
-	if refs, _ := sources.References(a.cfg.key()); refs != 2 {
+	if refs, _ := pool.References(a.poolKey); refs != 2 {
 		t.Errorf("references = %d, want 2", refs)
+	}
+	// The shared token is replaced as early as the earliest asks.
+	if got := src.env.refreshBefore(); got != 20*time.Second {
+		t.Errorf("refresh_before of the shared source = %v, want the smaller 20s", got)
 	}
 	a.Cleanup()
 	if src.ctx.Err() != nil {
 		t.Fatal("source destroyed while another handler still uses it")
 	}
+	if got := src.env.refreshBefore(); got != 20*time.Second {
+		t.Errorf("after a's cleanup refresh_before = %v, want b's 20s", got)
+	}
 	// A fetch in flight when the last user goes is cancelled.
 	release := as.hold()
 	defer release()
 	errc := make(chan error, 1)
-	go func() { _, err := src.Token(context.Background(), zap.NewNop()); errc <- err }()
-	waitFor(t, func() bool { return as.gate.Load() != nil })
-	time.Sleep(50 * time.Millisecond)
+	go func() { _, err := src.Token(context.Background()); errc <- err }()
+	as.waitArrived(t)
 	b.Cleanup()
 	select {
 	case err := <-errc:
@@ -237,7 +265,7 @@ func TestSourcePoolSharingAndDestruct(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("in-flight fetch not cancelled by Destruct")
 	}
-	if _, ok := sources.References(a.cfg.key()); ok {
+	if _, ok := pool.References(a.poolKey); ok {
 		t.Error("source still in the pool after the last Cleanup")
 	}
 	other.Cleanup()
@@ -258,13 +286,15 @@ func TestTokenSourceRefreshFlagClearedWhenJoiningAFetch(t *testing.T) {
 	release := as.hold()
 	clock.add(101 * time.Second)
 	waiting := make(chan *token, 1)
-	go func() { tok, _ := s.Token(context.Background(), zap.NewNop()); waiting <- tok }()
-	waitFor(t, func() bool { return as.gate.Load() != nil })
-	time.Sleep(20 * time.Millisecond)
+	go func() { tok, _ := s.Token(context.Background()); waiting <- tok }()
+	as.waitArrived(t)
 	// ...while another, with an earlier view of the clock, sees token-1
 	// in its refresh window and joins that fetch.
 	clock.add(-6 * time.Second)
 	mustToken(t, s)
+	if !s.refreshing.Load() {
+		t.Fatal("the refresh-ahead did not start")
+	}
 	clock.add(6 * time.Second)
 	release()
 	if tok := <-waiting; tok == nil || tok.value != "token-2" {
@@ -278,13 +308,105 @@ func TestTokenSourceRefreshFlagClearedWhenJoiningAFetch(t *testing.T) {
 	waitFor(t, func() bool { return as.n.Load() == 3 })
 }
 
-// The hot path reads the monotonic clock alone only for tokens timed by the
-// real clock; a test clock is always asked.
-func TestIsTimeNow(t *testing.T) {
-	if !isTimeNow(time.Now) {
-		t.Error("isTimeNow(time.Now) = false")
+// recordingFetcher hands out token-<n> and records what each fetch was
+// told.
+type recordingFetcher struct {
+	mu    sync.Mutex
+	calls []string // "<old>/<refused>"
+	n     int
+	now   func() time.Time
+}
+
+func (f *recordingFetcher) fetch(_ context.Context, old *token, refused bool) (*token, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	o := "nil"
+	if old != nil {
+		o = old.value
 	}
-	if isTimeNow(func() time.Time { return time.Now() }) || isTimeNow((&fakeClock{}).now) {
-		t.Error("isTimeNow of another clock = true")
+	f.calls = append(f.calls, fmt.Sprintf("%s/%v", o, refused))
+	f.n++
+	now := f.now()
+	return &token{value: fmt.Sprintf("token-%d", f.n), obtained: now, expiry: now.Add(time.Hour)}, nil
+}
+
+// An upstream 401 tells the next fetch which token was refused (a stored
+// grant must not hand it back), only when the token is old enough, and a
+// refusal of an older token never drops a newer one.
+func TestTokenSourceRejectTellsTheFetcher(t *testing.T) {
+	fc := &fakeClock{t: time.Unix(1_700_000_000, 0)}
+	clk := &clock{}
+	clk.set(fc.now)
+	f := &recordingFetcher{now: fc.now}
+	s := newTokenSource(f, &env{}, clk, "test", "id")
+	defer s.stop()
+
+	t1 := mustToken(t, s)
+	if s.reject(t1) {
+		t.Error("a token younger than 30s was dropped")
+	}
+	fc.add(time.Minute)
+	if !s.reject(t1) {
+		t.Fatal("an old refused token was kept")
+	}
+	t2 := mustToken(t, s)
+	if t2.value != "token-2" {
+		t.Fatalf("after the refusal got %q", t2.value)
+	}
+	if !s.reject(t1) {
+		t.Error("a refusal of the replaced token: another attempt uses another token, so true")
+	}
+	if s.cur.Load() != t2 {
+		t.Error("a refusal of an older token dropped the newer one")
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if got := strings.Join(f.calls, " "); got != "nil/false token-1/true" {
+		t.Errorf("fetches were told %q, want \"nil/false token-1/true\"", got)
+	}
+}
+
+// Tokens scheduled by the real clock carry a monotonic reading (the
+// request path then reads the monotonic clock alone); a token that cannot
+// be refreshed is not refreshed ahead.
+func TestTokenSourceSchedule(t *testing.T) {
+	e := &env{}
+	e.attach(&use{refreshBefore: 30 * time.Second})
+	s := &tokenSource{env: e, clock: &clock{}}
+	wall := time.Now().Round(0) // no monotonic reading, as read from storage
+	tok := &token{obtained: wall, expiry: wall.Add(time.Hour)}
+	s.schedule(tok)
+	if !strings.Contains(tok.expiry.String(), "m=") || !strings.Contains(tok.refreshAt.String(), "m=") {
+		t.Errorf("scheduled times carry no monotonic reading: %v / %v", tok.expiry, tok.refreshAt)
+	}
+	if w := tok.window; w < 30*time.Second || w >= 33*time.Second {
+		t.Errorf("refresh window %v, want refresh_before 30s plus under 10%% jitter", w)
+	}
+	final := &token{obtained: wall, expiry: wall.Add(time.Hour), final: true}
+	s.schedule(final)
+	if final.window != 0 || !final.refreshAt.Equal(final.expiry) {
+		t.Errorf("a final token is refreshed ahead: window %v", final.window)
+	}
+}
+
+// env: the newest configuration's storage and logger win; when it is
+// cleaned up (a reload that failed), the previous one's are used again.
+func TestEnvNewestUseWins(t *testing.T) {
+	e := &env{}
+	s1, s2 := &certmagic.FileStorage{Path: "one"}, &certmagic.FileStorage{Path: "two"}
+	u1 := &use{storage: s1, refreshBefore: time.Minute}
+	u2 := &use{storage: s2, consent: &consentPaths{connect: "/c"}}
+	e.attach(u1)
+	e.attach(u2)
+	if e.storage() != s2 || e.consentPaths() == nil || e.refreshBefore() != time.Minute {
+		t.Errorf("after two uses: storage %v, consent %v, refresh_before %v", e.storage(), e.consentPaths(), e.refreshBefore())
+	}
+	e.detach(u2)
+	if e.storage() != s1 || e.consentPaths() != nil {
+		t.Errorf("after the newest left: storage %v, consent %v", e.storage(), e.consentPaths())
+	}
+	e.detach(u1)
+	if e.storage() != s1 {
+		t.Error("with no use left, the last view is kept")
 	}
 }

@@ -1,0 +1,420 @@
+package oauthbearer
+
+import (
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/providers"
+)
+
+// config.go: the credential set. Credentials is what both handlers take
+// from the configuration to name a provider and a client; credentialSet is
+// the same, resolved: the preset's defaults filled in and {env.*}/{file.*}
+// placeholders replaced. Every rule about these fields is written here,
+// once, and runs for JSON and Caddyfile alike (the Caddyfile parser calls
+// the same checks so that its errors name the line).
+
+// Defaults, each written once.
+const (
+	defaultRefreshBefore   = 60 * time.Second
+	defaultTimeout         = 10 * time.Second
+	defaultDefaultLifetime = 10 * time.Minute
+	defaultReplayMaxBody   = 64 << 10
+)
+
+// Grant types.
+const (
+	grantClientCredentials = "client_credentials"
+	grantAuthorizationCode = "authorization_code"
+	grantRefreshToken      = "refresh_token"
+)
+
+// Credentials names the provider's endpoints and the client: the part of
+// the configuration that oauth_bearer and oauth_bearer_consent share.
+// Handlers whose credentials resolve to the same values share one token
+// source (client credentials) or one stored grant.
+type Credentials struct {
+	// Provider names a preset: eventtemple, eventbookings, bookable,
+	// calcom, or generic (the default, which needs token_url).
+	Provider string `json:"provider,omitempty"`
+
+	// Environment picks one of the preset's token endpoints (bookable:
+	// production or sandbox). Default: the preset's default environment.
+	Environment string `json:"environment,omitempty"`
+
+	// TokenURL overrides the preset's token endpoint. It must be https;
+	// plain http is accepted only to a loopback host.
+	TokenURL string `json:"token_url,omitempty"`
+
+	// RefreshURL is where a grant's refresh tokens are redeemed when that
+	// is not the token URL (Cal.com). Grants only. Default: the preset's.
+	RefreshURL string `json:"refresh_url,omitempty"`
+
+	// RevokeURL is the provider's token revocation endpoint (RFC 7009),
+	// called when an account is disconnected or connected again. Grants
+	// only. Default: the preset's.
+	RevokeURL string `json:"revoke_url,omitempty"`
+
+	// ClientID is the OAuth client id. {env.X} and {file./path}
+	// placeholders are resolved when the configuration is loaded.
+	ClientID string `json:"client_id,omitempty"`
+
+	// ClientSecret is the client secret. Give it as {env.X} or
+	// {file./path}: resolved when the configuration is loaded, it never
+	// appears in the adapted JSON, the autosaved config or /config/.
+	ClientSecret string `json:"client_secret,omitempty"`
+
+	// ClientAuth is how the client authenticates at the token endpoint:
+	// body (client_secret_post) or basic (client_secret_basic, id and
+	// secret form-encoded first). Default: the preset's.
+	ClientAuth string `json:"client_auth,omitempty"`
+
+	// RequestFormat is the token request body: json, form, or auto (the
+	// preset's preferred format first, the other one once when the server
+	// refuses it; the one that worked is remembered). Default: the
+	// preset's.
+	RequestFormat string `json:"request_format,omitempty"`
+
+	// Timeout bounds one request to the provider. Default 10s.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+
+	// DefaultLifetime is the lifetime assumed for a token whose response
+	// gives none and that is not a JWT with exp. Default 10m.
+	DefaultLifetime caddy.Duration `json:"default_lifetime,omitempty"`
+
+	// CAFile is a PEM file of extra CA certificates trusted for the
+	// provider's endpoints, besides the system roots.
+	CAFile string `json:"ca_file,omitempty"`
+}
+
+// configError is a rule broken by the configuration. Field names the
+// subdirective (and JSON field) at fault, so that the Caddyfile parser can
+// report the line it was written on.
+type configError struct {
+	field string
+	msg   string
+}
+
+func (e *configError) Error() string { return e.field + ": " + e.msg }
+
+func errField(field, format string, args ...any) error {
+	return &configError{field: field, msg: fmt.Sprintf(format, args...)}
+}
+
+// preset returns the named preset (generic when none is named).
+func (c *Credentials) preset() (providers.Provider, error) {
+	name := firstNonEmpty(c.Provider, providers.Generic)
+	p, ok := providers.Lookup(name)
+	if !ok {
+		return p, errField("provider", "unknown provider %q (known: %s)", name, strings.Join(providers.Names(), ", "))
+	}
+	return p, nil
+}
+
+// check applies the rules that hold before placeholders are resolved.
+// grant is the grant the handler uses.
+func (c *Credentials) check(grant string) error {
+	p, err := c.preset()
+	if err != nil {
+		return err
+	}
+	if c.Environment != "" {
+		if _, err := p.TokenURL(c.Environment); err != nil {
+			return errField("environment", "%v", err)
+		}
+	}
+	if c.TokenURL == "" && len(p.Environments) == 0 {
+		return errField("token_url", "required for provider %s, which has no built-in token URL", p.Name)
+	}
+	urls := []struct{ field, value string }{{"token_url", c.TokenURL}, {"refresh_url", c.RefreshURL}, {"revoke_url", c.RevokeURL}}
+	for _, u := range urls {
+		if err := checkEndpointURL(u.field, u.value); err != nil {
+			return err
+		}
+	}
+	if grant == grantClientCredentials {
+		for _, u := range urls[1:] {
+			if u.value != "" {
+				return errField(u.field, "only for the authorization_code and refresh_token grants")
+			}
+		}
+	}
+	if c.ClientID == "" {
+		return errField("client_id", "is required")
+	}
+	if c.ClientSecret == "" {
+		return errField("client_secret", "is required")
+	}
+	if err := oneOf("client_auth", c.ClientAuth, providers.AuthBody, providers.AuthBasic); err != nil {
+		return err
+	}
+	if err := oneOf("request_format", c.RequestFormat, providers.FormatJSON, providers.FormatForm, providers.FormatAuto); err != nil {
+		return err
+	}
+	for _, d := range []struct {
+		field string
+		value caddy.Duration
+	}{{"timeout", c.Timeout}, {"default_lifetime", c.DefaultLifetime}} {
+		if d.value < 0 {
+			return errField(d.field, "must not be negative")
+		}
+	}
+	return nil
+}
+
+// credentialSet is a resolved Credentials: everything that decides how the
+// provider is asked for tokens. Two handlers whose sets have the same key
+// share a token source or a grant. It holds the client secret, so it is
+// never logged or marshalled whole: key() hashes it.
+type credentialSet struct {
+	Provider        string        `json:"provider"`
+	TokenURL        string        `json:"token_url"`
+	RefreshURL      string        `json:"refresh_url,omitempty"`
+	RevokeURL       string        `json:"revoke_url,omitempty"`
+	ClientID        string        `json:"client_id"`
+	ClientAuth      string        `json:"client_auth"`
+	Format          string        `json:"format"`
+	PreferredFormat string        `json:"preferred_format,omitempty"` // with Format auto
+	RefreshBearer   bool          `json:"refresh_bearer,omitempty"`
+	Timeout         time.Duration `json:"timeout"`
+	DefaultLifetime time.Duration `json:"default_lifetime"`
+	CAFile          string        `json:"ca_file,omitempty"`
+
+	// The client_credentials token request's own parameters.
+	Scope     string            `json:"scope,omitempty"`
+	Audience  string            `json:"audience,omitempty"`
+	Resources []string          `json:"resources,omitempty"`
+	Params    map[string]string `json:"params,omitempty"`
+
+	preset       providers.Provider
+	clientSecret string // hashed into the key, never logged
+	caPEM        []byte // CAFile's contents, read at load; hashed into the key
+}
+
+// resolve fills in the preset's defaults and resolves {env.*}/{file.*}
+// placeholders. The rules of check are assumed to hold; what can only be
+// checked on resolved values is checked here.
+func (c *Credentials) resolve(repl *caddy.Replacer, grant string) (*credentialSet, error) {
+	p, err := c.preset()
+	if err != nil {
+		return nil, err
+	}
+	cs := &credentialSet{
+		preset:          p,
+		Provider:        p.Name,
+		ClientAuth:      firstNonEmpty(c.ClientAuth, p.ClientAuth),
+		Format:          firstNonEmpty(c.RequestFormat, p.RequestFormat),
+		Timeout:         orDefault(time.Duration(c.Timeout), defaultTimeout),
+		DefaultLifetime: orDefault(time.Duration(c.DefaultLifetime), defaultDefaultLifetime),
+	}
+	if cs.Format == providers.FormatAuto {
+		cs.PreferredFormat = firstNonEmpty(p.PreferredFormat, providers.FormatForm)
+		if grant != grantClientCredentials {
+			// A code and a rotating refresh token are single-use: no
+			// probing of formats with them.
+			cs.Format, cs.PreferredFormat = cs.PreferredFormat, ""
+		}
+	}
+	if cs.TokenURL, err = resolveURL(repl, "token_url", c.TokenURL); err != nil {
+		return nil, err
+	}
+	if cs.TokenURL == "" {
+		if cs.TokenURL, err = p.TokenURL(c.Environment); err != nil {
+			return nil, errField("token_url", "%v", err)
+		}
+	}
+	if grant != grantClientCredentials {
+		if cs.RefreshURL, err = resolveURL(repl, "refresh_url", firstNonEmpty(c.RefreshURL, p.RefreshURL)); err != nil {
+			return nil, err
+		}
+		if cs.RevokeURL, err = resolveURL(repl, "revoke_url", firstNonEmpty(c.RevokeURL, p.RevokeURL)); err != nil {
+			return nil, err
+		}
+		cs.RefreshBearer = p.RefreshBearer
+	}
+	if cs.ClientID, err = resolveRequired(repl, "client_id", c.ClientID); err != nil {
+		return nil, err
+	}
+	if cs.clientSecret, err = resolveRequired(repl, "client_secret", c.ClientSecret); err != nil {
+		return nil, err
+	}
+	if c.CAFile != "" {
+		cs.CAFile = repl.ReplaceKnown(c.CAFile, "")
+		pem, err := os.ReadFile(cs.CAFile)
+		if err != nil {
+			return nil, errField("ca_file", "%v", err)
+		}
+		if !x509.NewCertPool().AppendCertsFromPEM(pem) {
+			return nil, errField("ca_file", "%s holds no PEM certificate", cs.CAFile)
+		}
+		cs.caPEM = pem
+	}
+	return cs, nil
+}
+
+// key identifies the credential set in the pool. The secret and the CA
+// file's contents are part of it, but only through a hash.
+func (cs *credentialSet) key() string {
+	b, _ := json.Marshal(cs) // strings, slices, maps and durations: cannot fail
+	h := sha256.New()
+	h.Write(b)
+	h.Write([]byte{0})
+	h.Write([]byte(cs.clientSecret))
+	h.Write([]byte{0})
+	h.Write(cs.caPEM)
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// redact removes the client secret from text that came from elsewhere (a
+// provider's error description, a transport error) and makes it one short
+// printable line.
+func (cs *credentialSet) redact(s string) string {
+	if len(cs.clientSecret) >= 4 {
+		// As sent, and as a form or a JSON body would echo it back.
+		for _, v := range []string{cs.clientSecret, url.QueryEscape(cs.clientSecret), jsonEscape(cs.clientSecret)} {
+			s = strings.ReplaceAll(s, v, "[REDACTED]")
+		}
+	}
+	return truncate(strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s), 300)
+}
+
+// ---- rules shared by several fields ----
+
+// checkEndpointURL accepts https URLs, and plain http only to a loopback
+// host (a local stand-in or a sidecar): credentials never cross a network
+// in clear text. An empty value, or one with placeholders still to
+// resolve, passes (it is checked again once resolved).
+func checkEndpointURL(field, raw string) error {
+	if raw == "" || strings.Contains(raw, "{") {
+		return nil
+	}
+	u, err := url.Parse(raw)
+	switch {
+	case err != nil:
+		return errField(field, "%q is not a URL: %v", raw, err)
+	case u.Host == "" || (u.Scheme != "https" && u.Scheme != "http"):
+		return errField(field, "%q is not an absolute http(s) URL", raw)
+	case u.User != nil:
+		return errField(field, "the URL must not carry credentials; use client_id and client_secret")
+	case u.Scheme == "http" && !isLoopback(u.Hostname()):
+		return errField(field, "%q uses plain http to a non-loopback host; use https", raw)
+	}
+	return nil
+}
+
+// resolveURL resolves a URL's placeholders and checks the result.
+func resolveURL(repl *caddy.Replacer, field, raw string) (string, error) {
+	if raw == "" {
+		return "", nil
+	}
+	v := repl.ReplaceKnown(raw, "")
+	if v == "" {
+		return "", errField(field, "%s resolved to an empty value (is the variable or file set?)", raw)
+	}
+	if strings.Contains(v, "{") {
+		return "", errField(field, "%q holds a placeholder that is not {env.*} or {file.*}", v)
+	}
+	return v, checkEndpointURL(field, v)
+}
+
+// resolveRequired resolves a required value, which may be secret: an empty
+// result is an error that names the placeholder, never a literal value.
+func resolveRequired(repl *caddy.Replacer, field, raw string) (string, error) {
+	v := repl.ReplaceKnown(raw, "")
+	if v == "" {
+		return "", errField(field, "%s resolved to an empty value (is the variable or file set?)", placeholderOnly(raw))
+	}
+	return v, nil
+}
+
+// oneOf checks an enumerated value; empty means the default.
+func oneOf(field, value string, allowed ...string) error {
+	if value == "" {
+		return nil
+	}
+	for _, a := range allowed {
+		if value == a {
+			return nil
+		}
+	}
+	return errField(field, "%q is not %s", value, orList(allowed))
+}
+
+func orList(s []string) string {
+	if len(s) == 1 {
+		return s[0]
+	}
+	return strings.Join(s[:len(s)-1], ", ") + " or " + s[len(s)-1]
+}
+
+// provisionReplacer resolves {env.*} and {file.*} placeholders, the ones
+// that hold configuration and secrets. Everything else ({time.*},
+// {system.*}, {http.*}) is left for the request's replacer, so that a
+// header value such as {time.now.unix} is fresh on every request.
+func provisionReplacer() *caddy.Replacer {
+	full := caddy.NewReplacer()
+	r := caddy.NewEmptyReplacer()
+	r.Map(func(key string) (any, bool) {
+		if strings.HasPrefix(key, "env.") || strings.HasPrefix(key, "file.") {
+			return full.Get(key)
+		}
+		return nil, false
+	})
+	return r
+}
+
+// placeholderOnly returns s when it is a placeholder (safe to print), and a
+// neutral word otherwise (a literal secret must not be echoed).
+func placeholderOnly(s string) string {
+	if strings.HasPrefix(s, "{") && strings.HasSuffix(s, "}") {
+		return s
+	}
+	return "(literal value)"
+}
+
+func isLoopback(host string) bool {
+	host = strings.ToLower(host)
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
+		return true
+	}
+	if ip := net.ParseIP(host); ip != nil {
+		return ip.IsLoopback()
+	}
+	return false
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
+}
+
+func firstNonEmpty(s ...string) string {
+	for _, v := range s {
+		if v != "" {
+			return v
+		}
+	}
+	return ""
+}
+
+func jsonEscape(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b[1 : len(b)-1])
+}

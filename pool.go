@@ -1,0 +1,172 @@
+package oauthbearer
+
+import (
+	"context"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+)
+
+// pool.go: what handlers share across routes, sites and configuration
+// reloads. A handler takes a reference to an entry in Provision and drops
+// it in Cleanup; a reload provisions the new configuration before cleaning
+// up the old one, so an entry whose key is unchanged (and its cached
+// token) lives through it. Entries are keyed by resolved credentials:
+//
+//	"cc:<hash>"    *sourceEntry: a client-credentials token source
+//	"grant:<hash>" *grant: a stored grant and its accounts (grant.go)
+var pool = caddy.NewUsagePool()
+
+// shared is a pool entry.
+type shared interface {
+	caddy.Destructor
+	uses() *env
+}
+
+// acquire takes a reference to the entry under key, creating it when no
+// configuration holds one, and attaches u to it.
+func acquire[T shared](key string, u *use, create func() (T, error)) (T, error) {
+	v, _, err := pool.LoadOrNew(key, func() (caddy.Destructor, error) { return create() })
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	e := v.(T)
+	e.uses().attach(u)
+	return e, nil
+}
+
+// release detaches u and drops the reference acquire took; the entry is
+// destructed when it was the last.
+func release(key string, e shared, u *use) error {
+	e.uses().detach(u)
+	_, err := pool.Delete(key)
+	return err
+}
+
+// use is what one provisioned handler gives the entry it shares.
+type use struct {
+	logger        *zap.Logger
+	storage       certmagic.Storage
+	refreshBefore time.Duration // 0: the default
+	consent       *consentPaths // set by a consent handler
+}
+
+// env combines the uses of an entry: the newest configuration's logger and
+// storage (a reload with another storage switches to it; a failed reload,
+// once cleaned up, switches back), the smallest refresh_before any handler
+// asks for (a shared token is replaced as early as the earliest wants), and
+// the newest consent endpoints. Reads are one atomic load.
+type env struct {
+	mu   sync.Mutex
+	list []*use
+	cur  atomic.Pointer[envView]
+}
+
+type envView struct {
+	logger        *zap.Logger
+	storage       certmagic.Storage
+	refreshBefore time.Duration
+	consent       *consentPaths
+}
+
+func (e *env) attach(u *use) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.list = append(e.list, u)
+	e.update()
+}
+
+func (e *env) detach(u *use) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.list = slices.DeleteFunc(e.list, func(v *use) bool { return v == u })
+	e.update()
+}
+
+// update recomputes the view; with no use left, the last one is kept.
+func (e *env) update() {
+	if len(e.list) == 0 {
+		return
+	}
+	v := &envView{refreshBefore: defaultRefreshBefore}
+	minBefore := time.Duration(0)
+	for _, u := range e.list {
+		if u.logger != nil {
+			v.logger = u.logger
+		}
+		if u.storage != nil {
+			v.storage = u.storage
+		}
+		if u.consent != nil {
+			v.consent = u.consent
+		}
+		if u.refreshBefore > 0 && (minBefore == 0 || u.refreshBefore < minBefore) {
+			minBefore = u.refreshBefore
+		}
+	}
+	if minBefore > 0 {
+		v.refreshBefore = minBefore
+	}
+	e.cur.Store(v)
+}
+
+func (e *env) view() *envView {
+	if v := e.cur.Load(); v != nil {
+		return v
+	}
+	return &envView{refreshBefore: defaultRefreshBefore}
+}
+
+func (e *env) logger() *zap.Logger {
+	if l := e.view().logger; l != nil {
+		return l
+	}
+	return zap.NewNop()
+}
+
+func (e *env) storage() certmagic.Storage   { return e.view().storage }
+func (e *env) refreshBefore() time.Duration { return e.view().refreshBefore }
+func (e *env) consentPaths() *consentPaths  { return e.view().consent }
+
+// shortID names an entry in logs and metrics: the start of its key's hash.
+func shortID(key string) string { return key[strings.IndexByte(key, ':')+1:][:12] }
+
+// sourceEntry is the pool entry of a client-credentials credential set: a
+// token source and the endpoint its fetcher uses, both owned here.
+type sourceEntry struct {
+	env   env
+	clock clock
+	ep    *endpoint
+	src   *tokenSource
+}
+
+func newSourceEntry(cs *credentialSet, key string) *sourceEntry {
+	e := &sourceEntry{}
+	e.ep = newEndpoint(cs, &e.clock)
+	e.src = newTokenSource(ccFetcher{e.ep}, &e.env, &e.clock, cs.Provider, shortID(key))
+	return e
+}
+
+func (s *sourceEntry) uses() *env { return &s.env }
+
+// Destruct implements caddy.Destructor: no configuration uses the entry.
+func (s *sourceEntry) Destruct() error {
+	s.src.stop()
+	s.ep.close()
+	return nil
+}
+
+// ccFetcher fetches with the client_credentials grant: every fetch is a new
+// token request.
+type ccFetcher struct{ ep *endpoint }
+
+func (f ccFetcher) fetch(ctx context.Context, _ *token, _ bool) (*token, error) {
+	return f.ep.clientCredentials(ctx)
+}

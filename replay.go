@@ -1,0 +1,334 @@
+package oauthbearer
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"sync"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+// replay.go: what the injector does when the upstream answers 401 to a
+// token. With upstream_401 retry (the default) the request is sent with the
+// token and its answer buffered only if it is a 401 that refuses the
+// token; the token is then dropped (if old enough, see tokenSource.reject)
+// and the request replayed once with a new one, when its body was small
+// enough to keep.
+
+// forward sends the request upstream with tok, handling an upstream 401.
+func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, src *tokenSource, tok *token) error {
+	var body []byte
+	replayable := false
+	if h.Upstream401 != upstream401Invalidate {
+		var err error
+		if body, replayable, err = h.bufferBody(r); err != nil {
+			return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("reading request body: %w", err))
+		}
+	}
+	var before *headerSnapshot
+	if replayable {
+		// The response header as it is before the upstream answers,
+		// restored for a replay. Pooled: nearly every request discards it.
+		before = snapshotPool.Get().(*headerSnapshot)
+		before.take(w.Header())
+		defer snapshotPool.Put(before)
+	}
+	buf := bufPool.Get().(*bytes.Buffer)
+	buf.Reset()
+	defer bufPool.Put(buf)
+	rec := caddyhttp.NewResponseRecorder(w, buf, tokenRejected)
+
+	h.inject(r, tok)
+	err := next.ServeHTTP(rec, r)
+	if err != nil || !rec.Buffered() || rec.Status() != http.StatusUnauthorized {
+		return err
+	}
+
+	// The upstream refused the token.
+	retry := src.reject(tok)
+	log := h.logger.With(zap.String("provider", h.provider), zap.Duration("token_age", src.now().Sub(tok.obtained)))
+	if !retry || !replayable {
+		action := "passed"
+		if retry {
+			action = "invalidated"
+		}
+		metrics.upstream401.WithLabelValues(h.provider, action).Inc()
+		log.Warn("upstream refused the token", zap.String("action", action), zap.Bool("replayable", replayable))
+		return rec.WriteResponse()
+	}
+	metrics.upstream401.WithLabelValues(h.provider, "retried").Inc()
+	log.Info("upstream refused the token; retrying with a new one")
+	before.restore(w.Header())
+	if tok, err = src.Token(r.Context()); err != nil {
+		return h.refuse(w, r, err)
+	}
+	if body != nil {
+		r.Body = io.NopCloser(bytes.NewReader(body))
+	}
+	h.inject(r, tok)
+	return next.ServeHTTP(w, r)
+}
+
+// bufferBody makes the request body replayable when it is small enough:
+// no body, or one of at most replay_max_body bytes, is read into memory. A
+// larger or longer streaming body is left to stream (what was read is put
+// back in front of it) and the request is not replayable.
+func (h *Handler) bufferBody(r *http.Request) ([]byte, bool, error) {
+	// Content-Length 0 is a request without a body (an unknown length is
+	// -1); reverse_proxy sends none then. Caddy wraps even http.NoBody in
+	// a reader of its own, so reading it would cost every GET a 512-byte
+	// buffer, two wrappers and a read that moves the connection's deadline.
+	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+		return nil, true, nil
+	}
+	limit := h.replayMax
+	if limit < 0 || r.ContentLength > limit {
+		return nil, false, nil
+	}
+	orig := r.Body
+	b, err := io.ReadAll(io.LimitReader(orig, limit+1))
+	if err != nil {
+		return nil, false, err
+	}
+	if int64(len(b)) > limit {
+		r.Body = struct {
+			io.Reader
+			io.Closer
+		}{io.MultiReader(bytes.NewReader(b), orig), orig}
+		return nil, false, nil
+	}
+	r.Body = io.NopCloser(bytes.NewReader(b))
+	return b, true, nil
+}
+
+var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// headerSnapshot is a copy of a header whose map and value storage are
+// reused from request to request (http.Header.Clone allocates both).
+type headerSnapshot struct {
+	hdr  http.Header
+	vals []string
+}
+
+var snapshotPool = sync.Pool{New: func() any { return &headerSnapshot{hdr: make(http.Header)} }}
+
+// take copies h.
+func (s *headerSnapshot) take(h http.Header) {
+	clear(s.hdr)
+	s.vals = s.vals[:0]
+	for k, vs := range h {
+		n := len(s.vals)
+		s.vals = append(s.vals, vs...)
+		s.hdr[k] = s.vals[n:len(s.vals):len(s.vals)]
+	}
+}
+
+// restore makes h what it was when take copied it. The values are copied
+// out: the snapshot's storage goes back to the pool.
+func (s *headerSnapshot) restore(h http.Header) {
+	clear(h)
+	for k, vs := range s.hdr {
+		h[k] = append([]string(nil), vs...)
+	}
+}
+
+// tokenRejected reports an upstream answer that refuses the token: a 401
+// with no challenge, or with a Bearer challenge whose error is absent or
+// invalid_token (RFC 6750 §3.1). Other challenges (Basic, a Bearer
+// invalid_request) and every 403 (insufficient_scope) are not fixed by a
+// new token.
+func tokenRejected(status int, hdr http.Header) bool {
+	if status != http.StatusUnauthorized {
+		return false
+	}
+	values := hdr.Values("Www-Authenticate")
+	found := false
+	for _, v := range values {
+		for _, c := range parseChallenges(v) {
+			found = true
+			if strings.EqualFold(c.scheme, "Bearer") {
+				if e, ok := c.params["error"]; !ok || e == "invalid_token" {
+					return true
+				}
+			}
+		}
+	}
+	return !found
+}
+
+// challenge is one challenge of a WWW-Authenticate field.
+type challenge struct {
+	scheme  string
+	token68 string
+	params  map[string]string // names in lower case; quoted values unquoted
+}
+
+// parseChallenges parses a WWW-Authenticate field value (RFC 9110
+// §11.6.1), a comma-separated list in which commas separate both
+// challenges and the parameters of one:
+//
+//	challenge  = auth-scheme [ 1*SP ( token68 / #auth-param ) ]
+//	auth-param = token BWS "=" BWS ( token / quoted-string )
+//
+// It returns the challenges parsed before anything malformed.
+func parseChallenges(v string) []challenge {
+	p := &challengeParser{s: v}
+	var out []challenge
+	for {
+		p.skipListSeparators()
+		if p.done() {
+			return out
+		}
+		scheme := p.token()
+		if scheme == "" {
+			return out
+		}
+		c := challenge{scheme: scheme, params: map[string]string{}}
+		if p.skipSpaces() > 0 && !p.done() && p.peek() != ',' {
+			if name, val, ok := p.authParam(); ok {
+				c.params[strings.ToLower(name)] = val
+				p.moreParams(c.params)
+			} else if t68 := p.token68(); t68 != "" {
+				c.token68 = t68
+			} else {
+				return append(out, c)
+			}
+		}
+		out = append(out, c)
+		p.skipSpaces()
+		if !p.done() && p.peek() != ',' {
+			return out // malformed
+		}
+	}
+}
+
+type challengeParser struct {
+	s string
+	i int
+}
+
+func (p *challengeParser) done() bool { return p.i >= len(p.s) }
+func (p *challengeParser) peek() byte { return p.s[p.i] }
+
+func (p *challengeParser) skipSpaces() int {
+	n := 0
+	for !p.done() && (p.peek() == ' ' || p.peek() == '\t') {
+		p.i++
+		n++
+	}
+	return n
+}
+
+func (p *challengeParser) skipListSeparators() {
+	for !p.done() && (p.peek() == ' ' || p.peek() == '\t' || p.peek() == ',') {
+		p.i++
+	}
+}
+
+// token reads an RFC 9110 token.
+func (p *challengeParser) token() string {
+	start := p.i
+	for !p.done() && isTokenChar(p.peek()) {
+		p.i++
+	}
+	return p.s[start:p.i]
+}
+
+// authParam reads name BWS "=" BWS value; on failure nothing is consumed.
+func (p *challengeParser) authParam() (string, string, bool) {
+	start := p.i
+	name := p.token()
+	p.skipSpaces()
+	if name == "" || p.done() || p.peek() != '=' {
+		p.i = start
+		return "", "", false
+	}
+	p.i++
+	p.skipSpaces()
+	if p.done() {
+		p.i = start
+		return "", "", false
+	}
+	if p.peek() == '"' {
+		if val, ok := p.quoted(); ok {
+			return name, val, true
+		}
+	} else if val := p.token(); val != "" {
+		return name, val, true
+	}
+	p.i = start // token68 such as "abc==" ends up here
+	return "", "", false
+}
+
+// moreParams reads the auth-params after the first one: each follows a
+// comma; a comma followed by something that is not name= starts the next
+// challenge.
+func (p *challengeParser) moreParams(params map[string]string) {
+	for {
+		save := p.i
+		p.skipSpaces()
+		if p.done() || p.peek() != ',' {
+			p.i = save
+			return
+		}
+		p.skipListSeparators()
+		name, val, ok := p.authParam()
+		if !ok {
+			p.i = save
+			return
+		}
+		params[strings.ToLower(name)] = val
+	}
+}
+
+// quoted reads a quoted-string, undoing quoted-pairs.
+func (p *challengeParser) quoted() (string, bool) {
+	var b strings.Builder
+	for p.i++; !p.done(); p.i++ {
+		switch c := p.peek(); c {
+		case '"':
+			p.i++
+			return b.String(), true
+		case '\\':
+			p.i++
+			if p.done() {
+				return "", false
+			}
+			b.WriteByte(p.peek())
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return "", false
+}
+
+// token68 reads 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"=".
+func (p *challengeParser) token68() string {
+	start := p.i
+	for !p.done() {
+		c := p.peek()
+		if !(isAlnum(c) || strings.IndexByte("-._~+/", c) >= 0) {
+			break
+		}
+		p.i++
+	}
+	if p.i == start {
+		return ""
+	}
+	for !p.done() && p.peek() == '=' {
+		p.i++
+	}
+	return p.s[start:p.i]
+}
+
+func isAlnum(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
+}
+
+func isTokenChar(c byte) bool {
+	return isAlnum(c) || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
+}

@@ -1,0 +1,159 @@
+package oauthbearer
+
+import (
+	"context"
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/hkdf"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/certmagic"
+	"go.uber.org/zap"
+)
+
+// store.go: small records kept in Caddy's configured storage (file system
+// by default; Redis, Consul, S3, ... in a cluster), encrypted with
+// AES-256-GCM and bound to their storage key, so that a record copied under
+// another key does not decrypt. The storage is shared and can be slow,
+// locked by a dead instance, or failing: every call here is bounded, and
+// none is ever made on the path of a request that has a valid token.
+
+// storageTimeout bounds one storage read, write or delete.
+const storageTimeout = 5 * time.Second
+
+// errUndecryptable is a record that does not decrypt: tampered with, or
+// written with another key.
+var errUndecryptable = errors.New("the stored record cannot be decrypted (tampered with, or encrypted with another key)")
+
+// contextStorage returns the configuration's storage; nil for a context
+// made outside a configuration (caddy.NewContext in tests and commands),
+// whose Storage method would panic.
+func contextStorage(ctx caddy.Context) (s certmagic.Storage) {
+	defer func() {
+		if recover() != nil {
+			s = nil
+		}
+	}()
+	return ctx.Storage()
+}
+
+// recordStore reads and writes the encrypted records of one credential
+// set. The storage is the newest configuration's (env).
+type recordStore struct {
+	env  *env
+	aead cipher.AEAD
+}
+
+// newRecordStore derives the encryption key with HKDF-SHA256 from secret
+// (the client secret), salted with purpose and bound to id.
+func newRecordStore(e *env, secret, purpose, id string) (*recordStore, error) {
+	key, err := hkdf.Key(sha256.New, []byte(secret), []byte(purpose), id, 32)
+	if err != nil {
+		return nil, err
+	}
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, err
+	}
+	aead, err := cipher.NewGCM(block)
+	if err != nil {
+		return nil, err
+	}
+	return &recordStore{env: e, aead: aead}, nil
+}
+
+// seal encrypts plain, bound to aad (a storage key, or another purpose).
+func (s *recordStore) seal(aad string, plain []byte) []byte {
+	nonce := make([]byte, s.aead.NonceSize())
+	rand.Read(nonce)
+	return s.aead.Seal(nonce, nonce, plain, []byte(aad))
+}
+
+// open decrypts what seal made with the same aad.
+func (s *recordStore) open(aad string, sealed []byte) ([]byte, error) {
+	ns := s.aead.NonceSize()
+	if len(sealed) < ns+s.aead.Overhead() {
+		return nil, errUndecryptable
+	}
+	plain, err := s.aead.Open(nil, sealed[:ns], sealed[ns:], []byte(aad))
+	if err != nil {
+		return nil, errUndecryptable
+	}
+	return plain, nil
+}
+
+// load reads the record at key into v. It reports false when there is
+// none; a record that does not decrypt or parse is errUndecryptable.
+func (s *recordStore) load(ctx context.Context, key string, v any) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, storageTimeout)
+	defer cancel()
+	b, err := s.env.storage().Load(ctx, key)
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("reading %s: %w", key, err)
+	}
+	plain, err := s.open(key, b)
+	if err != nil {
+		return false, err
+	}
+	if err := json.Unmarshal(plain, v); err != nil {
+		return false, errUndecryptable
+	}
+	return true, nil
+}
+
+// save encrypts v and writes it at key (the file system storage writes a
+// temporary file and renames it: a crash never leaves half a record).
+func (s *recordStore) save(ctx context.Context, key string, v any) error {
+	plain, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, storageTimeout)
+	defer cancel()
+	if err := s.env.storage().Store(ctx, key, s.seal(key, plain)); err != nil {
+		return fmt.Errorf("writing %s: %w", key, err)
+	}
+	return nil
+}
+
+// remove deletes the record at key; a missing record is not an error.
+func (s *recordStore) remove(ctx context.Context, key string) error {
+	ctx, cancel := context.WithTimeout(ctx, storageTimeout)
+	defer cancel()
+	if err := s.env.storage().Delete(ctx, key); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("deleting %s: %w", key, err)
+	}
+	return nil
+}
+
+// lock takes the storage lock name, which every instance sharing the
+// storage honours, waiting at most wait (or until ctx ends). The returned
+// function releases it, with a bounded call of its own.
+func (s *recordStore) lock(ctx context.Context, name string, wait time.Duration) (func(), error) {
+	storage := s.env.storage()
+	lctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	if err := storage.Lock(lctx, name); err != nil {
+		if lctx.Err() != nil && ctx.Err() == nil {
+			return nil, fmt.Errorf("lock %s still held by another instance after %s", name, wait)
+		}
+		return nil, fmt.Errorf("taking lock %s: %w", name, err)
+	}
+	return func() {
+		uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), storageTimeout)
+		defer cancel()
+		if err := storage.Unlock(uctx, name); err != nil {
+			s.env.logger().Error("releasing a storage lock", zap.String("lock", name), zap.Error(err))
+		}
+	}, nil
+}
