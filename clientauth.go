@@ -432,20 +432,26 @@ func newAssertionSigner(key crypto.Signer, alg jose.SignatureAlgorithm, kid stri
 
 // newSecretAssertionSigner makes the client_secret_jwt signer: HMAC keyed
 // with the client secret's bytes. alg "" means HS256; HS384 and HS512 are
-// accepted too.
+// accepted too. The secret must be at least as long as the hash (32 bytes
+// for HS256, 48 for HS384, 64 for HS512: RFC 7518 §3.2, which go-jose
+// enforces when signing; checked here so that it is a configuration error).
 func newSecretAssertionSigner(secret []byte, alg jose.SignatureAlgorithm) (*assertionSigner, error) {
 	if len(secret) == 0 {
 		return nil, errors.New("client_secret_jwt needs a client_secret")
 	}
+	var minLen int
 	switch strings.ToUpper(string(alg)) {
 	case "", "HS256":
-		alg = jose.HS256
+		alg, minLen = jose.HS256, 32
 	case "HS384":
-		alg = jose.HS384
+		alg, minLen = jose.HS384, 48
 	case "HS512":
-		alg = jose.HS512
+		alg, minLen = jose.HS512, 64
 	default:
 		return nil, fmt.Errorf("alg %s does not fit client_secret_jwt; use HS256, HS384 or HS512", alg)
+	}
+	if len(secret) < minLen {
+		return nil, fmt.Errorf("client_secret_jwt with %s needs a client_secret of at least %d bytes (RFC 7518 §3.2); this one is shorter", alg, minLen)
 	}
 	key := bytes.Clone(secret)
 	s, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: key}, (&jose.SignerOptions{}).WithType("JWT"))

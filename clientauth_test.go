@@ -566,8 +566,18 @@ func TestSecretAssertionSigner(t *testing.T) {
 	if err := parsed.Claims([]byte("another-secret-of-32-bytes-long!"), new(map[string]any)); err == nil {
 		t.Error("verified with another secret")
 	}
-	if s, err := newSecretAssertionSigner([]byte(orig), "hs512"); err != nil || s.alg != jose.HS512 {
+	long := []byte(strings.Repeat("k", 64))
+	if s, err := newSecretAssertionSigner(long, "hs512"); err != nil || s.alg != jose.HS512 {
 		t.Errorf("HS512: %v", err)
+	}
+	for alg, n := range map[jose.SignatureAlgorithm]int{jose.HS256: 31, jose.HS384: 47, jose.HS512: 63} {
+		_, err := newSecretAssertionSigner(long[:n], alg)
+		if err == nil || !strings.Contains(err.Error(), "needs a client_secret of at least") || strings.Contains(err.Error(), string(long[:n])) {
+			t.Errorf("%s with %d bytes: %v", alg, n, err)
+		}
+		if _, err := newSecretAssertionSigner(long[:n+1], alg); err != nil {
+			t.Errorf("%s with %d bytes: %v", alg, n+1, err)
+		}
 	}
 	if _, err := newSecretAssertionSigner([]byte(orig), jose.RS256); err == nil || !strings.Contains(err.Error(), "use HS256") {
 		t.Errorf("RS256: %v", err)
