@@ -72,7 +72,8 @@ const pemBegin = "-----BEGIN"
 
 // loadPrivateKey loads the private key of the private_key field: value is
 // either PEM text (it holds a "-----BEGIN" line, as a {file.…} or {env.…}
-// placeholder gives it) or the path of a PEM file. It accepts RSA keys
+// placeholder gives it; on one line with its line breaks escaped as \n
+// too) or the path of a PEM file. It accepts RSA keys
 // (PKCS#1 or PKCS#8, at least 2048 bits), EC keys on P-256 or P-384 (SEC1 or
 // PKCS#8) and Ed25519 keys (PKCS#8); other blocks in the file (a
 // certificate, EC PARAMETERS) are skipped, and more than one key is an
@@ -115,6 +116,11 @@ func readPEMValue(field, value string) (data []byte, where string, err error) {
 		return nil, "", fmt.Errorf("%s: empty value; give a PEM file path or the PEM text", field)
 	}
 	if strings.Contains(value, pemBegin) {
+		// An environment variable often holds PEM on one line with its
+		// line breaks written as \n (as in a JSON string).
+		if !strings.Contains(value, "\n") && strings.Contains(value, `\n`) {
+			value = strings.ReplaceAll(value, `\n`, "\n")
+		}
 		return []byte(value), "the inline PEM value", nil
 	}
 	data, err = readConfigFile(field, value, 1<<20)

@@ -312,6 +312,13 @@ func TestLoadPrivateKeyErrors(t *testing.T) {
 			}
 		}
 	})
+	t.Run("inline-with-escaped-newlines", func(t *testing.T) {
+		p := string(pkcs8PEM(t, k.p256))
+		got, err := loadPrivateKey(strings.ReplaceAll(p, "\n", `\n`))
+		if err != nil || !got.Public().(*ecdsa.PublicKey).Equal(k.p256.Public()) {
+			t.Fatalf("escaped: %v", err)
+		}
+	})
 	t.Run("inline-without-end", func(t *testing.T) {
 		p := pkcs8PEM(t, k.p256)
 		cut := p[:len(p)-len("-----END PRIVATE KEY-----\n")]

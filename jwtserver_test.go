@@ -198,8 +198,6 @@ func (s *jwtTokenServer) verify(assertion string, bearerGrant bool) (jwtServerGr
 	}
 	now := time.Now()
 	switch {
-	case claims.Issuer != unverified.Issuer:
-		return g, fmt.Errorf("iss changed")
 	case !bearerGrant && claims.Subject != claims.Issuer:
 		return g, fmt.Errorf("sub %q is not the client id %q", claims.Subject, claims.Issuer)
 	case !slices.ContainsFunc(audiences, claims.Audience.Contains):
@@ -508,6 +506,10 @@ func TestJWTServerChecksEveryClaim(t *testing.T) {
 	form = clientAssertionForm(signed(now, func(*assertionClaims) {}))
 	form.Set("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:saml2-bearer")
 	wantRefused(t, s.postToken(t, form), http.StatusUnauthorized, "invalid_client", "is not jwt-bearer")
+
+	if r, i, f := s.requests.Load(), s.issued.Load(), s.refused.Load(); r != int64(len(cases))+4 || i+f != r || i != 5 {
+		t.Fatalf("requests %d issued %d refused %d", r, i, f)
+	}
 }
 
 // 100 assertions from one signer: the server, which refuses a jti it has
