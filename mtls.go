@@ -1,0 +1,198 @@
+package oauthbearer
+
+// RFC 8705 mutual-TLS client authentication: the client certificate comes
+// from a certificate file and a key file that their owner (cert-manager, a
+// Kubernetes secret volume, certbot, an operator) replaces while Caddy runs.
+
+import (
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+)
+
+// clientCertRetry is how soon a pair that failed to load (half rotated:
+// the new certificate beside the old key) is tried again when neither file
+// changed since.
+const clientCertRetry = time.Second
+
+// clientCertReloader serves the client certificate of a TLS handshake from
+// a certificate file and a key file, re-reading them when either changes.
+//
+// When: on every handshake that asks for a client certificate
+// (tls.Config.GetClientCertificate), both files are stat'ed, and read again
+// if either one's modification time, size or identity (inode: a rename or a
+// symlink swap) differs from those of the pair in use. Two stats per
+// handshake cost microseconds against a handshake's milliseconds, and
+// handshakes are rare since connections are kept alive; no timer or polling
+// interval is needed and a rotation is seen by the very next handshake. An
+// in-place rewrite of the same size within one file-system timestamp tick
+// would go unseen until the next change; real rotations (minutes apart, by
+// rename or symlink swap) are not affected.
+//
+// A pair that fails to load (unreadable, mismatched because only one file
+// was replaced so far, malformed) never breaks handshakes: the previous
+// pair is kept, the error is kept for lastError, and the load is tried
+// again when a file changes or after clientCertRetry.
+//
+// Rotation shows on new connections: kept-alive ones keep the identity
+// they were made with (generation tells a caller when to close idle
+// connections or drop certificate-bound tokens).
+type clientCertReloader struct {
+	certFile, keyFile string
+	now               func() time.Time // for the retry delay; tests replace it
+
+	mu       sync.Mutex
+	cert     *tls.Certificate
+	certStat os.FileInfo // of certFile when cert was loaded
+	keyStat  os.FileInfo
+	gen      uint64 // successful loads so far
+	attempts uint64 // loads tried so far, failed ones included
+	lastErr  error  // of the last load attempt; nil after a success
+	// the stats of the last failed attempt, and when it was
+	failedCert, failedKey os.FileInfo
+	failedAt              time.Time
+}
+
+// newClientCertReloader loads the pair once; an error here (missing file,
+// no certificate, a key that does not match) is a configuration error.
+func newClientCertReloader(certFile, keyFile string) (*clientCertReloader, error) {
+	r := &clientCertReloader{certFile: certFile, keyFile: keyFile, now: time.Now}
+	cs, ks, err := r.stat()
+	if err != nil {
+		return nil, err
+	}
+	cert, err := r.load()
+	if err != nil {
+		return nil, err
+	}
+	r.cert, r.certStat, r.keyStat, r.gen, r.attempts = cert, cs, ks, 1, 1
+	return r, nil
+}
+
+// stat returns the file info of both files.
+func (r *clientCertReloader) stat() (certStat, keyStat os.FileInfo, err error) {
+	if certStat, err = os.Stat(r.certFile); err != nil {
+		return nil, nil, fmt.Errorf("mtls client certificate: %s: %v", safePathName(r.certFile), pathErrCause(err))
+	}
+	if keyStat, err = os.Stat(r.keyFile); err != nil {
+		return nil, nil, fmt.Errorf("mtls client key: %s: %v", safePathName(r.keyFile), pathErrCause(err))
+	}
+	return certStat, keyStat, nil
+}
+
+// load reads and parses both files and checks that they belong together.
+func (r *clientCertReloader) load() (*tls.Certificate, error) {
+	const certField, keyField = "mtls client certificate", "mtls client key"
+	certPEM, err := readConfigFile(certField, r.certFile, 1<<20)
+	if err != nil {
+		return nil, err
+	}
+	keyPEM, err := readConfigFile(keyField, r.keyFile, 1<<20)
+	if err != nil {
+		return nil, err
+	}
+	certs, err := parseCertificatesPEM(certPEM, certField, safePathName(r.certFile))
+	if err != nil {
+		return nil, err
+	}
+	key, err := parsePrivateKeyPEM(keyPEM, keyField, safePathName(r.keyFile))
+	if err != nil {
+		return nil, err
+	}
+	if checkCertificateKey(certs[0], key) != nil {
+		return nil, fmt.Errorf("mtls: client certificate %s does not match client key %s",
+			safePathName(r.certFile), safePathName(r.keyFile))
+	}
+	chain := make([][]byte, len(certs))
+	for i, c := range certs {
+		chain[i] = c.Raw
+	}
+	return &tls.Certificate{Certificate: chain, PrivateKey: key, Leaf: certs[0]}, nil
+}
+
+// sameStat reports whether two stats show the same file unchanged.
+func sameStat(a, b os.FileInfo) bool {
+	return a != nil && b != nil && os.SameFile(a, b) && a.Size() == b.Size() && a.ModTime().Equal(b.ModTime())
+}
+
+// refresh reloads the pair if either file changed; r.mu is held.
+func (r *clientCertReloader) refresh() {
+	cs, ks, err := r.stat()
+	if err != nil {
+		r.lastErr = err
+		return
+	}
+	if sameStat(cs, r.certStat) && sameStat(ks, r.keyStat) {
+		return
+	}
+	if sameStat(cs, r.failedCert) && sameStat(ks, r.failedKey) && r.now().Sub(r.failedAt) < clientCertRetry {
+		return
+	}
+	r.attempts++
+	cert, err := r.load()
+	if err != nil {
+		r.lastErr, r.failedCert, r.failedKey, r.failedAt = err, cs, ks, r.now()
+		return
+	}
+	r.cert, r.certStat, r.keyStat, r.lastErr = cert, cs, ks, nil
+	r.failedCert, r.failedKey = nil, nil
+	r.gen++
+}
+
+// getClientCertificate is the tls.Config.GetClientCertificate of the
+// reloader: the current pair, reloaded first if a file changed.
+func (r *clientCertReloader) getClientCertificate(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.refresh()
+	return r.cert, nil
+}
+
+// current returns the pair in use and its generation (1 for the first
+// load, one more for each reload), without looking at the files.
+func (r *clientCertReloader) current() (*tls.Certificate, uint64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.cert, r.gen
+}
+
+// lastError is the error of the last reload attempt, nil if it succeeded.
+func (r *clientCertReloader) lastError() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lastErr
+}
+
+// tlsConfig returns a client TLS configuration presenting the reloader's
+// certificate: TLS 1.2 at least, and as roots the system pool plus extraCAs
+// (none: the system pool alone). It sets no ClientSessionCache: a resumed
+// session would skip GetClientCertificate and keep the old identity.
+func (r *clientCertReloader) tlsConfig(extraCAs []*x509.Certificate) *tls.Config {
+	cfg := &tls.Config{
+		MinVersion:           tls.VersionTLS12,
+		GetClientCertificate: r.getClientCertificate,
+	}
+	if len(extraCAs) > 0 {
+		roots, err := x509.SystemCertPool()
+		if err != nil || roots == nil {
+			roots = x509.NewCertPool()
+		}
+		for _, c := range extraCAs {
+			roots.AddCert(c)
+		}
+		cfg.RootCAs = roots
+	}
+	return cfg
+}
+
+// certThumbprint is the RFC 8705 §3.1 thumbprint of a certificate: the
+// base64url SHA-256 of its DER, as in a bound token's cnf "x5t#S256".
+func certThumbprint(cert *x509.Certificate) string {
+	sum := sha256.Sum256(cert.Raw)
+	return base64.RawURLEncoding.EncodeToString(sum[:])
+}
