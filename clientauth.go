@@ -651,7 +651,7 @@ func parseGoogleServiceAccount(data []byte, where string) (*googleServiceAccount
 	case f.TokenURI == "":
 		return nil, fmt.Errorf("%s: %s has no token_uri", field, where)
 	}
-	if err := checkEndpointURL(field+": "+where+": token_uri", f.TokenURI); err != nil {
+	if err := checkFetchedURL(field+": "+where+": token_uri", f.TokenURI); err != nil {
 		return nil, err
 	}
 	key, err := parsePrivateKeyPEM([]byte(f.PrivateKey), field, where+" (its private_key)")
@@ -682,9 +682,10 @@ func (sa *googleServiceAccount) claims(scope, subject string) assertionClaims {
 // ---------------------------------------------------------------------------
 // Endpoint URLs
 
-// checkEndpointURL checks that raw is an absolute https URL (http only on a
-// loopback host); name says which endpoint in errors.
-func checkEndpointURL(name, raw string) error {
+// checkFetchedURL checks an endpoint URL read from a file or a document
+// (not from the configuration): an absolute URL that credentials may be
+// sent to (secureEndpoint); name says which endpoint in errors.
+func checkFetchedURL(name, raw string) error {
 	u, err := url.Parse(raw)
 	if err != nil || u.Host == "" || u.Opaque != "" {
 		return fmt.Errorf("%s %q is not an absolute URL", name, raw)
@@ -695,14 +696,3 @@ func checkEndpointURL(name, raw string) error {
 	return nil
 }
 
-// secureEndpoint reports whether u may carry credentials: https, or http to
-// a loopback host (a test server, or a sidecar on this machine).
-func secureEndpoint(u *url.URL) bool {
-	switch strings.ToLower(u.Scheme) {
-	case "https":
-		return true
-	case "http":
-		return isLoopback(u.Hostname())
-	}
-	return false
-}

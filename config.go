@@ -311,10 +311,22 @@ func checkEndpointURL(field, raw string) error {
 		return errField(field, "%q is not an absolute http(s) URL", raw)
 	case u.User != nil:
 		return errField(field, "the URL must not carry credentials; use client_id and client_secret")
-	case u.Scheme == "http" && !isLoopback(u.Hostname()):
+	case !secureEndpoint(u):
 		return errField(field, "%q uses plain http to a non-loopback host; use https", raw)
 	}
 	return nil
+}
+
+// secureEndpoint reports whether u may carry credentials: https, or http to
+// a loopback host (a test server, or a sidecar on this machine).
+func secureEndpoint(u *url.URL) bool {
+	switch strings.ToLower(u.Scheme) {
+	case "https":
+		return true
+	case "http":
+		return isLoopback(u.Hostname())
+	}
+	return false
 }
 
 // resolveURL resolves a URL's placeholders and checks the result.

@@ -234,7 +234,7 @@ func (d *discoveryDocument) check(issuer string) error {
 		if ep.value == "" {
 			continue
 		}
-		if err := checkEndpointURL(d.source+": "+ep.name, ep.value); err != nil {
+		if err := checkFetchedURL(d.source+": "+ep.name, ep.value); err != nil {
 			return err
 		}
 	}
