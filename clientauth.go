@@ -695,4 +695,3 @@ func checkFetchedURL(name, raw string) error {
 	}
 	return nil
 }
-
