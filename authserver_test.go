@@ -65,6 +65,8 @@ type codeAS struct {
 	// only at /oauth/refresh, and only as "Authorization: Bearer <rt>";
 	// the token endpoint refuses grant_type=refresh_token.
 	SeparateRefresh bool
+	// NoRefreshToken: token responses carry no refresh token.
+	NoRefreshToken bool
 	// Now is the server's clock (default time.Now): a test on a fake clock
 	// gives it the same one, so that expiries agree.
 	Now func() time.Time
@@ -76,11 +78,14 @@ type codeAS struct {
 	// counters
 	Authorizations, CodeExchanges, Refreshes, InvalidGrants, Revocations atomic.Int64
 
-	mu        sync.Mutex
-	codes     map[string]*casCode
-	refreshes map[string]*casToken
-	accesses  map[string]*casToken
-	lastScope []string // of the last successful authorization
+	mu          sync.Mutex
+	clients     map[string]bool // remote addresses of token requests
+	holdRefresh chan struct{}   // see holdRefreshes
+	refreshHeld chan struct{}
+	codes       map[string]*casCode
+	refreshes   map[string]*casToken
+	accesses    map[string]*casToken
+	lastScope   []string // of the last successful authorization
 }
 
 // casCode is an authorization code and what it is bound to.
@@ -150,6 +155,40 @@ func (a *codeAS) validAccess(token string) bool {
 	defer a.mu.Unlock()
 	at, ok := a.accesses[token]
 	return ok && !at.dead && a.now().Before(at.expires)
+}
+
+// tokenClients counts the client addresses (connections) that token
+// requests came from.
+func (a *codeAS) tokenClients() int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return len(a.clients)
+}
+
+// holdRefreshes makes each successful refresh wait, after the refresh
+// token was rotated and before the answer is sent, until release is
+// called; held receives a value when a refresh waits.
+func (a *codeAS) holdRefreshes() (held <-chan struct{}, release func()) {
+	hold, h := make(chan struct{}), make(chan struct{}, 1)
+	a.mu.Lock()
+	a.holdRefresh, a.refreshHeld = hold, h
+	a.mu.Unlock()
+	return h, func() {
+		a.mu.Lock()
+		a.holdRefresh = nil
+		a.mu.Unlock()
+		close(hold)
+	}
+}
+
+// revokeAccess kills one access token, as a provider does when it revokes
+// a token but not the grant.
+func (a *codeAS) revokeAccess(token string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if at, ok := a.accesses[token]; ok {
+		at.dead = true
+	}
 }
 
 // liveRefreshTokens counts the refresh tokens that a refresh would accept.
@@ -314,6 +353,12 @@ func (a *codeAS) redirect(w http.ResponseWriter, params url.Values) {
 // ---- /oauth/token ----
 
 func (a *codeAS) serveToken(w http.ResponseWriter, r *http.Request) {
+	a.mu.Lock()
+	if a.clients == nil {
+		a.clients = map[string]bool{}
+	}
+	a.clients[r.RemoteAddr] = true
+	a.mu.Unlock()
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
 		a.oauthError(w, r, http.StatusMethodNotAllowed, "invalid_request", "the token endpoint takes POST")
@@ -473,6 +518,16 @@ func (a *codeAS) refresh(w http.ResponseWriter, r *http.Request, p map[string]st
 		return
 	}
 	a.Refreshes.Add(1)
+	a.mu.Lock()
+	hold, held := a.holdRefresh, a.refreshHeld
+	a.mu.Unlock()
+	if hold != nil {
+		select {
+		case held <- struct{}{}:
+		default:
+		}
+		<-hold
+	}
 	casWriteJSON(w, http.StatusOK, resp)
 }
 
@@ -495,13 +550,15 @@ func (a *codeAS) issueLocked(grant string, accessScope, refreshScope []string, n
 		expires = time.Unix(exp, 0)
 	}
 	a.accesses[at] = &casToken{grant: grant, scope: accessScope, expires: expires}
-	rt := "rt_" + casRandom(32)
-	a.refreshes[rt] = &casToken{grant: grant, scope: refreshScope}
 	resp := map[string]any{
-		"access_token":  at,
-		"token_type":    "Bearer",
-		"refresh_token": rt,
-		"created_at":    now.Unix(),
+		"access_token": at,
+		"token_type":   "Bearer",
+		"created_at":   now.Unix(),
+	}
+	if !a.NoRefreshToken {
+		rt := "rt_" + casRandom(32)
+		a.refreshes[rt] = &casToken{grant: grant, scope: refreshScope}
+		resp["refresh_token"] = rt
 	}
 	if a.AccessLifetime > 0 {
 		resp["expires_in"] = a.AccessLifetime

@@ -10,6 +10,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -21,12 +22,15 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 )
 
@@ -52,6 +56,7 @@ type testCaddy struct {
 	addr    string // 127.0.0.1:port of the first site
 	logFile string
 	dir     string
+	storage string // the storage global option; "" for file_system in dir
 }
 
 // startCaddy runs Caddy with the given site blocks. "LISTEN" in them is
@@ -66,9 +71,17 @@ func startCaddy(t *testing.T, sites string) *testCaddy {
 // as a redirect_uri, that must know it beforehand).
 func startCaddyAt(t *testing.T, addr, sites string) *testCaddy {
 	t.Helper()
+	return startCaddyWith(t, addr, "", sites)
+}
+
+// startCaddyWith is startCaddyAt with another storage: storage is the
+// global option's value, such as "oab_flaky { root /x name n }" ("": the
+// test's own file_system directory).
+func startCaddyWith(t *testing.T, addr, storage, sites string) *testCaddy {
+	t.Helper()
 	caddyMu.Lock()
 	dir := t.TempDir()
-	c := &testCaddy{t: t, addr: addr, logFile: filepath.Join(dir, "caddy.log"), dir: dir}
+	c := &testCaddy{t: t, addr: addr, logFile: filepath.Join(dir, "caddy.log"), dir: dir, storage: storage}
 	t.Cleanup(func() {
 		if err := caddy.Stop(); err != nil {
 			t.Errorf("stopping caddy: %v", err)
@@ -122,18 +135,22 @@ func (c *testCaddy) load(sites string) error {
 }
 
 func (c *testCaddy) adapt(sites string) ([]byte, error) {
+	storage := c.storage
+	if storage == "" {
+		storage = "file_system " + filepath.Join(c.dir, "storage")
+	}
 	cf := fmt.Sprintf(`{
 	admin off
 	auto_https off
 	persist_config off
-	storage file_system %s
+	storage %s
 	log {
 		output file %s
 		format json
 		level DEBUG
 	}
 }
-`, filepath.Join(c.dir, "storage"), c.logFile) + strings.ReplaceAll(sites, "LISTEN", c.addr)
+`, storage, c.logFile) + strings.ReplaceAll(sites, "LISTEN", c.addr)
 	out, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), map[string]any{"filename": "Caddyfile"})
 	if err != nil {
 		return nil, err
@@ -162,6 +179,15 @@ func (c *testCaddy) get(path string, hdr ...string) (int, string) {
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
 	resp, err := testClient.Do(req)
+	for try := 1; err != nil && try < 3 && droppedByReload(err); try++ {
+		// On Linux, Caddy gives a reloaded server a listening socket of
+		// its own (SO_REUSEPORT) and closes the old one when the old
+		// server has shut down: a connection the kernel queued on the old
+		// socket meanwhile is reset. Not this module's doing; a client
+		// retries.
+		c.t.Logf("GET %s: %v; retrying (a connection reset around a reload)", path, err)
+		resp, err = testClient.Do(req)
+	}
 	if err != nil {
 		c.t.Fatalf("GET %s: %v", path, err)
 	}
@@ -171,6 +197,12 @@ func (c *testCaddy) get(path string, hdr ...string) (int, string) {
 }
 
 var testClient = &http.Client{Timeout: 10 * time.Second}
+
+// droppedByReload reports a connection that was reset or closed before
+// any answer: what a request meets when it reaches a server being replaced.
+func droppedByReload(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
+}
 
 func freeAddr(t *testing.T) string {
 	t.Helper()
@@ -364,4 +396,41 @@ func randomHex(n int) string {
 // certPEM returns the PEM of a TLS test server's certificate.
 func certPEM(srv *httptest.Server) []byte {
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: srv.Certificate().Raw})
+}
+
+// arrivals counts, by name, the requests that reached an oab_arrivals
+// handler: a test can wait until its requests are inside Caddy.
+var arrivals sync.Map // name → *atomic.Int64
+
+func arrivalsOf(name string) *atomic.Int64 {
+	v, _ := arrivals.LoadOrStore(name, new(atomic.Int64))
+	return v.(*atomic.Int64)
+}
+
+// arrivalsHandler is the test-only handler oab_arrivals <name>, ordered
+// before oauth_bearer: it counts a request and passes it on.
+type arrivalsHandler struct {
+	Name string `json:"name"`
+}
+
+func (arrivalsHandler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "http.handlers.oab_arrivals", New: func() caddy.Module { return new(arrivalsHandler) }}
+}
+
+func (h *arrivalsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	arrivalsOf(h.Name).Add(1)
+	return next.ServeHTTP(w, r)
+}
+
+func init() {
+	caddy.RegisterModule(arrivalsHandler{})
+	httpcaddyfile.RegisterHandlerDirective("oab_arrivals", func(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+		a := new(arrivalsHandler)
+		h.Next()
+		if !h.AllArgs(&a.Name) {
+			return nil, h.ArgErr()
+		}
+		return a, nil
+	})
+	httpcaddyfile.RegisterDirectiveOrder("oab_arrivals", httpcaddyfile.Before, "request_header")
 }

@@ -288,11 +288,14 @@ func TestSharedSourceStampedeAndReload(t *testing.T) {
 	as.hold = make(chan struct{})
 	up := newUpstream(t)
 	t.Setenv("S_SECRET", as.secret)
-	block := fmt.Sprintf(`oauth_bearer {
+	block := fmt.Sprintf(`oab_arrivals stampede-%s
+	oauth_bearer {
 		token_url     %s
 		client_id     %s
 		client_secret {env.S_SECRET}
-	}`, as.tokenURL(), as.clientID)
+	}`, t.Name(), as.tokenURL(), as.clientID)
+	arrived := arrivalsOf("stampede-" + t.Name())
+	arrived.Store(0)
 	second := freeAddr(t)
 	sites := fmt.Sprintf(`http://LISTEN {
 	route /a/* {
@@ -327,9 +330,10 @@ http://%[3]s {
 			statuses <- resp.StatusCode
 		}(i)
 	}
-	// All requests are now waiting on the one token request being held.
-	waitFor(t, func() bool { return as.requests.Load() >= 1 })
-	time.Sleep(200 * time.Millisecond) // let the rest pile up behind it
+	// Every request is inside Caddy, past the counter in front of
+	// oauth_bearer, while the one token request is held: none can have
+	// found a token.
+	waitFor(t, func() bool { return arrived.Load() == n && as.requests.Load() >= 1 })
 	close(as.hold)
 	wg.Wait()
 	close(statuses)

@@ -113,6 +113,10 @@ func TestFaultInjection(t *testing.T) {
 
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
+			// The clock stands still: the second request below is made
+			// during the first backoff (at least 1 s), however slow the
+			// machine is.
+			useFakeClock(t)
 			var n atomic.Int64
 			tokenURL := "http://" + freeAddr(t) + "/token"
 			if tc.handler != nil {
@@ -271,17 +275,17 @@ func TestProviderDownWhileTokenCached(t *testing.T) {
 	clock.add(27 * time.Minute)
 	failed := 0
 	steps := 0
+	src := ccSource(t)
 	for clock.now().Before(clock.start.Add(3600*time.Second - time.Second)) {
 		if status, _ := c.get("/"); status != 200 {
 			failed++
 		}
 		steps++
+		// A background refresh the request started has failed (and set
+		// the backoff) before the clock moves on.
+		waitFor(t, func() bool { return !src.refreshing.Load() })
 		clock.add(10 * time.Second)
-		if steps%20 == 0 {
-			time.Sleep(20 * time.Millisecond) // let background refreshes run
-		}
 	}
-	waitFor(t, func() bool { return true })
 	if failed != 0 {
 		t.Errorf("%d of %d client requests failed while a valid token was cached", failed, steps)
 	}
@@ -509,6 +513,23 @@ func TestUpstream401PurgesAndRetries(t *testing.T) {
 	if len(up.requests())-n != 1 || as.issued.Load() != 4 {
 		t.Errorf("403 caused %d upstream requests and %d token requests", len(up.requests())-n, as.issued.Load())
 	}
+}
+
+// ccSource returns the client-credentials token source in the pool (the
+// test's Caddy has one).
+func ccSource(t *testing.T) *tokenSource {
+	t.Helper()
+	var src *tokenSource
+	pool.Range(func(_, v any) bool {
+		if e, ok := v.(*sourceEntry); ok {
+			src = e.src
+		}
+		return true
+	})
+	if src == nil {
+		t.Fatal("no client-credentials source in the pool")
+	}
+	return src
 }
 
 // fakeTime is a settable clock shared by the token sources of one test.

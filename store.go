@@ -32,6 +32,17 @@ const storageTimeout = 5 * time.Second
 // written with another key.
 var errUndecryptable = errors.New("the stored record cannot be decrypted (tampered with, or encrypted with another key)")
 
+// errNoStorage: the handler was provisioned outside a configuration.
+var errNoStorage = errors.New("no storage is configured")
+
+// storage returns the newest configuration's storage.
+func (s *recordStore) storage() (certmagic.Storage, error) {
+	if st := s.env.storage(); st != nil {
+		return st, nil
+	}
+	return nil, errNoStorage
+}
+
 // contextStorage returns the configuration's storage; nil for a context
 // made outside a configuration (caddy.NewContext in tests and commands),
 // whose Storage method would panic.
@@ -94,7 +105,11 @@ func (s *recordStore) open(aad string, sealed []byte) ([]byte, error) {
 func (s *recordStore) load(ctx context.Context, key string, v any) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, storageTimeout)
 	defer cancel()
-	b, err := s.env.storage().Load(ctx, key)
+	st, err := s.storage()
+	if err != nil {
+		return false, err
+	}
+	b, err := st.Load(ctx, key)
 	if errors.Is(err, fs.ErrNotExist) {
 		return false, nil
 	}
@@ -120,7 +135,11 @@ func (s *recordStore) save(ctx context.Context, key string, v any) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, storageTimeout)
 	defer cancel()
-	if err := s.env.storage().Store(ctx, key, s.seal(key, plain)); err != nil {
+	st, err := s.storage()
+	if err != nil {
+		return err
+	}
+	if err := st.Store(ctx, key, s.seal(key, plain)); err != nil {
 		return fmt.Errorf("writing %s: %w", key, err)
 	}
 	return nil
@@ -130,7 +149,11 @@ func (s *recordStore) save(ctx context.Context, key string, v any) error {
 func (s *recordStore) remove(ctx context.Context, key string) error {
 	ctx, cancel := context.WithTimeout(ctx, storageTimeout)
 	defer cancel()
-	if err := s.env.storage().Delete(ctx, key); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	st, err := s.storage()
+	if err != nil {
+		return err
+	}
+	if err := st.Delete(ctx, key); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("deleting %s: %w", key, err)
 	}
 	return nil
@@ -140,7 +163,10 @@ func (s *recordStore) remove(ctx context.Context, key string) error {
 // storage honours, waiting at most wait (or until ctx ends). The returned
 // function releases it, with a bounded call of its own.
 func (s *recordStore) lock(ctx context.Context, name string, wait time.Duration) (func(), error) {
-	storage := s.env.storage()
+	storage, err := s.storage()
+	if err != nil {
+		return nil, err
+	}
 	lctx, cancel := context.WithTimeout(ctx, wait)
 	defer cancel()
 	if err := storage.Lock(lctx, name); err != nil {
