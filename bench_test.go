@@ -34,6 +34,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/headers"
+	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 	"golang.org/x/oauth2"
 )
@@ -558,4 +559,91 @@ func startChildTokenServer(b *testing.B) string {
 		b.Fatalf("child token server: %q, %v", line, err)
 	}
 	return strings.TrimSpace(line)
+}
+
+// BenchmarkGrantAccounts: one stored grant with 10,000 connected accounts
+// (authorization_code, the account named by a request placeholder, every
+// account's access token valid for an hour in a file_system storage).
+//
+//	heap-B/account      memory of an account's token source once a request
+//	                    used it (read from the storage, token cached)
+//	after_sweeps-B/...  what is left per account after two idle sweeps
+//	serve/one_account   ServeHTTP, every request for the same account
+//	serve/10000_accounts ServeHTTP, each request for the next account: the
+//	                    lookup among 10,000 sources
+func BenchmarkGrantAccounts(b *testing.B) {
+	const n = 10000
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	b.Cleanup(cancel)
+	h := &Handler{Credentials: Credentials{TokenURL: "http://127.0.0.1:9/token", ClientID: "bench-grant",
+		ClientSecret: "bench-secret"}, Grant: grantAuthorizationCode, Account: "{oab.account}", Upstream401: upstream401Off}
+	if err := h.Provision(ctx); err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { h.Cleanup() })
+	g := h.grant
+	g.env.attach(&use{storage: &certmagic.FileStorage{Path: b.TempDir()}, logger: zap.NewNop()})
+	names := make([]string, n)
+	now := time.Now()
+	for i := range names {
+		names[i] = fmt.Sprintf("account-%05d", i)
+		rec := &grantRecord{Account: names[i], RefreshToken: "rt-" + names[i], AccessToken: benchTokenValue + "-" + names[i],
+			Obtained: now, Expiry: now.Add(time.Hour), ConnectedAt: now}
+		if err := g.store.save(context.Background(), g.recordKey(names[i]), rec); err != nil {
+			b.Fatal(err)
+		}
+	}
+	load := func() {
+		for _, a := range names {
+			if _, err := g.source(a).Token(context.Background()); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	count := func() int {
+		c := 0
+		g.accounts.Range(func(_, _ any) bool { c++; return true })
+		return c
+	}
+
+	b.Run("memory", func(b *testing.B) {
+		var heap, after float64
+		for i := 0; i < b.N; i++ {
+			g.sweep()
+			g.sweep()
+			m0 := settledMemStats()
+			load()
+			m1 := settledMemStats()
+			if count() != n {
+				b.Fatalf("%d sources, want %d", count(), n)
+			}
+			g.sweep()
+			g.sweep()
+			m2 := settledMemStats()
+			heap += float64(int64(m1.HeapAlloc) - int64(m0.HeapAlloc))
+			after += float64(int64(m2.HeapAlloc) - int64(m0.HeapAlloc))
+		}
+		b.ReportMetric(heap/float64(b.N)/n, "heap-B/account")
+		b.ReportMetric(after/float64(b.N)/n, "after_sweeps-B/account")
+	})
+
+	load()
+	serve := func(b *testing.B, pick func(i int) string) {
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			w, r := newBenchWriter(), benchRequest()
+			repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+			i := 0
+			for pb.Next() {
+				repl.Set("oab.account", pick(i))
+				i++
+				w.reset()
+				if err := h.ServeHTTP(w, r, nopNext); err != nil || w.status != http.StatusOK {
+					panic(fmt.Sprintf("ServeHTTP: status %d, error %v", w.status, err))
+				}
+			}
+		})
+	}
+	b.Run("serve/one_account", func(b *testing.B) { serve(b, func(int) string { return names[0] }) })
+	b.Run("serve/10000_accounts", func(b *testing.B) { serve(b, func(i int) string { return names[(i*7919)%n] }) })
 }
