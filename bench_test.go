@@ -78,7 +78,8 @@ func (as *benchAS) serve(w http.ResponseWriter, r *http.Request) {
 func benchHandler(tb testing.TB, tokenURL, clientID string, configure func(*Handler)) *Handler {
 	tb.Helper()
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	h := &Handler{Credentials: Credentials{TokenURL: tokenURL, ClientID: clientID, ClientSecret: "bench-secret"}}
+	h := &Handler{Credentials: Credentials{TokenURL: tokenURL, ClientID: clientID, ClientSecret: "bench-secret"},
+		TokenStore: tokenStoreMemory}
 	if configure != nil {
 		configure(h)
 	}
@@ -350,7 +351,7 @@ func BenchmarkStampede(b *testing.B) {
 		b.StopTimer()
 		// A new source: nothing cached, nothing in flight.
 		old := h.source
-		fresh := newSourceEntry(h.entry.(*sourceEntry).ep.cfg, h.poolKey)
+		fresh, _ := newSourceEntry(h.entry.(*sourceEntry).ep.cfg, h.poolKey, false)
 		h.source = fresh.src
 		as.requests.Store(0)
 		arrived.Store(0)
@@ -448,7 +449,7 @@ func measureSources(b *testing.B, tokenURL string, n int, variant string) (heap,
 		cs := &credentialSet{Provider: "generic", TokenURL: tokenURL,
 			ClientID: fmt.Sprintf("tenant-%05d", i), clientSecret: "bench-secret", Format: "form",
 			ClientAuth: "basic", DefaultLifetime: 10 * time.Minute, Timeout: 10 * time.Second}
-		srcs[i] = newSourceEntry(cs, "cc:"+cs.key())
+		srcs[i], _ = newSourceEntry(cs, "cc:"+cs.key(), false)
 	}
 	if variant != "provisioned" {
 		// Eight at a time, as a cold start under load would.

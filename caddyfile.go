@@ -57,6 +57,7 @@ func parseConsent(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //		ca_file          <path>
 //		refresh_url      <url>             # grants
 //		revoke_url       <url>             # grants
+//		encryption_key   <key...>          # what is stored: the first encrypts, all decrypt
 //
 //		# the token
 //		grant            client_credentials|authorization_code|refresh_token
@@ -67,6 +68,7 @@ func parseConsent(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //		refresh_token    <token>           # grant refresh_token
 //		account          <name|placeholder> # grants: whose grant a request uses
 //		refresh_before   <duration>
+//		token_store      storage|memory    # client_credentials; default storage
 //
 //		# the upstream request
 //		header           <name> <value>    # repeatable; request placeholders allowed
@@ -104,6 +106,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = oneArg(d, sub, &h.Org)
 		case "upstream_401":
 			err = oneArg(d, sub, &h.Upstream401)
+		case "token_store":
+			err = oneArg(d, sub, &h.TokenStore)
 		case "refresh_before":
 			err = durationArg(d, sub, &h.RefreshBefore)
 		case "scope":
@@ -136,7 +140,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 }
 
 var handlerSubdirectives = append(slices.Clone(credentialSubdirectives), "grant", "scope", "audience", "resource",
-	"param", "refresh_token", "account", "refresh_before", "header", "org", "token_header", "upstream_401", "replay_max_body")
+	"param", "refresh_token", "account", "refresh_before", "token_store", "header", "org", "token_header", "upstream_401", "replay_max_body")
 
 func (h *Handler) unmarshalParam(d *caddyfile.Dispenser) error {
 	var name, val string
@@ -266,7 +270,7 @@ func (h *ConsentHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.PKCE = &on
 			}
 		case "header", "org", "token_header", "upstream_401", "replay_max_body", "account", "refresh_before",
-			"refresh_token", "audience", "resource", "param":
+			"refresh_token", "audience", "resource", "param", "token_store":
 			err = d.Errf("%s: belongs to oauth_bearer, the handler that injects tokens", sub)
 		default:
 			err = d.Errf("unrecognized subdirective '%s' (known: %s)", sub, strings.Join(consentSubdirectives, ", "))
@@ -282,7 +286,7 @@ var consentSubdirectives = append(slices.Clone(credentialSubdirectives), "grant"
 	"scope", "pkce", "connect_path", "status_path", "disconnect_path")
 
 var credentialSubdirectives = []string{"client_id", "client_secret", "token_url", "environment", "client_auth",
-	"request_format", "timeout", "default_lifetime", "ca_file", "refresh_url", "revoke_url"}
+	"request_format", "timeout", "default_lifetime", "ca_file", "refresh_url", "revoke_url", "encryption_key"}
 
 // unmarshalSub parses one of the credential subdirectives shared by both
 // directives; false when sub is not one of them.
@@ -294,6 +298,11 @@ func (c *Credentials) unmarshalSub(d *caddyfile.Dispenser, sub string) (bool, er
 		return true, oneArg(d, sub, p)
 	}
 	switch sub {
+	case "encryption_key":
+		if c.EncryptionKeys = d.RemainingArgs(); len(c.EncryptionKeys) == 0 {
+			return true, argErr(d, sub)
+		}
+		return true, nil
 	case "timeout":
 		return true, durationArg(d, sub, &c.Timeout)
 	case "default_lifetime":

@@ -3,6 +3,7 @@ package oauthbearer
 import (
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
@@ -95,6 +96,16 @@ type Credentials struct {
 	// CAFile is a PEM file of extra CA certificates trusted for the
 	// provider's endpoints, besides the system roots.
 	CAFile string `json:"ca_file,omitempty"`
+
+	// EncryptionKeys encrypt what is kept in Caddy's storage (shared
+	// tokens, grants): each the base64 of at least 32 random bytes
+	// (`openssl rand -base64 32`), normally {env.X}. The first encrypts;
+	// every one, and the key derived from the client secret, decrypt, so
+	// records stay readable across a rotation (and are encrypted with the
+	// first key when next written). Without any, the key is derived from
+	// the client secret, and rotating the secret makes the records
+	// unreadable.
+	EncryptionKeys []string `json:"encryption_keys,omitempty"`
 }
 
 // configError is a rule broken by the configuration. Field names the
@@ -161,6 +172,13 @@ func (c *Credentials) check(grant string) error {
 	if err := oneOf("request_format", c.RequestFormat, providers.FormatJSON, providers.FormatForm, providers.FormatAuto); err != nil {
 		return err
 	}
+	for i, k := range c.EncryptionKeys {
+		if !strings.Contains(k, "{") {
+			if _, err := decodeEncryptionKey(i, k); err != nil {
+				return err
+			}
+		}
+	}
 	for _, d := range []struct {
 		field string
 		value caddy.Duration
@@ -196,9 +214,10 @@ type credentialSet struct {
 	Resources []string          `json:"resources,omitempty"`
 	Params    map[string]string `json:"params,omitempty"`
 
-	preset       providers.Provider
-	clientSecret string // hashed into the key, never logged
-	caPEM        []byte // CAFile's contents, read at load; hashed into the key
+	preset         providers.Provider
+	clientSecret   string   // hashed into the key, never logged
+	caPEM          []byte   // CAFile's contents, read at load; hashed into the key
+	encryptionKeys [][]byte // decoded; hashed into the key
 }
 
 // resolve fills in the preset's defaults and resolves {env.*}/{file.*}
@@ -248,6 +267,17 @@ func (c *Credentials) resolve(repl *caddy.Replacer, grant string) (*credentialSe
 	if cs.clientSecret, err = resolveRequired(repl, "client_secret", c.ClientSecret); err != nil {
 		return nil, err
 	}
+	for i, raw := range c.EncryptionKeys {
+		v, err := resolveRequired(repl, "encryption_key", raw)
+		if err != nil {
+			return nil, err
+		}
+		key, err := decodeEncryptionKey(i, v)
+		if err != nil {
+			return nil, err
+		}
+		cs.encryptionKeys = append(cs.encryptionKeys, key)
+	}
 	if c.CAFile != "" {
 		cs.CAFile = repl.ReplaceKnown(c.CAFile, "")
 		pem, err := os.ReadFile(cs.CAFile)
@@ -272,7 +302,27 @@ func (cs *credentialSet) key() string {
 	h.Write([]byte(cs.clientSecret))
 	h.Write([]byte{0})
 	h.Write(cs.caPEM)
+	for _, k := range cs.encryptionKeys {
+		h.Write([]byte{0})
+		h.Write(k)
+	}
 	return hex.EncodeToString(h.Sum(nil))
+}
+
+// decodeEncryptionKey decodes the i-th encryption key: base64 (standard or
+// URL alphabet, padded or not) of at least 32 bytes. The error never
+// echoes the value.
+func decodeEncryptionKey(i int, v string) ([]byte, error) {
+	v = strings.TrimSpace(v)
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+		if b, err := enc.DecodeString(v); err == nil {
+			if len(b) < 32 {
+				return nil, errField("encryption_key", "key %d holds %d bytes; it must hold at least 32 random bytes (make one with: openssl rand -base64 32)", i+1, len(b))
+			}
+			return b, nil
+		}
+	}
+	return nil, errField("encryption_key", "key %d is not base64 (make one with: openssl rand -base64 32)", i+1)
 }
 
 // redact removes the client secret from text that came from elsewhere (a

@@ -19,8 +19,9 @@ var metrics = struct {
 	tokenDuration   *prometheus.HistogramVec
 	failedRequests  *prometheus.CounterVec
 	upstream401     *prometheus.CounterVec
-	consents        *prometheus.CounterVec
-	expiryCollector prometheus.Collector
+	consents         *prometheus.CounterVec
+	storageFallbacks *prometheus.CounterVec
+	expiryCollector  prometheus.Collector
 }{}
 
 const metricsNS, metricsSub = "caddy", "oauth_bearer"
@@ -48,6 +49,10 @@ func initMetrics() {
 			Namespace: metricsNS, Subsystem: metricsSub, Name: "consent_events_total",
 			Help: "Authorization-code grants connected and disconnected, and grants found to need consent again (invalid_grant).",
 		}, []string{"provider", "event"})
+		metrics.storageFallbacks = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: metricsNS, Subsystem: metricsSub, Name: "storage_fallbacks_total",
+			Help: "Token fetches made without the shared token store because the storage was slow, locked by another instance for too long, or failing.",
+		}, []string{"provider"})
 		metrics.expiryCollector = expiryCollector{desc: prometheus.NewDesc(
 			prometheus.BuildFQName(metricsNS, metricsSub, "token_expiry_seconds"),
 			"Seconds until the cached token of a token source expires (negative or absent: no valid token).",
@@ -62,7 +67,7 @@ func registerMetrics(reg *prometheus.Registry) error {
 		return nil
 	}
 	for _, c := range []prometheus.Collector{metrics.tokenRequests, metrics.tokenDuration,
-		metrics.failedRequests, metrics.upstream401, metrics.consents, metrics.expiryCollector} {
+		metrics.failedRequests, metrics.upstream401, metrics.consents, metrics.storageFallbacks, metrics.expiryCollector} {
 		if err := reg.Register(c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if !errors.As(err, &are) {

@@ -47,6 +47,12 @@ func init() {
 	caddy.RegisterModule(new(Handler))
 }
 
+// Token stores.
+const (
+	tokenStoreStorage = "storage"
+	tokenStoreMemory  = "memory"
+)
+
 // Upstream 401 modes.
 const (
 	upstream401Retry      = "retry"
@@ -119,6 +125,12 @@ type Handler struct {
 	// for Authorization, nothing for other headers; "" means no prefix.
 	TokenPrefix *string `json:"token_prefix,omitempty"`
 
+	// TokenStore is where a client_credentials token is kept: storage (the
+	// default: in memory and in Caddy's storage, encrypted, so that every
+	// instance sharing the storage uses one token and a restart fetches
+	// none) or memory (this process only; nothing is written).
+	TokenStore string `json:"token_store,omitempty"`
+
 	// Upstream401 says what happens when the upstream answers 401 to an
 	// injected token: retry (the default: drop the token and replay the
 	// request once with a new one, when it can be replayed), invalidate
@@ -182,6 +194,9 @@ func (h *Handler) check() error {
 	if err := h.Credentials.check(grant); err != nil {
 		return err
 	}
+	if err := oneOf("token_store", h.TokenStore, tokenStoreStorage, tokenStoreMemory); err != nil {
+		return err
+	}
 	if grant == grantClientCredentials {
 		for _, f := range []struct{ field, value string }{{"refresh_token", h.RefreshToken}, {"account", h.Account}} {
 			if f.value != "" {
@@ -207,6 +222,8 @@ func (h *Handler) check() error {
 			return errField(field, "only for the client_credentials grant (a grant's scopes are asked for by oauth_bearer_consent)")
 		}
 		switch {
+		case h.TokenStore == tokenStoreMemory:
+			return errField("token_store", "grants are kept in the storage; memory is for the client_credentials grant")
 		case grant == grantRefreshToken && h.RefreshToken == "":
 			return errField("refresh_token", "is required by grant refresh_token")
 		case grant != grantRefreshToken && h.RefreshToken != "":
@@ -291,8 +308,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.use = &use{logger: h.logger, storage: contextStorage(ctx), refreshBefore: time.Duration(h.RefreshBefore)}
 
 	if h.grantType() == grantClientCredentials {
+		shared := h.TokenStore != tokenStoreMemory
 		h.poolKey = "cc:" + cs.key()
-		e, err := acquire(h.poolKey, h.use, func() (*sourceEntry, error) { return newSourceEntry(cs, h.poolKey), nil })
+		if !shared {
+			h.poolKey += ":memory"
+		}
+		e, err := acquire(h.poolKey, h.use, func() (*sourceEntry, error) { return newSourceEntry(cs, h.poolKey, shared) })
 		if err != nil {
 			return err
 		}

@@ -147,11 +147,21 @@ type sourceEntry struct {
 	src   *tokenSource
 }
 
-func newSourceEntry(cs *credentialSet, key string) *sourceEntry {
+// newSourceEntry makes the entry of a credential set, whose token is kept
+// in the storage too when shared (token_store storage).
+func newSourceEntry(cs *credentialSet, key string, shared bool) (*sourceEntry, error) {
 	e := &sourceEntry{}
 	e.ep = newEndpoint(cs, &e.clock)
-	e.src = newTokenSource(ccFetcher{e.ep}, &e.env, &e.clock, cs.Provider, shortID(key))
-	return e
+	var f fetcher = ccFetcher{e.ep}
+	if shared {
+		sf, err := newSharedFetcher(e.ep, &e.env, cs)
+		if err != nil {
+			return nil, err
+		}
+		f = sf
+	}
+	e.src = newTokenSource(f, &e.env, &e.clock, cs.Provider, shortID(key))
+	return e, nil
 }
 
 func (s *sourceEntry) uses() *env { return &s.env }

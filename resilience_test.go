@@ -351,7 +351,10 @@ func TestRefreshAheadUnderLoad(t *testing.T) {
 			t.Fatalf("rotation %d: requests waited on the token endpoint", i)
 		}
 		close(as.hold)
-		waitFor(t, func() bool { return as.issued.Load() == int64(i+1) })
+		// The token is issued, and the source has stored it (and its
+		// refresh has ended) before the clock moves on.
+		src := ccSource(t)
+		waitFor(t, func() bool { return as.issued.Load() == int64(i+1) && !src.refreshing.Load() })
 		as.hold = nil
 		if bad.Load() != 0 {
 			t.Errorf("rotation %d: %d requests failed", i, bad.Load())

@@ -432,8 +432,8 @@ func TestFlakyStorageFaults(t *testing.T) {
 	start := time.Now()
 	err = st.Lock(dctx, "grant")
 	flakyWantInjected(t, "hanging Lock", err)
-	if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) < 100*time.Millisecond {
-		t.Fatalf("hanging Lock = %v after %s, want the deadline after 100ms", err, time.Since(start))
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("hanging Lock = %v after %s, want the context's deadline", err, time.Since(start))
 	}
 	// ... or a cancellation, however long that takes.
 	cctx, cancelLock := context.WithCancel(ctx)

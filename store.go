@@ -59,45 +59,70 @@ func contextStorage(ctx caddy.Context) (s certmagic.Storage) {
 // set. The storage is the newest configuration's (env).
 type recordStore struct {
 	env  *env
-	aead cipher.AEAD
+	keys *keyring
 }
 
-// newRecordStore derives the encryption key with HKDF-SHA256 from secret
-// (the client secret), salted with purpose and bound to id.
-func newRecordStore(e *env, secret, purpose, id string) (*recordStore, error) {
-	key, err := hkdf.Key(sha256.New, []byte(secret), []byte(purpose), id, 32)
-	if err != nil {
-		return nil, err
-	}
-	block, err := aes.NewCipher(key)
-	if err != nil {
-		return nil, err
-	}
-	aead, err := cipher.NewGCM(block)
-	if err != nil {
-		return nil, err
-	}
-	return &recordStore{env: e, aead: aead}, nil
+// keyring is the AEADs records are sealed with: the first encrypts, each
+// one decrypts (so records written before a key rotation stay readable,
+// and are encrypted with the new key when next written).
+type keyring struct {
+	aeads []cipher.AEAD
 }
 
-// seal encrypts plain, bound to aad (a storage key, or another purpose).
+// newKeyring derives one AES-256-GCM key per configured encryption key
+// and, after them, one from the client secret (the default: used alone
+// when no key is configured), each with HKDF-SHA256 salted with purpose
+// and bound to id.
+func newKeyring(cs *credentialSet, purpose, id string) (*keyring, error) {
+	secrets := append(append([][]byte(nil), cs.encryptionKeys...), []byte(cs.clientSecret))
+	kr := &keyring{}
+	for _, secret := range secrets {
+		key, err := hkdf.Key(sha256.New, secret, []byte(purpose), id, 32)
+		if err != nil {
+			return nil, err
+		}
+		block, err := aes.NewCipher(key)
+		if err != nil {
+			return nil, err
+		}
+		aead, err := cipher.NewGCM(block)
+		if err != nil {
+			return nil, err
+		}
+		kr.aeads = append(kr.aeads, aead)
+	}
+	return kr, nil
+}
+
+func newRecordStore(e *env, cs *credentialSet, purpose, id string) (*recordStore, error) {
+	kr, err := newKeyring(cs, purpose, id)
+	if err != nil {
+		return nil, err
+	}
+	return &recordStore{env: e, keys: kr}, nil
+}
+
+// seal encrypts plain with the first key, bound to aad (a storage key, or
+// another purpose).
 func (s *recordStore) seal(aad string, plain []byte) []byte {
-	nonce := make([]byte, s.aead.NonceSize())
+	aead := s.keys.aeads[0]
+	nonce := make([]byte, aead.NonceSize())
 	rand.Read(nonce)
-	return s.aead.Seal(nonce, nonce, plain, []byte(aad))
+	return aead.Seal(nonce, nonce, plain, []byte(aad))
 }
 
-// open decrypts what seal made with the same aad.
+// open decrypts what seal made with the same aad, with any key.
 func (s *recordStore) open(aad string, sealed []byte) ([]byte, error) {
-	ns := s.aead.NonceSize()
-	if len(sealed) < ns+s.aead.Overhead() {
-		return nil, errUndecryptable
+	for _, aead := range s.keys.aeads {
+		ns := aead.NonceSize()
+		if len(sealed) < ns+aead.Overhead() {
+			return nil, errUndecryptable
+		}
+		if plain, err := aead.Open(nil, sealed[:ns], sealed[ns:], []byte(aad)); err == nil {
+			return plain, nil
+		}
 	}
-	plain, err := s.aead.Open(nil, sealed[:ns], sealed[ns:], []byte(aad))
-	if err != nil {
-		return nil, errUndecryptable
-	}
-	return plain, nil
+	return nil, errUndecryptable
 }
 
 // load reads the record at key into v. It reports false when there is

@@ -88,7 +88,10 @@ func (as *countingAS) waitArrived(t *testing.T) {
 func newTestSource(t *testing.T, as *countingAS, clock *fakeClock) *tokenSource {
 	cs := &credentialSet{Provider: "test", TokenURL: as.URL, ClientID: "id", clientSecret: "secret",
 		Format: "form", ClientAuth: "basic", DefaultLifetime: time.Minute, Timeout: 5 * time.Second}
-	e := newSourceEntry(cs, "cc:"+cs.key())
+	e, err := newSourceEntry(cs, "cc:"+cs.key(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
 	e.clock.set(clock.now)
 	e.env.attach(&use{logger: zap.NewNop(), refreshBefore: 10 * time.Second})
 	t.Cleanup(func() { e.Destruct() })

@@ -1,0 +1,209 @@
+package oauthbearer
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/providers"
+)
+
+// sharedtoken.go: one client-credentials token per fleet. With token_store
+// storage (the default), a token source keeps its token in memory for the
+// request path and in Caddy's storage for every instance that shares it,
+// encrypted and bound to its key. When its token is due, a source first
+// reads the stored one: if another instance refreshed it, it takes that;
+// otherwise it takes the credential set's storage lock (waiting at most
+// sharedLockWait), reads again, and only then fetches, stores and releases.
+// A process that starts uses the stored token while it is valid. The
+// storage never makes things worse: when it is slow, locked by a dead
+// instance or failing, the source fetches on its own, logs a warning once
+// and counts it.
+
+// Bounds of the shared store: a read, and the wait for the lock, before a
+// source fetches on its own.
+const (
+	sharedReadWait = 2 * time.Second
+	sharedLockWait = 2 * time.Second
+)
+
+// Token origins, as logs and the admin API report them.
+const (
+	originFetched     = "fetched"
+	originSharedStore = "shared store"
+	originWarmStart   = "warm start"
+)
+
+// tokenRecord is what is stored for a credential set, encrypted: the
+// token, and what a source learned that should outlive a process.
+type tokenRecord struct {
+	AccessToken  string    `json:"access_token,omitempty"`
+	Scope        string    `json:"scope,omitempty"`
+	LifetimeFrom string    `json:"lifetime_from,omitempty"`
+	Obtained     time.Time `json:"obtained,omitzero"`
+	Expiry       time.Time `json:"expiry,omitzero"`
+	// Format is the request body format that worked (request_format auto).
+	Format string `json:"format,omitempty"`
+	// A refusal that retrying cannot fix, and when the fleet may ask again.
+	RefusedCode string    `json:"refused_code,omitempty"`
+	RefusedDesc string    `json:"refused_description,omitempty"`
+	RetryAt     time.Time `json:"retry_at,omitzero"`
+}
+
+// sharedFetcher is the fetcher of a client-credentials source whose token
+// is shared through the storage.
+type sharedFetcher struct {
+	ep     *endpoint
+	store  *recordStore
+	key    string // storage key of the record
+	lock   string // storage lock name
+	env    *env
+	warned atomic.Bool // a fallback was logged; cleared when the storage works again
+}
+
+func newSharedFetcher(ep *endpoint, e *env, cs *credentialSet) (*sharedFetcher, error) {
+	sum := sha256.Sum256([]byte(cs.key()))
+	id := hex.EncodeToString(sum[:8])
+	store, err := newRecordStore(e, cs, "caddy-oauth-bearer token v1", id)
+	if err != nil {
+		return nil, err
+	}
+	return &sharedFetcher{ep: ep, store: store, env: e,
+		key: "oauth_bearer/tokens/" + id + ".json", lock: "oauth_bearer_token_" + id}, nil
+}
+
+func (f *sharedFetcher) fetch(ctx context.Context, old *token, refused bool) (*token, error) {
+	rec, err := f.read(ctx)
+	if err != nil {
+		f.fallback("reading the shared token", err)
+		return f.fetchAlone(ctx, rec)
+	}
+	if t, err := f.decide(rec, old, refused); t != nil || err != nil {
+		return t, err
+	}
+	unlock, err := f.store.lock(ctx, f.lock, sharedLockWait)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		f.fallback("taking the shared token's lock", err)
+		return f.fetchAlone(ctx, rec)
+	}
+	defer unlock()
+	// Another instance may have refreshed while we waited.
+	if rec, err = f.read(ctx); err != nil {
+		f.fallback("reading the shared token", err)
+		return f.fetchAlone(ctx, rec)
+	}
+	if t, err := f.decide(rec, old, refused); t != nil || err != nil {
+		return t, err
+	}
+	return f.fetchAndStore(ctx, rec)
+}
+
+// read loads the record (bounded); a record that does not decrypt is
+// treated as none, and replaced at the next write. It also applies the
+// remembered request format.
+func (f *sharedFetcher) read(ctx context.Context) (*tokenRecord, error) {
+	ctx, cancel := context.WithTimeout(ctx, sharedReadWait)
+	defer cancel()
+	var rec tokenRecord
+	found, err := f.store.load(ctx, f.key, &rec)
+	if errors.Is(err, errUndecryptable) || (err == nil && !found) {
+		return &tokenRecord{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	f.recovered()
+	if rec.Format != "" && f.ep.cfg.Format == providers.FormatAuto {
+		f.ep.format.Store(rec.Format)
+	}
+	return &rec, nil
+}
+
+// decide looks at the stored record: a token to take, a refusal the fleet
+// remembers, or neither (fetch).
+func (f *sharedFetcher) decide(rec *tokenRecord, old *token, refused bool) (*token, error) {
+	now := f.ep.clock.now()
+	if rec.AccessToken != "" && now.Before(rec.Expiry) &&
+		(old == nil || rec.AccessToken != old.value) && !(refused && old != nil && rec.AccessToken == old.value) {
+		t := &token{value: rec.AccessToken, scope: rec.Scope, lifetimeFrom: rec.LifetimeFrom,
+			obtained: rec.Obtained, expiry: rec.Expiry, origin: originSharedStore}
+		if old == nil {
+			t.origin = originWarmStart
+		}
+		return t, nil
+	}
+	if rec.RefusedCode != "" && now.Before(rec.RetryAt) {
+		return nil, &TokenError{Provider: f.ep.cfg.Provider, Code: rec.RefusedCode, RetryAfter: rec.RetryAt.Sub(now),
+			Description: rec.RefusedDesc + " (remembered from an earlier token request, by this or another instance; not asking again before " +
+				rec.RetryAt.UTC().Format(time.RFC3339) + ")"}
+	}
+	return nil, nil
+}
+
+// fetchAndStore fetches a token and stores it, with what was learned.
+func (f *sharedFetcher) fetchAndStore(ctx context.Context, rec *tokenRecord) (*token, error) {
+	t, err := f.ep.clientCredentials(ctx)
+	next := *rec
+	next.Format = ""
+	if f.ep.cfg.Format == providers.FormatAuto {
+		next.Format = f.ep.format.Load().(string)
+	}
+	var te *TokenError
+	switch {
+	case err == nil:
+		next.AccessToken, next.Scope, next.LifetimeFrom = t.value, t.scope, t.lifetimeFrom
+		next.Obtained, next.Expiry = t.obtained, t.expiry
+		next.RefusedCode, next.RefusedDesc, next.RetryAt = "", "", time.Time{}
+	case errors.As(err, &te) && te.permanent():
+		// The fleet does not hammer a provider that refuses the
+		// credentials: the others wait as this source will.
+		next.RefusedCode, next.RefusedDesc = te.Code, te.Description
+		next.RetryAt = f.ep.clock.now().Add(maxBackoff)
+	default:
+		return nil, err
+	}
+	if serr := f.write(ctx, &next); serr != nil {
+		f.fallback("storing the shared token", serr)
+	}
+	return t, err
+}
+
+// fetchAlone fetches without the store's coordination (the storage
+// misbehaves), and stores the token if the storage takes it.
+func (f *sharedFetcher) fetchAlone(ctx context.Context, rec *tokenRecord) (*token, error) {
+	metrics.storageFallbacks.WithLabelValues(f.ep.cfg.Provider).Inc()
+	if rec == nil {
+		rec = &tokenRecord{}
+	}
+	return f.fetchAndStore(ctx, rec)
+}
+
+func (f *sharedFetcher) write(ctx context.Context, rec *tokenRecord) error {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), sharedReadWait)
+	defer cancel()
+	return f.store.save(ctx, f.key, rec)
+}
+
+// fallback logs, once until the storage works again, that the source
+// fetches without it.
+func (f *sharedFetcher) fallback(doing string, err error) {
+	if f.warned.CompareAndSwap(false, true) {
+		f.env.logger().Warn("the shared token store is not usable; fetching tokens without it",
+			zap.String("provider", f.ep.cfg.Provider), zap.String("doing", doing), zap.Error(err))
+	}
+}
+
+// recovered notes that the storage answered again.
+func (f *sharedFetcher) recovered() {
+	if f.warned.CompareAndSwap(true, false) {
+		f.env.logger().Info("the shared token store is usable again", zap.String("provider", f.ep.cfg.Provider))
+	}
+}
