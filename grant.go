@@ -2,6 +2,8 @@ package oauthbearer
 
 import (
 	"context"
+	"io/fs"
+	"path"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -50,6 +52,10 @@ const (
 	sweepInterval = 5 * time.Minute
 	// maxEvents is how many connects and disconnects the event log keeps.
 	maxEvents = 1000
+	// rescanInterval: how often the list of stored grants is read again
+	// (between, connects are learnt from the event log), so that grants
+	// no request uses are refreshed too.
+	rescanInterval = 10 * time.Minute
 )
 
 // validAccount: account names become storage keys, so no separators, no
@@ -125,6 +131,8 @@ type grant struct {
 	unsaved    map[string]*grantRecord // rotated, but the storage refused it
 	usedStates map[string]time.Time    // consent states already redeemed here
 	eventsSeen uint64
+	due        map[string]time.Time // expiry of each refreshable stored grant known here
+	scanned    time.Time            // when the stored grants were last listed
 
 	loop   sync.Once
 	ctx    context.Context // ends at Destruct
@@ -149,7 +157,8 @@ func grantKey(cs *credentialSet, bootstrap string) string {
 func newGrant(cs *credentialSet, key, bootstrap string) (*grant, error) {
 	initMetrics()
 	g := &grant{id: grantID(cs), short: shortID(key), cfg: cs, bootstrap: bootstrap,
-		unsaved: map[string]*grantRecord{}, usedStates: map[string]time.Time{}, done: make(chan struct{})}
+		unsaved: map[string]*grantRecord{}, usedStates: map[string]time.Time{}, due: map[string]time.Time{},
+		done: make(chan struct{})}
 	g.ep = newEndpoint(cs, &g.clock)
 	var err error
 	if g.store, err = newRecordStore(&g.env, cs, "caddy-oauth-bearer grant v1", g.id); err != nil {
@@ -355,6 +364,7 @@ func (g *grant) redeem(ctx context.Context, rec *grantRecord) (*token, error) {
 	next.Scope = firstNonEmpty(tok.scope, rec.Scope)
 	next.LastRefresh = g.now()
 	g.persist(ctx, &next)
+	g.noteDue(&next)
 	tok.refreshToken = ""
 	tok.final = next.RefreshToken == ""
 	return tok, nil
@@ -428,6 +438,7 @@ func (g *grant) connect(ctx context.Context, account string, tok *token) error {
 		return err
 	}
 	g.publish(ctx, account)
+	g.noteDue(rec)
 	g.resetLocal(account, rec.token)
 	if replaced != nil && replaced.RefreshToken != "" && replaced.RefreshToken != rec.RefreshToken && g.cfg.RevokeURL != "" {
 		if err := g.ep.revoke(ctx, replaced.RefreshToken, "refresh_token"); err != nil {
@@ -565,6 +576,7 @@ func (g *grant) run() {
 		case <-watch.C:
 			g.storeUnsaved(g.ctx)
 			g.watch(g.ctx)
+			g.refreshDue(g.ctx)
 		case <-sweep.C:
 			g.sweep()
 		}
@@ -621,6 +633,9 @@ func (g *grant) watch(ctx context.Context) {
 	for account := range accounts {
 		v, ok := g.accounts.Load(account)
 		if !ok {
+			if rec, err := g.current(ctx, account); err == nil {
+				g.noteDue(rec) // connected or disconnected elsewhere
+			}
 			continue
 		}
 		g.mu.Lock()
@@ -635,6 +650,7 @@ func (g *grant) watch(ctx context.Context) {
 			t = rec.token()
 		}
 		src := v.(*tokenSource)
+		g.noteDue(rec)
 		if cur := src.cur.Load(); (t == nil) != (cur == nil) || (t != nil && cur.value != t.value) {
 			src.store(t)
 		}
@@ -683,4 +699,109 @@ func (g *grant) sweep() int {
 		return true
 	})
 	return n
+}
+
+// ---- grants no request uses ----
+
+// noteDue records when an account's stored grant expires, for refreshDue;
+// a grant that cannot be refreshed (none, needs consent, no refresh token)
+// is forgotten.
+func (g *grant) noteDue(rec *grantRecord) {
+	if rec == nil {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if rec.NeedsConsent || rec.RefreshToken == "" || rec.Expiry.IsZero() {
+		delete(g.due, rec.Account)
+		return
+	}
+	g.due[rec.Account] = rec.Expiry
+}
+
+// refreshDue refreshes the stored grants whose access token nears expiry,
+// whether or not a request uses them: refresh tokens that expire when
+// unused stay alive, and status stays true. Every instance does this; the
+// account's lock and the re-read under it mean that one redeems and the
+// others take its result. The stored grants are listed every
+// rescanInterval.
+func (g *grant) refreshDue(ctx context.Context) {
+	if time.Since(g.scanned) > rescanInterval {
+		g.scan(ctx)
+	}
+	now, before := g.now(), g.env.refreshBefore()
+	var due []string
+	g.mu.Lock()
+	for account, expiry := range g.due {
+		if now.After(expiry.Add(-before)) {
+			due = append(due, account)
+		}
+	}
+	g.mu.Unlock()
+	for _, account := range due {
+		if ctx.Err() != nil {
+			return
+		}
+		rec, err := g.current(ctx, account)
+		if err != nil || rec == nil {
+			g.mu.Lock()
+			delete(g.due, account)
+			g.mu.Unlock()
+			continue
+		}
+		tok, err := g.refresh(ctx, account, rec.token(), false)
+		if err != nil {
+			if isConsent(err) {
+				g.mu.Lock()
+				delete(g.due, account)
+				g.mu.Unlock()
+			}
+			g.env.logger().Warn("refreshing an idle grant failed", zap.String("provider", g.cfg.Provider),
+				zap.String("account", account), zap.Error(err))
+			continue
+		}
+		g.mu.Lock()
+		if tok.final {
+			delete(g.due, account)
+		} else {
+			g.due[account] = tok.expiry
+		}
+		g.mu.Unlock()
+		if v, ok := g.accounts.Load(account); ok {
+			src := v.(*tokenSource)
+			if cur := src.cur.Load(); cur == nil || cur.value != tok.value {
+				src.store(tok)
+			}
+		}
+	}
+}
+
+// scan lists the stored grants and notes when each expires.
+func (g *grant) scan(ctx context.Context) {
+	storage, err := g.store.storage()
+	if err != nil {
+		return
+	}
+	lctx, cancel := context.WithTimeout(ctx, storageTimeout)
+	keys, err := storage.List(lctx, "oauth_bearer/grants/"+g.id, false)
+	cancel()
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		g.env.logger().Debug("listing the stored grants failed", zap.String("provider", g.cfg.Provider), zap.Error(err))
+		return
+	}
+	g.scanned = time.Now()
+	for _, key := range keys {
+		account, ok := strings.CutSuffix(path.Base(key), ".json")
+		if !ok || checkAccount(account) != nil {
+			continue // the event log, or not a grant
+		}
+		if rec, err := g.current(ctx, account); err == nil {
+			g.noteDue(rec)
+		}
+	}
+}
+
+func isConsent(err error) bool {
+	var te *TokenError
+	return errors.As(err, &te) && te.Code == codeConsentRequired
 }

@@ -333,6 +333,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.entry, h.grant = g, g
+	g.startLoop() // grants are refreshed when they near expiry, used or not
 	return nil
 }
 

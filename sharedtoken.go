@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"sync/atomic"
 	"time"
@@ -67,7 +68,11 @@ type sharedFetcher struct {
 }
 
 func newSharedFetcher(ep *endpoint, e *env, cs *credentialSet) (*sharedFetcher, error) {
-	sum := sha256.Sum256([]byte(cs.key()))
+	// The record is named by what decides which token it is, not by the
+	// secret or the encryption keys: rotating either keeps the name (and
+	// the token, readable with the old key during a key rotation).
+	b, _ := json.Marshal(cs) // exported fields only: no secret, no key
+	sum := sha256.Sum256(b)
 	id := hex.EncodeToString(sum[:8])
 	store, err := newRecordStore(e, cs, "caddy-oauth-bearer token v1", id)
 	if err != nil {
@@ -114,13 +119,13 @@ func (f *sharedFetcher) read(ctx context.Context) (*tokenRecord, error) {
 	defer cancel()
 	var rec tokenRecord
 	found, err := f.store.load(ctx, f.key, &rec)
-	if errors.Is(err, errUndecryptable) || (err == nil && !found) {
-		return &tokenRecord{}, nil
-	}
-	if err != nil {
+	if err != nil && !errors.Is(err, errUndecryptable) {
 		return nil, err
 	}
 	f.recovered()
+	if err != nil || !found {
+		return &tokenRecord{}, nil
+	}
 	if rec.Format != "" && f.ep.cfg.Format == providers.FormatAuto {
 		f.ep.format.Store(rec.Format)
 	}
