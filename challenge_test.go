@@ -85,6 +85,9 @@ func TestParseChallengesRFC9110Lists(t *testing.T) {
 		{"BWS around =",
 			`Bearer realm = "api" , error =invalid_token`,
 			[]chlWant{{"Bearer", "", p{"realm": "api", "error": "invalid_token"}}}, false},
+		{"no blanks after the commas",
+			`Basic realm="a",charset=UTF-8,Bearer error="invalid_token",realm="b"`,
+			[]chlWant{{"Basic", "", p{"realm": "a", "charset": "UTF-8"}}, {"Bearer", "", p{"error": "invalid_token", "realm": "b"}}}, false},
 		{"tabs as BWS", "Bearer realm\t=\t\"api\"", []chlWant{{"Bearer", "", p{"realm": "api"}}}, false},
 		{"empty list elements everywhere",
 			`, , Bearer realm="x", , error="invalid_token", ,Basic realm="y",`,
@@ -229,6 +232,15 @@ func (u *chlUpstream) set(challenge string, rejectAuth string) {
 	u.reject[rejectAuth] = true
 }
 
+// chlTokName is the public part of a fakeAS token ("Bearer tok-2"), for
+// messages.
+func chlTokName(auth string) string {
+	if i := strings.LastIndexByte(auth, '-'); i > 0 {
+		return auth[:i]
+	}
+	return "(" + fmt.Sprint(len(auth)) + " characters)"
+}
+
 func (u *chlUpstream) requests() []string {
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -256,7 +268,7 @@ func TestUpstream401BearerAfterBasicOnOneLineIsReplayedWithNewToken(t *testing.T
 	}
 	tok1 := up.requests()[0]
 	if !strings.HasPrefix(tok1, "Bearer tok-1-") {
-		t.Fatalf("first token %q", tok1)
+		t.Fatalf("first token %q…, want one from the token endpoint", chlTokName(tok1))
 	}
 	clock.add(time.Minute) // older than the 30 s below which a 401 is not the token's fault
 
@@ -283,6 +295,10 @@ func TestUpstream401BearerAfterBasicOnOneLineIsReplayedWithNewToken(t *testing.T
 	}
 	got := up.requests()[before:]
 	if len(got) != 2 || got[0] != tok1 || got[1] == tok1 || !strings.HasPrefix(got[1], "Bearer tok-2-") {
-		t.Errorf("upstream saw %q, want the old token then the new one", got)
+		names := make([]string, len(got))
+		for i, a := range got {
+			names[i] = chlTokName(a)
+		}
+		t.Errorf("upstream saw %q, want the old token (tok-1) then the new one (tok-2)", names)
 	}
 }
