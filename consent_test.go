@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -404,5 +406,238 @@ func TestConsentRefusesCrossSitePOSTsAndAcceptsSameOrigin(t *testing.T) {
 			t.Errorf("POST disconnect, %s: still connected", v.name)
 		}
 		cnsConnect(t, g, "default")
+	}
+}
+
+// Two flows started one after the other in one browser and completed in
+// the reverse order both complete: each has its own state cookie. For
+// two accounts, and for one account twice (the later completion wins).
+func TestConsentTwoFlowsInOneBrowserCompleteInReverseOrder(t *testing.T) {
+	g := newGrantSetup(t, "account {http.request.header.X-Account}")
+	browser := g.browser()
+	browser.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+
+	alice := g.startConsent(browser, "alice")
+	bob := g.startConsent(browser, "bob")
+	if n := cnsStateCookies(g, browser); n != 2 {
+		t.Errorf("after starting two flows the browser holds %d state cookies, want 2", n)
+	}
+	if status, body := cnsFinish(t, browser, bob); status != 200 || !strings.Contains(body, "bob") {
+		t.Errorf("bob's flow (started second, finished first): %d %q", status, body)
+	}
+	if status, body := cnsFinish(t, browser, alice); status != 200 || !strings.Contains(body, "alice") {
+		t.Errorf("alice's flow (started first, finished second): %d %q", status, body)
+	}
+	for _, a := range []string{"alice", "bob"} {
+		if !cnsConnected(t, g, a) {
+			t.Errorf("%s is not connected", a)
+		}
+	}
+	_, _, authAlice := cnsAPI(t, g, "/api/a", "alice")
+	_, _, authBob := cnsAPI(t, g, "/api/b", "bob")
+	if authAlice == "" || authBob == "" || authAlice == authBob {
+		t.Errorf("alice and bob do not have their own tokens: alice's sent %v, bob's sent %v, equal %v", authAlice != "", authBob != "", authAlice == authBob)
+	}
+
+	// The same account twice.
+	first := g.startConsent(browser, "carol")
+	second := g.startConsent(browser, "carol")
+	if status, body := cnsFinish(t, browser, second); status != 200 || !strings.Contains(body, "carol") {
+		t.Errorf("carol's second flow, finished first: %d %q", status, body)
+	}
+	if status, body := cnsFinish(t, browser, first); status != 200 || !strings.Contains(body, "carol") {
+		t.Errorf("carol's first flow, finished second: %d %q", status, body)
+	}
+	if !cnsConnected(t, g, "carol") {
+		t.Error("carol is not connected")
+	}
+	if status, body, _ := cnsAPI(t, g, "/api/c", "carol"); status != 200 {
+		t.Errorf("carol's proxied request: %d %q", status, body)
+	}
+	if n := cnsStateCookies(g, browser); n != 0 {
+		t.Errorf("%d state cookies left after every flow completed", n)
+	}
+	// One live grant per account: carol's replaced grant was revoked.
+	if ex, live := g.as.CodeExchanges.Load(), g.as.liveRefreshTokens(); ex != 4 || live != 3 {
+		t.Errorf("code exchanges %d, live refresh tokens %d; want 4 and 3", ex, live)
+	}
+}
+
+// Connecting an account that is connected replaces its grant and revokes
+// the replaced refresh token at the provider (and with it, at this
+// provider, the old access token); proxied requests use the new grant.
+func TestConsentReconnectRevokesReplacedRefreshTokenAndProxyUsesNewGrant(t *testing.T) {
+	g := newGrantSetup(t, "")
+	cnsConnect(t, g, "default")
+	live, _ := cnsRefreshTokens(g.as)
+	if len(live) != 1 {
+		t.Fatalf("after the first connect: %d live refresh tokens", len(live))
+	}
+	rt1 := live[0]
+	status, body, auth1 := cnsAPI(t, g, "/api/one", "")
+	if status != 200 || auth1 == "" {
+		t.Fatalf("with the first grant: %d %q", status, body)
+	}
+	revocations := g.as.Revocations.Load()
+
+	cnsConnect(t, g, "default")
+	if n := g.as.Revocations.Load() - revocations; n != 1 {
+		t.Errorf("reconnect made %d revocation requests, want 1 (the replaced refresh token)", n)
+	}
+	live, dead := cnsRefreshTokens(g.as)
+	if !slices.Contains(dead, rt1) || len(live) != 1 || live[0] == rt1 {
+		t.Errorf("after reconnect: the first refresh token dead %v, live refresh tokens %d (want the first dead and 1 other live)",
+			slices.Contains(dead, rt1), len(live))
+	}
+	if g.as.validAccess(strings.TrimPrefix(auth1, "Bearer ")) {
+		t.Error("the replaced grant's access token is still valid at the provider")
+	}
+	unauthorized := g.api.Unauthorized.Load()
+	status, body, auth2 := cnsAPI(t, g, "/api/two", "")
+	if status != 200 || auth2 == auth1 || !g.as.validAccess(strings.TrimPrefix(auth2, "Bearer ")) {
+		t.Errorf("after reconnect: %d %q, the old token sent %v; want 200 with the new grant's token", status, body, auth2 == auth1)
+	}
+	if g.api.Unauthorized.Load() != unauthorized {
+		t.Error("after reconnect the old token was sent upstream first")
+	}
+}
+
+// POST disconnect?account=x revokes the account's tokens at the provider
+// and deletes its grant: status says not connected, proxied requests for
+// it get 503 naming the connect path; other accounts are untouched.
+func TestConsentDisconnectRevokesDeletesAndProxyAnswers503(t *testing.T) {
+	g := newGrantSetup(t, "account {http.request.header.X-Account}")
+	cnsConnect(t, g, "alice")
+	cnsConnect(t, g, "bob")
+	_, _, authAlice := cnsAPI(t, g, "/api/a", "alice")
+	var grantFiles []string
+	filepath.Walk(g.c.dir, func(p string, info os.FileInfo, err error) error {
+		if err == nil && strings.Contains(p, "oauth_bearer") && strings.HasSuffix(p, "alice.json") {
+			grantFiles = append(grantFiles, p)
+		}
+		return nil
+	})
+	if len(grantFiles) != 1 {
+		t.Fatalf("alice's stored grant not found under %s: %q", g.c.dir, grantFiles)
+	}
+	revocations := g.as.Revocations.Load()
+
+	req, _ := http.NewRequest(http.MethodPost, g.c.url("/oauth/et/disconnect?account=alice"), nil)
+	resp, err := g.browser().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ans map[string]any
+	json.NewDecoder(resp.Body).Decode(&ans)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || ans["account"] != "alice" || ans["disconnected"] != true || ans["revoked"] != true {
+		t.Errorf("disconnect: %d %v", resp.StatusCode, ans)
+	}
+	if n := g.as.Revocations.Load() - revocations; n != 2 {
+		t.Errorf("disconnect made %d revocation requests, want 2 (refresh and access token)", n)
+	}
+	if g.as.validAccess(strings.TrimPrefix(authAlice, "Bearer ")) || g.as.liveRefreshTokens() != 1 {
+		t.Errorf("after disconnect: alice's access token valid %v, live refresh tokens %d (want false and bob's 1)",
+			g.as.validAccess(strings.TrimPrefix(authAlice, "Bearer ")), g.as.liveRefreshTokens())
+	}
+	if _, err := os.Stat(grantFiles[0]); !os.IsNotExist(err) {
+		t.Errorf("alice's stored grant %s still exists (%v)", grantFiles[0], err)
+	}
+	_, st := cnsStatus(t, g, "alice")
+	if st["connected"] != false || st["needs_consent"] != true {
+		t.Errorf("status after disconnect: %v", st)
+	}
+	n := len(g.api.authorizations())
+	status, body, _ := cnsAPI(t, g, "/api/after", "alice")
+	if status != http.StatusServiceUnavailable || !strings.Contains(body, "/oauth/et/connect?account=alice") {
+		t.Errorf("alice after disconnect: %d %q, want 503 naming /oauth/et/connect?account=alice", status, body)
+	}
+	if len(g.api.authorizations()) != n {
+		t.Error("a request for the disconnected account reached the API")
+	}
+	if status, body, _ := cnsAPI(t, g, "/api/bob", "bob"); status != 200 || !cnsConnected(t, g, "bob") {
+		t.Errorf("bob after alice's disconnect: %d %q", status, body)
+	}
+}
+
+// The status endpoint never shows a token: none that the provider issued
+// (access, refresh, code) nor any the API received, whether the grant is
+// fresh, refreshed or needs consent again.
+func TestConsentStatusNeverContainsTokens(t *testing.T) {
+	clock := useFakeClock(t)
+	g := newGrantSetup(t, "account {http.request.header.X-Account}")
+	var bodies []string
+	st := func(account string) map[string]any {
+		body, m := cnsStatus(t, g, account)
+		bodies = append(bodies, body)
+		return m
+	}
+	st("alice") // never connected
+	cnsConnect(t, g, "alice")
+	if m := st("alice"); m["connected"] != true || m["has_refresh_token"] != true {
+		t.Fatalf("status after connect: %v", m)
+	}
+	cnsAPI(t, g, "/api/1", "alice")
+	clock.add(3601 * time.Second)
+	if status, body, _ := cnsAPI(t, g, "/api/2", "alice"); status != 200 || g.as.Refreshes.Load() != 1 {
+		t.Fatalf("after expiry: %d %q, refreshes %d; want 200 through a refresh", status, body, g.as.Refreshes.Load())
+	}
+	st("alice")
+	// The person revokes the app at the provider: the next refresh gets
+	// invalid_grant and the grant needs consent.
+	g.as.mu.Lock()
+	for _, rt := range g.as.refreshes {
+		rt.dead = true
+	}
+	g.as.mu.Unlock()
+	clock.add(3601 * time.Second)
+	cnsAPI(t, g, "/api/3", "alice")
+	if m := st("alice"); m["needs_consent"] != true {
+		t.Fatalf("status after invalid_grant: %v", m)
+	}
+
+	secrets := cnsIssued(g.as)
+	for _, a := range g.api.authorizations() {
+		if tok, ok := strings.CutPrefix(a, "Bearer "); ok {
+			secrets = append(secrets, tok)
+		}
+	}
+	if len(secrets) < 5 { // 1 code, 2 access tokens, 2 refresh tokens
+		t.Fatalf("only %d tokens to look for", len(secrets))
+	}
+	secrets = append(secrets, g.as.Secret)
+	for _, b := range bodies {
+		for _, s := range secrets {
+			if strings.Contains(b, s) {
+				t.Errorf("status %s contains a token or secret (%d characters, shown as <redacted>)", strings.ReplaceAll(b, s, "<redacted>"), len(s))
+			}
+		}
+	}
+}
+
+// Requests under the consent handler's matcher that are not one of its
+// four endpoints go to the next handler: the injector and the proxy.
+func TestConsentUnknownPathsPassToNextHandler(t *testing.T) {
+	g := newGrantSetup(t, "")
+	browser, _ := cnsBrowser(g, false)
+	paths := []string{"/oauth/et/other", "/oauth/et/connect/", "/oauth/et/connectx", "/oauth/et/status.json", "/oauth/et/", "/oauth/et/callback/x"}
+
+	// Not connected yet: the injector answers, naming the connect path.
+	for _, p := range paths {
+		r := cnsDo(t, browser, http.MethodGet, g.c.url(p), nil)
+		if r.status != http.StatusServiceUnavailable || !strings.Contains(r.body, "consent_required") {
+			t.Errorf("GET %s before consent: %d %q, want the injector's 503", p, r.status, r.body)
+		}
+	}
+	cnsConnect(t, g, "default")
+	for _, p := range paths {
+		ok := g.api.OK.Load()
+		r := cnsDo(t, browser, http.MethodGet, g.c.url(p), nil)
+		if r.status != 200 || r.body != "ok "+p || g.api.OK.Load() != ok+1 {
+			t.Errorf("GET %s: %d %q, want the API's answer", p, r.status, r.body)
+		}
+		if r.header.Get("X-Frame-Options") != "" || r.header.Get("Content-Security-Policy") != "" {
+			t.Errorf("GET %s: the consent handler set its headers on a passed-on request", p)
+		}
 	}
 }
