@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 )
 
@@ -131,6 +132,7 @@ type grant struct {
 	unsaved    map[string]*grantRecord // rotated, but the storage refused it
 	usedStates map[string]time.Time    // consent states already redeemed here
 	eventsSeen uint64
+	watched    string               // the storage the event log was last read from
 	due        map[string]time.Time // expiry of each refreshable stored grant known here
 	scanned    time.Time            // when the stored grants were last listed
 
@@ -614,16 +616,25 @@ func (g *grant) watch(ctx context.Context) {
 		g.env.logger().Debug("reading the grant's event log failed", zap.String("provider", g.cfg.Provider), zap.Error(err))
 		return
 	}
+	storage := storageName(g.env.storage())
 	g.mu.Lock()
-	seen := g.eventsSeen
-	g.eventsSeen = log.Seq
+	seen, switched := g.eventsSeen, g.watched != storage
+	g.eventsSeen, g.watched = log.Seq, storage
 	g.mu.Unlock()
-	if log.Seq == seen {
+	if log.Seq == seen && !switched {
 		return
 	}
 	accounts := map[string]bool{}
-	if len(log.Events) == 0 || log.Events[0].Seq > seen+1 {
+	if switched || log.Seq < seen || len(log.Events) == 0 || log.Events[0].Seq > seen+1 {
+		// Events were missed, or this is another storage (a reload
+		// switched to it): every account in memory is read again.
 		g.accounts.Range(func(k, _ any) bool { accounts[k.(string)] = true; return true })
+		if switched {
+			g.mu.Lock()
+			clear(g.due)
+			g.mu.Unlock()
+			g.scanned = time.Time{}
+		}
 	}
 	for _, ev := range log.Events {
 		if ev.Seq > seen {
@@ -655,6 +666,16 @@ func (g *grant) watch(ctx context.Context) {
 			src.store(t)
 		}
 	}
+}
+
+// storageName tells storages apart: a new configuration makes a new
+// storage value even when it names the same place, so one that can say
+// where it is (file_system: its path) is known by that.
+func storageName(s certmagic.Storage) string {
+	if str, ok := s.(fmt.Stringer); ok {
+		return fmt.Sprintf("%T %s", s, str.String())
+	}
+	return fmt.Sprintf("%T %p", s, s)
 }
 
 // storeUnsaved stores again the grants the storage refused.
