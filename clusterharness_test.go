@@ -10,6 +10,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -93,8 +96,10 @@ func startCaddyWithStorage(t *testing.T, addr, storage, sites string) *testCaddy
 	return c
 }
 
-// newGrantSetupWithStorage is newGrantSetup on the given storage.
-func newGrantSetupWithStorage(t *testing.T, storage, extraProxy string) *grantSetup {
+// newGrantSetupWithStorage is newGrantSetup on the given storage. With
+// tokenDelay, every request to the token endpoint takes that long more
+// (slowTokenEndpoint), as a distant provider's does.
+func newGrantSetupWithStorage(t *testing.T, storage, extraProxy string, tokenDelay time.Duration) *grantSetup {
 	t.Helper()
 	addr := freeAddr(t)
 	redirect := "http://" + addr + "/oauth/et/callback"
@@ -102,9 +107,38 @@ func newGrantSetupWithStorage(t *testing.T, storage, extraProxy string) *grantSe
 	as.ScopeSep = ","
 	api := newAPIUpstream(t, as)
 	t.Setenv("CAS_SECRET", as.Secret)
-	g := &grantSetup{t: t, as: as, api: api, conf: grantConfig(as, redirect, extraProxy, api.hostport())}
+	conf := grantConfig(as, redirect, extraProxy, api.hostport())
+	if tokenDelay > 0 {
+		conf = strings.ReplaceAll(conf, as.tokenURL(), slowTokenEndpoint(t, as, tokenDelay))
+	}
+	g := &grantSetup{t: t, as: as, api: api, conf: conf}
 	g.c = startCaddyWithStorage(t, addr, storage, g.conf)
 	return g
+}
+
+// slowTokenEndpoint returns the URL of a token endpoint that passes every
+// request on to as's after delay. Use the same URL on every instance: it
+// names the grant in storage.
+func slowTokenEndpoint(t *testing.T, as *codeAS, delay time.Duration) string {
+	t.Helper()
+	target, _ := url.Parse(as.URL)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-time.After(delay):
+		case <-r.Context().Done():
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL + "/oauth/token"
+}
+
+// tokenURLOf returns the token URL a setup's configuration names.
+func (g *grantSetup) tokenURLOf() string {
+	_, rest, _ := strings.Cut(g.conf, "token_url")
+	return strings.Fields(rest)[0]
 }
 
 // disconnect posts to the consent handler's disconnect endpoint.
@@ -125,9 +159,9 @@ type childCaddy struct {
 }
 
 // injectorSite is a site with only the injecting handler of the grant of
-// as (the consent endpoints live on the other instance), proxying to
-// upstream.
-func injectorSite(as *codeAS, extra, upstream string) string {
+// as, at tokenURL (the consent endpoints live on the other instance),
+// proxying to upstream.
+func injectorSite(as *codeAS, tokenURL, extra, upstream string) string {
 	return fmt.Sprintf(`http://LISTEN {
 	oauth_bearer eventtemple {
 		grant         authorization_code
@@ -137,7 +171,7 @@ func injectorSite(as *codeAS, extra, upstream string) string {
 		%s
 	}
 	reverse_proxy %s
-}`, as.ClientID, as.tokenURL(), extra, upstream)
+}`, as.ClientID, tokenURL, extra, upstream)
 }
 
 // startChildCaddy starts the second instance with the storage option and

@@ -58,7 +58,7 @@ func TestClusterDisconnectPropagatesOnRedis(t *testing.T) {
 // testDisconnectPropagates runs the disconnect test with A and B on
 // storage (a storage global option).
 func testDisconnectPropagates(t *testing.T, storage string) {
-	g := newGrantSetupWithStorage(t, storage, "")
+	g := newGrantSetupWithStorage(t, storage, "", 0)
 	if status, body := g.connect(""); status != 200 {
 		t.Fatalf("consent on A: %d %q", status, body)
 	}
@@ -69,7 +69,7 @@ func testDisconnectPropagates(t *testing.T, storage string) {
 
 	// B: its own upstream, so that what B forwards is told apart from A's.
 	apiB := newAPIUpstream(t, g.as)
-	b := startChildCaddy(t, storage, injectorSite(g.as, "", apiB.hostport()))
+	b := startChildCaddy(t, storage, injectorSite(g.as, g.tokenURLOf(), "", apiB.hostport()))
 	for i := range 5 {
 		if status, body := b.get(t, fmt.Sprintf("/api/b%d", i)); status != 200 {
 			t.Fatalf("request %d through B: %d %q", i, status, body)
@@ -162,7 +162,7 @@ func TestClusterReconnectPropagates(t *testing.T) {
 	tok1 := g.api.authorizations()[0]
 
 	apiB := newAPIUpstream(t, g.as)
-	b := startChildCaddy(t, storage, injectorSite(g.as, "", apiB.hostport()))
+	b := startChildCaddy(t, storage, injectorSite(g.as, g.tokenURLOf(), "", apiB.hostport()))
 	for i := range 3 {
 		if status, body := b.get(t, fmt.Sprintf("/api/b%d", i)); status != 200 {
 			t.Fatalf("request %d through B: %d %q", i, status, body)
@@ -326,13 +326,17 @@ func TestTwoInstancesShareARotatingGrantOnRedis(t *testing.T) {
 		t.Skip("runs two Caddy instances and Redis for about 10 s")
 	}
 	storage := redisStorageOption(startRedis(t), redisPrefixOf(t))
-	g := newGrantSetupWithStorage(t, storage, "refresh_before 2s")
+	// A provider that takes 300 ms per token request: longer than the
+	// jitter between the instances' refresh times (a tenth of
+	// refresh_before), so that both instances often set out to refresh at
+	// once and only the lock keeps them from redeeming the same token.
+	g := newGrantSetupWithStorage(t, storage, "refresh_before 2s", 300*time.Millisecond)
 	g.as.AccessLifetime = 4 // a rotation every ~2 s
 	g.as.ReuseRevokesGrant = true
 	if status, body := g.connect(""); status != 200 {
 		t.Fatalf("consent: %d %q", status, body)
 	}
-	b := startChildCaddy(t, storage, injectorSite(g.as, "refresh_before 2s", g.api.hostport()))
+	b := startChildCaddy(t, storage, injectorSite(g.as, g.tokenURLOf(), "refresh_before 2s", g.api.hostport()))
 
 	const load = 8 * time.Second
 	var ok, bad atomic.Int64
