@@ -319,6 +319,141 @@ func TestReloadWithAnotherStorageSwitchesGrants(t *testing.T) {
 	}
 }
 
+// After a reload with another storage, an account whose grant is only in
+// the first storage is not served any more, within the bound of a
+// disconnect: the README says the reload switches the grants to the new
+// storage at once, and status already says the account is not connected.
+// Here the account's token was cached (a request used it) before the
+// reload.
+func TestReloadWithAnotherStorageDropsCachedGrants(t *testing.T) {
+	g := newGrantSetup(t, "account {http.request.header.X-Account}")
+	dir2 := filepath.Join(t.TempDir(), "storage2")
+	if status, body := g.connect("alice"); status != 200 {
+		t.Fatalf("connect alice: %d %q", status, body)
+	}
+	if status, body := g.c.get("/api/alice", "X-Account", "alice"); status != 200 {
+		t.Fatalf("request for alice: %d %q", status, body)
+	}
+
+	start := time.Now()
+	if err := g.c.loadWithStorage(fileSystemStorage(dir2), g.conf); err != nil {
+		t.Fatalf("reload with storage %s: %v", dir2, err)
+	}
+	if st := g.status("alice"); st["connected"] != false {
+		t.Fatalf("status of alice after the reload: %v, want not connected", st)
+	}
+	served := 0
+	for {
+		status, body := g.c.get("/api/alice", "X-Account", "alice")
+		if status == http.StatusServiceUnavailable && strings.Contains(body, codeConsentRequired) {
+			break
+		}
+		if status != 200 {
+			t.Fatalf("request for alice after the reload: %d %q", status, body)
+		}
+		served++
+		if time.Since(start) > propagationDeadline {
+			t.Fatalf("%s after the reload with another storage, requests for alice (not connected in it, as status says) are still forwarded with the first storage's token (%d forwarded)",
+				propagationDeadline, served)
+		}
+		time.Sleep(pollInterval)
+	}
+	t.Logf("alice's requests answered 503 %s %s after the reload (%d forwarded meanwhile)",
+		codeConsentRequired, time.Since(start).Round(time.Millisecond), served)
+}
+
+// After a reload with another storage, an account connected in the new
+// storage (here by this instance, before: another instance does the same)
+// is served with the new storage's grant, within the bound of a connect,
+// even when this instance cached the account's token from the first
+// storage and had read as many events in the first storage's log as the
+// new one holds.
+func TestReloadWithAnotherStorageAppliesItsGrants(t *testing.T) {
+	dirOld := filepath.Join(t.TempDir(), "old")
+	dirNew := filepath.Join(t.TempDir(), "new")
+	g := newGrantSetupWithStorage(t, fileSystemStorage(dirNew), "account {http.request.header.X-Account}", 0)
+	// The new storage: alice connected (its event log: one connect).
+	issued := accessTokensOf(g.as)
+	if status, body := g.connect("alice"); status != 200 {
+		t.Fatalf("connect alice in the new storage: %d %q", status, body)
+	}
+	var tokNew string
+	for tok := range accessTokensOf(g.as) {
+		if !issued[tok] {
+			tokNew = "Bearer " + tok
+		}
+	}
+
+	// The first storage: alice connected with another grant, her token
+	// cached by a request, and its event log (one connect) read.
+	if err := g.c.loadWithStorage(fileSystemStorage(dirOld), g.conf); err != nil {
+		t.Fatal(err)
+	}
+	if status, body := g.connect("alice"); status != 200 {
+		t.Fatalf("connect alice in the first storage: %d %q", status, body)
+	}
+	if status, body := g.c.get("/api/alice", "X-Account", "alice"); status != 200 {
+		t.Fatalf("request for alice: %d %q", status, body)
+	}
+	auths := g.api.authorizations()
+	tokOld := auths[len(auths)-1]
+	if tokOld == tokNew || tokNew == "" {
+		t.Fatalf("the two grants' tokens: %q and %q", tokOld, tokNew)
+	}
+	deadline := time.Now().Add(propagationDeadline)
+	for eventsSeen() < 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the grant did not read its event log")
+		}
+		time.Sleep(pollInterval)
+	}
+
+	// Switch to the new storage.
+	start := time.Now()
+	if err := g.c.loadWithStorage(fileSystemStorage(dirNew), g.conf); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		n := len(g.api.authorizations())
+		status, body := g.c.get("/api/alice", "X-Account", "alice")
+		if status != 200 {
+			t.Fatalf("request for alice after the reload: %d %q", status, body)
+		}
+		if sent := g.api.authorizations()[n:]; len(sent) > 0 && sent[len(sent)-1] == tokNew {
+			break
+		}
+		if time.Since(start) > propagationDeadline {
+			t.Fatalf("%s after the reload with another storage, alice's requests still carry the first storage's grant, not the one stored in the new storage",
+				propagationDeadline)
+		}
+		time.Sleep(pollInterval)
+	}
+	t.Logf("alice's requests carry the new storage's grant %s after the reload", time.Since(start).Round(time.Millisecond))
+}
+
+// accessTokensOf returns the access tokens as issued so far.
+func accessTokensOf(as *codeAS) map[string]bool {
+	as.mu.Lock()
+	defer as.mu.Unlock()
+	m := map[string]bool{}
+	for tok := range as.accesses {
+		m[tok] = true
+	}
+	return m
+}
+
+// eventsSeen returns the highest sequence number of the event log any
+// pooled grant has read.
+func eventsSeen() uint64 {
+	var n uint64
+	for g := range grantEntries() {
+		g.mu.Lock()
+		n = max(n, g.eventsSeen)
+		g.mu.Unlock()
+	}
+	return n
+}
+
 // answerLog counts unexpected answers and keeps the first, so that a
 // polling loop reports them once.
 type answerLog struct {
