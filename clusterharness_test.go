@@ -1,0 +1,264 @@
+package oauthbearer
+
+// Helpers for the cluster tests (grant_cluster_test.go): a Caddy in this
+// process on a storage of the test's choosing (harness_test.go always uses
+// file_system under the test's directory), and a second Caddy process (this
+// test binary, see TestMain) on the same storage.
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+)
+
+// fileSystemStorage is the storage global option for a file_system
+// directory.
+func fileSystemStorage(dir string) string { return "storage file_system " + dir }
+
+// redisStorageOption is the storage global option for an oab_redis storage.
+func redisStorageOption(addr, prefix string) string {
+	return fmt.Sprintf("storage oab_redis {\n\t\taddress %s\n\t\tprefix  %s\n\t}", addr, prefix)
+}
+
+// adaptWithStorage is testCaddy.adapt with the storage global option
+// given (a whole "storage ..." option, as fileSystemStorage makes).
+func (c *testCaddy) adaptWithStorage(storage, sites string) ([]byte, error) {
+	cf := fmt.Sprintf(`{
+	admin off
+	auto_https off
+	persist_config off
+	%s
+	log {
+		output file %s
+		format json
+		level DEBUG
+	}
+}
+`, storage, c.logFile) + strings.ReplaceAll(sites, "LISTEN", c.addr)
+	out, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), map[string]any{"filename": "Caddyfile"})
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range warnings {
+		c.t.Logf("adapter warning: %s", w.String())
+	}
+	return out, nil
+}
+
+// loadWithStorage is testCaddy.load on the given storage: called on a
+// running Caddy, it is a reload.
+func (c *testCaddy) loadWithStorage(storage, sites string) error {
+	c.t.Helper()
+	cfgJSON, err := c.adaptWithStorage(storage, sites)
+	if err != nil {
+		return err
+	}
+	if err := caddy.Load(cfgJSON, true); err != nil {
+		return err
+	}
+	testClient.CloseIdleConnections()
+	if testClock != nil {
+		setPoolClocks(testClock.now)
+	}
+	return nil
+}
+
+// startCaddyWithStorage is startCaddyAt on the given storage. Do not call
+// restart or load on what it returns: they would switch to the harness's
+// file_system storage.
+func startCaddyWithStorage(t *testing.T, addr, storage, sites string) *testCaddy {
+	t.Helper()
+	caddyMu.Lock()
+	dir := t.TempDir()
+	c := &testCaddy{t: t, addr: addr, logFile: filepath.Join(dir, "caddy.log"), dir: dir}
+	t.Cleanup(func() {
+		if err := caddy.Stop(); err != nil {
+			t.Errorf("stopping caddy: %v", err)
+		}
+		caddyMu.Unlock()
+	})
+	if err := c.loadWithStorage(storage, sites); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// newGrantSetupWithStorage is newGrantSetup on the given storage. With
+// tokenDelay, every request to the token endpoint takes that long more
+// (slowTokenEndpoint), as a distant provider's does.
+func newGrantSetupWithStorage(t *testing.T, storage, extraProxy string, tokenDelay time.Duration) *grantSetup {
+	t.Helper()
+	addr := freeAddr(t)
+	redirect := "http://" + addr + "/oauth/et/callback"
+	as := newCodeAS(t, redirect)
+	as.ScopeSep = ","
+	api := newAPIUpstream(t, as)
+	t.Setenv("CAS_SECRET", as.Secret)
+	conf := grantConfig(as, redirect, extraProxy, api.hostport())
+	if tokenDelay > 0 {
+		conf = strings.ReplaceAll(conf, as.tokenURL(), slowTokenEndpoint(t, as, tokenDelay))
+	}
+	g := &grantSetup{t: t, as: as, api: api, conf: conf}
+	g.c = startCaddyWithStorage(t, addr, storage, g.conf)
+	return g
+}
+
+// slowTokenEndpoint returns the URL of a token endpoint that passes every
+// request on to as's after delay. Use the same URL on every instance: it
+// names the grant in storage.
+func slowTokenEndpoint(t *testing.T, as *codeAS, delay time.Duration) string {
+	t.Helper()
+	target, _ := url.Parse(as.URL)
+	proxy := httputil.NewSingleHostReverseProxy(target)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-time.After(delay):
+		case <-r.Context().Done():
+			return
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return srv.URL + "/oauth/token"
+}
+
+// tokenURLOf returns the token URL a setup's configuration names.
+func (g *grantSetup) tokenURLOf() string {
+	_, rest, _ := strings.Cut(g.conf, "token_url")
+	return strings.Fields(rest)[0]
+}
+
+// disconnect posts to the consent handler's disconnect endpoint.
+func (g *grantSetup) disconnect(account string) (int, string) {
+	g.t.Helper()
+	u := g.c.url("/oauth/et/disconnect")
+	if account != "" {
+		u += "?account=" + account
+	}
+	return do(g.t, g.browser(), http.MethodPost, u)
+}
+
+// childCaddy is a second Caddy instance: this test binary run as
+// `caddy run` on a Caddyfile (TestMain).
+type childCaddy struct {
+	addr    string
+	logFile string
+}
+
+// injectorSite is a site with only the injecting handler of the grant of
+// as, at tokenURL (the consent endpoints live on the other instance),
+// proxying to upstream.
+func injectorSite(as *codeAS, tokenURL, extra, upstream string) string {
+	return fmt.Sprintf(`http://LISTEN {
+	oauth_bearer eventtemple {
+		grant         authorization_code
+		client_id     %s
+		client_secret {env.CAS_SECRET}
+		token_url     %s
+		%s
+	}
+	reverse_proxy %s
+}`, as.ClientID, tokenURL, extra, upstream)
+}
+
+// startChildCaddy starts the second instance with the storage option and
+// sites ("LISTEN" replaced by its address), and waits until it listens.
+// It is killed when the test ends. The child inherits the environment
+// (CAS_SECRET).
+func startChildCaddy(t *testing.T, storage, sites string) *childCaddy {
+	t.Helper()
+	dir := t.TempDir()
+	c := &childCaddy{addr: freeAddr(t), logFile: filepath.Join(dir, "child.log")}
+	conf := filepath.Join(dir, "Caddyfile")
+	cf := fmt.Sprintf(`{
+	admin off
+	auto_https off
+	persist_config off
+	%s
+	log {
+		output file %s
+		format json
+		level DEBUG
+	}
+}
+`, storage, c.logFile) + strings.ReplaceAll(sites, "LISTEN", c.addr)
+	if err := os.WriteFile(conf, []byte(cf), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := os.Create(filepath.Join(dir, "child.out"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(exe, "-test.run=^$")
+	cmd.Env = append(os.Environ(), "OAB_CHILD_CADDY_CONFIG="+conf)
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+		out.Close()
+	})
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		conn, err := net.Dial("tcp", c.addr)
+		if err == nil {
+			conn.Close()
+			return c
+		}
+		select {
+		case <-exited:
+			b, _ := os.ReadFile(out.Name())
+			t.Fatalf("the second Caddy exited before listening:\n%s", b)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the second Caddy does not listen on %s after 20s", c.addr)
+		}
+		time.Sleep(20 * time.Millisecond) // poll the port
+	}
+}
+
+func (c *childCaddy) url(path string) string { return "http://" + c.addr + path }
+
+// get sends a GET to the second instance and returns the status and body.
+func (c *childCaddy) get(t *testing.T, path string) (int, string) {
+	t.Helper()
+	resp, err := testClient.Get(c.url(path))
+	if err != nil {
+		t.Fatalf("GET %s on the second instance: %v", path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// logs returns what the second instance logged so far.
+func (c *childCaddy) logs() string {
+	b, _ := os.ReadFile(c.logFile)
+	return string(b)
+}
+
+// tokensObtained counts the tokens a Caddy log says its sources obtained
+// (one per fetch that succeeded, whether from the storage or the provider).
+func tokensObtained(logs string) int { return strings.Count(logs, `"msg":"token obtained"`) }
