@@ -20,80 +20,23 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig"
 )
 
-// fileSystemStorage is the storage global option for a file_system
-// directory.
-func fileSystemStorage(dir string) string { return "storage file_system " + dir }
+// fileSystemStorage is the storage global option's value for a
+// file_system directory.
+func fileSystemStorage(dir string) string { return "file_system " + dir }
 
-// redisStorageOption is the storage global option for an oab_redis storage.
+// redisStorageOption is the storage global option's value for an
+// oab_redis storage.
 func redisStorageOption(addr, prefix string) string {
-	return fmt.Sprintf("storage oab_redis {\n\t\taddress %s\n\t\tprefix  %s\n\t}", addr, prefix)
+	return fmt.Sprintf("oab_redis {\n\t\taddress %s\n\t\tprefix  %s\n\t}", addr, prefix)
 }
 
-// adaptWithStorage is testCaddy.adapt with the storage global option
-// given (a whole "storage ..." option, as fileSystemStorage makes).
-func (c *testCaddy) adaptWithStorage(storage, sites string) ([]byte, error) {
-	cf := fmt.Sprintf(`{
-	admin off
-	auto_https off
-	persist_config off
-	%s
-	log {
-		output file %s
-		format json
-		level DEBUG
-	}
-}
-`, storage, c.logFile) + strings.ReplaceAll(sites, "LISTEN", c.addr)
-	out, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), map[string]any{"filename": "Caddyfile"})
-	if err != nil {
-		return nil, err
-	}
-	for _, w := range warnings {
-		c.t.Logf("adapter warning: %s", w.String())
-	}
-	return out, nil
-}
-
-// loadWithStorage is testCaddy.load on the given storage: called on a
-// running Caddy, it is a reload.
+// loadWithStorage is testCaddy.load on another storage (a reload, when
+// Caddy runs); later loads keep it.
 func (c *testCaddy) loadWithStorage(storage, sites string) error {
-	c.t.Helper()
-	cfgJSON, err := c.adaptWithStorage(storage, sites)
-	if err != nil {
-		return err
-	}
-	if err := caddy.Load(cfgJSON, true); err != nil {
-		return err
-	}
-	testClient.CloseIdleConnections()
-	if testClock != nil {
-		setPoolClocks(testClock.now)
-	}
-	return nil
-}
-
-// startCaddyWithStorage is startCaddyAt on the given storage. Do not call
-// restart or load on what it returns: they would switch to the harness's
-// file_system storage.
-func startCaddyWithStorage(t *testing.T, addr, storage, sites string) *testCaddy {
-	t.Helper()
-	caddyMu.Lock()
-	dir := t.TempDir()
-	c := &testCaddy{t: t, addr: addr, logFile: filepath.Join(dir, "caddy.log"), dir: dir}
-	t.Cleanup(func() {
-		if err := caddy.Stop(); err != nil {
-			t.Errorf("stopping caddy: %v", err)
-		}
-		caddyMu.Unlock()
-	})
-	if err := c.loadWithStorage(storage, sites); err != nil {
-		t.Fatal(err)
-	}
-	return c
+	c.storage = storage
+	return c.load(sites)
 }
 
 // newGrantSetupWithStorage is newGrantSetup on the given storage. With
@@ -112,7 +55,7 @@ func newGrantSetupWithStorage(t *testing.T, storage, extraProxy string, tokenDel
 		conf = strings.ReplaceAll(conf, as.tokenURL(), slowTokenEndpoint(t, as, tokenDelay))
 	}
 	g := &grantSetup{t: t, as: as, api: api, conf: conf}
-	g.c = startCaddyWithStorage(t, addr, storage, g.conf)
+	g.c = startCaddyWith(t, addr, storage, g.conf)
 	return g
 }
 
@@ -187,7 +130,7 @@ func startChildCaddy(t *testing.T, storage, sites string) *childCaddy {
 	admin off
 	auto_https off
 	persist_config off
-	%s
+	storage %s
 	log {
 		output file %s
 		format json
