@@ -6,6 +6,7 @@
 #   make fuzz    run each fuzz target for FUZZTIME (default 10s)
 #   make bench   Go benchmarks (hot path, x/oauth2, stampede, memory), medians
 #   make bench-e2e  build, then wrk through Caddy: oauth_bearer vs a static header
+#   make bench-fleet  token requests per lifetime for 1, 3 and 5 Caddy processes
 #   make clean   remove ./caddy
 
 CADDY_VERSION ?= v2.11.9
@@ -16,7 +17,7 @@ GO            ?= go
 SOURCES := $(filter-out %_test.go,$(wildcard *.go */*.go)) go.mod go.sum
 
 .PHONY: all build run test fmt-check vet fuzz clean
-.PHONY: bench bench-e2e
+.PHONY: bench bench-e2e bench-fleet
 
 all: build
 
@@ -77,3 +78,9 @@ bench-e2e:
 
 clean:
 	rm -f caddy
+
+# Several Caddy processes (this test binary run as caddy) on one storage,
+# under load: token requests per token lifetime, shared store vs memory.
+# About 3 minutes.
+bench-fleet:
+	OAB_BENCH_FLEET=1 $(GO) test -run '^$$' -bench 'FleetTokenRequests' -benchtime 1x -count 1 -timeout 30m .

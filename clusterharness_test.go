@@ -99,6 +99,10 @@ func (g *grantSetup) disconnect(account string) (int, string) {
 type childCaddy struct {
 	addr    string
 	logFile string
+	dir     string
+	conf    string
+	cmd     *exec.Cmd     // nil once killed
+	exited  chan struct{} // closed when cmd has exited
 }
 
 // injectorSite is a site with only the injecting handler of the grant of
@@ -121,11 +125,11 @@ func injectorSite(as *codeAS, tokenURL, extra, upstream string) string {
 // sites ("LISTEN" replaced by its address), and waits until it listens.
 // It is killed when the test ends. The child inherits the environment
 // (CAS_SECRET).
-func startChildCaddy(t *testing.T, storage, sites string) *childCaddy {
+func startChildCaddy(t testing.TB, storage, sites string) *childCaddy {
 	t.Helper()
 	dir := t.TempDir()
-	c := &childCaddy{addr: freeAddr(t), logFile: filepath.Join(dir, "child.log")}
-	conf := filepath.Join(dir, "Caddyfile")
+	c := &childCaddy{addr: freeAddr(t), logFile: filepath.Join(dir, "child.log"), dir: dir,
+		conf: filepath.Join(dir, "Caddyfile")}
 	cf := fmt.Sprintf(`{
 	admin off
 	auto_https off
@@ -138,48 +142,64 @@ func startChildCaddy(t *testing.T, storage, sites string) *childCaddy {
 	}
 }
 `, storage, c.logFile) + strings.ReplaceAll(sites, "LISTEN", c.addr)
-	if err := os.WriteFile(conf, []byte(cf), 0o600); err != nil {
+	if err := os.WriteFile(c.conf, []byte(cf), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	c.start(t)
+	t.Cleanup(func() { c.kill(os.Kill) })
+	return c
+}
+
+// start runs the process on its configuration and waits until it listens.
+func (c *childCaddy) start(t testing.TB) {
+	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := os.Create(filepath.Join(dir, "child.out"))
+	out, err := os.OpenFile(filepath.Join(c.dir, "child.out"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}
 	cmd := exec.Command(exe, "-test.run=^$")
-	cmd.Env = append(os.Environ(), "OAB_CHILD_CADDY_CONFIG="+conf)
+	cmd.Env = append(os.Environ(), "OAB_CHILD_CADDY_CONFIG="+c.conf)
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-exited
-		out.Close()
-	})
+	go func() { cmd.Wait(); out.Close(); close(exited) }()
+	c.cmd, c.exited = cmd, exited
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		conn, err := net.Dial("tcp", c.addr)
 		if err == nil {
 			conn.Close()
-			return c
+			return
 		}
 		select {
 		case <-exited:
 			b, _ := os.ReadFile(out.Name())
-			t.Fatalf("the second Caddy exited before listening:\n%s", b)
+			t.Fatalf("a child Caddy exited before listening:\n%s", b)
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the second Caddy does not listen on %s after 20s", c.addr)
+			t.Fatalf("a child Caddy does not listen on %s after 20s", c.addr)
 		}
 		time.Sleep(20 * time.Millisecond) // poll the port
 	}
+}
+
+// kill sends sig (os.Kill: SIGKILL, nothing cleaned up; os.Interrupt: a
+// graceful stop) and waits until the process has exited. Killing one that
+// has exited already does nothing.
+func (c *childCaddy) kill(sig os.Signal) {
+	if c.cmd == nil {
+		return
+	}
+	c.cmd.Process.Signal(sig)
+	<-c.exited
+	c.cmd = nil
 }
 
 func (c *childCaddy) url(path string) string { return "http://" + c.addr + path }
