@@ -19,7 +19,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
 )
 
 // fileSystemStorage is the storage global option's value for a

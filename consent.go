@@ -412,6 +412,9 @@ func (h *ConsentHandler) callback(w http.ResponseWriter, r *http.Request) error 
 }
 
 func (h *ConsentHandler) status(w http.ResponseWriter, r *http.Request) error {
+	if wantsHTML(r) {
+		return h.accountsPage(w, r)
+	}
 	account, err := requestAccount(r)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadRequest)
@@ -451,6 +454,11 @@ func (h *ConsentHandler) disconnect(w http.ResponseWriter, r *http.Request) erro
 	}
 	metrics.consents.WithLabelValues(h.grant.cfg.Provider, "disconnected").Inc()
 	h.logger.Info("account disconnected", zap.String("provider", h.grant.cfg.Provider), zap.String("account", account), zap.Bool("revoked", revoked))
+	if wantsHTML(r) {
+		// The accounts page's button: back to the page.
+		http.Redirect(w, r, h.paths.status, http.StatusSeeOther)
+		return nil
+	}
 	w.Header().Set("Content-Type", "application/json")
 	return json.NewEncoder(w).Encode(map[string]any{"account": account, "disconnected": true, "revoked": revoked})
 }
@@ -461,6 +469,98 @@ type pageData struct {
 	Message string
 	Connect string // with Account: the connect form
 	Account string
+}
+
+// wantsHTML reports a browser's request (Accept names text/html); API
+// clients get JSON.
+func wantsHTML(r *http.Request) bool {
+	return strings.Contains(r.Header.Get("Accept"), "text/html")
+}
+
+// accountsData fills the accounts page.
+type accountsData struct {
+	Title      string
+	Provider   string
+	Connect    string
+	Disconnect string
+	Accounts   []accountRow
+	Error      string
+}
+
+type accountRow struct {
+	Account     string
+	Connected   bool
+	Expires     string
+	LastRefresh string
+	Reason      string
+}
+
+var accountsTemplate = template.Must(template.New("accounts").Parse(`<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{{.Title}}</title>
+<style>
+body { font-family: system-ui, sans-serif; margin: 2rem; max-width: 60rem; }
+table { border-collapse: collapse; width: 100%; }
+th, td { text-align: left; padding: .4rem .6rem; border-bottom: 1px solid #ccc; vertical-align: top; }
+form { margin: 0; }
+.needs { color: #a00; }
+</style>
+</head>
+<body>
+<main>
+<h1>{{.Title}}</h1>
+{{if .Error}}<p class="needs">{{.Error}}</p>{{end}}
+<table>
+<caption>Accounts connected to {{.Provider}}</caption>
+<thead><tr><th scope="col">Account</th><th scope="col">Status</th><th scope="col">Access token expires</th><th scope="col">Last refresh</th><th scope="col">Action</th></tr></thead>
+<tbody>
+{{range .Accounts}}<tr>
+<th scope="row">{{.Account}}</th>
+<td>{{if .Connected}}Connected{{else}}<span class="needs">Needs consent</span>{{if .Reason}}: {{.Reason}}{{end}}{{end}}</td>
+<td>{{if .Expires}}<time datetime="{{.Expires}}">{{.Expires}}</time>{{else}}-{{end}}</td>
+<td>{{if .LastRefresh}}<time datetime="{{.LastRefresh}}">{{.LastRefresh}}</time>{{else}}-{{end}}</td>
+<td>{{if .Connected}}<form method="post" action="{{$.Disconnect}}"><input type="hidden" name="account" value="{{.Account}}"><button type="submit" aria-label="Disconnect {{.Account}}">Disconnect</button></form>{{else}}<form method="post" action="{{$.Connect}}"><input type="hidden" name="account" value="{{.Account}}"><button type="submit" aria-label="Connect {{.Account}} again">Connect again</button></form>{{end}}</td>
+</tr>
+{{else}}<tr><td colspan="5">No account is connected yet.</td></tr>
+{{end}}</tbody>
+</table>
+<h2>Connect an account</h2>
+<form method="post" action="{{.Connect}}">
+<p><label for="account">Account name</label>
+<input id="account" name="account" type="text" required maxlength="128" value="default"></p>
+<p><button type="submit">Connect</button></p>
+</form>
+</main>
+</body>
+</html>
+`))
+
+// accountsPage lists every account with a stored grant, with buttons to
+// connect and disconnect (POST forms: the same-origin rule of connect and
+// disconnect applies).
+func (h *ConsentHandler) accountsPage(w http.ResponseWriter, r *http.Request) error {
+	d := accountsData{Title: h.title + " accounts", Provider: h.title, Connect: h.paths.connect, Disconnect: h.paths.disconnect}
+	accounts, err := h.grant.storedAccounts(r.Context())
+	if err != nil {
+		h.logger.Error("listing the stored grants failed", zap.Error(err))
+		d.Error = "The stored grants cannot be read; see the server log."
+	}
+	for _, a := range accounts {
+		st, err := h.grant.status(r.Context(), a)
+		if err != nil {
+			d.Error = "Some grants cannot be read; see the server log."
+			h.logger.Error("reading a grant failed", zap.String("account", a), zap.Error(err))
+			continue
+		}
+		d.Accounts = append(d.Accounts, accountRow{Account: a, Connected: st.Connected, Expires: st.AccessTokenExpires,
+			LastRefresh: st.LastRefresh, Reason: st.Reason})
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self' "+h.formAction+"; frame-ancestors 'none'")
+	return accountsTemplate.Execute(w, d)
 }
 
 var pageTemplate = template.Must(template.New("page").Parse(`<!doctype html>

@@ -227,11 +227,12 @@ func TestFleetRestartMakesNoTokenRequest(t *testing.T) {
 // and no request fails.
 func TestFleetSurvivesALockHolderKilled(t *testing.T) {
 	storage := fileSystemStorage(filepath.Join(t.TempDir(), "storage"))
-	as := newFleetAS(t, 8)
+	as := newFleetAS(t, 16)
 	up := fleetUpstream(t, as)
-	// The first process refreshes first (refresh_before 6s: at ~2 s), the
-	// others at ~4 s.
-	holder := startChildCaddy(t, storage, fleetSite(as, up.URL, tokenStoreStorage, "6s"))
+	// The first process refreshes first (refresh_before 8s, half the
+	// lifetime: at ~7.2-8 s), the others at ~11.6-12 s: after waiting 2 s
+	// for the dead holder's lock, they have a token well before 16 s.
+	holder := startChildCaddy(t, storage, fleetSite(as, up.URL, tokenStoreStorage, "8s"))
 	others := []*childCaddy{
 		startChildCaddy(t, storage, fleetSite(as, up.URL, tokenStoreStorage, "4s")),
 		startChildCaddy(t, storage, fleetSite(as, up.URL, tokenStoreStorage, "4s")),
@@ -248,12 +249,12 @@ func TestFleetSurvivesALockHolderKilled(t *testing.T) {
 	loaded := make(chan struct{})
 	go func() {
 		defer close(loaded)
-		_, bad, s := fleetLoad(others, 7*time.Second)
+		_, bad, s := fleetLoad(others, 15*time.Second)
 		failed.Store(bad)
 		sample.Store(s)
 	}()
 	go func() {
-		for i := 0; i < 300; i++ { // keeps the holder's refresh-ahead going
+		for i := 0; i < 600; i++ { // keeps the holder's refresh-ahead going
 			resp, err := testClient.Get(holder.url("/api"))
 			if err != nil {
 				return
@@ -280,6 +281,15 @@ func TestFleetSurvivesALockHolderKilled(t *testing.T) {
 		}
 	}
 	if fellBack == 0 {
+		for _, p := range append([]*childCaddy{holder}, others...) {
+			var lines []string
+			for _, l := range strings.Split(p.logs(), "\n") {
+				if strings.Contains(l, "oauth_bearer") {
+					lines = append(lines, l)
+				}
+			}
+			t.Logf("%s:\n%s", p.addr, strings.Join(lines, "\n"))
+		}
 		t.Error("no surviving instance logged that it fetched without the store")
 	}
 	t.Logf("token requests: %d; instances that fell back: %d", as.issued.Load(), fellBack)

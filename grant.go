@@ -2,8 +2,6 @@ package oauthbearer
 
 import (
 	"context"
-	"io/fs"
-	"path"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -235,8 +233,8 @@ type accountFetcher struct {
 	src     *tokenSource
 }
 
-func (f *accountFetcher) fetch(ctx context.Context, old *token, refused bool) (*token, error) {
-	t, err := f.g.refresh(ctx, f.account, old, refused)
+func (f *accountFetcher) fetch(ctx context.Context, r fetchRequest) (*token, error) {
+	t, err := f.g.refresh(ctx, f.account, r)
 	var te *TokenError
 	if errors.As(err, &te) && te.absent {
 		f.g.forget(f.account, f.src)
@@ -264,12 +262,12 @@ func (g *grant) resetLocal(account string, t func() *token) {
 // when it is newer (another route or instance refreshed), else a new one
 // from the refresh token, redeemed under the account's lock. Taking the
 // stored token needs no lock, and neither does an account with no grant.
-func (g *grant) refresh(ctx context.Context, account string, old *token, refused bool) (*token, error) {
+func (g *grant) refresh(ctx context.Context, account string, r fetchRequest) (*token, error) {
 	rec, err := g.current(ctx, account)
 	if err != nil {
 		return nil, err
 	}
-	if t, err := g.decide(account, rec, old, refused); t != nil || err != nil {
+	if t, err := g.decide(account, rec, r); t != nil || err != nil {
 		return t, err
 	}
 	unlock, err := g.store.lock(ctx, g.lockName(account), lockWait)
@@ -281,7 +279,7 @@ func (g *grant) refresh(ctx context.Context, account string, old *token, refused
 	if rec, err = g.current(ctx, account); err != nil {
 		return nil, err
 	}
-	if t, err := g.decide(account, rec, old, refused); t != nil || err != nil {
+	if t, err := g.decide(account, rec, r); t != nil || err != nil {
 		return t, err
 	}
 	// From here on the refresh token is sent: the answer is read and
@@ -320,14 +318,20 @@ func (g *grant) current(ctx context.Context, account string) (*grantRecord, erro
 }
 
 // decide looks at an account's grant: a token to use, an error, or
-// neither, when the refresh token must be redeemed.
-func (g *grant) decide(account string, rec *grantRecord, old *token, refused bool) (*token, error) {
+// neither, when the refresh token must be redeemed (always when forced).
+func (g *grant) decide(account string, rec *grantRecord, r fetchRequest) (*token, error) {
 	switch {
 	case rec == nil:
 		return nil, g.consentError(account, "not connected: no grant is stored for account "+account, true)
 	case rec.NeedsConsent:
 		return nil, g.consentError(account, rec.Reason, false)
+	case r.force && rec.RefreshToken == "":
+		return nil, &TokenError{Provider: g.cfg.Provider, Code: "no_refresh_token",
+			Description: "the grant has no refresh token to refresh it with; connect the account again"}
+	case r.force:
+		return nil, nil
 	}
+	old, refused := r.old, r.refused
 	t := rec.token()
 	valid := t != nil && g.now().Before(t.expiry) && !(refused && old != nil && t.value == old.value)
 	if valid && (old == nil || t.value != old.value) {
@@ -770,7 +774,7 @@ func (g *grant) refreshDue(ctx context.Context) {
 			g.mu.Unlock()
 			continue
 		}
-		tok, err := g.refresh(ctx, account, rec.token(), false)
+		tok, err := g.refresh(ctx, account, fetchRequest{old: rec.token()})
 		if err != nil {
 			if isConsent(err) {
 				g.mu.Lock()
@@ -799,23 +803,15 @@ func (g *grant) refreshDue(ctx context.Context) {
 
 // scan lists the stored grants and notes when each expires.
 func (g *grant) scan(ctx context.Context) {
-	storage, err := g.store.storage()
-	if err != nil {
-		return
-	}
 	lctx, cancel := context.WithTimeout(ctx, storageTimeout)
-	keys, err := storage.List(lctx, "oauth_bearer/grants/"+g.id, false)
+	accounts, err := g.storedAccounts(lctx)
 	cancel()
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err != nil {
 		g.env.logger().Debug("listing the stored grants failed", zap.String("provider", g.cfg.Provider), zap.Error(err))
 		return
 	}
 	g.scanned = time.Now()
-	for _, key := range keys {
-		account, ok := strings.CutSuffix(path.Base(key), ".json")
-		if !ok || checkAccount(account) != nil {
-			continue // the event log, or not a grant
-		}
+	for _, account := range accounts {
 		if rec, err := g.current(ctx, account); err == nil {
 			g.noteDue(rec)
 		}

@@ -34,13 +34,23 @@ import (
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 )
 
-// TestMain lets the test binary double as a Caddy process: with
-// OAB_CHILD_CADDY_CONFIG set it runs `caddy run` on that Caddyfile (with
-// this module and the standard ones), for tests that need a second
-// instance sharing storage with the in-process one.
+// TestMain lets the test binary double as the caddy command (with this
+// module and the standard ones): with OAB_CHILD_CADDY_CONFIG set it runs
+// `caddy run` on that Caddyfile, for tests that need a second instance
+// sharing storage with the in-process one; with OAB_CHILD_CADDY_ARGS (a
+// JSON array) it runs `caddy <args>`, for tests of the CLI command.
 func TestMain(m *testing.M) {
 	if cfg := os.Getenv("OAB_CHILD_CADDY_CONFIG"); cfg != "" {
 		os.Args = []string{"caddy", "run", "--config", cfg, "--adapter", "caddyfile"}
+		caddycmd.Main()
+		return
+	}
+	if args := os.Getenv("OAB_CHILD_CADDY_ARGS"); args != "" {
+		var a []string
+		if err := json.Unmarshal([]byte(args), &a); err != nil {
+			panic(err)
+		}
+		os.Args = append([]string{"caddy"}, a...)
 		caddycmd.Main()
 		return
 	}
@@ -57,6 +67,7 @@ type testCaddy struct {
 	logFile string
 	dir     string
 	storage string // the storage global option; "" for file_system in dir
+	admin   string // the admin endpoint's address; "" for none
 }
 
 // startCaddy runs Caddy with the given site blocks. "LISTEN" in them is
@@ -79,9 +90,23 @@ func startCaddyAt(t *testing.T, addr, sites string) *testCaddy {
 // test's own file_system directory).
 func startCaddyWith(t *testing.T, addr, storage, sites string) *testCaddy {
 	t.Helper()
+	return startCaddyOpts(t, &testCaddy{addr: addr, storage: storage}, sites)
+}
+
+// startCaddyAdmin is startCaddy with the admin endpoint on; the address
+// is in c.admin.
+func startCaddyAdmin(t *testing.T, sites string) *testCaddy {
+	t.Helper()
+	return startCaddyOpts(t, &testCaddy{addr: freeAddr(t), admin: freeAddr(t)}, sites)
+}
+
+// startCaddyOpts starts Caddy with the options set in c (addr, storage,
+// admin).
+func startCaddyOpts(t *testing.T, c *testCaddy, sites string) *testCaddy {
+	t.Helper()
 	caddyMu.Lock()
 	dir := t.TempDir()
-	c := &testCaddy{t: t, addr: addr, logFile: filepath.Join(dir, "caddy.log"), dir: dir, storage: storage}
+	c.t, c.logFile, c.dir = t, filepath.Join(dir, "caddy.log"), dir
 	t.Cleanup(func() {
 		if err := caddy.Stop(); err != nil {
 			t.Errorf("stopping caddy: %v", err)
@@ -139,8 +164,12 @@ func (c *testCaddy) adapt(sites string) ([]byte, error) {
 	if storage == "" {
 		storage = "file_system " + filepath.Join(c.dir, "storage")
 	}
+	admin := "off"
+	if c.admin != "" {
+		admin = c.admin
+	}
 	cf := fmt.Sprintf(`{
-	admin off
+	admin %s
 	auto_https off
 	persist_config off
 	storage %s
@@ -150,7 +179,7 @@ func (c *testCaddy) adapt(sites string) ([]byte, error) {
 		level DEBUG
 	}
 }
-`, storage, c.logFile) + strings.ReplaceAll(sites, "LISTEN", c.addr)
+`, admin, storage, c.logFile) + strings.ReplaceAll(sites, "LISTEN", c.addr)
 	out, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), map[string]any{"filename": "Caddyfile"})
 	if err != nil {
 		return nil, err

@@ -14,11 +14,11 @@ import (
 // from a fixed set, and a short hash naming a credential set. Never a
 // token, a secret, a client id or a per-request value.
 var metrics = struct {
-	once            sync.Once
-	tokenRequests   *prometheus.CounterVec
-	tokenDuration   *prometheus.HistogramVec
-	failedRequests  *prometheus.CounterVec
-	upstream401     *prometheus.CounterVec
+	once             sync.Once
+	tokenRequests    *prometheus.CounterVec
+	tokenDuration    *prometheus.HistogramVec
+	failedRequests   *prometheus.CounterVec
+	upstream401      *prometheus.CounterVec
 	consents         *prometheus.CounterVec
 	storageFallbacks *prometheus.CounterVec
 	expiryCollector  prometheus.Collector

@@ -177,6 +177,6 @@ func (s *sourceEntry) Destruct() error {
 // token request.
 type ccFetcher struct{ ep *endpoint }
 
-func (f ccFetcher) fetch(ctx context.Context, _ *token, _ bool) (*token, error) {
+func (f ccFetcher) fetch(ctx context.Context, _ fetchRequest) (*token, error) {
 	return f.ep.clientCredentials(ctx)
 }

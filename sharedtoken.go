@@ -82,13 +82,13 @@ func newSharedFetcher(ep *endpoint, e *env, cs *credentialSet) (*sharedFetcher, 
 		key: "oauth_bearer/tokens/" + id + ".json", lock: "oauth_bearer_token_" + id}, nil
 }
 
-func (f *sharedFetcher) fetch(ctx context.Context, old *token, refused bool) (*token, error) {
+func (f *sharedFetcher) fetch(ctx context.Context, r fetchRequest) (*token, error) {
 	rec, err := f.read(ctx)
 	if err != nil {
 		f.fallback("reading the shared token", err)
 		return f.fetchAlone(ctx, rec)
 	}
-	if t, err := f.decide(rec, old, refused); t != nil || err != nil {
+	if t, err := f.decide(rec, r); t != nil || err != nil {
 		return t, err
 	}
 	unlock, err := f.store.lock(ctx, f.lock, sharedLockWait)
@@ -105,7 +105,7 @@ func (f *sharedFetcher) fetch(ctx context.Context, old *token, refused bool) (*t
 		f.fallback("reading the shared token", err)
 		return f.fetchAlone(ctx, rec)
 	}
-	if t, err := f.decide(rec, old, refused); t != nil || err != nil {
+	if t, err := f.decide(rec, r); t != nil || err != nil {
 		return t, err
 	}
 	return f.fetchAndStore(ctx, rec)
@@ -133,8 +133,12 @@ func (f *sharedFetcher) read(ctx context.Context) (*tokenRecord, error) {
 }
 
 // decide looks at the stored record: a token to take, a refusal the fleet
-// remembers, or neither (fetch).
-func (f *sharedFetcher) decide(rec *tokenRecord, old *token, refused bool) (*token, error) {
+// remembers, or neither (fetch; always when forced).
+func (f *sharedFetcher) decide(rec *tokenRecord, r fetchRequest) (*token, error) {
+	if r.force {
+		return nil, nil
+	}
+	old, refused := r.old, r.refused
 	now := f.ep.clock.now()
 	if rec.AccessToken != "" && now.Before(rec.Expiry) &&
 		(old == nil || rec.AccessToken != old.value) && !(refused && old != nil && rec.AccessToken == old.value) {

@@ -20,14 +20,20 @@ import (
 // not its business: it asks a fetcher.
 
 // A fetcher obtains tokens for a token source: the client_credentials
-// request (endpoint.go), or an account's stored grant (grant.go).
+// request (endpoint.go), the same shared through the storage
+// (sharedtoken.go), or an account's stored grant (grant.go).
 type fetcher interface {
-	// fetch returns a token to replace old, which is the source's current
-	// token, or nil when it has none. With refused, the upstream refused
-	// old: the fetcher must not return it again. ctx ends when the source
-	// is stopped; a fetcher bounds its own requests. The token returned
-	// is new (not shared with another source): the source schedules it.
-	fetch(ctx context.Context, old *token, refused bool) (*token, error)
+	// fetch returns a token to replace r.old. ctx ends when the source is
+	// stopped; a fetcher bounds its own requests. The token returned is new
+	// (not shared with another source): the source schedules it.
+	fetch(ctx context.Context, r fetchRequest) (*token, error)
+}
+
+// fetchRequest says what a fetch is for.
+type fetchRequest struct {
+	old     *token // the source's current token; nil when it has none
+	refused bool   // the upstream refused old: never return it again
+	force   bool   // an operator asked: get a new token from the provider, whatever is stored
 }
 
 // Retry schedule after a failed fetch: exponential backoff with full
@@ -104,6 +110,9 @@ type tokenSource struct {
 	mu          sync.Mutex
 	failures    int
 	lastErr     *TokenError
+	lastErrAt   time.Time
+	downSince   time.Time   // the first failure since the last success
+	gotFirst    atomic.Bool // a token was ever obtained
 
 	ctx    context.Context // ends when the source is stopped
 	cancel context.CancelFunc
@@ -153,7 +162,11 @@ func (s *tokenSource) Token(ctx context.Context) (*token, error) {
 	if wait := s.nextAttempt.Load() - s.now().UnixNano(); wait > 0 {
 		return nil, s.backingOff(time.Duration(wait))
 	}
-	ch := s.fetches.DoChan("token", func() (any, error) { return s.fetch() })
+	return s.wait(ctx, s.fetches.DoChan("token", func() (any, error) { return s.fetch(false) }))
+}
+
+// wait waits for a fetch, or until ctx ends.
+func (s *tokenSource) wait(ctx context.Context, ch <-chan singleflight.Result) (*token, error) {
 	select {
 	case res := <-ch:
 		if res.Err != nil {
@@ -165,6 +178,17 @@ func (s *tokenSource) Token(ctx context.Context) (*token, error) {
 	}
 }
 
+// forceRefresh gets a new token from the provider now, skipping the
+// backoff and the schedule (an operator fixed something at the provider),
+// and waits for the outcome.
+func (s *tokenSource) forceRefresh(ctx context.Context) (*token, error) {
+	s.nextAttempt.Store(0)
+	return s.wait(ctx, s.fetches.DoChan("force", func() (any, error) { return s.fetch(true) }))
+}
+
+// flush drops the cached token: the next request fetches.
+func (s *tokenSource) flush() { s.store(nil) }
+
 // refreshAhead starts one background fetch of the next token, unless one
 // is running or the source is backing off.
 func (s *tokenSource) refreshAhead() {
@@ -174,7 +198,7 @@ func (s *tokenSource) refreshAhead() {
 	}
 	// The flag is cleared when the fetch ends, also when DoChan joined a
 	// fetch that a waiting caller had started.
-	ch := s.fetches.DoChan("token", func() (any, error) { return s.fetch() })
+	ch := s.fetches.DoChan("token", func() (any, error) { return s.fetch(false) })
 	go func() { <-ch; s.refreshing.Store(false) }()
 }
 
@@ -196,25 +220,37 @@ func (s *tokenSource) reject(t *token) bool {
 }
 
 // fetch asks the fetcher for a new token and caches it. Only one runs at a
-// time (singleflight).
-func (s *tokenSource) fetch() (*token, error) {
-	old, refused := s.cur.Load(), false
-	if r := s.refused.Load(); r != nil && old == nil {
-		old, refused = r, true
+// time (singleflight), besides one an operator forces.
+func (s *tokenSource) fetch(force bool) (*token, error) {
+	r := fetchRequest{old: s.cur.Load(), force: force}
+	if ref := s.refused.Load(); ref != nil && r.old == nil {
+		r.old, r.refused = ref, true
 	}
 	// A caller that saw an expired token may arrive just after another
 	// fetch stored a fresh one.
-	if !refused && old != nil && s.now().Before(old.refreshAt) {
-		return old, nil
+	if !force && !r.refused && r.old != nil && s.now().Before(r.old.refreshAt) {
+		return r.old, nil
 	}
 	start := time.Now()
-	t, err := s.fetcher.fetch(s.ctx, old, refused)
+	t, err := s.fetcher.fetch(s.ctx, r)
 	took := time.Since(start)
 	if err != nil {
 		return nil, s.failed(err, took)
 	}
+	s.mu.Lock()
+	downSince := s.downSince
+	s.mu.Unlock()
 	s.store(t)
-	s.env.logger().Debug("token obtained",
+	log := s.env.logger()
+	fields := []zap.Field{zap.String("provider", s.provider), zap.String("source", s.id), zap.String("origin", t.origin),
+		zap.Duration("expires_in", t.expiry.Sub(s.now())), zap.String("lifetime_from", t.lifetimeFrom)}
+	switch {
+	case !s.gotFirst.Swap(true):
+		log.Info("first token obtained", fields...)
+	case !downSince.IsZero():
+		log.Info("token source recovered", append(fields, zap.Duration("down_for", s.now().Sub(downSince)))...)
+	}
+	log.Debug("token obtained",
 		zap.String("provider", s.provider),
 		zap.String("source", s.id),
 		zap.String("origin", t.origin),
@@ -232,7 +268,7 @@ func (s *tokenSource) store(t *token) {
 		s.schedule(t)
 	}
 	s.mu.Lock()
-	s.failures, s.lastErr = 0, nil
+	s.failures, s.lastErr, s.downSince = 0, nil, time.Time{}
 	s.mu.Unlock()
 	s.nextAttempt.Store(0)
 	s.refused.Store(nil)
@@ -297,7 +333,10 @@ func (s *tokenSource) failed(err error, took time.Duration) *TokenError {
 	if te.RetryAfter > wait {
 		wait = min(te.RetryAfter, maxRetryAfter)
 	}
-	s.lastErr = te
+	s.lastErr, s.lastErrAt = te, s.now()
+	if s.downSince.IsZero() {
+		s.downSince = s.lastErrAt
+	}
 	failures := s.failures
 	s.mu.Unlock()
 	s.nextAttempt.Store(s.now().Add(wait).UnixNano())

@@ -3,6 +3,7 @@ package oauthbearer
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/http/httptest"
@@ -15,6 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // fakeClock is a settable clock.
@@ -320,14 +322,14 @@ type recordingFetcher struct {
 	now   func() time.Time
 }
 
-func (f *recordingFetcher) fetch(_ context.Context, old *token, refused bool) (*token, error) {
+func (f *recordingFetcher) fetch(_ context.Context, r fetchRequest) (*token, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	o := "nil"
-	if old != nil {
-		o = old.value
+	if r.old != nil {
+		o = r.old.value
 	}
-	f.calls = append(f.calls, fmt.Sprintf("%s/%v", o, refused))
+	f.calls = append(f.calls, fmt.Sprintf("%s/%v", o, r.refused))
 	f.n++
 	now := f.now()
 	return &token{value: fmt.Sprintf("token-%d", f.n), obtained: now, expiry: now.Add(time.Hour)}, nil
@@ -411,5 +413,50 @@ func TestEnvNewestUseWins(t *testing.T) {
 	e.detach(u1)
 	if e.storage() != s1 {
 		t.Error("with no use left, the last view is kept")
+	}
+}
+
+// The logs read as a story: one info line when the source first gets a
+// token (with its lifetime and how it was known), warnings and errors for
+// failures, one info line when it recovers (with how long it was down),
+// debug lines for every fetch.
+func TestTokenSourceLogsTellTheStory(t *testing.T) {
+	as := newCountingAS(t, 100)
+	clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
+	s := newTestSource(t, as, clock)
+	core, logs := observer.New(zap.DebugLevel)
+	s.env.attach(&use{logger: zap.New(core), refreshBefore: 10 * time.Second})
+
+	mustToken(t, s)
+	first := logs.FilterMessage("first token obtained").All()
+	if len(first) != 1 || first[0].Level != zap.InfoLevel || first[0].ContextMap()["lifetime_from"] != "expires_in" ||
+		first[0].ContextMap()["expires_in"] != 100*time.Second {
+		t.Fatalf("first token line: %v", first)
+	}
+	as.fail.Store(true)
+	clock.add(101 * time.Second)
+	if _, err := s.Token(context.Background()); err == nil {
+		t.Fatal("a failing provider gave a token")
+	}
+	var te *TokenError
+	_, err := s.Token(context.Background())
+	if !errors.As(err, &te) || !te.Backoff {
+		t.Fatalf("during the backoff: %v", err)
+	}
+	clock.add(te.RetryAfter)
+	as.fail.Store(false)
+	mustToken(t, s)
+	rec := logs.FilterMessage("token source recovered").All()
+	if len(rec) != 1 || rec[0].Level != zap.InfoLevel || rec[0].ContextMap()["down_for"] != te.RetryAfter {
+		t.Errorf("recovery line: %v, want one with down_for %v", rec, te.RetryAfter)
+	}
+	if n := logs.FilterMessage("first token obtained").Len(); n != 1 {
+		t.Errorf("%d first-token lines, want 1", n)
+	}
+	if n := logs.FilterMessage("token obtained").FilterLevelExact(zap.DebugLevel).Len(); n != 2 {
+		t.Errorf("%d debug lines for 2 fetches", n)
+	}
+	if logs.FilterMessage("token request failed").Len() != 1 {
+		t.Error("no error line for the failure")
 	}
 }
