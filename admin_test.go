@@ -140,6 +140,7 @@ func TestAdminAPISourcesAndAccounts(t *testing.T) {
 	}
 
 	sources, body := adminSources(t, s.c)
+	t.Logf("GET /oauth_bearer/sources:\n%s", body)
 	if len(sources) != 2 {
 		t.Fatalf("%d sources, want 2:\n%s", len(sources), body)
 	}
@@ -162,6 +163,7 @@ func TestAdminAPISourcesAndAccounts(t *testing.T) {
 	}
 
 	status, accBody := adminDo(t, s.c, http.MethodGet, fmt.Sprintf("/oauth_bearer/sources/%s/accounts", gs["id"]))
+	t.Logf("GET …/accounts:\n%s", accBody)
 	var accounts []map[string]any
 	if status != 200 || json.Unmarshal([]byte(accBody), &accounts) != nil || len(accounts) != 2 {
 		t.Fatalf("accounts: %d %s", status, accBody)

@@ -359,7 +359,7 @@ func (g *grant) redeem(ctx context.Context, rec *grantRecord) (*token, error) {
 		next := *rec
 		next.NeedsConsent = true
 		next.Reason = "the provider refused the refresh token (invalid_grant): " + te.Description
-		next.AccessToken, next.RefreshToken = "", ""
+		next.AccessToken, next.RefreshToken, next.Obtained, next.Expiry = "", "", time.Time{}, time.Time{}
 		metrics.consents.WithLabelValues(g.cfg.Provider, "consent_required").Inc()
 		g.persist(ctx, &next)
 		return nil, g.consentError(rec.Account, next.Reason, false)

@@ -517,8 +517,12 @@ func setHeader(hdr http.Header, key, value string) {
 	hdr[key] = []string{value}
 }
 
-// headerValue returns prefix+token, built once per token and handler.
+// headerValue returns prefix+token: built with the token for the usual
+// "Bearer ", else once per token and handler.
 func (h *Handler) headerValue(tok *token) string {
+	if h.tokenPrefix == "Bearer " && tok.bearer != "" {
+		return tok.bearer
+	}
 	if c := h.last.Load(); c != nil && c.tok == tok {
 		return c.value
 	}

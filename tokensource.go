@@ -69,6 +69,7 @@ type token struct {
 	// Set by the source that stores the token (schedule).
 	refreshAt time.Time     // from here on, a replacement is fetched
 	window    time.Duration // expiry - refreshAt
+	bearer    string        // "Bearer <value>", the header value most handlers send
 }
 
 // clock is the time as a token source, an endpoint and a grant see it:
@@ -281,6 +282,7 @@ func (s *tokenSource) store(t *token) {
 // not refresh in lockstep. With the real clock, the times are rebased on a
 // monotonic reading, so that the request path can compare them cheaply.
 func (s *tokenSource) schedule(t *token) {
+	t.bearer = "Bearer " + t.value
 	if s.clock.fake.Load() == nil {
 		now := time.Now()
 		t.expiry = now.Add(t.expiry.Sub(now))
