@@ -48,9 +48,19 @@ func parseConsent(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //		# the provider and the client (as in oauth_bearer_consent)
 //		client_id        <id>
 //		client_secret    <secret>          # use {env.X} or {file./path}
-//		token_url        <url>             # required for the generic provider
+//		token_url        <url>             # required for the generic provider...
+//		issuer           <url>             # ...or discovered from the issuer
 //		environment      <name>            # bookable: production | sandbox
-//		client_auth      body|basic
+//		tenant|domain|authorization_server|base_url|realm <value>  # the preset's settings
+//		client_auth      body|basic|client_secret_jwt|private_key_jwt|tls|none
+//		private_key      <path|PEM>        # private_key_jwt, jwt_bearer
+//		certificate      <path|PEM>        # x5t / x5t#S256 headers
+//		key_id           <kid>
+//		signing_alg      <alg>             # default from the key
+//		assertion_audience <aud>           # default: the endpoint
+//		client_assertion_file <path>       # an assertion made elsewhere, re-read each time
+//		tls_client_cert  <cert> <key>      # client_auth tls (RFC 8705)
+//		service_account_file <path|JSON>   # google: grant jwt_bearer
 //		request_format   json|form|auto
 //		timeout          <duration>
 //		default_lifetime <duration>
@@ -60,12 +70,13 @@ func parseConsent(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //		encryption_key   <key...>          # what is stored: the first encrypts, all decrypt
 //
 //		# the token
-//		grant            client_credentials|authorization_code|refresh_token
+//		grant            client_credentials|jwt_bearer|authorization_code|refresh_token
 //		scope            <scope...>        # client_credentials
 //		audience         <value>           # client_credentials
 //		resource         <uri>             # client_credentials; repeatable (RFC 8707)
 //		param            <name> <value>    # client_credentials; repeatable
 //		refresh_token    <token>           # grant refresh_token
+//		subject          <sub>             # grant jwt_bearer: the user the token acts for
 //		account          <name|placeholder> # grants: whose grant a request uses
 //		refresh_before   <duration>
 //		token_store      storage|memory    # client_credentials; default storage
@@ -100,6 +111,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = oneArg(d, sub, &h.Audience)
 		case "refresh_token":
 			err = oneArg(d, sub, &h.RefreshToken)
+		case "subject":
+			err = oneArg(d, sub, &h.Subject)
 		case "account":
 			err = oneArg(d, sub, &h.Account)
 		case "org":
@@ -140,7 +153,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 }
 
 var handlerSubdirectives = append(slices.Clone(credentialSubdirectives), "grant", "scope", "audience", "resource",
-	"param", "refresh_token", "account", "refresh_before", "token_store", "header", "org", "token_header", "upstream_401", "replay_max_body")
+	"param", "refresh_token", "subject", "account", "refresh_before", "token_store", "header", "org", "token_header", "upstream_401", "replay_max_body")
 
 func (h *Handler) unmarshalParam(d *caddyfile.Dispenser) error {
 	var name, val string
@@ -285,19 +298,42 @@ func (h *ConsentHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 var consentSubdirectives = append(slices.Clone(credentialSubdirectives), "grant", "redirect_uri", "authorize_url",
 	"scope", "pkce", "connect_path", "status_path", "disconnect_path")
 
-var credentialSubdirectives = []string{"client_id", "client_secret", "token_url", "environment", "client_auth",
-	"request_format", "timeout", "default_lifetime", "ca_file", "refresh_url", "revoke_url", "encryption_key"}
+var credentialSubdirectives = []string{"client_id", "client_secret", "token_url", "issuer", "environment", "client_auth",
+	"private_key", "certificate", "key_id", "signing_alg", "assertion_audience", "client_assertion_file",
+	"tls_client_cert", "service_account_file", "request_format", "timeout", "default_lifetime", "ca_file",
+	"refresh_url", "revoke_url", "encryption_key", "tenant", "domain", "authorization_server", "base_url", "realm"}
 
 // unmarshalSub parses one of the credential subdirectives shared by both
 // directives; false when sub is not one of them.
 func (c *Credentials) unmarshalSub(d *caddyfile.Dispenser, sub string) (bool, error) {
 	strs := map[string]*string{"client_id": &c.ClientID, "client_secret": &c.ClientSecret, "token_url": &c.TokenURL,
 		"environment": &c.Environment, "client_auth": &c.ClientAuth, "request_format": &c.RequestFormat,
-		"ca_file": &c.CAFile, "refresh_url": &c.RefreshURL, "revoke_url": &c.RevokeURL}
+		"ca_file": &c.CAFile, "refresh_url": &c.RefreshURL, "revoke_url": &c.RevokeURL, "issuer": &c.Issuer,
+		"private_key": &c.PrivateKey, "certificate": &c.Certificate, "key_id": &c.KeyID, "signing_alg": &c.SigningAlg,
+		"assertion_audience": &c.AssertionAudience, "client_assertion_file": &c.ClientAssertionFile,
+		"service_account_file": &c.ServiceAccountFile}
 	if p, ok := strs[sub]; ok {
 		return true, oneArg(d, sub, p)
 	}
+	if p, _ := c.preset(); p.Name != "" {
+		if _, ok := p.Param(sub); ok {
+			var v string
+			if err := oneArg(d, sub, &v); err != nil {
+				return true, err
+			}
+			if c.ProviderParams == nil {
+				c.ProviderParams = map[string]string{}
+			}
+			c.ProviderParams[sub] = v
+			return true, nil
+		}
+	}
 	switch sub {
+	case "tls_client_cert":
+		if !d.AllArgs(&c.TLSClientCert, &c.TLSClientKey) {
+			return true, argErr(d, sub)
+		}
+		return true, nil
 	case "encryption_key":
 		if c.EncryptionKeys = d.RemainingArgs(); len(c.EncryptionKeys) == 0 {
 			return true, argErr(d, sub)

@@ -276,7 +276,7 @@ func TestParseCaddyfileErrors(t *testing.T) {
 	}{
 		// the provider argument
 		{"unknown provider", "oauth_bearer paypal {\n" + creds + "}", 1,
-			[]string{"provider: unknown provider \"paypal\"", "bookable, calcom, eventbookings, eventtemple, generic"}},
+			[]string{"provider: unknown provider \"paypal\"", "auth0, bookable, calcom, entra, eventbookings, eventtemple, generic, google, keycloak, okta"}},
 		{"extra arg after provider", "oauth_bearer eventtemple extra {\n" + creds + "}", 1,
 			[]string{"wrong argument count", "extra"}},
 
@@ -359,7 +359,8 @@ func TestParseCaddyfileErrors(t *testing.T) {
 
 		// enumerations
 		{"request_format xml", gen + "\trequest_format xml\n}", 5, []string{"request_format", `"xml"`, "json, form or auto"}},
-		{"client_auth jwt", gen + "\tclient_auth private_key_jwt\n}", 5, []string{"client_auth", `"private_key_jwt"`, "body or basic"}},
+		{"client_auth unknown", gen + "\tclient_auth jwt_bearer\n}", 5, []string{"client_auth", `"jwt_bearer"`, "body, basic, client_secret_jwt, private_key_jwt, tls or none"}},
+		{"client_auth private_key_jwt with a secret", gen + "\tclient_auth private_key_jwt\n}", 3, []string{"client_secret", "not used with client_auth private_key_jwt"}},
 
 		// params the handler owns
 		{"param grant_type", gen + "\tparam grant_type password\n}", 5, []string{"param", `"grant_type"`, "cannot be overridden"}},
@@ -727,7 +728,7 @@ func TestResolveErrors(t *testing.T) {
 		{"client_secret missing", &Handler{Credentials: Credentials{Provider: "eventtemple", ClientID: "a"}}, []string{"client_secret", "required"}},
 		{"generic without token_url", &Handler{Credentials: Credentials{ClientID: "a", ClientSecret: literalSecret}}, []string{"token_url", "generic"}},
 		{"unknown provider", &Handler{Credentials: Credentials{Provider: "paypal", ClientID: "a", ClientSecret: literalSecret}},
-			[]string{"paypal", "bookable, calcom, eventbookings, eventtemple, generic"}},
+			[]string{"paypal", "auth0, bookable, calcom, entra, eventbookings, eventtemple, generic, google, keycloak, okta"}},
 		{"token_url resolves to plain http", &Handler{Credentials: Credentials{ClientID: "a", ClientSecret: literalSecret, TokenURL: "{env.OAB_RE_HTTP_URL}"}},
 			[]string{"token_url", "plain http"}},
 		{"environment staging on bookable", &Handler{Credentials: Credentials{Provider: "bookable", Environment: "staging", ClientID: "a", ClientSecret: literalSecret}},
@@ -795,7 +796,7 @@ func TestResolvePresetDefaults(t *testing.T) {
 		{
 			name: "eventtemple",
 			h:    &Handler{Credentials: Credentials{Provider: "eventtemple", ClientID: "id", ClientSecret: sec}, Org: "4711", Scopes: []string{"crm_read", "crm_manage"}},
-			want: credentialSet{Provider: "eventtemple", TokenURL: "https://api.eventtemple.com/oauth/token", ClientID: "id",
+			want: credentialSet{Grant: "client_credentials", Provider: "eventtemple", TokenURL: "https://api.eventtemple.com/oauth/token", ClientID: "id",
 				Scope: "crm_read crm_manage", Format: "json", ClientAuth: "body",
 				DefaultLifetime: 10 * time.Minute, Timeout: 10 * time.Second},
 			headers: map[string]string{"X-Api-Org": "4711"},
@@ -803,28 +804,28 @@ func TestResolvePresetDefaults(t *testing.T) {
 		{
 			name: "eventbookings auto preferring json",
 			h:    &Handler{Credentials: Credentials{Provider: "eventbookings", ClientID: "id", ClientSecret: sec}},
-			want: credentialSet{Provider: "eventbookings", TokenURL: "https://identity.eventbookings.com/connect/token", ClientID: "id",
+			want: credentialSet{Grant: "client_credentials", Provider: "eventbookings", TokenURL: "https://identity.eventbookings.com/connect/token", ClientID: "id",
 				Format: "auto", PreferredFormat: "json", ClientAuth: "body",
 				DefaultLifetime: 10 * time.Minute, Timeout: 10 * time.Second},
 		},
 		{
 			name: "bookable production",
 			h:    &Handler{Credentials: Credentials{Provider: "bookable", ClientID: "id", ClientSecret: sec}},
-			want: credentialSet{Provider: "bookable", TokenURL: "https://auth.bookabletech.com/oauth/token", ClientID: "id",
+			want: credentialSet{Grant: "client_credentials", Provider: "bookable", TokenURL: "https://auth.bookabletech.com/oauth/token", ClientID: "id",
 				Audience: "api.bookabletech.com", Format: "json", ClientAuth: "body",
 				DefaultLifetime: 10 * time.Minute, Timeout: 10 * time.Second},
 		},
 		{
 			name: "bookable sandbox",
 			h:    &Handler{Credentials: Credentials{Provider: "bookable", Environment: "sandbox", ClientID: "id", ClientSecret: sec}},
-			want: credentialSet{Provider: "bookable", TokenURL: "https://auth-sandbox.bookabletech.com/oauth/token", ClientID: "id",
+			want: credentialSet{Grant: "client_credentials", Provider: "bookable", TokenURL: "https://auth-sandbox.bookabletech.com/oauth/token", ClientID: "id",
 				Audience: "api.bookabletech.com", Format: "json", ClientAuth: "body",
 				DefaultLifetime: 10 * time.Minute, Timeout: 10 * time.Second},
 		},
 		{
 			name: "generic",
 			h:    &Handler{Credentials: Credentials{ClientID: "id", ClientSecret: sec, TokenURL: "https://as.example.com/token"}},
-			want: credentialSet{Provider: "generic", TokenURL: "https://as.example.com/token", ClientID: "id",
+			want: credentialSet{Grant: "client_credentials", Provider: "generic", TokenURL: "https://as.example.com/token", ClientID: "id",
 				Format: "form", ClientAuth: "basic",
 				DefaultLifetime: 10 * time.Minute, Timeout: 10 * time.Second},
 		},
@@ -838,7 +839,7 @@ func TestResolvePresetDefaults(t *testing.T) {
 				RefreshBefore: caddy.Duration(2 * time.Minute),
 				Headers:       map[string]string{"x-one": "1"},
 			},
-			want: credentialSet{Provider: "eventbookings", TokenURL: "http://127.0.0.1:9999/connect/token", ClientID: "id",
+			want: credentialSet{Grant: "client_credentials", Provider: "eventbookings", TokenURL: "http://127.0.0.1:9999/connect/token", ClientID: "id",
 				Audience: "aud", Resources: []string{"https://api.example.com/"}, Params: map[string]string{"k": "v"},
 				Format: "form", ClientAuth: "basic",
 				DefaultLifetime: time.Hour, Timeout: 3 * time.Second},
@@ -847,21 +848,21 @@ func TestResolvePresetDefaults(t *testing.T) {
 		{
 			name: "bookable audience override, explicit environment production",
 			h:    &Handler{Credentials: Credentials{Provider: "bookable", Environment: "production", ClientID: "id", ClientSecret: sec}, Audience: "other-api"},
-			want: credentialSet{Provider: "bookable", TokenURL: "https://auth.bookabletech.com/oauth/token", ClientID: "id",
+			want: credentialSet{Grant: "client_credentials", Provider: "bookable", TokenURL: "https://auth.bookabletech.com/oauth/token", ClientID: "id",
 				Audience: "other-api", Format: "json", ClientAuth: "body",
 				DefaultLifetime: 10 * time.Minute, Timeout: 10 * time.Second},
 		},
 		{
 			name: "eventbookings pinned json",
 			h:    &Handler{Credentials: Credentials{Provider: "eventbookings", ClientID: "id", ClientSecret: sec, RequestFormat: "json"}},
-			want: credentialSet{Provider: "eventbookings", TokenURL: "https://identity.eventbookings.com/connect/token", ClientID: "id",
+			want: credentialSet{Grant: "client_credentials", Provider: "eventbookings", TokenURL: "https://identity.eventbookings.com/connect/token", ClientID: "id",
 				Format: "json", ClientAuth: "body",
 				DefaultLifetime: 10 * time.Minute, Timeout: 10 * time.Second},
 		},
 		{
 			name: "generic auto prefers form",
 			h:    &Handler{Credentials: Credentials{ClientID: "id", ClientSecret: sec, TokenURL: "https://as.example.com/token", RequestFormat: "auto"}},
-			want: credentialSet{Provider: "generic", TokenURL: "https://as.example.com/token", ClientID: "id",
+			want: credentialSet{Grant: "client_credentials", Provider: "generic", TokenURL: "https://as.example.com/token", ClientID: "id",
 				Format: "auto", PreferredFormat: "form", ClientAuth: "basic",
 				DefaultLifetime: 10 * time.Minute, Timeout: 10 * time.Second},
 		},

@@ -21,6 +21,7 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha1"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
@@ -37,6 +38,10 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/cryptosigner"
 	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/providers"
 )
 
 // Wire constants of RFC 7521/7523.
@@ -694,4 +699,224 @@ func checkFetchedURL(name, raw string) error {
 		return fmt.Errorf("%s %s must be https (http only on a loopback host)", name, raw)
 	}
 	return nil
+}
+
+// ---------------------------------------------------------------------------
+// The configuration of client authentication, and its use on the wire
+
+// clientAuthMethod is the method a configuration uses: client_auth, else
+// private_key_jwt when it has a client assertion file or (for a client
+// credentials or code grant) a private key, else the preset's.
+func (c *Credentials) clientAuthMethod(p providers.Provider) string {
+	switch {
+	case c.ClientAuth != "":
+		return c.ClientAuth
+	case c.ClientAssertionFile != "":
+		return providers.AuthPrivateKeyJWT
+	case c.TLSClientCert != "":
+		return providers.AuthTLS
+	case c.ServiceAccountFile != "":
+		return providers.AuthNone
+	}
+	return p.ClientAuth
+}
+
+// checkClientAuth applies the rules of client authentication that hold
+// before placeholders are resolved.
+func (c *Credentials) checkClientAuth(p providers.Provider, grant string) error {
+	if err := oneOf("client_auth", c.ClientAuth, providers.AuthBody, providers.AuthBasic, providers.AuthClientSecretJWT,
+		providers.AuthPrivateKeyJWT, providers.AuthTLS, providers.AuthNone); err != nil {
+		return err
+	}
+	method := c.clientAuthMethod(p)
+	if c.ClientAssertionFile != "" && method != providers.AuthPrivateKeyJWT {
+		return errField("client_assertion_file", "is client_auth private_key_jwt: it cannot be combined with client_auth %s", method)
+	}
+	if c.ClientAssertionFile != "" && c.PrivateKey != "" {
+		return errField("client_assertion_file", "an assertion is either read from a file or signed with private_key, not both")
+	}
+	if grant == grantJWTBearer {
+		if c.ServiceAccountFile == "" && c.PrivateKey == "" {
+			return errField("private_key", "grant jwt_bearer signs its assertion: give private_key, or service_account_file")
+		}
+		if c.ServiceAccountFile != "" && c.PrivateKey != "" {
+			return errField("service_account_file", "holds the private key already; leave out private_key")
+		}
+	} else if c.ServiceAccountFile != "" {
+		return errField("service_account_file", "only for grant jwt_bearer")
+	}
+	if c.ClientID == "" && c.ServiceAccountFile == "" {
+		return errField("client_id", "is required")
+	}
+	needsSecret := method == providers.AuthBody || method == providers.AuthBasic || method == providers.AuthClientSecretJWT
+	switch {
+	case needsSecret && c.ClientSecret == "":
+		return errField("client_secret", "is required (client_auth %s)", method)
+	case !needsSecret && c.ClientSecret != "":
+		return errField("client_secret", "is not used with client_auth %s; leave it out", method)
+	}
+	switch method {
+	case providers.AuthPrivateKeyJWT:
+		if c.PrivateKey == "" && c.ClientAssertionFile == "" {
+			return errField("client_auth", "private_key_jwt needs private_key (or client_assertion_file)")
+		}
+	case providers.AuthTLS:
+		if c.TLSClientCert == "" || c.TLSClientKey == "" {
+			return errField("client_auth", "tls needs tls_client_cert <certificate> <key>")
+		}
+	}
+	if c.TLSClientCert != "" && method != providers.AuthTLS {
+		return errField("tls_client_cert", "only with client_auth tls")
+	}
+	signs := c.PrivateKey != "" || c.ServiceAccountFile != ""
+	for _, f := range []struct{ field, value string }{{"certificate", c.Certificate}, {"key_id", c.KeyID}, {"signing_alg", c.SigningAlg}} {
+		if f.value != "" && c.PrivateKey == "" && !(f.field == "signing_alg" && signs) {
+			return errField(f.field, "only with private_key")
+		}
+	}
+	if c.AssertionAudience != "" && method != providers.AuthPrivateKeyJWT && method != providers.AuthClientSecretJWT && grant != grantJWTBearer {
+		return errField("assertion_audience", "only with client_auth private_key_jwt or client_secret_jwt, or grant jwt_bearer")
+	}
+	return nil
+}
+
+// resolveClientAuth resolves the client's identity and credentials into
+// cs: the id and secret, and the signer, the assertion file or the client
+// certificate, reading local files now so that a key that does not parse,
+// an algorithm that does not fit it, a certificate that does not match it
+// or an assertion file that cannot be read stop the configuration from
+// loading.
+func (c *Credentials) resolveClientAuth(repl *caddy.Replacer, cs *credentialSet) error {
+	var err error
+	if c.ClientID != "" {
+		if cs.ClientID, err = resolveRequired(repl, "client_id", c.ClientID); err != nil {
+			return err
+		}
+	}
+	if c.ClientSecret != "" {
+		if cs.clientSecret, err = resolveRequired(repl, "client_secret", c.ClientSecret); err != nil {
+			return err
+		}
+	}
+	cs.AssertionAudience = repl.ReplaceKnown(c.AssertionAudience, "")
+	digest := sha256.New()
+	switch {
+	case c.ServiceAccountFile != "":
+		sa, err := loadGoogleServiceAccount(repl.ReplaceKnown(c.ServiceAccountFile, ""))
+		if err != nil {
+			return errField("service_account_file", "%v", err)
+		}
+		if cs.signer, err = sa.signer(); err != nil {
+			return errField("service_account_file", "%v", err)
+		}
+		cs.assertionIssuer = sa.clientEmail
+		cs.ClientID = firstNonEmpty(cs.ClientID, sa.clientEmail)
+		if cs.TokenURL == "" && cs.Issuer == "" {
+			cs.TokenURL = sa.tokenURI
+		}
+		cs.AssertionAudience = firstNonEmpty(cs.AssertionAudience, sa.tokenURI)
+		digest.Write([]byte(sa.clientEmail + "\x00" + sa.keyID))
+	case c.PrivateKey != "":
+		key, err := loadPrivateKey(repl.ReplaceKnown(c.PrivateKey, ""))
+		if err != nil {
+			return errField("private_key", "%v", err)
+		}
+		var cert *x509.Certificate
+		if c.Certificate != "" {
+			certs, err := loadCertificates(repl.ReplaceKnown(c.Certificate, ""))
+			if err != nil {
+				return errField("certificate", "%v", err)
+			}
+			cert = certs[0]
+			if err := checkCertificateKey(cert, key); err != nil {
+				return errField("certificate", "%v", err)
+			}
+		}
+		alg, err := signingAlg(key, c.SigningAlg)
+		if err != nil {
+			return errField("signing_alg", "%v", err)
+		}
+		if cs.signer, err = newAssertionSigner(key, alg, repl.ReplaceKnown(c.KeyID, ""), cert); err != nil {
+			return errField("private_key", "%v", err)
+		}
+		cs.assertionIssuer = cs.ClientID
+		pub, _ := x509.MarshalPKIXPublicKey(key.Public())
+		digest.Write(pub)
+		digest.Write([]byte(c.KeyID + "\x00" + string(alg)))
+	case cs.ClientAuth == providers.AuthClientSecretJWT:
+		if cs.signer, err = newSecretAssertionSigner([]byte(cs.clientSecret), jose.SignatureAlgorithm(firstNonEmpty(c.SigningAlg, string(jose.HS256)))); err != nil {
+			return errField("client_secret", "%v", err)
+		}
+	}
+	if c.ClientAssertionFile != "" {
+		cs.AssertionFile = repl.ReplaceKnown(c.ClientAssertionFile, "")
+		if _, err := readAssertionFile(cs.AssertionFile); err != nil {
+			return errField("client_assertion_file", "%v", err)
+		}
+	}
+	if c.TLSClientCert != "" {
+		certFile, keyFile := repl.ReplaceKnown(c.TLSClientCert, ""), repl.ReplaceKnown(c.TLSClientKey, "")
+		if cs.tlsCert, err = newClientCertReloader(certFile, keyFile); err != nil {
+			return errField("tls_client_cert", "%v", err)
+		}
+		digest.Write([]byte(certFile + "\x00" + keyFile))
+	}
+	cs.keyDigest = digest.Sum(nil)
+	return nil
+}
+
+// authenticate adds the client's credentials to a request to target:
+// params for the body, or an Authorization header (Basic). A bearer
+// credential (Cal.com's refresh) goes in the header instead, the client
+// then authenticating in the body.
+func (cs *credentialSet) authenticate(params url.Values, target string, bearer bool) (header string, err error) {
+	if cs.ClientID != "" {
+		params.Set("client_id", cs.ClientID)
+	}
+	switch cs.ClientAuth {
+	case providers.AuthBasic:
+		if bearer {
+			params.Set("client_secret", cs.clientSecret)
+			return "", nil
+		}
+		params.Del("client_id")
+		// RFC 6749 2.3.1: form-encode id and secret before Basic encoding.
+		cred := url.QueryEscape(cs.ClientID) + ":" + url.QueryEscape(cs.clientSecret)
+		return "Basic " + base64.StdEncoding.EncodeToString([]byte(cred)), nil
+	case providers.AuthBody:
+		params.Set("client_secret", cs.clientSecret)
+	case providers.AuthClientSecretJWT, providers.AuthPrivateKeyJWT:
+		assertion, err := cs.clientAssertion(target)
+		if err != nil {
+			return "", err
+		}
+		setClientAssertion(params, assertion)
+	}
+	// tls: the certificate is the credential; none: nothing more.
+	return "", nil
+}
+
+// clientAssertion is a fresh client assertion for a request to target, or
+// the one the assertion file holds now.
+func (cs *credentialSet) clientAssertion(target string) (string, error) {
+	if cs.AssertionFile != "" {
+		return readAssertionFile(cs.AssertionFile)
+	}
+	return cs.signer.sign(time.Now(), assertionClaims{issuer: cs.ClientID, subject: cs.ClientID,
+		audience: firstNonEmpty(cs.AssertionAudience, target)})
+}
+
+// bearerAssertion is the assertion of the JWT bearer grant (RFC 7523 2.1)
+// for a request to target: iss the client (or the service account), sub
+// the subject when one is configured, the scope as a claim for a service
+// account (Google wants it there).
+func (cs *credentialSet) bearerAssertion(target string) (string, error) {
+	if cs.AssertionFile != "" {
+		return readAssertionFile(cs.AssertionFile)
+	}
+	c := assertionClaims{issuer: cs.assertionIssuer, subject: cs.Subject, audience: firstNonEmpty(cs.AssertionAudience, target)}
+	if cs.ClientAuth == providers.AuthNone && cs.Scope != "" {
+		c.extra = map[string]any{"scope": cs.Scope}
+	}
+	return cs.signer.sign(time.Now(), c)
 }

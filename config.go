@@ -38,6 +38,7 @@ const (
 	grantClientCredentials = "client_credentials"
 	grantAuthorizationCode = "authorization_code"
 	grantRefreshToken      = "refresh_token"
+	grantJWTBearer         = providers.GrantJWTBearer
 )
 
 // Credentials names the provider's endpoints and the client: the part of
@@ -97,6 +98,59 @@ type Credentials struct {
 	// provider's endpoints, besides the system roots.
 	CAFile string `json:"ca_file,omitempty"`
 
+	// Issuer is the authorization server's issuer URL: its token,
+	// authorization, revocation and mTLS endpoints are discovered (RFC
+	// 8414, then OpenID Connect discovery) at the first token request, never
+	// when the configuration loads. The document's issuer must be this.
+	Issuer string `json:"issuer,omitempty"`
+
+	// ProviderParams are the preset's own settings, each given in the
+	// Caddyfile as a subdirective of its name: entra's tenant, auth0's and
+	// okta's domain, okta's authorization_server, keycloak's base_url and
+	// realm.
+	ProviderParams map[string]string `json:"provider_params,omitempty"`
+
+	// PrivateKey signs the client's assertions (client_auth
+	// private_key_jwt) or the JWT bearer grant: a PEM file's path, or the
+	// PEM itself (as {file.…} or {env.…} give it). RSA, EC P-256/P-384 or
+	// Ed25519, PKCS#1, PKCS#8 or SEC1.
+	PrivateKey string `json:"private_key,omitempty"`
+
+	// Certificate is the private key's certificate (path or PEM): its
+	// thumbprints are sent as the x5t and x5t#S256 headers, which Entra ID
+	// uses to find the key.
+	Certificate string `json:"certificate,omitempty"`
+
+	// KeyID is the kid header of the client's assertions.
+	KeyID string `json:"key_id,omitempty"`
+
+	// SigningAlg signs the assertions: RS256/384/512, PS256/384/512,
+	// ES256/384 or EdDSA. Default: from the key (RS256, ES256 or ES384,
+	// EdDSA).
+	SigningAlg string `json:"signing_alg,omitempty"`
+
+	// AssertionAudience is the aud claim of the client's assertions, for a
+	// provider that wants its issuer there. Default: the endpoint the
+	// assertion is sent to.
+	AssertionAudience string `json:"assertion_audience,omitempty"`
+
+	// ClientAssertionFile is a client assertion made by someone else (a
+	// Kubernetes projected service account token, a CI OIDC token), read
+	// again for every token request because its owner rotates it in place.
+	// It means client_auth private_key_jwt.
+	ClientAssertionFile string `json:"client_assertion_file,omitempty"`
+
+	// TLSClientCert and TLSClientKey are the client certificate and key of
+	// client_auth tls (RFC 8705): paths, or PEM. Read again when the files
+	// change.
+	TLSClientCert string `json:"tls_client_cert,omitempty"`
+	TLSClientKey  string `json:"tls_client_key,omitempty"`
+
+	// ServiceAccountFile is a Google service account key file (path or
+	// JSON), for grant jwt_bearer: its client_email, private_key,
+	// private_key_id and token_uri.
+	ServiceAccountFile string `json:"service_account_file,omitempty"`
+
 	// EncryptionKeys encrypt what is kept in Caddy's storage (shared
 	// tokens, grants): each the base64 of at least 32 random bytes
 	// (`openssl rand -base64 32`), normally {env.X}. The first encrypts;
@@ -144,29 +198,33 @@ func (c *Credentials) check(grant string) error {
 			return errField("environment", "%v", err)
 		}
 	}
-	if c.TokenURL == "" && len(p.Environments) == 0 {
-		return errField("token_url", "required for provider %s, which has no built-in token URL", p.Name)
+	for name := range c.ProviderParams {
+		if _, ok := p.Param(name); !ok {
+			return errField(name, "provider %s has no such setting", p.Name)
+		}
 	}
-	urls := []struct{ field, value string }{{"token_url", c.TokenURL}, {"refresh_url", c.RefreshURL}, {"revoke_url", c.RevokeURL}}
+	for _, pp := range p.Params {
+		if pp.Required && c.ProviderParams[pp.Name] == "" && c.TokenURL == "" && c.Issuer == "" {
+			return errField(pp.Name, "is required by provider %s: %s", p.Name, pp.Doc)
+		}
+	}
+	if c.TokenURL == "" && c.Issuer == "" && len(p.Environments) == 0 && p.TokenURLTemplate == "" && c.ServiceAccountFile == "" {
+		return errField("token_url", "required for provider %s, which has no built-in token URL (or give issuer)", p.Name)
+	}
+	urls := []struct{ field, value string }{{"token_url", c.TokenURL}, {"issuer", c.Issuer}, {"refresh_url", c.RefreshURL}, {"revoke_url", c.RevokeURL}}
 	for _, u := range urls {
 		if err := checkEndpointURL(u.field, u.value); err != nil {
 			return err
 		}
 	}
-	if grant == grantClientCredentials {
-		for _, u := range urls[1:] {
+	if machineGrant(grant) {
+		for _, u := range urls[2:] {
 			if u.value != "" {
 				return errField(u.field, "only for the authorization_code and refresh_token grants")
 			}
 		}
 	}
-	if c.ClientID == "" {
-		return errField("client_id", "is required")
-	}
-	if c.ClientSecret == "" {
-		return errField("client_secret", "is required")
-	}
-	if err := oneOf("client_auth", c.ClientAuth, providers.AuthBody, providers.AuthBasic); err != nil {
+	if err := c.checkClientAuth(p, grant); err != nil {
 		return err
 	}
 	if err := oneOf("request_format", c.RequestFormat, providers.FormatJSON, providers.FormatForm, providers.FormatAuto); err != nil {
@@ -196,7 +254,9 @@ func (c *Credentials) check(grant string) error {
 // never logged or marshalled whole: key() hashes it.
 type credentialSet struct {
 	Provider        string        `json:"provider"`
-	TokenURL        string        `json:"token_url"`
+	Grant           string        `json:"grant"`
+	TokenURL        string        `json:"token_url"` // "" until discovered from Issuer
+	Issuer          string        `json:"issuer,omitempty"`
 	RefreshURL      string        `json:"refresh_url,omitempty"`
 	RevokeURL       string        `json:"revoke_url,omitempty"`
 	ClientID        string        `json:"client_id"`
@@ -213,6 +273,15 @@ type credentialSet struct {
 	Audience  string            `json:"audience,omitempty"`
 	Resources []string          `json:"resources,omitempty"`
 	Params    map[string]string `json:"params,omitempty"`
+
+	// How the client proves itself (clientauth.go).
+	AssertionAudience string `json:"assertion_audience,omitempty"`
+	AssertionFile     string `json:"assertion_file,omitempty"`
+	Subject           string `json:"subject,omitempty"` // jwt_bearer: the sub claim
+	assertionIssuer   string // jwt_bearer: the iss claim (client_id, or a service account's email)
+	signer            *assertionSigner
+	tlsCert           *clientCertReloader
+	keyDigest         []byte // of the key material, for the key
 
 	preset         providers.Provider
 	clientSecret   string   // hashed into the key, never logged
@@ -231,40 +300,55 @@ func (c *Credentials) resolve(repl *caddy.Replacer, grant string) (*credentialSe
 	cs := &credentialSet{
 		preset:          p,
 		Provider:        p.Name,
-		ClientAuth:      firstNonEmpty(c.ClientAuth, p.ClientAuth),
+		Grant:           grant,
+		ClientAuth:      c.clientAuthMethod(p),
 		Format:          firstNonEmpty(c.RequestFormat, p.RequestFormat),
 		Timeout:         orDefault(time.Duration(c.Timeout), defaultTimeout),
 		DefaultLifetime: orDefault(time.Duration(c.DefaultLifetime), defaultDefaultLifetime),
 	}
 	if cs.Format == providers.FormatAuto {
 		cs.PreferredFormat = firstNonEmpty(p.PreferredFormat, providers.FormatForm)
-		if grant != grantClientCredentials {
+		if !machineGrant(grant) {
 			// A code and a rotating refresh token are single-use: no
 			// probing of formats with them.
 			cs.Format, cs.PreferredFormat = cs.PreferredFormat, ""
 		}
 	}
+	params := map[string]string{}
+	for k, v := range c.ProviderParams {
+		params[k] = repl.ReplaceKnown(v, "")
+	}
 	if cs.TokenURL, err = resolveURL(repl, "token_url", c.TokenURL); err != nil {
 		return nil, err
 	}
-	if cs.TokenURL == "" {
+	if cs.Issuer, err = resolveURL(repl, "issuer", c.Issuer); err != nil {
+		return nil, err
+	}
+	revoke := p.RevokeURL
+	switch {
+	case cs.TokenURL != "" || cs.Issuer != "" || c.ServiceAccountFile != "":
+	case p.TokenURLTemplate != "":
+		if cs.TokenURL, err = presetURL(p, p.TokenURLTemplate, params); err != nil {
+			return nil, err
+		}
+		if revoke, err = presetURL(p, p.RevokeURLTemplate, params); err != nil {
+			return nil, err
+		}
+	default:
 		if cs.TokenURL, err = p.TokenURL(c.Environment); err != nil {
 			return nil, errField("token_url", "%v", err)
 		}
 	}
-	if grant != grantClientCredentials {
+	if !machineGrant(grant) {
 		if cs.RefreshURL, err = resolveURL(repl, "refresh_url", firstNonEmpty(c.RefreshURL, p.RefreshURL)); err != nil {
 			return nil, err
 		}
-		if cs.RevokeURL, err = resolveURL(repl, "revoke_url", firstNonEmpty(c.RevokeURL, p.RevokeURL)); err != nil {
+		if cs.RevokeURL, err = resolveURL(repl, "revoke_url", firstNonEmpty(c.RevokeURL, revoke)); err != nil {
 			return nil, err
 		}
 		cs.RefreshBearer = p.RefreshBearer
 	}
-	if cs.ClientID, err = resolveRequired(repl, "client_id", c.ClientID); err != nil {
-		return nil, err
-	}
-	if cs.clientSecret, err = resolveRequired(repl, "client_secret", c.ClientSecret); err != nil {
+	if err := c.resolveClientAuth(repl, cs); err != nil {
 		return nil, err
 	}
 	for i, raw := range c.EncryptionKeys {
@@ -306,7 +390,30 @@ func (cs *credentialSet) key() string {
 		h.Write([]byte{0})
 		h.Write(k)
 	}
+	h.Write([]byte{0})
+	h.Write(cs.keyDigest)
 	return hex.EncodeToString(h.Sum(nil))
+}
+
+// presetURL builds one of a preset's endpoints from its settings.
+func presetURL(p providers.Provider, template string, params map[string]string) (string, error) {
+	u, err := p.Expand(template, params)
+	if err != nil {
+		return "", errField(p.ParamNames()[0], "%v", err)
+	}
+	if u != "" {
+		if err := checkEndpointURL("token_url", u); err != nil {
+			return "", errField(p.ParamNames()[0], "gives the endpoint %s, which is not an https URL", u)
+		}
+	}
+	return u, nil
+}
+
+// machineGrant: the grants whose tokens need no person (client
+// credentials, the JWT bearer grant); they share a token source per
+// credential set.
+func machineGrant(grant string) bool {
+	return grant == grantClientCredentials || grant == grantJWTBearer
 }
 
 // decodeEncryptionKey decodes the i-th encryption key: base64 (standard or

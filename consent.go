@@ -1,6 +1,7 @@
 package oauthbearer
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -111,8 +112,8 @@ func (h *ConsentHandler) check() error {
 		}
 	}
 	p, _ := h.Credentials.preset()
-	if h.AuthorizeURL == "" && p.AuthorizeURL == "" {
-		return errField("authorize_url", "is required: provider %s has none built in", p.Name)
+	if h.AuthorizeURL == "" && p.AuthorizeURL == "" && p.AuthorizeURLTemplate == "" && h.Issuer == "" {
+		return errField("authorize_url", "is required: provider %s has none built in (or give issuer)", p.Name)
 	}
 	if err := checkEndpointURL("authorize_url", h.AuthorizeURL); err != nil {
 		return err
@@ -186,11 +187,21 @@ func (h *ConsentHandler) configure(repl *caddy.Replacer) (*credentialSet, error)
 	if h.paths, err = consentPathsFor(redirect, h.ConnectPath, h.StatusPath, h.DisconnectPath); err != nil {
 		return nil, err
 	}
-	if h.authorizeURL, err = resolveURL(repl, "authorize_url", firstNonEmpty(h.AuthorizeURL, cs.preset.AuthorizeURL)); err != nil {
+	params := map[string]string{}
+	for k, v := range h.ProviderParams {
+		params[k] = repl.ReplaceKnown(v, "")
+	}
+	fromPreset, err := presetURL(cs.preset, cs.preset.AuthorizeURLTemplate, params)
+	if err != nil {
 		return nil, err
 	}
-	au, _ := url.Parse(h.authorizeURL)
-	h.formAction = au.Scheme + "://" + au.Host
+	if h.authorizeURL, err = resolveURL(repl, "authorize_url", firstNonEmpty(h.AuthorizeURL, fromPreset, cs.preset.AuthorizeURL)); err != nil {
+		return nil, err
+	}
+	if h.authorizeURL != "" {
+		au, _ := url.Parse(h.authorizeURL)
+		h.formAction = au.Scheme + "://" + au.Host
+	}
 	scopes := make([]string, len(h.Scopes))
 	for i, s := range h.Scopes {
 		scopes[i] = repl.ReplaceKnown(s, "")
@@ -301,15 +312,51 @@ func (h *ConsentHandler) connect(w http.ResponseWriter, r *http.Request) error {
 		q.Set("code_challenge", base64.RawURLEncoding.EncodeToString(sum[:]))
 		q.Set("code_challenge_method", "S256")
 	}
+	authorizeURL, err := h.authorizeEndpoint(r.Context())
+	if err != nil {
+		h.logger.Error("discovering the authorization endpoint failed", zap.String("provider", h.grant.cfg.Provider), zap.Error(err))
+		h.page(w, http.StatusBadGateway, pageData{Title: "Not connected", Message: "The provider's authorization endpoint cannot be found (discovery failed); see the server log."})
+		return nil
+	}
 	plain, _ := json.Marshal(st)
 	http.SetCookie(w, h.stateCookie(st.State, base64.RawURLEncoding.EncodeToString(h.grant.store.seal("state", plain)), int(stateLifetime/time.Second)))
 	sep := "?"
-	if strings.Contains(h.authorizeURL, "?") {
+	if strings.Contains(authorizeURL, "?") {
 		sep = "&"
 	}
 	h.logger.Info("consent started", zap.String("provider", h.grant.cfg.Provider), zap.String("account", account))
-	http.Redirect(w, r, h.authorizeURL+sep+q.Encode(), http.StatusSeeOther)
+	http.Redirect(w, r, authorizeURL+sep+q.Encode(), http.StatusSeeOther)
 	return nil
+}
+
+// authorizeEndpoint is the provider's authorization endpoint: configured,
+// from the preset, or discovered from the issuer.
+func (h *ConsentHandler) authorizeEndpoint(ctx context.Context) (string, error) {
+	if h.authorizeURL != "" {
+		return h.authorizeURL, nil
+	}
+	d, err := h.grant.ep.discover(ctx)
+	if err != nil {
+		return "", err
+	}
+	if d == nil || d.AuthorizationEndpoint == "" {
+		return "", fmt.Errorf("the issuer's metadata names no authorization_endpoint")
+	}
+	return d.AuthorizationEndpoint, nil
+}
+
+// formActionOf is the origin the pages' forms may be sent on to (the
+// connect form's redirect goes to the provider).
+func (h *ConsentHandler) formActionOf(ctx context.Context) string {
+	if h.formAction != "" {
+		return h.formAction
+	}
+	if u, err := h.authorizeEndpoint(ctx); err == nil {
+		if pu, err := url.Parse(u); err == nil {
+			return pu.Scheme + "://" + pu.Host
+		}
+	}
+	return ""
 }
 
 // pendingState travels, encrypted, in the state cookie: the browser that
@@ -559,7 +606,7 @@ func (h *ConsentHandler) accountsPage(w http.ResponseWriter, r *http.Request) er
 			LastRefresh: st.LastRefresh, Reason: st.Reason})
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self' "+h.formAction+"; frame-ancestors 'none'")
+	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self' "+h.formActionOf(r.Context())+"; frame-ancestors 'none'")
 	return accountsTemplate.Execute(w, d)
 }
 
@@ -589,7 +636,7 @@ var pageTemplate = template.Must(template.New("page").Parse(`<!doctype html>
 // its forms to this origin, which redirects to the provider.
 func (h *ConsentHandler) page(w http.ResponseWriter, status int, d pageData) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.Header().Set("Content-Security-Policy", "default-src 'none'; form-action 'self' "+h.formAction+"; frame-ancestors 'none'")
+	w.Header().Set("Content-Security-Policy", "default-src 'none'; form-action 'self' "+h.formActionOf(context.Background())+"; frame-ancestors 'none'")
 	w.WriteHeader(status)
 	pageTemplate.Execute(w, d)
 }

@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
@@ -41,6 +42,9 @@ type endpoint struct {
 	cfg    *credentialSet
 	clock  *clock // its owner's: stamps when a token was obtained
 	client *http.Client
+	// discovered is the issuer's metadata, once read (with issuer).
+	discovered atomic.Pointer[discoveryDocument]
+	discovery  sync.Mutex // one discovery at a time
 	// format is the request format in use; with request_format auto it
 	// starts as the preferred one and switches once if the server refuses it.
 	format atomic.Value // string
@@ -60,6 +64,11 @@ func newEndpoint(cfg *credentialSet, c *clock) *endpoint {
 		TLSHandshakeTimeout:   10 * time.Second,
 		ResponseHeaderTimeout: cfg.Timeout,
 	}
+	if cfg.tlsCert != nil {
+		// client_auth tls: the client certificate, read again when its
+		// files change (mtls.go).
+		transport.TLSClientConfig = cfg.tlsCert.tlsConfig(nil)
+	}
 	if len(cfg.caPEM) > 0 {
 		// Validated in Provision: the system roots plus the extra CA.
 		roots, err := x509.SystemCertPool()
@@ -67,7 +76,10 @@ func newEndpoint(cfg *credentialSet, c *clock) *endpoint {
 			roots = x509.NewCertPool()
 		}
 		roots.AppendCertsFromPEM(cfg.caPEM)
-		transport.TLSClientConfig = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
+		if transport.TLSClientConfig == nil {
+			transport.TLSClientConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+		}
+		transport.TLSClientConfig.RootCAs = roots
 	}
 	e := &endpoint{
 		cfg:   cfg,
@@ -96,8 +108,12 @@ func (e *endpoint) close() { e.client.CloseIdleConnections() }
 func (e *endpoint) clientCredentials(ctx context.Context) (*token, error) {
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
 	defer cancel()
+	target, err := e.tokenURL(ctx)
+	if err != nil {
+		return nil, err
+	}
 	format := e.format.Load().(string)
-	tok, err := e.tokenCall(ctx, e.cfg.TokenURL, format, e.grantParams(), "")
+	tok, err := e.tokenCall(ctx, target, format, e.grantParams, "")
 	if err == nil || e.cfg.Format != providers.FormatAuto || !formatRefused(err) {
 		return tok, err
 	}
@@ -105,7 +121,7 @@ func (e *endpoint) clientCredentials(ctx context.Context) (*token, error) {
 	if format == providers.FormatForm {
 		other = providers.FormatJSON
 	}
-	tok, err2 := e.tokenCall(ctx, e.cfg.TokenURL, other, e.grantParams(), "")
+	tok, err2 := e.tokenCall(ctx, target, other, e.grantParams, "")
 	if err2 != nil {
 		// Report the answer to the preferred format: it is the one the
 		// provider documents, so its error is the more useful one.
@@ -128,13 +144,24 @@ func formatRefused(err error) bool {
 		(te.Status == http.StatusBadRequest && te.Code == "invalid_request")
 }
 
-// grantParams returns the token request parameters, client credentials
-// excluded.
-func (e *endpoint) grantParams() url.Values {
+// grantParams returns the parameters of a client_credentials or JWT bearer
+// token request to target, client authentication excluded.
+func (e *endpoint) grantParams(target string) (url.Values, error) {
 	v := url.Values{}
-	v.Set("grant_type", "client_credentials")
-	if e.cfg.Scope != "" {
-		v.Set("scope", e.cfg.Scope)
+	if e.cfg.Grant == grantJWTBearer {
+		assertion, err := e.cfg.bearerAssertion(target)
+		if err != nil {
+			return nil, err
+		}
+		setJWTBearerGrant(v, assertion)
+		if e.cfg.Scope != "" && e.cfg.ClientAuth != providers.AuthNone {
+			v.Set("scope", e.cfg.Scope)
+		}
+	} else {
+		v.Set("grant_type", "client_credentials")
+		if e.cfg.Scope != "" {
+			v.Set("scope", e.cfg.Scope)
+		}
 	}
 	if e.cfg.Audience != "" {
 		v.Set("audience", e.cfg.Audience)
@@ -145,7 +172,18 @@ func (e *endpoint) grantParams() url.Values {
 	for k, val := range e.cfg.Params {
 		v.Set(k, val)
 	}
-	return v
+	return v, nil
+}
+
+// fixedParams makes a parameter builder of fixed parameters.
+func fixedParams(p url.Values) func(string) (url.Values, error) {
+	return func(string) (url.Values, error) {
+		c := url.Values{}
+		for k, v := range p {
+			c[k] = append([]string(nil), v...)
+		}
+		return c, nil
+	}
 }
 
 // exchangeCode redeems an authorization code (RFC 6749 4.1.3, with the PKCE
@@ -154,11 +192,15 @@ func (e *endpoint) grantParams() url.Values {
 func (e *endpoint) exchangeCode(ctx context.Context, code, verifier, redirectURI string) (*token, error) {
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
 	defer cancel()
+	target, err := e.tokenURL(ctx)
+	if err != nil {
+		return nil, err
+	}
 	p := url.Values{"grant_type": {"authorization_code"}, "code": {code}, "redirect_uri": {redirectURI}}
 	if verifier != "" {
 		p.Set("code_verifier", verifier)
 	}
-	return e.tokenCall(ctx, e.cfg.TokenURL, e.format.Load().(string), p, "")
+	return e.tokenCall(ctx, target, e.format.Load().(string), fixedParams(p), "")
 }
 
 // refresh redeems a refresh token (RFC 6749 section 6) at the refresh URL
@@ -175,7 +217,11 @@ func (e *endpoint) refresh(ctx context.Context, refreshToken string) (*token, er
 	} else {
 		p.Set("refresh_token", refreshToken)
 	}
-	return e.tokenCall(ctx, firstNonEmpty(e.cfg.RefreshURL, e.cfg.TokenURL), e.format.Load().(string), p, bearer)
+	target, err := e.tokenURL(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return e.tokenCall(ctx, firstNonEmpty(e.cfg.RefreshURL, target), e.format.Load().(string), fixedParams(p), bearer)
 }
 
 // revoke revokes a token at the provider (RFC 7009, or the provider's own
@@ -183,11 +229,23 @@ func (e *endpoint) refresh(ctx context.Context, refreshToken string) (*token, er
 func (e *endpoint) revoke(ctx context.Context, tok, hint string) error {
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
 	defer cancel()
+	target := e.cfg.RevokeURL
+	if target == "" {
+		if d, err := e.discover(ctx); err == nil && d != nil {
+			target = d.RevocationEndpoint
+			if e.cfg.tlsCert != nil && d.MTLSEndpointAliases.RevocationEndpoint != "" {
+				target = d.MTLSEndpointAliases.RevocationEndpoint
+			}
+		}
+	}
+	if target == "" {
+		return nil
+	}
 	p := url.Values{"token": {tok}}
 	if hint != "" {
 		p.Set("token_type_hint", hint)
 	}
-	resp, body, _, err := e.do(ctx, e.cfg.RevokeURL, e.format.Load().(string), p, "")
+	resp, body, _, err := e.do(ctx, target, e.format.Load().(string), fixedParams(p), "")
 	if err != nil {
 		return err
 	}
@@ -201,7 +259,9 @@ func (e *endpoint) revoke(ctx context.Context, tok, hint string) error {
 }
 
 // tokenCall posts a token request, parses the answer and counts it.
-func (e *endpoint) tokenCall(ctx context.Context, target, format string, params url.Values, bearer string) (*token, error) {
+// params builds the request's parameters for its target (a JWT assertion
+// names the endpoint it is sent to).
+func (e *endpoint) tokenCall(ctx context.Context, target, format string, params func(string) (url.Values, error), bearer string) (*token, error) {
 	began := time.Now()
 	resp, body, start, err := e.do(ctx, target, format, params, bearer)
 	var tok *token
@@ -215,12 +275,20 @@ func (e *endpoint) tokenCall(ctx context.Context, target, format string, params 
 
 // do posts params to target with client authentication and reads at most
 // maxTokenResponse of the answer.
-func (e *endpoint) do(ctx context.Context, target, format string, params url.Values, bearer string) (*http.Response, []byte, time.Time, error) {
+func (e *endpoint) do(ctx context.Context, target, format string, params func(string) (url.Values, error), bearer string) (*http.Response, []byte, time.Time, error) {
 	start := e.clock.now()
-	req, err := e.newRequest(ctx, target, format, params, bearer)
-	if err != nil {
-		return nil, nil, start, e.localError("invalid_request", err.Error())
+	p, err := params(target)
+	if err == nil {
+		var req *http.Request
+		if req, err = e.newRequest(ctx, target, format, p, bearer); err == nil {
+			return e.send(ctx, req, start)
+		}
 	}
+	return nil, nil, start, e.localError("invalid_request", err.Error())
+}
+
+// send sends a request and reads at most maxTokenResponse of the answer.
+func (e *endpoint) send(ctx context.Context, req *http.Request, start time.Time) (*http.Response, []byte, time.Time, error) {
 	resp, err := e.client.Do(req)
 	if err != nil {
 		return nil, nil, start, e.transportError(ctx, err)
@@ -241,10 +309,9 @@ func (e *endpoint) do(ctx context.Context, target, format string, params url.Val
 // bearer credential (a refresh token sent as Authorization: Bearer), the
 // client authenticates in the body.
 func (e *endpoint) newRequest(ctx context.Context, target, format string, params url.Values, bearer string) (*http.Request, error) {
-	basic := e.cfg.ClientAuth == providers.AuthBasic && bearer == ""
-	if !basic {
-		params.Set("client_id", e.cfg.ClientID)
-		params.Set("client_secret", e.cfg.clientSecret)
+	authorization, err := e.cfg.authenticate(params, target, bearer != "")
+	if err != nil {
+		return nil, err
 	}
 	var body []byte
 	var contentType string
@@ -275,12 +342,54 @@ func (e *endpoint) newRequest(ctx context.Context, target, format string, params
 	switch {
 	case bearer != "":
 		req.Header.Set("Authorization", "Bearer "+bearer)
-	case basic:
-		// RFC 6749 2.3.1: form-encode id and secret before Basic encoding.
-		cred := url.QueryEscape(e.cfg.ClientID) + ":" + url.QueryEscape(e.cfg.clientSecret)
-		req.Header.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(cred)))
+	case authorization != "":
+		req.Header.Set("Authorization", authorization)
 	}
 	return req, nil
+}
+
+// tokenURL is the token endpoint: configured, or discovered from the
+// issuer (its mTLS alias with client_auth tls).
+func (e *endpoint) tokenURL(ctx context.Context) (string, error) {
+	if e.cfg.TokenURL != "" {
+		return e.cfg.TokenURL, nil
+	}
+	d, err := e.discover(ctx)
+	if err != nil {
+		return "", err
+	}
+	if e.cfg.tlsCert != nil {
+		return d.mtlsTokenEndpoint(), nil
+	}
+	return d.TokenEndpoint, nil
+}
+
+// discover reads the issuer's metadata once (and again after a failure);
+// nil without an issuer. A failure is a token error, backed off like one.
+func (e *endpoint) discover(ctx context.Context) (*discoveryDocument, error) {
+	if e.cfg.Issuer == "" {
+		return nil, nil
+	}
+	if d := e.discovered.Load(); d != nil {
+		return d, nil
+	}
+	e.discovery.Lock()
+	defer e.discovery.Unlock()
+	if d := e.discovered.Load(); d != nil {
+		return d, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
+	defer cancel()
+	d, err := discoverIssuer(ctx, e.client, e.cfg.Issuer)
+	if err != nil {
+		code := "discovery_failed"
+		if ctx.Err() != nil {
+			code = "timeout"
+		}
+		return nil, &TokenError{Provider: e.cfg.Provider, Code: code, Description: e.cfg.redact(err.Error())}
+	}
+	e.discovered.Store(d)
+	return d, nil
 }
 
 func (e *endpoint) localError(code, desc string) *TokenError {

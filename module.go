@@ -69,8 +69,9 @@ type Handler struct {
 	Credentials
 
 	// Grant is how tokens are obtained: client_credentials (the default),
-	// authorization_code (a person consents once through
-	// oauth_bearer_consent; this handler uses the stored grant) or
+	// jwt_bearer (RFC 7523: a signed assertion is the grant; the google
+	// preset's default), authorization_code (a person consents once
+	// through oauth_bearer_consent; this handler uses the stored grant) or
 	// refresh_token (starting from RefreshToken, obtained elsewhere).
 	Grant string `json:"grant,omitempty"`
 
@@ -91,6 +92,11 @@ type Handler struct {
 	// Params are extra parameters of the client_credentials request.
 	// grant_type, client_id and client_secret cannot be set this way.
 	Params map[string]string `json:"params,omitempty"`
+
+	// Subject is the sub claim of grant jwt_bearer's assertion: the user
+	// the token acts for (Salesforce: the username; Google: a user to
+	// impersonate with domain-wide delegation).
+	Subject string `json:"subject,omitempty"`
 
 	// RefreshToken seeds grant refresh_token for the default account;
 	// once the grant is stored (and rotated), the stored one is used, until
@@ -182,12 +188,17 @@ func (*Handler) CaddyModule() caddy.ModuleInfo {
 	}
 }
 
-func (h *Handler) grantType() string { return firstNonEmpty(h.Grant, grantClientCredentials) }
+// grantType is the grant configured, else the preset's, else
+// client_credentials.
+func (h *Handler) grantType() string {
+	p, _ := h.Credentials.preset()
+	return firstNonEmpty(h.Grant, p.Grant, grantClientCredentials)
+}
 
 // check applies the configuration rules that hold before placeholders are
 // resolved; the Caddyfile parser runs it too.
 func (h *Handler) check() error {
-	if err := oneOf("grant", h.Grant, grantClientCredentials, grantAuthorizationCode, grantRefreshToken); err != nil {
+	if err := oneOf("grant", h.Grant, grantClientCredentials, grantAuthorizationCode, grantRefreshToken, grantJWTBearer); err != nil {
 		return err
 	}
 	grant := h.grantType()
@@ -197,7 +208,10 @@ func (h *Handler) check() error {
 	if err := oneOf("token_store", h.TokenStore, tokenStoreStorage, tokenStoreMemory); err != nil {
 		return err
 	}
-	if grant == grantClientCredentials {
+	if h.Subject != "" && grant != grantJWTBearer {
+		return errField("subject", "only for grant jwt_bearer")
+	}
+	if machineGrant(grant) {
 		for _, f := range []struct{ field, value string }{{"refresh_token", h.RefreshToken}, {"account", h.Account}} {
 			if f.value != "" {
 				return errField(f.field, "only for the authorization_code and refresh_token grants")
@@ -219,11 +233,11 @@ func (h *Handler) check() error {
 	} else {
 		if len(h.Scopes) > 0 || h.Audience != "" || len(h.Resources) > 0 || len(h.Params) > 0 {
 			field := map[bool]string{true: "scope", false: "audience, resource and param"}[len(h.Scopes) > 0]
-			return errField(field, "only for the client_credentials grant (a grant's scopes are asked for by oauth_bearer_consent)")
+			return errField(field, "only for the client_credentials and jwt_bearer grants (a grant's scopes are asked for by oauth_bearer_consent)")
 		}
 		switch {
 		case h.TokenStore == tokenStoreMemory:
-			return errField("token_store", "grants are kept in the storage; memory is for the client_credentials grant")
+			return errField("token_store", "grants are kept in the storage; memory is for the client_credentials and jwt_bearer grants")
 		case grant == grantRefreshToken && h.RefreshToken == "":
 			return errField("refresh_token", "is required by grant refresh_token")
 		case grant != grantRefreshToken && h.RefreshToken != "":
@@ -307,7 +321,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.use = &use{logger: h.logger, storage: contextStorage(ctx), refreshBefore: time.Duration(h.RefreshBefore)}
 
-	if h.grantType() == grantClientCredentials {
+	if machineGrant(h.grantType()) {
 		shared := h.TokenStore != tokenStoreMemory
 		h.poolKey = "cc:" + cs.key()
 		if !shared {
@@ -348,7 +362,7 @@ func (h *Handler) configure(repl *caddy.Replacer) (*credentialSet, error) {
 	if err != nil {
 		return nil, err
 	}
-	if h.grantType() == grantClientCredentials {
+	if machineGrant(h.grantType()) {
 		if err := h.resolveTokenParams(repl, cs); err != nil {
 			return nil, err
 		}
@@ -370,6 +384,7 @@ func (h *Handler) configure(repl *caddy.Replacer) (*credentialSet, error) {
 // resolved, into the credential set (they decide which token it gets).
 func (h *Handler) resolveTokenParams(repl *caddy.Replacer, cs *credentialSet) error {
 	cs.Scope = repl.ReplaceKnown(strings.Join(h.Scopes, " "), "")
+	cs.Subject = repl.ReplaceKnown(h.Subject, "")
 	cs.Audience = firstNonEmpty(repl.ReplaceKnown(h.Audience, ""), cs.preset.Audience)
 	if cs.preset.RequiresAudience && cs.Audience == "" {
 		return errField("audience", "is required by provider %s", cs.Provider)

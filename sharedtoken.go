@@ -54,6 +54,8 @@ type tokenRecord struct {
 	RefusedCode string    `json:"refused_code,omitempty"`
 	RefusedDesc string    `json:"refused_description,omitempty"`
 	RetryAt     time.Time `json:"retry_at,omitzero"`
+	// Discovery is the issuer's metadata, when the endpoints come from it.
+	Discovery *discoveryDocument `json:"discovery,omitempty"`
 }
 
 // sharedFetcher is the fetcher of a client-credentials source whose token
@@ -129,6 +131,9 @@ func (f *sharedFetcher) read(ctx context.Context) (*tokenRecord, error) {
 	if rec.Format != "" && f.ep.cfg.Format == providers.FormatAuto {
 		f.ep.format.Store(rec.Format)
 	}
+	if d := rec.Discovery; d != nil && f.ep.cfg.Issuer != "" && d.check(f.ep.cfg.Issuer) == nil {
+		f.ep.discovered.CompareAndSwap(nil, d)
+	}
 	return &rec, nil
 }
 
@@ -165,6 +170,7 @@ func (f *sharedFetcher) fetchAndStore(ctx context.Context, rec *tokenRecord) (*t
 	if f.ep.cfg.Format == providers.FormatAuto {
 		next.Format = f.ep.format.Load().(string)
 	}
+	next.Discovery = f.ep.discovered.Load()
 	var te *TokenError
 	switch {
 	case err == nil:

@@ -17,11 +17,32 @@ const (
 	FormatAuto = "auto" // the preferred format first, the other one once on 400 invalid_request or 415
 )
 
-// Client authentication methods (RFC 6749 section 2.3.1).
+// Client authentication methods.
 const (
-	AuthBody  = "body"  // client_secret_post: client_id and client_secret in the body
-	AuthBasic = "basic" // client_secret_basic: HTTP Basic, each part form-encoded first
+	AuthBody  = "body"  // client_secret_post: client_id and client_secret in the body (RFC 6749 2.3.1)
+	AuthBasic = "basic" // client_secret_basic: HTTP Basic, each part form-encoded first (RFC 6749 2.3.1)
+	// AuthClientSecretJWT: a JWT signed (HS256) with the client secret (RFC 7523, OIDC).
+	AuthClientSecretJWT = "client_secret_jwt"
+	// AuthPrivateKeyJWT: a JWT signed with the client's private key, or an
+	// assertion made by someone else (RFC 7523, OIDC).
+	AuthPrivateKeyJWT = "private_key_jwt"
+	AuthTLS           = "tls"  // mutual TLS with a client certificate (RFC 8705)
+	AuthNone          = "none" // client_id only: a public client
 )
+
+// Grants a preset may default to.
+const (
+	GrantJWTBearer = "jwt_bearer" // RFC 7523 2.1: the signed assertion is the grant
+)
+
+// Param is a setting of a preset that its endpoints are built from (a
+// tenant, a domain, a realm), given with the subdirective of its name.
+type Param struct {
+	Name     string
+	Default  string // "" and Required: must be given
+	Required bool
+	Doc      string
+}
 
 // Provider is a preset: defaults for one API provider. Every value can be
 // overridden in the handler's configuration.
@@ -60,6 +81,57 @@ type Provider struct {
 	// RefreshBefore is how long before expiry the provider asks clients to
 	// replace a token; zero means the handler default.
 	RefreshBefore time.Duration
+
+	// Params are the preset's own settings; the templates below use them
+	// as {name}.
+	Params []Param
+	// TokenURLTemplate, AuthorizeURLTemplate and RevokeURLTemplate build
+	// the endpoints from Params, for providers whose endpoints name a
+	// tenant, a domain or a realm.
+	TokenURLTemplate     string
+	AuthorizeURLTemplate string
+	RevokeURLTemplate    string
+	// Grant is the grant used when none is configured (google: jwt_bearer).
+	Grant string
+}
+
+// Param returns the preset's setting of that name.
+func (p Provider) Param(name string) (Param, bool) {
+	for _, pp := range p.Params {
+		if pp.Name == name {
+			return pp, true
+		}
+	}
+	return Param{}, false
+}
+
+// ParamNames lists the preset's settings.
+func (p Provider) ParamNames() []string {
+	names := make([]string, len(p.Params))
+	for i, pp := range p.Params {
+		names[i] = pp.Name
+	}
+	return names
+}
+
+// Expand fills a template with the settings given (or their defaults).
+// It reports which required setting is missing.
+func (p Provider) Expand(template string, given map[string]string) (string, error) {
+	if template == "" {
+		return "", nil
+	}
+	out := template
+	for _, pp := range p.Params {
+		v := given[pp.Name]
+		if v == "" {
+			v = pp.Default
+		}
+		if v == "" && strings.Contains(template, "{"+pp.Name+"}") {
+			return "", fmt.Errorf("provider %s needs %s", p.Name, pp.Name)
+		}
+		out = strings.ReplaceAll(out, "{"+pp.Name+"}", v)
+	}
+	return out, nil
 }
 
 // TokenURL returns the token URL of the named environment, or of the
@@ -72,6 +144,9 @@ func (p Provider) TokenURL(env string) (string, error) {
 		return u, nil
 	}
 	if len(p.Environments) == 0 {
+		if p.TokenURLTemplate != "" {
+			return "", fmt.Errorf("provider %q builds its token URL from %s", p.Name, strings.Join(p.ParamNames(), ", "))
+		}
 		return "", fmt.Errorf("provider %q has no built-in token URL: set token_url", p.Name)
 	}
 	return "", fmt.Errorf("provider %q has no environment %q (known: %s)", p.Name, env, strings.Join(p.EnvironmentNames(), ", "))

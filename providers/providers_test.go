@@ -26,7 +26,9 @@ func TestPresetsAreComplete(t *testing.T) {
 		default:
 			t.Errorf("%s: bad request format %q", name, p.RequestFormat)
 		}
-		if p.ClientAuth != AuthBody && p.ClientAuth != AuthBasic {
+		switch p.ClientAuth {
+		case AuthBody, AuthBasic, AuthNone:
+		default:
 			t.Errorf("%s: bad client auth %q", name, p.ClientAuth)
 		}
 		if p.RequiresAudience && p.Audience == "" {
