@@ -705,18 +705,19 @@ func checkFetchedURL(name, raw string) error {
 // The configuration of client authentication, and its use on the wire
 
 // clientAuthMethod is the method a configuration uses: client_auth, else
-// private_key_jwt when it has a client assertion file or (for a client
-// credentials or code grant) a private key, else the preset's.
-func (c *Credentials) clientAuthMethod(p providers.Provider) string {
+// what its credentials imply (with grant jwt_bearer the assertion is the
+// authentication: none; a client assertion file or a private key:
+// private_key_jwt; a client certificate: tls), else the preset's.
+func (c *Credentials) clientAuthMethod(p providers.Provider, grant string) string {
 	switch {
 	case c.ClientAuth != "":
 		return c.ClientAuth
-	case c.ClientAssertionFile != "":
+	case grant == grantJWTBearer:
+		return providers.AuthNone
+	case c.ClientAssertionFile != "" || c.PrivateKey != "":
 		return providers.AuthPrivateKeyJWT
 	case c.TLSClientCert != "":
 		return providers.AuthTLS
-	case c.ServiceAccountFile != "":
-		return providers.AuthNone
 	}
 	return p.ClientAuth
 }
@@ -728,16 +729,16 @@ func (c *Credentials) checkClientAuth(p providers.Provider, grant string) error 
 		providers.AuthPrivateKeyJWT, providers.AuthTLS, providers.AuthNone); err != nil {
 		return err
 	}
-	method := c.clientAuthMethod(p)
-	if c.ClientAssertionFile != "" && method != providers.AuthPrivateKeyJWT {
+	method := c.clientAuthMethod(p, grant)
+	if c.ClientAssertionFile != "" && method != providers.AuthPrivateKeyJWT && grant != grantJWTBearer {
 		return errField("client_assertion_file", "is client_auth private_key_jwt: it cannot be combined with client_auth %s", method)
 	}
 	if c.ClientAssertionFile != "" && c.PrivateKey != "" {
 		return errField("client_assertion_file", "an assertion is either read from a file or signed with private_key, not both")
 	}
 	if grant == grantJWTBearer {
-		if c.ServiceAccountFile == "" && c.PrivateKey == "" {
-			return errField("private_key", "grant jwt_bearer signs its assertion: give private_key, or service_account_file")
+		if c.ServiceAccountFile == "" && c.PrivateKey == "" && c.ClientAssertionFile == "" {
+			return errField("private_key", "grant jwt_bearer needs an assertion: give private_key, service_account_file or client_assertion_file")
 		}
 		if c.ServiceAccountFile != "" && c.PrivateKey != "" {
 			return errField("service_account_file", "holds the private key already; leave out private_key")
@@ -759,6 +760,9 @@ func (c *Credentials) checkClientAuth(p providers.Provider, grant string) error 
 	case providers.AuthPrivateKeyJWT:
 		if c.PrivateKey == "" && c.ClientAssertionFile == "" {
 			return errField("client_auth", "private_key_jwt needs private_key (or client_assertion_file)")
+		}
+		if grant == grantJWTBearer && c.ClientAssertionFile == "" && c.ServiceAccountFile != "" {
+			return errField("client_auth", "private_key_jwt with grant jwt_bearer signs the client's assertion with private_key; the service account's key signs the grant")
 		}
 	case providers.AuthTLS:
 		if c.TLSClientCert == "" || c.TLSClientKey == "" {
@@ -809,7 +813,7 @@ func (c *Credentials) resolveClientAuth(repl *caddy.Replacer, cs *credentialSet)
 		if cs.signer, err = sa.signer(); err != nil {
 			return errField("service_account_file", "%v", err)
 		}
-		cs.assertionIssuer = sa.clientEmail
+		cs.assertionIssuer, cs.scopeInAssertion = sa.clientEmail, true
 		cs.ClientID = firstNonEmpty(cs.ClientID, sa.clientEmail)
 		if cs.TokenURL == "" && cs.Issuer == "" {
 			cs.TokenURL = sa.tokenURI
@@ -915,7 +919,7 @@ func (cs *credentialSet) bearerAssertion(target string) (string, error) {
 		return readAssertionFile(cs.AssertionFile)
 	}
 	c := assertionClaims{issuer: cs.assertionIssuer, subject: cs.Subject, audience: firstNonEmpty(cs.AssertionAudience, target)}
-	if cs.ClientAuth == providers.AuthNone && cs.Scope != "" {
+	if cs.scopeInAssertion && cs.Scope != "" {
 		c.extra = map[string]any{"scope": cs.Scope}
 	}
 	return cs.signer.sign(time.Now(), c)

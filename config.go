@@ -279,6 +279,7 @@ type credentialSet struct {
 	AssertionFile     string `json:"assertion_file,omitempty"`
 	Subject           string `json:"subject,omitempty"` // jwt_bearer: the sub claim
 	assertionIssuer   string // jwt_bearer: the iss claim (client_id, or a service account's email)
+	scopeInAssertion  bool   // jwt_bearer: the scope is a claim (Google), not a parameter
 	signer            *assertionSigner
 	tlsCert           *clientCertReloader
 	keyDigest         []byte // of the key material, for the key
@@ -301,7 +302,7 @@ func (c *Credentials) resolve(repl *caddy.Replacer, grant string) (*credentialSe
 		preset:          p,
 		Provider:        p.Name,
 		Grant:           grant,
-		ClientAuth:      c.clientAuthMethod(p),
+		ClientAuth:      c.clientAuthMethod(p, grant),
 		Format:          firstNonEmpty(c.RequestFormat, p.RequestFormat),
 		Timeout:         orDefault(time.Duration(c.Timeout), defaultTimeout),
 		DefaultLifetime: orDefault(time.Duration(c.DefaultLifetime), defaultDefaultLifetime),

@@ -154,7 +154,7 @@ func (e *endpoint) grantParams(target string) (url.Values, error) {
 			return nil, err
 		}
 		setJWTBearerGrant(v, assertion)
-		if e.cfg.Scope != "" && e.cfg.ClientAuth != providers.AuthNone {
+		if e.cfg.Scope != "" && !e.cfg.scopeInAssertion {
 			v.Set("scope", e.cfg.Scope)
 		}
 	} else {
