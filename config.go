@@ -140,11 +140,12 @@ type Credentials struct {
 	// It means client_auth private_key_jwt.
 	ClientAssertionFile string `json:"client_assertion_file,omitempty"`
 
-	// TLSClientCert and TLSClientKey are the client certificate and key of
-	// client_auth tls (RFC 8705): paths, or PEM. Read again when the files
-	// change.
+	// TLSClientCert is the client certificate of client_auth tls (RFC
+	// 8705): a PEM file's path. Read again when the file changes.
 	TLSClientCert string `json:"tls_client_cert,omitempty"`
-	TLSClientKey  string `json:"tls_client_key,omitempty"`
+
+	// TLSClientKey is TLSClientCert's private key: a PEM file's path.
+	TLSClientKey string `json:"tls_client_key,omitempty"`
 
 	// ServiceAccountFile is a Google service account key file (path or
 	// JSON), for grant jwt_bearer: its client_email, private_key,
