@@ -772,10 +772,10 @@ func (c *Credentials) checkClientAuth(p providers.Provider, grant string) error 
 	if c.TLSClientCert != "" && method != providers.AuthTLS {
 		return errField("tls_client_cert", "only with client_auth tls")
 	}
-	signs := c.PrivateKey != "" || c.ServiceAccountFile != ""
+	signs := c.PrivateKey != "" || c.ServiceAccountFile != "" || method == providers.AuthClientSecretJWT
 	for _, f := range []struct{ field, value string }{{"certificate", c.Certificate}, {"key_id", c.KeyID}, {"signing_alg", c.SigningAlg}} {
 		if f.value != "" && c.PrivateKey == "" && !(f.field == "signing_alg" && signs) {
-			return errField(f.field, "only with private_key")
+			return errField(f.field, "only with private_key (signing_alg: or client_auth client_secret_jwt)")
 		}
 	}
 	if c.AssertionAudience != "" && method != providers.AuthPrivateKeyJWT && method != providers.AuthClientSecretJWT && grant != grantJWTBearer {

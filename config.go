@@ -318,7 +318,9 @@ func (c *Credentials) resolve(repl *caddy.Replacer, grant string) (*credentialSe
 	}
 	params := map[string]string{}
 	for k, v := range c.ProviderParams {
-		params[k] = repl.ReplaceKnown(v, "")
+		if params[k], err = resolveRequired(repl, k, v); err != nil {
+			return nil, err
+		}
 	}
 	if cs.TokenURL, err = resolveURL(repl, "token_url", c.TokenURL); err != nil {
 		return nil, err
