@@ -380,6 +380,17 @@ func TestClientAuthE2EJWTBearerSubjectClientAuthNone(t *testing.T) {
 	testJWTBearerSubject(t, "\t\tclient_auth none\n")
 }
 
+// The same Caddyfile as a user writes it from the documented surface
+// (grant jwt_bearer, private_key, subject, scope), without client_auth:
+// the signed assertion is the grant and there is no client secret, so the
+// configuration must load and work as with client_auth none.
+//
+// FAILS (production): the generic preset's client_auth basic applies, and
+// loading stops with "client_secret: is required (client_auth basic)".
+func TestClientAuthE2EJWTBearerSubject(t *testing.T) {
+	testJWTBearerSubject(t, "")
+}
+
 func testJWTBearerSubject(t *testing.T, extra string) {
 	key := clientAuthKeys().rsa
 	keyPEM := pkcs8PEM(t, key)
