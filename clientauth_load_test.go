@@ -182,3 +182,46 @@ func TestClientAuthLoadErrors(t *testing.T) {
 		})
 	}
 }
+
+// private_key without client_auth, for a client credentials grant: the
+// comment of clientAuthMethod says the key implies private_key_jwt, so the
+// configuration loads and signs its assertions.
+//
+// FAILS (production): clientAuthMethod has no case for a private key; the
+// generic preset's basic applies and loading stops with "client_secret: is
+// required (client_auth basic)".
+func TestClientAuthPrivateKeyImpliesPrivateKeyJWT(t *testing.T) {
+	keyPath := writeTestFile(t, "client.key", pkcs8PEM(t, clientAuthKeys().p256))
+	h := &Handler{Credentials: Credentials{TokenURL: "https://idp.example.com/oauth2/token", ClientID: "my-client", PrivateKey: keyPath}}
+	cs, err := h.configure(provisionReplacer())
+	if err != nil {
+		t.Fatalf("configure: %v", err)
+	}
+	if cs.ClientAuth != "private_key_jwt" || cs.signer == nil {
+		t.Fatalf("client_auth %q (signer set: %v), want private_key_jwt", cs.ClientAuth, cs.signer != nil)
+	}
+}
+
+// tls_client_cert and its key given as PEM (from {env.X}): config.go
+// documents both fields as "paths, or PEM".
+//
+// FAILS (production): the values are passed to the reloader as paths, and
+// loading stops with "tls_client_cert: mtls client certificate: the
+// configured value: no such file or directory".
+func TestClientAuthTLSClientCertInlinePEM(t *testing.T) {
+	ca := newMTLSTestCA(t, "inline CA")
+	key := clientAuthKeys().p256
+	keyPEM := sec1PEM(t, key)
+	t.Setenv("OAB_INLINE_TLS_CERT", string(pemOf("CERTIFICATE", ca.issueClient(t, "inline", key).Raw)))
+	t.Setenv("OAB_INLINE_TLS_KEY", string(keyPEM))
+	h := &Handler{Credentials: Credentials{TokenURL: "https://idp.example.com/oauth2/token", ClientID: "inline",
+		ClientAuth: "tls", TLSClientCert: "{env.OAB_INLINE_TLS_CERT}", TLSClientKey: "{env.OAB_INLINE_TLS_KEY}"}}
+	cs, err := h.configure(provisionReplacer())
+	if err != nil {
+		assertNoKeyLeak(t, "the error", err.Error(), keyPEM)
+		t.Fatalf("configure: %v", err)
+	}
+	if cert, _ := cs.tlsCert.current(); cert == nil || cert.Leaf.Subject.CommonName != "inline" {
+		t.Fatalf("client certificate %v", cert)
+	}
+}
