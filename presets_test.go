@@ -181,6 +181,7 @@ func TestPresetMissingSettings(t *testing.T) {
 		{"auth0 without domain", creds("auth0"), []string{"domain", "auth0"}},
 		{"okta without domain", creds("okta", "authorization_server", "custom1"), []string{"domain", "okta"}},
 		{"keycloak without realm", creds("keycloak", "base_url", "https://sso.example.com"), []string{"realm", "keycloak"}},
+		{"keycloak realm resolves empty", creds("keycloak", "base_url", "https://sso.example.com", "realm", "{env.OAB_PRESET_EMPTY}"), []string{"realm"}},
 		{"keycloak without base_url", creds("keycloak", "realm", "acme"), []string{"base_url", "keycloak"}},
 		{"keycloak base_url in clear text", creds("keycloak", "base_url", "http://sso.example.com", "realm", "acme"), []string{"base_url", "https"}},
 		{"tenant on okta", creds("okta", "domain", "example.okta.com", "tenant", "x"), []string{"tenant", "okta"}},
