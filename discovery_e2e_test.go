@@ -173,3 +173,19 @@ func TestDiscoveryE2EOutageBackoff(t *testing.T) {
 		t.Fatalf("after recovery: %d discovery requests (want 2), %d tokens (want 1)", n, issued)
 	}
 }
+
+// The discovered document is kept in the shared token record: after a
+// restart (a new process, as far as the pool knows), the next token
+// request uses the stored document and does not ask the issuer again.
+func TestDiscoveryE2EDocumentSurvivesRestart(t *testing.T) {
+	clock := useFakeClock(t)
+	d := newDiscoveryE2E(t)
+	c := startCaddy(t, d.sites)
+	wantInjected(t, c, d.up, "/", "at-disco-client-1")
+	c.restart(d.sites)
+	clock.add(2 * time.Hour) // the stored token has expired: a token request follows
+	wantInjected(t, c, d.up, "/after-restart", "at-disco-client-2")
+	if n := d.is.hits.Load(); n != 1 {
+		t.Fatalf("discovery requests: %d, want 1 (the stored document used after the restart)", n)
+	}
+}
