@@ -420,3 +420,45 @@ func testJWTBearerSubject(t *testing.T, extra string) {
 	}
 	assertNothingLeaked(t, c, sites, answers, [][]byte{keyPEM}, s.values())
 }
+
+// An assertion file that goes bad after loading (its owner wrote
+// something else into it) fails the token request with a token error, and
+// neither the log nor the answer repeats what the file holds.
+func TestClientAuthE2EAssertionFileGoesBad(t *testing.T) {
+	clock := useFakeClock(t)
+	key := clientAuthKeys().p384
+	s := newRecordingJWTServer(t)
+	s.register("workload", key.Public(), "")
+	kubelet, err := newAssertionSigner(key, "", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good, err := kubelet.sign(time.Now(), assertionClaims{issuer: "workload", subject: "workload", audience: s.url})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := writeTestFile(t, "token", []byte(good))
+	up := newUpstream(t)
+	sites := e2eSite("oauth_bearer", fmt.Sprintf(`		token_url %s
+		client_id workload
+		client_assertion_file %s`, s.url, path), up)
+	c := startCaddy(t, sites)
+	answers := wantInjected(t, c, up, "/", "at-workload-1")
+
+	const bad = "password=hunter2-not-a-jwt-at-all"
+	replaceFile(t, path, []byte(bad))
+	clock.add(2 * time.Hour)
+	status, body := c.get("/bad")
+	if status != http.StatusBadGateway || !strings.Contains(body, "generic") {
+		t.Fatalf("with a bad assertion file: %d %q, want 502 naming the provider", status, body)
+	}
+	if n := s.requests.Load(); n != 1 {
+		t.Errorf("the token endpoint got %d requests; a bad assertion file must not be sent", n)
+	}
+	logs := c.logs()
+	if !strings.Contains(logs, "client_assertion_file") || !strings.Contains(logs, path) {
+		t.Errorf("the log does not name the file:\n%s", logs)
+	}
+	assertNoValueLeak(t, "Caddy's log", logs, bad, good)
+	assertNoValueLeak(t, "the answer to the client", answers+body, bad, good)
+}
