@@ -462,3 +462,30 @@ func TestClientAuthE2EAssertionFileGoesBad(t *testing.T) {
 	assertNoValueLeak(t, "Caddy's log", logs, bad, good)
 	assertNoValueLeak(t, "the answer to the client", answers+body, bad, good)
 }
+
+// client_secret_jwt with signing_alg HS512: resolveClientAuth signs with
+// the configured HMAC algorithm (newSecretAssertionSigner takes HS256,
+// HS384 and HS512), and signingAlg's own error points users with an HS
+// algorithm to client_secret_jwt; so signing_alg HS512 with
+// client_secret_jwt must load and sign HS512.
+//
+// FAILS (production): checkClientAuth refuses signing_alg without
+// private_key ("signing_alg: only with private_key"), so the HS384/HS512
+// path of resolveClientAuth can never be reached.
+func TestClientAuthE2EClientSecretJWTHS512(t *testing.T) {
+	const secret = "e2e-client-secret-jwt-hs512-0123456789-abcdefghijklmnopqrstuvwxyz-0123"
+	t.Setenv("OAB_E2E_CSJ512_SECRET", secret)
+	s := newRecordingJWTServer(t)
+	s.register("web-app-512", []byte(secret), "")
+	up := newUpstream(t)
+	sites := e2eSite("oauth_bearer", fmt.Sprintf(`		token_url %s
+		client_id web-app-512
+		client_secret {env.OAB_E2E_CSJ512_SECRET}
+		client_auth client_secret_jwt
+		signing_alg HS512`, s.url), up)
+	c := startCaddy(t, sites)
+	wantInjected(t, c, up, "/", "at-web-app-512-1")
+	if sent := s.assertions(); len(sent) != 1 || sent[0].header["alg"] != "HS512" {
+		t.Fatalf("assertions: %+v", sent)
+	}
+}
