@@ -1,0 +1,94 @@
+package oauthbearer
+
+// A client assertion is single-use: providers refuse a jti they have seen
+// (RFC 7523 §3, item 7). These tests make many token requests through the
+// real paths, against a server that refuses a repeated jti.
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// 100 tokens through a real Caddy with private_key_jwt: the cached token
+// expires on a fake clock before each request, so each request makes a
+// token request with a fresh assertion; the server accepts all 100 and
+// their jti all differ.
+func TestClientAuthJTINeverRepeatsThroughCaddy(t *testing.T) {
+	clock := useFakeClock(t)
+	key := clientAuthKeys().p256
+	s := newRecordingJWTServer(t)
+	s.register("jti-client", key.Public(), "")
+	keyPath := writeTestFile(t, "client.key", pkcs8PEM(t, key))
+	up := newUpstream(t)
+	c := startCaddy(t, e2eSite("oauth_bearer", fmt.Sprintf(`		token_url %s
+		client_id jti-client
+		client_auth private_key_jwt
+		private_key %s`, s.url, keyPath), up))
+	const n = 100
+	for i := 1; i <= n; i++ {
+		clock.add(2 * time.Hour) // the last token (3600 s) has expired
+		wantInjected(t, c, up, "/", fmt.Sprintf("at-jti-client-%d", i))
+	}
+	wantDistinctJTI(t, s, n)
+}
+
+// 100 JWT bearer grants (a Google service account) from one endpoint, 4 at
+// a time: the signer is shared by concurrent token requests and still
+// never repeats a jti.
+func TestClientAuthJTINeverRepeatsConcurrentJWTBearer(t *testing.T) {
+	key := clientAuthKeys().rsa2
+	s := newRecordingJWTServer(t)
+	s.register("robot@proj.iam.gserviceaccount.com", key.Public(), "")
+	saPath := writeTestFile(t, "sa.json", googleKeyJSON(t, key, s.url, nil))
+	h := &Handler{Credentials: Credentials{Provider: "google", ServiceAccountFile: saPath}, Scopes: []string{"scope-a"}}
+	cs, err := h.configure(provisionReplacer())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := newEndpoint(cs, &clock{})
+	defer ep.close()
+	const workers, each = 4, 25
+	var wg sync.WaitGroup
+	errs := make(chan error, workers*each)
+	for range workers {
+		wg.Go(func() {
+			for range each {
+				if _, err := ep.clientCredentials(context.Background()); err != nil {
+					errs <- err
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	if len(errs) > 0 {
+		t.Fatalf("%d of %d token requests failed; the first: %v", len(errs), workers*each, <-errs)
+	}
+	wantDistinctJTI(t, s, workers*each)
+}
+
+// wantDistinctJTI fails unless the server issued n tokens, refused none,
+// and saw n distinct jti and n distinct assertions.
+func wantDistinctJTI(t *testing.T, s *recordingJWTServer, n int) {
+	t.Helper()
+	if s.issued.Load() != int64(n) || s.refused.Load() != 0 {
+		t.Fatalf("issued %d, refused %d (last refusal: %q); want %d and 0", s.issued.Load(), s.refused.Load(), s.lastRefusal(), n)
+	}
+	jtis, assertions := map[string]bool{}, map[string]bool{}
+	for _, g := range s.issuedGrants() {
+		if strings.TrimSpace(g.jti) == "" {
+			t.Fatal("a grant without jti")
+		}
+		jtis[g.jti] = true
+	}
+	for _, a := range s.values() {
+		assertions[a] = true
+	}
+	if len(jtis) != n || len(assertions) != n {
+		t.Fatalf("%d distinct jti and %d distinct assertions in %d token requests", len(jtis), len(assertions), n)
+	}
+}
