@@ -808,10 +808,10 @@ func (c *Credentials) resolveClientAuth(repl *caddy.Replacer, cs *credentialSet)
 	case c.ServiceAccountFile != "":
 		sa, err := loadGoogleServiceAccount(repl.ReplaceKnown(c.ServiceAccountFile, ""))
 		if err != nil {
-			return errField("service_account_file", "%v", err)
+			return fieldErr("service_account_file", err)
 		}
 		if cs.signer, err = sa.signer(); err != nil {
-			return errField("service_account_file", "%v", err)
+			return fieldErr("service_account_file", err)
 		}
 		cs.assertionIssuer, cs.scopeInAssertion = sa.clientEmail, true
 		cs.ClientID = firstNonEmpty(cs.ClientID, sa.clientEmail)
@@ -823,13 +823,13 @@ func (c *Credentials) resolveClientAuth(repl *caddy.Replacer, cs *credentialSet)
 	case c.PrivateKey != "":
 		key, err := loadPrivateKey(repl.ReplaceKnown(c.PrivateKey, ""))
 		if err != nil {
-			return errField("private_key", "%v", err)
+			return fieldErr("private_key", err)
 		}
 		var cert *x509.Certificate
 		if c.Certificate != "" {
 			certs, err := loadCertificates(repl.ReplaceKnown(c.Certificate, ""))
 			if err != nil {
-				return errField("certificate", "%v", err)
+				return fieldErr("certificate", err)
 			}
 			cert = certs[0]
 			if err := checkCertificateKey(cert, key); err != nil {
@@ -855,13 +855,13 @@ func (c *Credentials) resolveClientAuth(repl *caddy.Replacer, cs *credentialSet)
 	if c.ClientAssertionFile != "" {
 		cs.AssertionFile = repl.ReplaceKnown(c.ClientAssertionFile, "")
 		if _, err := readAssertionFile(cs.AssertionFile); err != nil {
-			return errField("client_assertion_file", "%v", err)
+			return fieldErr("client_assertion_file", err)
 		}
 	}
 	if c.TLSClientCert != "" {
 		certFile, keyFile := repl.ReplaceKnown(c.TLSClientCert, ""), repl.ReplaceKnown(c.TLSClientKey, "")
-		if cs.tlsCert, err = newClientCertReloader(certFile, keyFile); err != nil {
-			return errField("tls_client_cert", "%v", err)
+		if cs.tlsCert, err = newClientCert(certFile, keyFile); err != nil {
+			return fieldErr("tls_client_cert", err)
 		}
 		digest.Write([]byte(certFile + "\x00" + keyFile))
 	}
@@ -912,15 +912,26 @@ func (cs *credentialSet) clientAssertion(target string) (string, error) {
 
 // bearerAssertion is the assertion of the JWT bearer grant (RFC 7523 2.1)
 // for a request to target: iss the client (or the service account), sub
-// the subject when one is configured, the scope as a claim for a service
-// account (Google wants it there).
+// the subject when one is configured, the scope as a claim.
 func (cs *credentialSet) bearerAssertion(target string) (string, error) {
 	if cs.AssertionFile != "" {
 		return readAssertionFile(cs.AssertionFile)
 	}
 	c := assertionClaims{issuer: cs.assertionIssuer, subject: cs.Subject, audience: firstNonEmpty(cs.AssertionAudience, target)}
-	if cs.scopeInAssertion && cs.Scope != "" {
+	if cs.Scope != "" {
+		// Google wants the scope as a claim; RFC 7523 servers take the
+		// parameter (grantParams), and claims they do not know are ignored.
 		c.extra = map[string]any{"scope": cs.Scope}
 	}
 	return cs.signer.sign(time.Now(), c)
+}
+
+// fieldErr is a configuration error of field from an error that may name
+// the field already (the loaders above do), without saying it twice.
+func fieldErr(field string, err error) error {
+	msg := err.Error()
+	for _, prefix := range []string{field + ": ", "service_account: "} {
+		msg = strings.TrimPrefix(msg, prefix)
+	}
+	return errField(field, "%s", msg)
 }

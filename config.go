@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"net/url"
@@ -141,10 +142,12 @@ type Credentials struct {
 	ClientAssertionFile string `json:"client_assertion_file,omitempty"`
 
 	// TLSClientCert is the client certificate of client_auth tls (RFC
-	// 8705): a PEM file's path. Read again when the file changes.
+	// 8705): a PEM file's path (read again when the file changes), or the
+	// PEM itself.
 	TLSClientCert string `json:"tls_client_cert,omitempty"`
 
-	// TLSClientKey is TLSClientCert's private key: a PEM file's path.
+	// TLSClientKey is TLSClientCert's private key: a PEM file's path, or
+	// the PEM itself.
 	TLSClientKey string `json:"tls_client_key,omitempty"`
 
 	// ServiceAccountFile is a Google service account key file (path or
@@ -280,7 +283,7 @@ type credentialSet struct {
 	AssertionFile     string `json:"assertion_file,omitempty"`
 	Subject           string `json:"subject,omitempty"` // jwt_bearer: the sub claim
 	assertionIssuer   string // jwt_bearer: the iss claim (client_id, or a service account's email)
-	scopeInAssertion  bool   // jwt_bearer: the scope is a claim (Google), not a parameter
+	scopeInAssertion  bool   // jwt_bearer: the scope is a claim only (Google), not a parameter too
 	signer            *assertionSigner
 	tlsCert           *clientCertReloader
 	keyDigest         []byte // of the key material, for the key
@@ -402,12 +405,19 @@ func (cs *credentialSet) key() string {
 // presetURL builds one of a preset's endpoints from its settings.
 func presetURL(p providers.Provider, template string, params map[string]string) (string, error) {
 	u, err := p.Expand(template, params)
-	if err != nil {
-		return "", errField(p.ParamNames()[0], "%v", err)
+	var missing *providers.MissingParamError
+	if errors.As(err, &missing) {
+		return "", errField(missing.Name, "is required by provider %s", p.Name)
 	}
 	if u != "" {
 		if err := checkEndpointURL("token_url", u); err != nil {
-			return "", errField(p.ParamNames()[0], "gives the endpoint %s, which is not an https URL", u)
+			field := p.ParamNames()[0]
+			for _, pp := range p.Params {
+				if strings.HasPrefix(template, "{"+pp.Name+"}") {
+					field = pp.Name // the setting that gives the scheme and host
+				}
+			}
+			return "", errField(field, "gives the endpoint %s, which is not an https URL", u)
 		}
 	}
 	return u, nil

@@ -9,8 +9,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"time"
 )
@@ -56,6 +58,29 @@ type clientCertReloader struct {
 	// the stats of the last failed attempt, and when it was
 	failedCert, failedKey os.FileInfo
 	failedAt              time.Time
+	static                bool // given as PEM, not files: nothing to reload
+}
+
+// newClientCert makes the client certificate of a configuration: a
+// reloader of two files, or, when the values are the PEM themselves (as
+// {env.…} or {file.…} give them), the pair they hold, loaded once.
+func newClientCert(cert, key string) (*clientCertReloader, error) {
+	if !strings.Contains(cert, pemBegin) && !strings.Contains(key, pemBegin) {
+		return newClientCertReloader(cert, key)
+	}
+	certPEM, _, err := readPEMValue("tls_client_cert", cert)
+	if err != nil {
+		return nil, err
+	}
+	keyPEM, _, err := readPEMValue("tls_client_cert", key)
+	if err != nil {
+		return nil, err
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, errors.New("mtls client certificate: the certificate and the key given do not make a pair (or do not parse)")
+	}
+	return &clientCertReloader{cert: &pair, gen: 1, attempts: 1, static: true, now: time.Now}, nil
 }
 
 // newClientCertReloader loads the pair once; an error here (missing file,
@@ -122,6 +147,9 @@ func sameStat(a, b os.FileInfo) bool {
 
 // refresh reloads the pair if either file changed; r.mu is held.
 func (r *clientCertReloader) refresh() {
+	if r.static {
+		return
+	}
 	cs, ks, err := r.stat()
 	if err != nil {
 		r.lastErr = err

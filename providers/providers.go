@@ -114,20 +114,26 @@ func (p Provider) ParamNames() []string {
 	return names
 }
 
-// Expand fills a template with the settings given (or their defaults).
-// It reports which required setting is missing.
+// MissingParamError is a template's setting that was not given.
+type MissingParamError struct{ Provider, Name string }
+
+func (e *MissingParamError) Error() string { return "provider " + e.Provider + " needs " + e.Name }
+
+// Expand fills a template with the settings given (or their defaults; a
+// trailing slash dropped). A required setting missing is a
+// *MissingParamError.
 func (p Provider) Expand(template string, given map[string]string) (string, error) {
 	if template == "" {
 		return "", nil
 	}
 	out := template
 	for _, pp := range p.Params {
-		v := given[pp.Name]
+		v := strings.TrimSuffix(given[pp.Name], "/")
 		if v == "" {
 			v = pp.Default
 		}
 		if v == "" && strings.Contains(template, "{"+pp.Name+"}") {
-			return "", fmt.Errorf("provider %s needs %s", p.Name, pp.Name)
+			return "", &MissingParamError{Provider: p.Name, Name: pp.Name}
 		}
 		out = strings.ReplaceAll(out, "{"+pp.Name+"}", v)
 	}
