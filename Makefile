@@ -2,7 +2,9 @@
 #
 #   make build   ./caddy: Caddy v2.11.9 with http.handlers.oauth_bearer
 #   make run     build, then run Caddyfile.example (a self-contained demo)
-#   make test    gofmt check, go vet, go test -race
+#   make test    install what the tests need if missing (scripts/test-deps:
+#                redis-server, chromium, node packages), gofmt check, go vet,
+#                go test -race
 #   make fuzz    run each fuzz target for FUZZTIME (default 10s)
 #   make bench   Go benchmarks (hot path, x/oauth2, stampede, memory), medians
 #   make bench-e2e  build, then wrk through Caddy: oauth_bearer vs a static header
@@ -16,7 +18,7 @@ GO            ?= go
 # What ./caddy is built from: the module's non-test sources and go.mod/go.sum.
 SOURCES := $(filter-out %_test.go,$(wildcard *.go */*.go)) go.mod go.sum
 
-.PHONY: all build run test fmt-check vet fuzz clean
+.PHONY: all build run test test-deps fmt-check vet fuzz clean
 .PHONY: bench bench-e2e bench-fleet
 
 all: build
@@ -33,8 +35,13 @@ run: caddy
 	./caddy run --config Caddyfile.example --adapter caddyfile
 
 # No -short: the tests that run a real Caddy skip under -short.
-test: fmt-check vet
+test: test-deps fmt-check vet
 	$(GO) test -race -count=1 ./...
+
+# gcc (for -race), redis-server, chromium, node and the test servers' node
+# packages: installed when missing (as root with apt-get), else named.
+test-deps:
+	@bash scripts/test-deps
 
 fmt-check:
 	@unformatted="$$(gofmt -l .)"; \
