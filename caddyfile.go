@@ -131,9 +131,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			var r string
 			if err = oneArg(d, sub, &r); err == nil {
 				h.Resources = append(h.Resources, r)
+				err = b.check(checkLoadTime(sub, "", r)) // on this line, not the last resource's
 			}
 		case "param":
-			err = h.unmarshalParam(d)
+			if err = h.unmarshalParam(d); err == nil {
+				err = b.check(checkParamPlaceholders(h.Params)) // the earlier ones passed
+			}
 		case "header":
 			err = h.unmarshalHeader(d)
 		case "token_header":

@@ -231,6 +231,9 @@ func (c *Credentials) check(grant string) error {
 	if err := c.checkClientAuth(p, grant); err != nil {
 		return err
 	}
+	if err := c.checkPlaceholders(); err != nil {
+		return err
+	}
 	if err := oneOf("request_format", c.RequestFormat, providers.FormatJSON, providers.FormatForm, providers.FormatAuto); err != nil {
 		return err
 	}

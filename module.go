@@ -230,6 +230,9 @@ func (h *Handler) check() error {
 				return err
 			}
 		}
+		if err := h.checkTokenParamPlaceholders(); err != nil {
+			return err
+		}
 	} else {
 		if len(h.Scopes) > 0 || h.Audience != "" || len(h.Resources) > 0 || len(h.Params) > 0 {
 			field := map[bool]string{true: "scope", false: "audience, resource and param"}[len(h.Scopes) > 0]
