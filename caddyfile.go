@@ -76,7 +76,7 @@ func parseConsent(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //		resource         <uri>             # client_credentials; repeatable (RFC 8707)
 //		param            <name> <value>    # client_credentials; repeatable
 //		refresh_token    <token>           # grant refresh_token
-//		subject          <sub>             # grant jwt_bearer: the user the token acts for
+//		subject          <sub>             # grant jwt_bearer: the user the token acts for (default: the client id)
 //		account          <name|placeholder> # grants: whose grant a request uses
 //		refresh_before   <duration>
 //		token_store      storage|memory    # client_credentials; default storage

@@ -817,6 +817,8 @@ func (c *Credentials) resolveClientAuth(repl *caddy.Replacer, cs *credentialSet)
 			return fieldErr("service_account_file", err)
 		}
 		cs.signer.field = "service_account_file"
+		// No sub unless subject is set: Google documents sub only for
+		// domain-wide delegation, and its client libraries send none.
 		cs.assertionIssuer, cs.scopeInAssertion = sa.clientEmail, true
 		cs.ClientID = firstNonEmpty(cs.ClientID, sa.clientEmail)
 		if cs.TokenURL == "" && cs.Issuer == "" {
@@ -848,7 +850,10 @@ func (c *Credentials) resolveClientAuth(repl *caddy.Replacer, cs *credentialSet)
 			return errField("private_key", "%v", err)
 		}
 		cs.signer.field = "private_key"
-		cs.assertionIssuer = cs.ClientID
+		// The JWT bearer grant's sub when subject is not set: the client
+		// acting for itself (RFC 7523 §3 requires a sub; §2.2 names the
+		// client id as the client's own).
+		cs.assertionIssuer, cs.assertionSubject = cs.ClientID, cs.ClientID
 		pub, _ := x509.MarshalPKIXPublicKey(key.Public())
 		digest.Write(pub)
 		digest.Write([]byte(c.KeyID + "\x00" + string(alg)))
@@ -918,13 +923,15 @@ func (cs *credentialSet) clientAssertion(target string) (string, error) {
 
 // bearerAssertion is the assertion of the JWT bearer grant (RFC 7523 2.1)
 // for a request to target: iss the client (or the service account), sub
-// the subject when one is configured, the scope as a claim. An error is a
+// the subject, else the client id when signed with private_key (none for
+// a Google service account), the scope as a claim. An error is a
 // *fieldFailure.
 func (cs *credentialSet) bearerAssertion(target string) (string, error) {
 	if cs.AssertionFile != "" {
 		return cs.assertionFromFile()
 	}
-	c := assertionClaims{issuer: cs.assertionIssuer, subject: cs.Subject, audience: firstNonEmpty(cs.AssertionAudience, target)}
+	c := assertionClaims{issuer: cs.assertionIssuer, subject: firstNonEmpty(cs.Subject, cs.assertionSubject),
+		audience: firstNonEmpty(cs.AssertionAudience, target)}
 	if cs.Scope != "" {
 		// Google wants the scope as a claim; RFC 7523 servers take the
 		// parameter (grantParams), and claims they do not know are ignored.

@@ -106,3 +106,27 @@ func TestLocalSigningFailureNamesTheKey(t *testing.T) {
 		})
 	}
 }
+
+// RFC 7523 §3: the JWT bearer grant's assertion must have a sub. Signed
+// with private_key and no subject, it is the client acting for itself: sub
+// = the client id. (A Google service account sends none unless subject is
+// set: TestClientAuthE2EJWTBearerGoogle.)
+func TestJWTBearerPrivateKeyDefaultSubject(t *testing.T) {
+	key := clientAuthKeys().rsa
+	keyPath := writeTestFile(t, "sf.key", pkcs8PEM(t, key))
+	s := newRecordingJWTServer(t)
+	s.register("3MVG9-consumer-key", key.Public(), "")
+	up := newUpstream(t)
+	c := startCaddy(t, e2eSite("oauth_bearer", fmt.Sprintf(`		grant       jwt_bearer
+		token_url   %s
+		client_id   3MVG9-consumer-key
+		private_key %s
+		scope       api`, s.url, keyPath), up))
+	status, body := c.get("/")
+	if status != http.StatusOK {
+		t.Fatalf("GET /: %d %s (the server's last refusal: %q)", status, body, s.lastRefusal())
+	}
+	if g := s.issuedGrants(); len(g) != 1 || g[0].sub != "3MVG9-consumer-key" || g[0].clientID != "3MVG9-consumer-key" {
+		t.Errorf("issued %+v; want one, with sub = iss = the client id", g)
+	}
+}
