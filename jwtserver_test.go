@@ -142,6 +142,10 @@ func (s *jwtTokenServer) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		g.grantType, g.scope = gt, r.PostForm.Get("scope")
 		s.issue(w, g)
+	case "refresh_token":
+		// A refresh token it never issued, as any provider that also
+		// serves refresh tokens answers.
+		s.refuse(w, http.StatusBadRequest, "invalid_grant", "unknown refresh token")
 	case "urn:ietf:params:oauth:grant-type:jwt-bearer":
 		g, err := s.verify(r.PostForm.Get("assertion"), true)
 		if err != nil {
