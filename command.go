@@ -45,8 +45,8 @@ CI and deploy scripts.
 
 status asks a running Caddy's admin API (GET /oauth_bearer/sources) and
 prints each credential set's token endpoint host and token state: valid
-until when, the last error, the next attempt, and for grants how many
-accounts need consent.
+until when, the last error, the next attempt, for grants how many accounts
+need consent, and a client certificate that failed to reload.
 `,
 		CobraFunc: func(cmd *cobra.Command) {
 			check := &cobra.Command{
@@ -331,6 +331,16 @@ func printStatus(w io.Writer, sources []sourceView, now time.Time) {
 			origin, lastErr, next, accounts)
 	}
 	tw.Flush()
+	for _, s := range sources {
+		if c := s.ClientCertificate; c != nil && c.ReloadError != "" {
+			ago := "-"
+			if c.ReloadFailingSince != nil {
+				ago = now.Sub(*c.ReloadFailingSince).Round(time.Second).String()
+			}
+			fmt.Fprintf(w, "\n%s: the client certificate fails to reload (for %s): %s; the previous one (%s, valid until %s) is still presented\n",
+				s.ID, ago, c.ReloadError, c.Subject, c.NotAfter.Format(time.RFC3339))
+		}
+	}
 }
 
 // tokenHost is the host of a set's token endpoint (of its issuer when the
