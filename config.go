@@ -231,6 +231,9 @@ func (c *Credentials) check(grant string) error {
 	if err := c.checkClientAuth(p, grant); err != nil {
 		return err
 	}
+	if err := c.checkPlaceholders(); err != nil {
+		return err
+	}
 	if err := oneOf("request_format", c.RequestFormat, providers.FormatJSON, providers.FormatForm, providers.FormatAuto); err != nil {
 		return err
 	}
@@ -283,6 +286,7 @@ type credentialSet struct {
 	AssertionFile     string `json:"assertion_file,omitempty"`
 	Subject           string `json:"subject,omitempty"` // jwt_bearer: the sub claim
 	assertionIssuer   string // jwt_bearer: the iss claim (client_id, or a service account's email)
+	assertionSubject  string // jwt_bearer: the sub claim without Subject (client_id with private_key; "" omits it)
 	scopeInAssertion  bool   // jwt_bearer: the scope is a claim only (Google), not a parameter too
 	signer            *assertionSigner
 	tlsCert           *clientCertReloader

@@ -118,6 +118,11 @@ func (h *ConsentHandler) check() error {
 	if err := checkEndpointURL("authorize_url", h.AuthorizeURL); err != nil {
 		return err
 	}
+	for _, s := range h.Scopes {
+		if err := checkLoadTime("scope", "", s); err != nil {
+			return err
+		}
+	}
 	for _, f := range []struct{ field, value string }{{"connect_path", h.ConnectPath}, {"status_path", h.StatusPath}, {"disconnect_path", h.DisconnectPath}} {
 		if f.value != "" && !strings.HasPrefix(f.value, "/") {
 			return errField(f.field, "%q must start with /", f.value)

@@ -284,7 +284,10 @@ func (e *endpoint) do(ctx context.Context, target, format string, params func(st
 			return e.send(ctx, req, start)
 		}
 	}
-	return nil, nil, start, e.localError("invalid_request", err.Error())
+	// Nothing was sent: a failure of what a subdirective gives (an
+	// assertion file, a key that fails to sign), never the provider's
+	// invalid_request.
+	return nil, nil, start, e.localError(codeLocalConfigError, err.Error())
 }
 
 // send sends a request and reads at most maxTokenResponse of the answer.
@@ -334,7 +337,7 @@ func (e *endpoint) newRequest(ctx context.Context, target, format string, params
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
 	if err != nil {
-		return nil, err
+		return nil, &fieldFailure{field: "token_url", err: err}
 	}
 	req.Header.Set("Content-Type", contentType)
 	req.Header.Set("Accept", "application/json")
@@ -411,9 +414,16 @@ func (e *endpoint) transportError(ctx context.Context, err error) *TokenError {
 	return e.localError(code, err.Error())
 }
 
+// codeLocalConfigError is the code of a token request that failed on this
+// side before anything was sent: what a subdirective gives could not be
+// used (the client_assertion_file is missing, the private_key failed to
+// sign). The description starts with the subdirective. No provider sends
+// this code: it is never mistaken for the provider's answer.
+const codeLocalConfigError = "local_config_error"
+
 // TokenError is a failure to obtain a token. Code is the provider's OAuth
 // error code when it gave one, else a short local code (unreachable,
-// timeout, http_502, invalid_response, ...).
+// timeout, http_502, invalid_response, local_config_error, ...).
 type TokenError struct {
 	Provider    string
 	Status      int // HTTP status of the answer; 0 when none came

@@ -160,6 +160,7 @@ func newGrant(cs *credentialSet, key, bootstrap string) (*grant, error) {
 		unsaved: map[string]*grantRecord{}, usedStates: map[string]time.Time{}, due: map[string]time.Time{},
 		done: make(chan struct{})}
 	g.ep = newEndpoint(cs, &g.clock)
+	cs.tlsCert.logTo(g.env.logger) // a client certificate's reloads are logged
 	var err error
 	if g.store, err = newRecordStore(&g.env, cs, "caddy-oauth-bearer grant v1", g.id); err != nil {
 		return nil, err
