@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -296,6 +297,10 @@ type credentialSet struct {
 	clientSecret   string   // hashed into the key, never logged
 	caPEM          []byte   // CAFile's contents, read at load; hashed into the key
 	encryptionKeys [][]byte // decoded; hashed into the key
+	// keyMaterial: the private keys the configuration holds (private_key,
+	// the service account's, the TLS client key), encoded for
+	// recordSecret. Never logged.
+	keyMaterial []byte
 }
 
 // resolve fills in the preset's defaults and resolves {env.*}/{file.*}
@@ -404,6 +409,73 @@ func (cs *credentialSet) key() string {
 	h.Write([]byte{0})
 	h.Write(cs.keyDigest)
 	return hex.EncodeToString(h.Sum(nil))
+}
+
+// recordSecret is the secret material the key of stored records is
+// derived from (store.go): the client secret when there is one (alone, as
+// it always was, so that such records stay readable), else the private
+// keys the configuration holds. Empty when it holds none (client_auth
+// none, client_assertion_file): checkRecordKey then requires
+// encryption_key.
+func (cs *credentialSet) recordSecret() []byte {
+	if cs.clientSecret != "" {
+		return []byte(cs.clientSecret)
+	}
+	return cs.keyMaterial
+}
+
+// addKeyMaterial adds a private key to keyMaterial, labelled and
+// length-prefixed.
+func (cs *credentialSet) addKeyMaterial(label string, key any) error {
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return fmt.Errorf("%s: the key cannot be used to derive the storage key: %v", label, err)
+	}
+	if len(cs.keyMaterial) == 0 {
+		cs.keyMaterial = []byte("caddy-oauth-bearer private keys v1")
+	}
+	cs.keyMaterial = binary.BigEndian.AppendUint32(append(cs.keyMaterial, 0), uint32(len(label)))
+	cs.keyMaterial = append(cs.keyMaterial, label...)
+	cs.keyMaterial = binary.BigEndian.AppendUint32(cs.keyMaterial, uint32(len(der)))
+	cs.keyMaterial = append(cs.keyMaterial, der...)
+	return nil
+}
+
+// holdsSecret reports whether the configuration holds secret material the
+// key of stored records can be derived from: a client secret, a private key
+// (private_key_jwt, the JWT bearer grant), a service account's key or a TLS
+// client key. An assertion from client_assertion_file is made elsewhere and
+// changes; client_auth none holds nothing.
+func (c *Credentials) holdsSecret() bool {
+	return c.ClientSecret != "" || c.PrivateKey != "" || c.ServiceAccountFile != "" || c.TLSClientKey != ""
+}
+
+// checkRecordKey: what a configuration keeps in Caddy's storage (a
+// client-credentials token with token_store storage, grants, the consent
+// state cookie) is sealed with a key derived from encryption_key or from
+// the configuration's secret material. Without either, the key would come
+// from public inputs only, and anyone who can read the storage could
+// decrypt the tokens, and anyone who can write it forge them: such a
+// configuration must give encryption_key to store anything. stored says
+// whether the handler stores records.
+func (c *Credentials) checkRecordKey(grant string, stored bool) error {
+	if !stored || len(c.EncryptionKeys) > 0 || c.holdsSecret() {
+		return nil
+	}
+	p, _ := c.preset()
+	why := "client_auth " + c.clientAuthMethod(p, grant)
+	if c.ClientAssertionFile != "" {
+		why = "client_assertion_file (an assertion made elsewhere, which changes)"
+	}
+	what, instead := "the token kept in Caddy's storage (token_store storage, the default)",
+		"; or keep the token in this process's memory only with token_store memory"
+	if !machineGrant(grant) {
+		what, instead = "the grants kept in Caddy's storage",
+			" (grants are always stored; token_store memory is only for client_credentials and jwt_bearer tokens)"
+	}
+	return errField("encryption_key", "is required: with %s this configuration holds no secret to derive a storage key from, so %s "+
+		"would be readable and forgeable by anyone who can read or write the storage. Make a key with `openssl rand -base64 32` "+
+		"and give it as encryption_key {env.OAUTH_BEARER_KEY}%s", why, what, instead)
 }
 
 // presetURL builds one of a preset's endpoints from its settings.

@@ -103,6 +103,9 @@ func (h *ConsentHandler) check() error {
 	if err := h.Credentials.check(grantAuthorizationCode); err != nil {
 		return err
 	}
+	if err := h.Credentials.checkRecordKey(grantAuthorizationCode, true); err != nil {
+		return err
+	}
 	if h.RedirectURI == "" {
 		return errField("redirect_uri", "is required: the callback URL registered with the provider")
 	}
