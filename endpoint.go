@@ -498,7 +498,8 @@ type tokenResponse struct {
 // start is when the request was sent.
 func parseTokenResponse(cfg *credentialSet, resp *http.Response, body []byte, start time.Time) (*token, error) {
 	fail := func(code, desc string) *TokenError {
-		return &TokenError{Provider: cfg.Provider, Status: resp.StatusCode, Code: code,
+		// The code is the provider's text too (its error field).
+		return &TokenError{Provider: cfg.Provider, Status: resp.StatusCode, Code: truncate(cfg.redact(code), 64),
 			Description: cfg.redact(desc), RetryAfter: retryAfter(resp.Header, start)}
 	}
 	if resp.StatusCode >= 300 && resp.StatusCode < 400 {

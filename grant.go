@@ -409,7 +409,7 @@ func (g *grant) persist(ctx context.Context, rec *grantRecord) {
 }
 
 func (g *grant) consentError(account, reason string, absent bool) *TokenError {
-	e := &TokenError{Provider: g.cfg.Provider, Code: codeConsentRequired, Description: reason, account: account, absent: absent}
+	e := &TokenError{Provider: g.cfg.Provider, Code: codeConsentRequired, Description: g.cfg.redact(reason), account: account, absent: absent}
 	if p := g.env.consentPaths(); p != nil {
 		e.connect = p.connect + "?account=" + url.QueryEscape(account)
 	}
@@ -531,7 +531,7 @@ func (g *grant) status(ctx context.Context, account string) (*accountStatus, err
 	}
 	st.Connected, st.NeedsConsent, st.HasRefreshToken, st.Scope = !rec.NeedsConsent, rec.NeedsConsent, rec.RefreshToken != "", rec.Scope
 	if rec.NeedsConsent {
-		st.Reason = rec.Reason
+		st.Reason = g.cfg.redact(rec.Reason) // stored by an older version perhaps: redacted again
 	}
 	for _, f := range []struct {
 		dst *string

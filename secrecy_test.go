@@ -438,3 +438,129 @@ func TestEncryptionKeyAloneOpensRecords(t *testing.T) {
 	replaceFile(t, path, []byte(again))
 	wantInjected(t, c, up, "/after-forgery", "at-workload-2")
 }
+
+// A provider's error description that echoes tokens (the refresh token it
+// refused, an access token, a JWT, a long hex or base64 value) is stored in
+// the grant's reason; status, the accounts page, the admin API and the log
+// show it with every token-shaped part redacted, and keep what helps a
+// person (the provider's error code, a trace id).
+func TestProviderDescriptionTokensRedacted(t *testing.T) {
+	s := newAdminSetup(t)
+	if status, body := s.connect("alice"); status != 200 {
+		t.Fatalf("connect: %d %q", status, body)
+	}
+	const (
+		jwtLike = "eyJhbGciOiJSUzI1NiIsImtpZCI6IjEifQ.eyJzdWIiOiJhbGljZSIsImV4cCI6MTcwMDAwMDAwMH0.c2lnbmF0dXJlLW9mLXRoZS10b2tlbi1oZXJl"
+		hexRun  = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+		b64Run  = "QmFzZTY0U2VjcmV0VmFsdWUrV2l0aC9TbGFzaGVzQW5kUGx1c2Vz=="
+		opaque  = "gho_16C7e42F292c6912E7710c838347Ae178B4a"
+		traceID = "0f8fad5b-d9cb-469f-a165-70867728950e"
+	)
+	var refused []string
+	s.as.InvalidGrantDescription = func(rt string) string {
+		refused = append(refused, rt)
+		return fmt.Sprintf("AADSTS70008: Trace ID: %s: refresh_token=%s has expired; the last access token was Bearer %s (%s, %s, %s)",
+			traceID, rt, opaque, jwtLike, hexRun, b64Run)
+	}
+	s.as.mu.Lock()
+	for _, rt := range s.as.refreshes {
+		rt.dead = true
+	}
+	s.as.mu.Unlock()
+	if _, err := grantEntry(t).refresh(t.Context(), "alice", fetchRequest{force: true}); err == nil {
+		t.Fatal("the refresh succeeded; want invalid_grant")
+	}
+	if len(refused) == 0 {
+		t.Fatal("the provider was not asked")
+	}
+
+	secrets := append([]string{jwtLike, hexRun, b64Run, opaque}, refused...)
+	statusJSON, _ := cnsStatus(t, s.grantSetup, "alice")
+	_, page := browserGet(t, s.htmlBrowser(), s.c.url("/oauth/et/status"))
+	_, sources := adminSources(t, s.c)
+	var accounts string
+	for _, src := range func() []map[string]any { l, _ := adminSources(t, s.c); return l }() {
+		if src["kind"] == "grant" {
+			_, accounts = adminDo(t, s.c, http.MethodGet, "/oauth_bearer/sources/"+src["id"].(string)+"/accounts")
+		}
+	}
+	for where, text := range map[string]string{"status": statusJSON, "the accounts page": page,
+		"the admin API's sources": sources, "the admin API's accounts": accounts, "Caddy's log": s.c.logs()} {
+		for _, v := range secrets {
+			if strings.Contains(text, v) {
+				t.Errorf("%s holds a token-shaped value from the provider's description: %.12s…", where, v)
+			}
+			if parts := strings.Split(v, "."); len(parts) == 3 && strings.Contains(text, parts[2]) {
+				t.Errorf("%s holds a JWT's signature", where)
+			}
+		}
+	}
+	for where, text := range map[string]string{"status": statusJSON, "the accounts page": page, "the admin API's accounts": accounts} {
+		for _, keep := range []string{"AADSTS70008", traceID, "[REDACTED]"} {
+			if !strings.Contains(text, keep) {
+				t.Errorf("%s does not show %q of the provider's description:\n%s", where, keep, text)
+			}
+		}
+	}
+
+	// A reason stored unredacted (by an earlier version) is redacted
+	// when shown.
+	ge := grantEntry(t)
+	old := &grantRecord{Account: "bob", NeedsConsent: true, Reason: "the provider refused the refresh token (invalid_grant): refresh_token=" + opaque + " is dead"}
+	if err := ge.store.save(t.Context(), ge.recordKey("bob"), old); err != nil {
+		t.Fatal(err)
+	}
+	bobStatus, _ := cnsStatus(t, s.grantSetup, "bob")
+	_, page = browserGet(t, s.htmlBrowser(), s.c.url("/oauth/et/status"))
+	for where, text := range map[string]string{"status": bobStatus, "the accounts page": page} {
+		if strings.Contains(text, opaque) || !strings.Contains(text, "refresh_token=[REDACTED] is dead") {
+			t.Errorf("%s shows a stored reason unredacted: %s", where, text)
+		}
+	}
+
+	// The provider's error_description on the way back from consent.
+	browser, _ := cnsBrowser(s.grantSetup, false)
+	r := cnsDo(t, browser, http.MethodPost, s.c.url("/oauth/et/connect"), url.Values{"account": {"carol"}})
+	loc, err := url.Parse(r.header.Get("Location"))
+	if r.status != http.StatusSeeOther || err != nil {
+		t.Fatalf("connect: %d %v", r.status, err)
+	}
+	q := url.Values{"state": {loc.Query().Get("state")}, "error": {"access_denied"},
+		"error_description": {"the user declined; code_verifier=" + opaque + " Bearer " + jwtLike}}
+	r = cnsDo(t, browser, http.MethodGet, s.c.url("/oauth/et/callback?"+q.Encode()), nil)
+	if !strings.Contains(r.body, "access_denied") || !strings.Contains(r.body, "the user declined") {
+		t.Fatalf("callback with an error: %d %q", r.status, r.body)
+	}
+	for where, text := range map[string]string{"the callback page": r.body, "Caddy's log": s.c.logs()} {
+		for _, v := range []string{opaque, jwtLike, strings.Split(jwtLike, ".")[2]} {
+			if strings.Contains(text, v) {
+				t.Errorf("%s holds a token from the provider's error_description: %.12s…", where, v)
+			}
+		}
+	}
+}
+
+// What redactTokens takes out, and what it leaves for a person to read.
+func TestRedactTokens(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{"refresh_token=8xLOxBtZp8 is invalid", "refresh_token=[REDACTED] is invalid"},
+		{`{"access_token": "abc.def", "x": 1}`, `{"access_token": "[REDACTED]", "x": 1}`},
+		{"Authorization: Bearer ya29.a0AfH6SMBx3 was refused", "Authorization: Bearer [REDACTED] was refused"},
+		{"Basic YXBwOnNlY3JldA== refused", "Basic [REDACTED] refused"},
+		{"token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig_nature-1 expired", "token [REDACTED] expired"},
+		{"key 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 unknown", "key [REDACTED] unknown"},
+		{"opaque gho_16C7e42F292c6912E7710c838347Ae178B4a here", "opaque [REDACTED] here"},
+		{"google 1//0gLzHvQ7wT3cUCgYIARAAGBASNwF-L9IrXk0aB4ZPq", "google [REDACTED]"},
+		// Kept: prose, error codes, UUIDs, URLs and paths, short words.
+		{"Bearer token required", "Bearer token required"},
+		{"AADSTS700016: Application with identifier 'a0b1c2d3-e4f5-4a6b-8c9d-0e1f2a3b4c5d' was not found", "AADSTS700016: Application with identifier 'a0b1c2d3-e4f5-4a6b-8c9d-0e1f2a3b4c5d' was not found"},
+		{"see https://login.example.com/realms/MyRealm2024/protocol/openid-connect/token", "see https://login.example.com/realms/MyRealm2024/protocol/openid-connect/token"},
+		{"client_credentials_grant_is_not_allowed_here", "client_credentials_grant_is_not_allowed_here"},
+		{"Timestamp: 2024-11-05 10:00:00Z", "Timestamp: 2024-11-05 10:00:00Z"},
+		{"std base64 QmFzZTY0U2VjcmV0VmFsdWUrV2l0aC9TbGFzaGVz/QW5k== end", "std base64 [REDACTED] end"},
+	} {
+		if got := redactTokens(tc.in); got != tc.want {
+			t.Errorf("redactTokens(%q)\n got %q\nwant %q", tc.in, got, tc.want)
+		}
+	}
+}

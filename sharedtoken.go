@@ -156,7 +156,7 @@ func (f *sharedFetcher) decide(rec *tokenRecord, r fetchRequest) (*token, error)
 	}
 	if rec.RefusedCode != "" && now.Before(rec.RetryAt) {
 		return nil, &TokenError{Provider: f.ep.cfg.Provider, Code: rec.RefusedCode, RetryAfter: rec.RetryAt.Sub(now),
-			Description: rec.RefusedDesc + " (remembered from an earlier token request, by this or another instance; not asking again before " +
+			Description: f.ep.cfg.redact(rec.RefusedDesc) + " (remembered from an earlier token request, by this or another instance; not asking again before " +
 				rec.RetryAt.UTC().Format(time.RFC3339) + ")"}
 	}
 	return nil, nil
