@@ -111,7 +111,7 @@ type grantEvent struct {
 // injecting handlers that name the same credentials.
 type grant struct {
 	env   env
-	id    string // names the grant in storage: hash of provider, token URL and client id
+	id    string // names the grant in storage: hash of provider, token URL, issuer and client id
 	short string // names the pool entry in logs
 	cfg   *credentialSet
 	ep    *endpoint
@@ -141,10 +141,15 @@ type grant struct {
 }
 
 // grantID names a grant in storage. It depends only on the provider, the
-// token URL and the client, so the same grant is found by every handler
-// and instance that names them.
+// token URL, the issuer and the client, so the same grant is found by
+// every handler and instance that names them. Without an issuer it is what
+// it always was (the grants stored stay where they are).
 func grantID(cs *credentialSet) string {
-	h := sha256.Sum256([]byte(cs.Provider + "\x00" + cs.TokenURL + "\x00" + cs.ClientID))
+	in := cs.Provider + "\x00" + cs.TokenURL + "\x00" + cs.ClientID
+	if cs.Issuer != "" {
+		in += "\x00issuer\x00" + cs.Issuer
+	}
+	h := sha256.Sum256([]byte(in))
 	return hex.EncodeToString(h[:8])
 }
 
