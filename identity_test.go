@@ -10,6 +10,7 @@ import (
 	"net/http/cookiejar"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -127,5 +128,54 @@ func TestGrantIDIssuer(t *testing.T) {
 	}
 	if fa.key == fb.key || fa.lock == fb.lock {
 		t.Error("two issuers with one client id share a token record or its lock")
+	}
+}
+
+// The same credentials once with token_store memory and once with the
+// storage are two token sources: each has an id of its own, so that the
+// expiry gauge has one series each and Caddy's whole /metrics scrape
+// succeeds (a duplicate series fails it with 500). The admin API lists
+// both under distinct ids.
+func TestSameCredentialsTwoTokenStoresScrape(t *testing.T) {
+	as := newFakeAS(t, "", "basic")
+	up := newUpstream(t)
+	t.Setenv("OAB_SCRAPE_SECRET", as.secret)
+	handler := func(path, store string) string {
+		return fmt.Sprintf(`	handle /%s/* {
+		oauth_bearer {
+			token_url     %s
+			client_id     %s
+			client_secret {env.OAB_SCRAPE_SECRET}
+			token_store   %s
+		}
+		reverse_proxy %s
+	}
+`, path, as.tokenURL(), as.clientID, store, up.hostport())
+	}
+	c := startCaddyAdmin(t, "http://LISTEN {\n\thandle /metrics {\n\t\tmetrics\n\t}\n"+handler("mem", "memory")+handler("shared", "storage")+"}\n")
+	for _, p := range []string{"/mem/1", "/shared/1"} {
+		if status, body := c.get(p); status != 200 {
+			t.Fatalf("GET %s: %d %q", p, status, body)
+		}
+	}
+	status, body := c.get("/metrics")
+	if status != http.StatusOK {
+		t.Fatalf("scraping /metrics: %d %q", status, body)
+	}
+	series := regexp.MustCompile(`caddy_oauth_bearer_token_expiry_seconds\{provider="generic",source="([0-9a-f]{12})"\} \d+`).FindAllStringSubmatch(body, -1)
+	if len(series) != 2 || series[0][1] == series[1][1] {
+		t.Errorf("the expiry gauge has %d series (%v); want two with distinct sources", len(series), series)
+	}
+	// The admin endpoint's /metrics too.
+	if status, body := adminDo(t, c, http.MethodGet, "/metrics"); status != http.StatusOK {
+		t.Errorf("scraping the admin endpoint's /metrics: %d %.200q", status, body)
+	}
+	sources, _ := adminSources(t, c)
+	ids := map[any]bool{}
+	for _, s := range sources {
+		ids[s["id"]] = true
+	}
+	if len(sources) != 2 || len(ids) != 2 {
+		t.Errorf("the admin API lists %d sources with %d distinct ids; want two", len(sources), len(ids))
 	}
 }
