@@ -224,22 +224,39 @@ func (e *endpoint) refresh(ctx context.Context, refreshToken string) (*token, er
 	return e.tokenCall(ctx, firstNonEmpty(e.cfg.RefreshURL, target), e.format.Load().(string), fixedParams(p), bearer)
 }
 
+// revocationURL is the revocation endpoint: revoke_url (or the preset's),
+// else the one the issuer's metadata names (its mTLS alias with a client
+// certificate); "" when there is none.
+func (e *endpoint) revocationURL(ctx context.Context) (string, error) {
+	if e.cfg.RevokeURL != "" {
+		return e.cfg.RevokeURL, nil
+	}
+	d, err := e.discover(ctx)
+	if err != nil || d == nil {
+		return "", err
+	}
+	if e.cfg.tlsCert != nil && d.MTLSEndpointAliases.RevocationEndpoint != "" {
+		return d.MTLSEndpointAliases.RevocationEndpoint, nil
+	}
+	return d.RevocationEndpoint, nil
+}
+
+// canRevoke reports whether tokens can be revoked at the provider: it has
+// a revocation endpoint, configured or discovered (discovering now if need
+// be). A discovery that fails counts as yes, so that revoke reports it.
+func (e *endpoint) canRevoke(ctx context.Context) bool {
+	target, err := e.revocationURL(ctx)
+	return err != nil || target != ""
+}
+
 // revoke revokes a token at the provider (RFC 7009, or the provider's own
 // call with the same parameters). Unknown tokens are not an error there.
 func (e *endpoint) revoke(ctx context.Context, tok, hint string) error {
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
 	defer cancel()
-	target := e.cfg.RevokeURL
-	if target == "" {
-		if d, err := e.discover(ctx); err == nil && d != nil {
-			target = d.RevocationEndpoint
-			if e.cfg.tlsCert != nil && d.MTLSEndpointAliases.RevocationEndpoint != "" {
-				target = d.MTLSEndpointAliases.RevocationEndpoint
-			}
-		}
-	}
-	if target == "" {
-		return nil
+	target, err := e.revocationURL(ctx)
+	if err != nil || target == "" {
+		return err
 	}
 	p := url.Values{"token": {tok}}
 	if hint != "" {

@@ -452,7 +452,7 @@ func (g *grant) connect(ctx context.Context, account string, tok *token) error {
 	g.publish(ctx, account)
 	g.noteDue(rec)
 	g.resetLocal(account, rec.token)
-	if replaced != nil && replaced.RefreshToken != "" && replaced.RefreshToken != rec.RefreshToken && g.cfg.RevokeURL != "" {
+	if replaced != nil && replaced.RefreshToken != "" && replaced.RefreshToken != rec.RefreshToken && g.ep.canRevoke(ctx) {
 		if err := g.ep.revoke(ctx, replaced.RefreshToken, "refresh_token"); err != nil {
 			g.env.logger().Warn("revoking the refresh token of the replaced grant failed",
 				zap.String("provider", g.cfg.Provider), zap.String("account", account), zap.Error(err))
@@ -467,7 +467,7 @@ func (g *grant) connect(ctx context.Context, account string, tok *token) error {
 func (g *grant) disconnect(ctx context.Context, account string) (revoked bool, err error) {
 	err = g.locked(ctx, account, func() error {
 		rec, _ := g.current(ctx, account)
-		if rec != nil && g.cfg.RevokeURL != "" {
+		if rec != nil && g.ep.canRevoke(ctx) {
 			revoked = true
 			for _, t := range []struct{ v, hint string }{{rec.RefreshToken, "refresh_token"}, {rec.AccessToken, "access_token"}} {
 				if t.v == "" {
