@@ -567,8 +567,8 @@ var (
 // like; a JWT; a run of 20 or more base64 or hex characters that mixes
 // upper and lower case letters and digits (random material; words,
 // paths, URLs and UUIDs do not), or holds 32 or more hex digits in a row
-// (a hash, a key). Short error codes, UUIDs (trace and correlation ids)
-// and the paths of URLs stay.
+// (a hash, a key). Short error codes, UUIDs (trace and correlation ids),
+// file paths and the paths of URLs stay.
 func redactTokens(s string) string {
 	s = credentialValue.ReplaceAllStringFunc(s, func(m string) string {
 		sub := credentialValue.FindStringSubmatch(m)
@@ -593,8 +593,13 @@ func redactTokens(s string) string {
 			}
 			return run
 		}
-		// With slashes and nothing else of base64: a path, unless a part
-		// of it is long random material (Google's 1//0g… refresh tokens).
+		// With slashes and nothing else of base64: a path (an absolute
+		// file path, as local errors name files, stays whole), unless a
+		// part of it is long random material (Google's 1//0g… refresh
+		// tokens, a token in a URL's path).
+		if strings.HasPrefix(run, "/") && !strings.HasPrefix(run, "//") {
+			return run
+		}
 		for part := range strings.SplitSeq(run, "/") {
 			if len(part) >= 16 && randomLooking(part) {
 				return redacted

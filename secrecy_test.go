@@ -557,6 +557,8 @@ func TestRedactTokens(t *testing.T) {
 		{"see https://login.example.com/realms/MyRealm2024/protocol/openid-connect/token", "see https://login.example.com/realms/MyRealm2024/protocol/openid-connect/token"},
 		{"client_credentials_grant_is_not_allowed_here", "client_credentials_grant_is_not_allowed_here"},
 		{"Timestamp: 2024-11-05 10:00:00Z", "Timestamp: 2024-11-05 10:00:00Z"},
+		{"client_assertion_file: /tmp/TestAssertion3827461/001/token is empty", "client_assertion_file: /tmp/TestAssertion3827461/001/token is empty"},
+		{"see https://api.example.com/v1/grants/AbCdEf0123456789GhIjKl/revoke", "see https://api.example.[REDACTED]"},
 		{"std base64 QmFzZTY0U2VjcmV0VmFsdWUrV2l0aC9TbGFzaGVz/QW5k== end", "std base64 [REDACTED] end"},
 	} {
 		if got := redactTokens(tc.in); got != tc.want {
