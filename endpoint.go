@@ -42,7 +42,8 @@ type endpoint struct {
 	cfg    *credentialSet
 	clock  *clock // its owner's: stamps when a token was obtained
 	client *http.Client
-	// discovered is the issuer's metadata, once read (with issuer).
+	// discovered is the issuer's metadata, once read (with issuer); read
+	// again when its lifetime ends or an endpoint it names fails.
 	discovered atomic.Pointer[discoveryDocument]
 	discovery  sync.Mutex // one discovery at a time
 	// format is the request format in use; with request_format auto it
@@ -298,7 +299,13 @@ func (e *endpoint) do(ctx context.Context, target, format string, params func(st
 	if err == nil {
 		var req *http.Request
 		if req, err = e.newRequest(ctx, target, format, p, bearer); err == nil {
-			return e.send(ctx, req, start)
+			resp, body, start, err := e.send(ctx, req, start)
+			var te *TokenError
+			transport := errors.As(err, &te) && te.Status == 0 && !errors.Is(ctx.Err(), context.Canceled)
+			if transport || resp != nil && resp.StatusCode == http.StatusNotFound {
+				e.endpointFailed(target)
+			}
+			return resp, body, start, err
 		}
 	}
 	// Nothing was sent: a failure of what a subdirective gives (an
@@ -384,32 +391,79 @@ func (e *endpoint) tokenURL(ctx context.Context) (string, error) {
 	return d.TokenEndpoint, nil
 }
 
-// discover reads the issuer's metadata once (and again after a failure);
-// nil without an issuer. A failure is a token error, backed off like one.
+// discover returns the issuer's metadata, read when there is none yet,
+// when its lifetime (Cache-Control, default a day) has ended, or after an
+// endpoint it names failed at transport level or answered 404; nil without
+// an issuer. When reading it again fails, a document whose lifetime merely
+// ended is used for another minute (the issuer's metadata server being
+// down must not stop tokens); a failure with no usable document is a token
+// error, backed off like one.
 func (e *endpoint) discover(ctx context.Context) (*discoveryDocument, error) {
 	if e.cfg.Issuer == "" {
 		return nil, nil
 	}
-	if d := e.discovered.Load(); d != nil {
+	if d := e.discovered.Load(); d.fresh(e.clock.now()) {
 		return d, nil
 	}
 	e.discovery.Lock()
 	defer e.discovery.Unlock()
-	if d := e.discovered.Load(); d != nil {
-		return d, nil
+	now := e.clock.now()
+	old := e.discovered.Load()
+	if old.fresh(now) {
+		return old, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
 	defer cancel()
 	d, err := discoverIssuer(ctx, e.client, e.cfg.Issuer)
 	if err != nil {
+		if old != nil && !old.failed {
+			kept := *old
+			kept.Expires = now.Add(minDiscoveryLifetime)
+			e.discovered.Store(&kept)
+			return &kept, nil
+		}
 		code := "discovery_failed"
 		if ctx.Err() != nil {
 			code = "timeout"
 		}
 		return nil, &TokenError{Provider: e.cfg.Provider, Code: code, Description: e.cfg.redact(err.Error())}
 	}
+	d.Fetched, d.Expires = now, now.Add(d.lifetime)
 	e.discovered.Store(d)
 	return d, nil
+}
+
+// adoptDiscovery takes a document another instance (or an earlier process)
+// stored, when it is within its lifetime and newer than the one in use.
+func (e *endpoint) adoptDiscovery(d *discoveryDocument) {
+	if e.cfg.Issuer == "" || !d.fresh(e.clock.now()) || d.check(e.cfg.Issuer) != nil {
+		return
+	}
+	if cur := e.discovered.Load(); cur == nil || d.Fetched.After(cur.Fetched) {
+		e.discovered.CompareAndSwap(cur, d)
+	}
+}
+
+// sharedDiscovery is the document to store for the other instances: the
+// one in use, unless an endpoint it names has failed.
+func (e *endpoint) sharedDiscovery() *discoveryDocument {
+	if d := e.discovered.Load(); d != nil && !d.failed {
+		return d
+	}
+	return nil
+}
+
+// endpointFailed notes that target failed at transport level or answered
+// 404: if the discovered document names it, the issuer is asked again at
+// the next use (the provider may have moved it).
+func (e *endpoint) endpointFailed(target string) {
+	d := e.discovered.Load()
+	if d == nil || d.failed || !d.names(target) {
+		return
+	}
+	failed := *d
+	failed.failed = true
+	e.discovered.CompareAndSwap(d, &failed)
 }
 
 func (e *endpoint) localError(code, desc string) *TokenError {

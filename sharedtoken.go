@@ -131,8 +131,8 @@ func (f *sharedFetcher) read(ctx context.Context) (*tokenRecord, error) {
 	if rec.Format != "" && f.ep.cfg.Format == providers.FormatAuto {
 		f.ep.format.Store(rec.Format)
 	}
-	if d := rec.Discovery; d != nil && f.ep.cfg.Issuer != "" && d.check(f.ep.cfg.Issuer) == nil {
-		f.ep.discovered.CompareAndSwap(nil, d)
+	if d := rec.Discovery; d != nil {
+		f.ep.adoptDiscovery(d)
 	}
 	return &rec, nil
 }
@@ -170,7 +170,7 @@ func (f *sharedFetcher) fetchAndStore(ctx context.Context, rec *tokenRecord) (*t
 	if f.ep.cfg.Format == providers.FormatAuto {
 		next.Format = f.ep.format.Load().(string)
 	}
-	next.Discovery = f.ep.discovered.Load()
+	next.Discovery = f.ep.sharedDiscovery()
 	var te *TokenError
 	switch {
 	case err == nil:
