@@ -816,6 +816,9 @@ func (c *Credentials) resolveClientAuth(repl *caddy.Replacer, cs *credentialSet)
 		if cs.signer, err = sa.signer(); err != nil {
 			return fieldErr("service_account_file", err)
 		}
+		if err := cs.addKeyMaterial("service_account_file", sa.key); err != nil {
+			return fieldErr("service_account_file", err)
+		}
 		cs.signer.field = "service_account_file"
 		// No sub unless subject is set: Google documents sub only for
 		// domain-wide delegation, and its client libraries send none.
@@ -849,6 +852,9 @@ func (c *Credentials) resolveClientAuth(repl *caddy.Replacer, cs *credentialSet)
 		if cs.signer, err = newAssertionSigner(key, alg, repl.ReplaceKnown(c.KeyID, ""), cert); err != nil {
 			return errField("private_key", "%v", err)
 		}
+		if err := cs.addKeyMaterial("private_key", key); err != nil {
+			return fieldErr("private_key", err)
+		}
 		cs.signer.field = "private_key"
 		// The JWT bearer grant's sub when subject is not set: the client
 		// acting for itself (RFC 7523 §3 requires a sub; §2.2 names the
@@ -873,6 +879,14 @@ func (c *Credentials) resolveClientAuth(repl *caddy.Replacer, cs *credentialSet)
 		certFile, keyFile := repl.ReplaceKnown(c.TLSClientCert, ""), repl.ReplaceKnown(c.TLSClientKey, "")
 		if cs.tlsCert, err = newClientCert(certFile, keyFile); err != nil {
 			return fieldErr("tls_client_cert", err)
+		}
+		// The key loaded now: a key rotated later (cert-manager) is used
+		// for handshakes, but records stay sealed with this one until the
+		// next configuration load.
+		if pair, _ := cs.tlsCert.current(); pair != nil {
+			if err := cs.addKeyMaterial("tls_client_key", pair.PrivateKey); err != nil {
+				return fieldErr("tls_client_cert", err)
+			}
 		}
 		digest.Write([]byte(certFile + "\x00" + keyFile))
 	}

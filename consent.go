@@ -103,6 +103,9 @@ func (h *ConsentHandler) check() error {
 	if err := h.Credentials.check(grantAuthorizationCode); err != nil {
 		return err
 	}
+	if err := h.Credentials.checkRecordKey(grantAuthorizationCode, true); err != nil {
+		return err
+	}
 	if h.RedirectURI == "" {
 		return errField("redirect_uri", "is required: the callback URL registered with the provider")
 	}
@@ -426,7 +429,7 @@ func (h *ConsentHandler) callback(w http.ResponseWriter, r *http.Request) error 
 	if e := q.Get("error"); e != "" {
 		msg := fmt.Sprintf("The provider answered %s", truncate(e, 64))
 		if d := q.Get("error_description"); d != "" {
-			msg += ": " + truncate(d, 200)
+			msg += ": " + truncate(h.grant.cfg.redact(d), 200)
 		}
 		return fail(http.StatusBadRequest, msg+". Nothing was stored."+startAgain)
 	}

@@ -210,6 +210,9 @@ func (h *Handler) check() error {
 	if err := oneOf("token_store", h.TokenStore, tokenStoreStorage, tokenStoreMemory); err != nil {
 		return err
 	}
+	if err := h.Credentials.checkRecordKey(grant, !machineGrant(grant) || h.TokenStore != tokenStoreMemory); err != nil {
+		return err
+	}
 	if h.Subject != "" && grant != grantJWTBearer {
 		return errField("subject", "only for grant jwt_bearer")
 	}
