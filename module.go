@@ -143,9 +143,10 @@ type Handler struct {
 	// (drop the token, pass the 401 on) or off.
 	Upstream401 string `json:"upstream_401,omitempty"`
 
-	// ReplayMaxBody is the largest request body buffered so that the
-	// request can be replayed after a 401. Default 64 KiB; -1: only
-	// requests without a body are replayed.
+	// ReplayMaxBody is the largest request body (by its Content-Length)
+	// buffered so that the request can be replayed after a 401; a body of
+	// unknown length streams and is not replayable. Default 64 KiB; -1:
+	// only requests without a body are replayed.
 	ReplayMaxBody int64 `json:"replay_max_body,omitempty"`
 
 	source  *tokenSource // client_credentials: the credential set's

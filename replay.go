@@ -73,10 +73,13 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 	return next.ServeHTTP(w, r)
 }
 
-// bufferBody makes the request body replayable when it is small enough:
-// no body, or one of at most replay_max_body bytes, is read into memory. A
-// larger or longer streaming body is left to stream (what was read is put
-// back in front of it) and the request is not replayable.
+// bufferBody makes the request body replayable when it is known to be
+// small: no body, or one whose Content-Length is at most replay_max_body,
+// is read into memory (the client promised exactly that many bytes). A body
+// of unknown length (chunked, an HTTP/2 stream, gRPC) is never read before
+// forwarding: it may be a conversation whose next part waits for the answer
+// to this one. Neither is the body of an Upgrade request, whose connection
+// becomes one. Those, and larger bodies, stream and are not replayable.
 func (h *Handler) bufferBody(r *http.Request) ([]byte, bool, error) {
 	// Content-Length 0 is a request without a body (an unknown length is
 	// -1); reverse_proxy sends none then. Caddy wraps even http.NoBody in
@@ -86,20 +89,12 @@ func (h *Handler) bufferBody(r *http.Request) ([]byte, bool, error) {
 		return nil, true, nil
 	}
 	limit := h.replayMax
-	if limit < 0 || r.ContentLength > limit {
+	if limit < 0 || r.ContentLength < 0 || r.ContentLength > limit || r.Header.Get("Upgrade") != "" {
 		return nil, false, nil
 	}
-	orig := r.Body
-	b, err := io.ReadAll(io.LimitReader(orig, limit+1))
-	if err != nil {
+	b := make([]byte, r.ContentLength)
+	if _, err := io.ReadFull(r.Body, b); err != nil {
 		return nil, false, err
-	}
-	if int64(len(b)) > limit {
-		r.Body = struct {
-			io.Reader
-			io.Closer
-		}{io.MultiReader(bytes.NewReader(b), orig), orig}
-		return nil, false, nil
 	}
 	r.Body = io.NopCloser(bytes.NewReader(b))
 	return b, true, nil
