@@ -45,6 +45,9 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 	h.inject(r, tok)
 	err := next.ServeHTTP(rec, r)
 	if err != nil || !rec.Buffered() || rec.Status() != http.StatusUnauthorized {
+		if err == nil {
+			accepted(tok)
+		}
 		return err
 	}
 
@@ -70,7 +73,20 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 		r.Body = io.NopCloser(bytes.NewReader(body))
 	}
 	h.inject(r, tok)
-	return next.ServeHTTP(w, r)
+	// The replay's answer goes to the client as it comes; its status says
+	// whether the new token was refused too (reject counts that).
+	replay := caddyhttp.NewResponseRecorder(w, nil, nil)
+	if err := next.ServeHTTP(replay, r); err != nil {
+		return err
+	}
+	if tokenRejected(replay.Status(), w.Header()) {
+		src.reject(tok)
+		metrics.upstream401.WithLabelValues(h.provider, "replay_refused").Inc()
+		log.Warn("upstream refused the new token too; the next one is fetched later")
+	} else {
+		accepted(tok)
+	}
+	return nil
 }
 
 // bufferBody makes the request body replayable when it is known to be
@@ -131,11 +147,14 @@ func (s *headerSnapshot) restore(h http.Header) {
 	}
 }
 
-// tokenRejected reports an upstream answer that refuses the token: a 401
-// with no challenge, or with a Bearer challenge whose error is absent or
-// invalid_token (RFC 6750 §3.1). Other challenges (Basic, a Bearer
-// invalid_request) and every 403 (insufficient_scope) are not fixed by a
-// new token.
+// tokenRejected reports an upstream answer that refuses the token, as RFC
+// 6750 §3.1 means it: a 401 with a Bearer challenge whose error is
+// invalid_token, or a 401 with no challenge at all (a server that does not
+// speak RFC 6750 says no more). A Bearer challenge without an error says
+// that the request carried no credentials the server could use (the token
+// went in a header it does not read, or was stripped on the way); other
+// challenges (Basic, a Bearer invalid_request) and every 403
+// (insufficient_scope) are not fixed by a new token either.
 func tokenRejected(status int, hdr http.Header) bool {
 	if status != http.StatusUnauthorized {
 		return false
@@ -145,10 +164,8 @@ func tokenRejected(status int, hdr http.Header) bool {
 	for _, v := range values {
 		for _, c := range parseChallenges(v) {
 			found = true
-			if strings.EqualFold(c.scheme, "Bearer") {
-				if e, ok := c.params["error"]; !ok || e == "invalid_token" {
-					return true
-				}
+			if strings.EqualFold(c.scheme, "Bearer") && c.params["error"] == "invalid_token" {
+				return true
 			}
 		}
 	}
