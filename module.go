@@ -551,7 +551,9 @@ func (h *Handler) headerValue(tok *token) string {
 // refuse answers a request that gets no token, without forwarding it: 400
 // when it names no valid account; 503 when its account needs consent (with
 // where to connect it), or with Retry-After when the provider asked to wait
-// or the source is backing off; 502 otherwise. The client sees the provider and the error code, never the
+// or the source is backing off; 502 otherwise; 500 when the request is for
+// one of the consent handler's own paths (the consent handler is not
+// reached). The client sees the provider and the error code, never the
 // provider's description (that is logged once per token request) nor
 // anything secret.
 //
@@ -580,9 +582,22 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, err error) erro
 	return nil
 }
 
+// troubleshootingURL is where the README's troubleshooting table is.
+const troubleshootingURL = "https://github.com/oauthbearer/caddy-oauth-bearer#troubleshooting"
+
 // refusal is the status, the Retry-After in seconds (0: none) and the
 // message of a refused request.
 func (h *Handler) refusal(r *http.Request, err error) (int, int64, string) {
+	if h.grant != nil {
+		if p := h.grant.env.consentPaths(); p != nil && p.has(r.URL.EscapedPath()) {
+			h.logger.Error("a request for a consent endpoint reached oauth_bearer, which runs before oauth_bearer_consent: the consent handler is not reached",
+				zap.String("path", r.URL.Path), zap.String("see", troubleshootingURL))
+			return http.StatusInternalServerError, 0, fmt.Sprintf("oauth_bearer: %s is an oauth_bearer_consent endpoint, but oauth_bearer answered it: "+
+				"the consent handler is not reached, because oauth_bearer runs first (a site-level oauth_bearer runs before route and handle blocks). "+
+				"Put oauth_bearer_consent at site level, where it is ordered before oauth_bearer, or keep oauth_bearer off these paths; "+
+				"see %s; the request was not forwarded", r.URL.Path, troubleshootingURL)
+		}
+	}
 	var ae accountError
 	if errors.As(err, &ae) {
 		return http.StatusBadRequest, 0, fmt.Sprintf("oauth_bearer: %s; the request was not forwarded", ae.Error())
@@ -605,6 +620,12 @@ func (h *Handler) refusal(r *http.Request, err error) (int, int64, string) {
 		}
 	}
 	return status, secs, fmt.Sprintf("oauth_bearer: no access token from %s (%s)%s; the request was not forwarded", h.provider, code, retryIn)
+}
+
+// has reports whether path (escaped, as the consent handler compares it)
+// is one of the consent endpoints.
+func (p *consentPaths) has(path string) bool {
+	return path == p.connect || path == p.callback || path == p.status || path == p.disconnect
 }
 
 // handleErrorsAnswers reports whether the server's error routes (a site's

@@ -2,7 +2,8 @@ package oauthbearer
 
 // A request refused for want of a token: an error a site's handle_errors
 // can shape (a JSON API wants JSON), today's plain text where nothing
-// shapes it.
+// shapes it; and, when the injector answers a consent endpoint, what is
+// wrong instead of a circle back to it.
 
 import (
 	"context"
@@ -136,5 +137,53 @@ func TestClientGivingUpWithHandleErrors(t *testing.T) {
 		if strings.Contains(line, "error handling handler error") {
 			t.Errorf("the error route failed: %s", line)
 		}
+	}
+}
+
+// The old layout: the consent handler in a route below a site-level
+// oauth_bearer. A GET of the connect page reaches the injector, which used
+// to answer "needs consent: connect it at /oauth/connect", the very page.
+// It says what is wrong and where the fix is described; other paths still
+// say the account needs consent.
+func TestInjectorAnsweringAConsentPathSaysWhatIsWrong(t *testing.T) {
+	addr := freeAddr(t)
+	redirect := "http://" + addr + "/oauth/callback"
+	as := newCodeAS(t, redirect)
+	api := newAPIUpstream(t, as)
+	t.Setenv("CAS_SECRET", as.Secret)
+	creds := fmt.Sprintf("client_id     %s\n\t\tclient_secret {env.CAS_SECRET}\n\t\ttoken_url     %s", as.ClientID, as.tokenURL())
+	c := startCaddyAt(t, addr, fmt.Sprintf(`http://LISTEN {
+	oauth_bearer eventtemple {
+		grant authorization_code
+		%[1]s
+	}
+	route /oauth/* {
+		oauth_bearer_consent eventtemple {
+			%[1]s
+			authorize_url %[2]s
+			redirect_uri  %[3]s
+		}
+	}
+	reverse_proxy %[4]s
+}`, creds, as.authorizeURL(), redirect, api.hostport()))
+
+	for _, path := range []string{"/oauth/connect", "/oauth/status", "/oauth/callback"} {
+		status, body := c.get(path)
+		if status != http.StatusInternalServerError || strings.Contains(body, "connect it at") ||
+			!strings.Contains(body, path+" is an oauth_bearer_consent endpoint") ||
+			!strings.Contains(body, "the consent handler is not reached") ||
+			!strings.Contains(body, "Put oauth_bearer_consent at site level") ||
+			!strings.Contains(body, troubleshootingURL) {
+			t.Errorf("GET %s: %d %q, want 500 saying the consent handler is not reached, with the troubleshooting entry", path, status, body)
+		}
+	}
+	if status, body := c.get("/v1/items"); status != 503 || !strings.Contains(body, "needs consent") || !strings.Contains(body, "connect it at /oauth/connect?account=default") {
+		t.Errorf("GET /v1/items: %d %q, want 503 needs consent with the connect URL", status, body)
+	}
+	if !strings.Contains(c.logs(), "the consent handler is not reached") {
+		t.Error("the misplaced consent handler was not logged")
+	}
+	if n := len(api.authorizations()); n != 0 {
+		t.Errorf("the API got %d requests without a token", n)
 	}
 }
