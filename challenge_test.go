@@ -147,7 +147,7 @@ func TestParseChallengesRFC9110Lists(t *testing.T) {
 	}
 }
 
-func TestTokenRejectedOnlyForBearerInvalidOrMissingError(t *testing.T) {
+func TestTokenRejectedOnlyForBearerInvalidTokenOrNoChallenge(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
 		status int
@@ -157,8 +157,8 @@ func TestTokenRejectedOnlyForBearerInvalidOrMissingError(t *testing.T) {
 		{"401 without a challenge", 401, nil, true},
 		{"401 with an empty challenge line", 401, []string{""}, true},
 		{"401 with only empty list elements", 401, []string{", ,"}, true},
-		{"Bearer without error", 401, []string{"Bearer"}, true},
-		{"Bearer realm without error", 401, []string{`Bearer realm="api"`}, true},
+		{"Bearer without error: no credentials seen (RFC 6750 §3.1)", 401, []string{"Bearer"}, false},
+		{"Bearer realm without error", 401, []string{`Bearer realm="api"`}, false},
 		{"Bearer invalid_token", 401, []string{`Bearer error="invalid_token"`}, true},
 		{"Bearer invalid_token unquoted", 401, []string{`Bearer error=invalid_token`}, true},
 		{"Bearer insufficient_scope", 401, []string{`Bearer error="insufficient_scope"`}, false},
@@ -166,7 +166,7 @@ func TestTokenRejectedOnlyForBearerInvalidOrMissingError(t *testing.T) {
 		{"Basic only", 401, []string{`Basic realm="x"`}, false},
 		{"Basic token68 only", 401, []string{`Negotiate abc==`}, false},
 		{"Bearer following Basic on one line", 401, []string{`Basic realm="api", Bearer realm="api", error="invalid_token"`}, true},
-		{"Bearer without params following Basic on one line", 401, []string{`Basic realm="api", Bearer`}, true},
+		{"Bearer without params following Basic on one line", 401, []string{`Basic realm="api", Bearer`}, false},
 		{"Bearer following a token68 challenge", 401, []string{`Negotiate abc==, Bearer error="invalid_token"`}, true},
 		{"Bearer invalid_request then Basic", 401, []string{`Bearer error="invalid_request", Basic realm="x"`}, false},
 		{"lower-case scheme and upper-case param name", 401, []string{`bearer ERROR="invalid_token"`}, true},

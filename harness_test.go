@@ -62,12 +62,13 @@ var caddyMu sync.Mutex
 
 // testCaddy is a Caddy instance loaded from a Caddyfile.
 type testCaddy struct {
-	t       *testing.T
+	t       testing.TB
 	addr    string // 127.0.0.1:port of the first site
 	logFile string
 	dir     string
 	storage string // the storage global option; "" for file_system in dir
 	admin   string // the admin endpoint's address; "" for none
+	global  string // more global options, such as "servers { protocols h1 h2c }"
 }
 
 // startCaddy runs Caddy with the given site blocks. "LISTEN" in them is
@@ -102,7 +103,7 @@ func startCaddyAdmin(t *testing.T, sites string) *testCaddy {
 
 // startCaddyOpts starts Caddy with the options set in c (addr, storage,
 // admin).
-func startCaddyOpts(t *testing.T, c *testCaddy, sites string) *testCaddy {
+func startCaddyOpts(t testing.TB, c *testCaddy, sites string) *testCaddy {
 	t.Helper()
 	caddyMu.Lock()
 	dir := t.TempDir()
@@ -178,8 +179,8 @@ func (c *testCaddy) adapt(sites string) ([]byte, error) {
 		format json
 		level DEBUG
 	}
-}
-`, admin, storage, c.logFile) + strings.ReplaceAll(sites, "LISTEN", c.addr)
+%s}
+`, admin, storage, c.logFile, globalOptions(c.global)) + strings.ReplaceAll(sites, "LISTEN", c.addr)
 	out, warnings, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), map[string]any{"filename": "Caddyfile"})
 	if err != nil {
 		return nil, err
@@ -188,6 +189,14 @@ func (c *testCaddy) adapt(sites string) ([]byte, error) {
 		c.t.Logf("adapter warning: %s", w.String())
 	}
 	return out, nil
+}
+
+// globalOptions indents more global options as the block around them.
+func globalOptions(opts string) string {
+	if opts == "" {
+		return ""
+	}
+	return "\t" + opts + "\n"
 }
 
 // logs returns what Caddy logged so far.

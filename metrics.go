@@ -43,7 +43,7 @@ func initMetrics() {
 		}, []string{"provider", "result"})
 		metrics.upstream401 = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metricsNS, Subsystem: metricsSub, Name: "upstream_unauthorized_total",
-			Help: "Upstream 401 answers to an injected token, by what was done: invalidated (token dropped), retried (request replayed with a new token), passed (answer passed to the client).",
+			Help: "Upstream 401 answers to an injected token, by what was done: invalidated (token dropped), retried (request replayed with a new token), passed (answer passed to the client), replay_refused (the replay's new token was refused too).",
 		}, []string{"provider", "action"})
 		metrics.consents = prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: metricsNS, Subsystem: metricsSub, Name: "consent_events_total",

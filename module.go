@@ -27,6 +27,7 @@ package oauthbearer
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/textproto"
 	"net/url"
@@ -145,9 +146,10 @@ type Handler struct {
 	// (drop the token, pass the 401 on) or off.
 	Upstream401 string `json:"upstream_401,omitempty"`
 
-	// ReplayMaxBody is the largest request body buffered so that the
-	// request can be replayed after a 401. Default 64 KiB; -1: only
-	// requests without a body are replayed.
+	// ReplayMaxBody is the largest request body (by its Content-Length)
+	// buffered so that the request can be replayed after a 401; a body of
+	// unknown length streams and is not replayable. Default 64 KiB; -1:
+	// only requests without a body are replayed.
 	ReplayMaxBody int64 `json:"replay_max_body,omitempty"`
 
 	source  *tokenSource // client_credentials: the credential set's
@@ -557,22 +559,56 @@ func (h *Handler) headerValue(tok *token) string {
 // refuse answers a request that gets no token, without forwarding it: 400
 // when it names no valid account; 503 when its account needs consent (with
 // where to connect it), or with Retry-After when the provider asked to wait
-// or the source is backing off; 502 otherwise. The client sees the provider
-// and the error code, never the provider's description (that is logged
-// once per token request) nor anything secret.
+// or the source is backing off; 502 otherwise; 500 when the request is for
+// one of the consent handler's own paths (the consent handler is not
+// reached). The client sees the provider and the error code, never the
+// provider's description (that is logged once per token request) nor
+// anything secret.
+//
+// The refusal is returned as a caddyhttp.Error (with Retry-After and
+// Cache-Control set on the response first), so that a site's handle_errors
+// can shape it; where no handle_errors answers the request, Caddy would
+// write the status alone, so the message is written here as plain text.
 func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, err error) error {
 	if r.Context().Err() != nil {
 		// The client gave up while waiting; nobody reads an answer.
 		return caddyhttp.Error(499, fmt.Errorf("client gave up waiting for a %s token", h.provider))
 	}
+	status, retryAfter, msg := h.refusal(r, err)
+	w.Header().Set("Cache-Control", "no-store")
+	if retryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.FormatInt(retryAfter, 10))
+	}
+	herr := caddyhttp.Error(status, errors.New(msg))
+	if handleErrorsAnswers(r, herr) {
+		return herr
+	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	io.WriteString(w, msg+"\n")
+	return nil
+}
+
+// troubleshootingURL is where the README's troubleshooting table is.
+const troubleshootingURL = "https://github.com/oauthbearer/caddy-oauth-bearer#troubleshooting"
+
+// refusal is the status, the Retry-After in seconds (0: none) and the
+// message of a refused request.
+func (h *Handler) refusal(r *http.Request, err error) (int, int64, string) {
+	if h.grant != nil {
+		if p := h.grant.env.consentPaths(); p != nil && p.has(r.URL.EscapedPath()) {
+			h.logger.Error("a request for a consent endpoint reached oauth_bearer, which runs before oauth_bearer_consent: the consent handler is not reached",
+				zap.String("path", r.URL.Path), zap.String("see", troubleshootingURL))
+			return http.StatusInternalServerError, 0, fmt.Sprintf("oauth_bearer: %s is an oauth_bearer_consent endpoint, but oauth_bearer answered it: "+
+				"the consent handler is not reached, because oauth_bearer runs first (a site-level oauth_bearer runs before route and handle blocks). "+
+				"Put oauth_bearer_consent at site level, where it is ordered before oauth_bearer, or keep oauth_bearer off these paths; "+
+				"see %s; the request was not forwarded", r.URL.Path, troubleshootingURL)
+		}
+	}
 	var ae accountError
 	if errors.As(err, &ae) {
-		w.WriteHeader(http.StatusBadRequest)
-		fmt.Fprintf(w, "oauth_bearer: %s; the request was not forwarded\n", ae.Error())
-		return nil
+		return http.StatusBadRequest, 0, fmt.Sprintf("oauth_bearer: %s; the request was not forwarded", ae.Error())
 	}
 	metrics.failedRequests.WithLabelValues(h.provider, resultClass(err)).Inc()
 	var te *TokenError
@@ -581,22 +617,52 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, err error) erro
 		if te.connect != "" {
 			where = "connect it at " + te.connect
 		}
-		w.WriteHeader(http.StatusServiceUnavailable)
-		fmt.Fprintf(w, "oauth_bearer: %s account %q needs consent (%s): %s; the request was not forwarded\n", h.provider, te.account, codeConsentRequired, where)
-		return nil
+		return http.StatusServiceUnavailable, 0, fmt.Sprintf("oauth_bearer: %s account %q needs consent (%s): %s; the request was not forwarded", h.provider, te.account, codeConsentRequired, where)
 	}
-	code, status, retryIn := "token_unavailable", http.StatusBadGateway, ""
+	code, status, secs, retryIn := "token_unavailable", http.StatusBadGateway, int64(0), ""
 	if te != nil {
 		code = te.Code
 		if te.RetryAfter > 0 {
-			secs := int64((min(te.RetryAfter, maxRetryAfter) + time.Second - 1) / time.Second)
+			secs = int64((min(te.RetryAfter, maxRetryAfter) + time.Second - 1) / time.Second)
 			status, retryIn = http.StatusServiceUnavailable, fmt.Sprintf("; retry in %ds", secs)
-			w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
 		}
 	}
-	w.WriteHeader(status)
-	fmt.Fprintf(w, "oauth_bearer: no access token from %s (%s)%s; the request was not forwarded\n", h.provider, code, retryIn)
-	return nil
+	return status, secs, fmt.Sprintf("oauth_bearer: no access token from %s (%s)%s; the request was not forwarded", h.provider, code, retryIn)
+}
+
+// has reports whether path (escaped, as the consent handler compares it)
+// is one of the consent endpoints.
+func (p *consentPaths) has(path string) bool {
+	return path == p.connect || path == p.callback || path == p.status || path == p.disconnect
+}
+
+// handleErrorsAnswers reports whether the server's error routes (a site's
+// handle_errors) would answer err for r. They are looked at as the
+// Caddyfile shapes them: per site, a route matching its hosts that holds a
+// subroute, in it one route per handle_errors block (matching its status
+// codes, if it names any). A route that matches and does more than hold
+// subroutes answers.
+func handleErrorsAnswers(r *http.Request, err error) bool {
+	srv, _ := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server)
+	if srv == nil || srv.Errors == nil || len(srv.Errors.Routes) == 0 {
+		return false
+	}
+	return routesAnswer(srv.Errors.Routes, srv.Errors.WithError(r, err))
+}
+
+func routesAnswer(routes caddyhttp.RouteList, r *http.Request) bool {
+	for _, rt := range routes {
+		if ok, err := rt.MatcherSets.AnyMatchWithError(r); err != nil || !ok {
+			continue
+		}
+		for _, h := range rt.Handlers {
+			sub, ok := h.(*caddyhttp.Subroute)
+			if !ok || routesAnswer(sub.Routes, r) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // Interface guards

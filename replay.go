@@ -45,6 +45,9 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 	h.inject(r, tok)
 	err := next.ServeHTTP(rec, r)
 	if err != nil || !rec.Buffered() || rec.Status() != http.StatusUnauthorized {
+		if err == nil {
+			accepted(tok)
+		}
 		return err
 	}
 
@@ -70,13 +73,29 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 		r.Body = io.NopCloser(bytes.NewReader(body))
 	}
 	h.inject(r, tok)
-	return next.ServeHTTP(w, r)
+	// The replay's answer goes to the client as it comes; its status says
+	// whether the new token was refused too (reject counts that).
+	replay := caddyhttp.NewResponseRecorder(w, nil, nil)
+	if err := next.ServeHTTP(replay, r); err != nil {
+		return err
+	}
+	if tokenRejected(replay.Status(), w.Header()) {
+		src.reject(tok)
+		metrics.upstream401.WithLabelValues(h.provider, "replay_refused").Inc()
+		log.Warn("upstream refused the new token too; the next one is fetched later")
+	} else {
+		accepted(tok)
+	}
+	return nil
 }
 
-// bufferBody makes the request body replayable when it is small enough:
-// no body, or one of at most replay_max_body bytes, is read into memory. A
-// larger or longer streaming body is left to stream (what was read is put
-// back in front of it) and the request is not replayable.
+// bufferBody makes the request body replayable when it is known to be
+// small: no body, or one whose Content-Length is at most replay_max_body,
+// is read into memory (the client promised exactly that many bytes). A body
+// of unknown length (chunked, an HTTP/2 stream, gRPC) is never read before
+// forwarding: it may be a conversation whose next part waits for the answer
+// to this one. Neither is the body of an Upgrade request, whose connection
+// becomes one. Those, and larger bodies, stream and are not replayable.
 func (h *Handler) bufferBody(r *http.Request) ([]byte, bool, error) {
 	// Content-Length 0 is a request without a body (an unknown length is
 	// -1); reverse_proxy sends none then. Caddy wraps even http.NoBody in
@@ -86,20 +105,12 @@ func (h *Handler) bufferBody(r *http.Request) ([]byte, bool, error) {
 		return nil, true, nil
 	}
 	limit := h.replayMax
-	if limit < 0 || r.ContentLength > limit {
+	if limit < 0 || r.ContentLength < 0 || r.ContentLength > limit || r.Header.Get("Upgrade") != "" {
 		return nil, false, nil
 	}
-	orig := r.Body
-	b, err := io.ReadAll(io.LimitReader(orig, limit+1))
-	if err != nil {
+	b := make([]byte, r.ContentLength)
+	if _, err := io.ReadFull(r.Body, b); err != nil {
 		return nil, false, err
-	}
-	if int64(len(b)) > limit {
-		r.Body = struct {
-			io.Reader
-			io.Closer
-		}{io.MultiReader(bytes.NewReader(b), orig), orig}
-		return nil, false, nil
 	}
 	r.Body = io.NopCloser(bytes.NewReader(b))
 	return b, true, nil
@@ -136,11 +147,14 @@ func (s *headerSnapshot) restore(h http.Header) {
 	}
 }
 
-// tokenRejected reports an upstream answer that refuses the token: a 401
-// with no challenge, or with a Bearer challenge whose error is absent or
-// invalid_token (RFC 6750 §3.1). Other challenges (Basic, a Bearer
-// invalid_request) and every 403 (insufficient_scope) are not fixed by a
-// new token.
+// tokenRejected reports an upstream answer that refuses the token, as RFC
+// 6750 §3.1 means it: a 401 with a Bearer challenge whose error is
+// invalid_token, or a 401 with no challenge at all (a server that does not
+// speak RFC 6750 says no more). A Bearer challenge without an error says
+// that the request carried no credentials the server could use (the token
+// went in a header it does not read, or was stripped on the way); other
+// challenges (Basic, a Bearer invalid_request) and every 403
+// (insufficient_scope) are not fixed by a new token either.
 func tokenRejected(status int, hdr http.Header) bool {
 	if status != http.StatusUnauthorized {
 		return false
@@ -150,10 +164,8 @@ func tokenRejected(status int, hdr http.Header) bool {
 	for _, v := range values {
 		for _, c := range parseChallenges(v) {
 			found = true
-			if strings.EqualFold(c.scheme, "Bearer") {
-				if e, ok := c.params["error"]; !ok || e == "invalid_token" {
-					return true
-				}
+			if strings.EqualFold(c.scheme, "Bearer") && c.params["error"] == "invalid_token" {
+				return true
 			}
 		}
 	}

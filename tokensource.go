@@ -45,8 +45,11 @@ const (
 	maxRetryAfter = time.Hour
 	// A token younger than this is not dropped on an upstream 401: a fresh
 	// token that is refused points at the configuration, not at the
-	// token, and fetching again would only hammer the provider.
+	// token, and fetching again would only hammer the provider. The age
+	// doubles, up to maxAgeToInvalidate, with each token in a row that the
+	// upstream refused too (see tokenSource.reject).
 	minAgeToInvalidate = 30 * time.Second
+	maxAgeToInvalidate = 30 * time.Minute
 	// How soon a source whose grant needs consent looks at the storage
 	// again (consent may be given on another instance).
 	consentRecheck = 2 * time.Second
@@ -65,6 +68,11 @@ type token struct {
 	// final: nothing can replace this token before it expires (a grant
 	// without a refresh token); it is not refreshed ahead.
 	final bool
+	// afterRefusal: fetched to replace a token the upstream refused.
+	afterRefusal bool
+	// accepted: with afterRefusal, the upstream answered a request with
+	// this token without refusing it (the only field set after storing).
+	accepted atomic.Bool
 
 	// Set by the source that stores the token (schedule).
 	refreshAt time.Time     // from here on, a replacement is fetched
@@ -114,6 +122,12 @@ type tokenSource struct {
 	lastErrAt   time.Time
 	downSince   time.Time   // the first failure since the last success
 	gotFirst    atomic.Bool // a token was ever obtained
+
+	// Upstream refusals (reject), under mu: the last token refused, and
+	// how many tokens in a row were refused, each fetched to replace a
+	// refused one and refused before the upstream accepted it.
+	lastRefused *token
+	refusals    int
 
 	ctx    context.Context // ends when the source is stopped
 	cancel context.CancelFunc
@@ -204,20 +218,56 @@ func (s *tokenSource) refreshAhead() {
 }
 
 // reject handles an upstream's refusal of t: t is dropped from the cache
-// if it is still the cached token and old enough (see minAgeToInvalidate),
-// and the next fetch is told that it was refused. A newer token is never
-// dropped because of an answer to an older one. It reports whether another
-// attempt would use another token.
+// if it is still the cached token and old enough, and the next fetch is
+// told that it was refused. A newer token is never dropped because of an
+// answer to an older one. It reports whether another attempt would use
+// another token.
+//
+// Old enough: minAgeToInvalidate, doubled for each token in a row that was
+// fetched to replace a refused one and refused in turn before the upstream
+// accepted any request with it (see accepted), up to maxAgeToInvalidate.
+// An upstream that refuses every token (a wrong audience, an outage
+// answering 401) then costs a handful of token requests, not one each
+// 30 s; a token that worked and was then revoked is replaced as soon. The
+// count starts again when a token lives to its normal refresh without
+// being refused, or an operator forces a refresh (fetch).
 func (s *tokenSource) reject(t *token) bool {
 	if s.cur.Load() != t {
 		return true // already replaced
 	}
-	if s.now().Sub(t.obtained) < minAgeToInvalidate {
+	s.mu.Lock()
+	if s.lastRefused != t {
+		s.lastRefused = t
+		if t.afterRefusal && !t.accepted.Load() {
+			s.refusals++
+		}
+	}
+	minAge := invalidateAfter(s.refusals)
+	s.mu.Unlock()
+	if s.now().Sub(t.obtained) < minAge {
 		return false
 	}
 	s.refused.Store(t)
 	s.cur.CompareAndSwap(t, nil)
 	return true
+}
+
+// accepted records that the upstream answered a request with t without
+// refusing the token. Only a token fetched to replace a refused one needs
+// it (reject); for the others it costs one field read.
+func accepted(t *token) {
+	if t.afterRefusal && !t.accepted.Load() {
+		t.accepted.Store(true)
+	}
+}
+
+// invalidateAfter is the age from which a refused token is dropped, after
+// n tokens in a row were refused although each replaced a refused one.
+func invalidateAfter(n int) time.Duration {
+	if n >= 16 {
+		return maxAgeToInvalidate
+	}
+	return min(minAgeToInvalidate<<n, maxAgeToInvalidate)
 }
 
 // fetch asks the fetcher for a new token and caches it. Only one runs at a
@@ -240,6 +290,13 @@ func (s *tokenSource) fetch(force bool) (*token, error) {
 	}
 	s.mu.Lock()
 	downSince := s.downSince
+	// A token replacing one the upstream refused carries the count of
+	// refusals on (reject); any other, or one an operator asked for,
+	// starts it again.
+	t.afterRefusal = !force && r.old != nil && r.old == s.lastRefused
+	if !t.afterRefusal {
+		s.refusals = 0
+	}
 	s.mu.Unlock()
 	s.store(t)
 	log := s.env.logger()
