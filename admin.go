@@ -53,9 +53,10 @@ const adminTimeout = 30 * time.Second
 // sourceView is one credential set as the admin API shows it.
 type sourceView struct {
 	ID         string `json:"id"`
-	Kind       string `json:"kind"` // client_credentials or grant
+	Kind       string `json:"kind"` // client_credentials or jwt_bearer (one token), or grant (accounts)
 	Provider   string `json:"provider"`
 	TokenURL   string `json:"token_url"`
+	Issuer     string `json:"issuer,omitempty"` // the token URL is discovered from it
 	ClientID   string `json:"client_id"`
 	Grant      string `json:"grant"`
 	Scope      string `json:"scope,omitempty"`
@@ -63,6 +64,8 @@ type sourceView struct {
 	tokenView
 	Accounts               *int `json:"accounts,omitempty"`
 	AccountsNeedingConsent *int `json:"accounts_needing_consent,omitempty"`
+	// ClientCertificate is the client_auth tls certificate in use.
+	ClientCertificate *clientCertView `json:"client_certificate,omitempty"`
 }
 
 // tokenView is a token source's state. Times are RFC 3339, in UTC.
@@ -168,7 +171,7 @@ func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 			}
 			g, ok := e.(*grant)
 			if !ok {
-				return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("credential set %s uses client_credentials: it has no accounts", parts[1])}
+				return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("credential set %s uses %s: it has no accounts", parts[1], e.(*sourceEntry).ep.cfg.Grant)}
 			}
 			accounts, err := g.accountViews(r.Context())
 			if err != nil {
@@ -200,11 +203,13 @@ func listSources(ctx context.Context) []sourceView {
 			if _, ok := e.src.fetcher.(*sharedFetcher); ok {
 				store = tokenStoreStorage
 			}
-			out = append(out, sourceView{ID: e.src.id, Kind: "client_credentials", Provider: cs.Provider, TokenURL: cs.TokenURL,
-				ClientID: cs.ClientID, Grant: grantClientCredentials, Scope: cs.Scope, TokenStore: store, tokenView: e.src.view()})
+			// cs.Grant: client_credentials or jwt_bearer, each a token per set.
+			out = append(out, sourceView{ID: e.src.id, Kind: cs.Grant, Provider: cs.Provider, TokenURL: cs.TokenURL, Issuer: cs.Issuer,
+				ClientID: cs.ClientID, Grant: cs.Grant, Scope: cs.Scope, TokenStore: store, tokenView: e.src.view(),
+				ClientCertificate: cs.tlsCert.view()})
 		case *grant:
-			sv := sourceView{ID: e.short, Kind: "grant", Provider: e.cfg.Provider, TokenURL: e.cfg.TokenURL, ClientID: e.cfg.ClientID,
-				Grant: grantAuthorizationCode, TokenStore: tokenStoreStorage}
+			sv := sourceView{ID: e.short, Kind: "grant", Provider: e.cfg.Provider, TokenURL: e.cfg.TokenURL, Issuer: e.cfg.Issuer,
+				ClientID: e.cfg.ClientID, Grant: grantAuthorizationCode, TokenStore: tokenStoreStorage, ClientCertificate: e.cfg.tlsCert.view()}
 			if e.bootstrap != "" {
 				sv.Grant = grantRefreshToken
 			}

@@ -74,6 +74,9 @@ type codeAS struct {
 	// rotated away also revokes the live tokens of its grant (RFC 9700
 	// 4.14.2 replay detection). Off by default.
 	ReuseRevokesGrant bool
+	// InvalidGrantDescription, when set, makes the error_description of a
+	// refused refresh token (what some providers echo back).
+	InvalidGrantDescription func(refreshToken string) string
 
 	// counters
 	Authorizations, CodeExchanges, Refreshes, InvalidGrants, Revocations atomic.Int64
@@ -496,6 +499,9 @@ func (a *codeAS) refresh(w http.ResponseWriter, r *http.Request, p map[string]st
 				a.revokeGrantLocked(tok.grant)
 			}
 			errCode, desc = "invalid_grant", "The refresh token is invalid"
+			if a.InvalidGrantDescription != nil {
+				desc = a.InvalidGrantDescription(rt)
+			}
 			return nil
 		}
 		scope := tok.scope

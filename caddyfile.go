@@ -76,7 +76,7 @@ func parseConsent(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //		resource         <uri>             # client_credentials; repeatable (RFC 8707)
 //		param            <name> <value>    # client_credentials; repeatable
 //		refresh_token    <token>           # grant refresh_token
-//		subject          <sub>             # grant jwt_bearer: the user the token acts for
+//		subject          <sub>             # grant jwt_bearer: the user the token acts for (default: the client id)
 //		account          <name|placeholder> # grants: whose grant a request uses
 //		refresh_before   <duration>
 //		token_store      storage|memory    # client_credentials; default storage
@@ -131,9 +131,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			var r string
 			if err = oneArg(d, sub, &r); err == nil {
 				h.Resources = append(h.Resources, r)
+				err = b.check(checkLoadTime(sub, "", r)) // on this line, not the last resource's
 			}
 		case "param":
-			err = h.unmarshalParam(d)
+			if err = h.unmarshalParam(d); err == nil {
+				err = b.check(checkParamPlaceholders(h.Params)) // the earlier ones passed
+			}
 		case "header":
 			err = h.unmarshalHeader(d)
 		case "token_header":

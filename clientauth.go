@@ -384,6 +384,9 @@ func signingAlg(key crypto.Signer, configured string) (jose.SignatureAlgorithm, 
 type assertionSigner struct {
 	signer jose.Signer
 	alg    jose.SignatureAlgorithm
+	// field is the subdirective whose key signs (private_key,
+	// service_account_file, client_secret): a signing failure names it.
+	field string
 }
 
 // assertionClaims are the claims of one assertion.
@@ -813,6 +816,12 @@ func (c *Credentials) resolveClientAuth(repl *caddy.Replacer, cs *credentialSet)
 		if cs.signer, err = sa.signer(); err != nil {
 			return fieldErr("service_account_file", err)
 		}
+		if err := cs.addKeyMaterial("service_account_file", sa.key); err != nil {
+			return fieldErr("service_account_file", err)
+		}
+		cs.signer.field = "service_account_file"
+		// No sub unless subject is set: Google documents sub only for
+		// domain-wide delegation, and its client libraries send none.
 		cs.assertionIssuer, cs.scopeInAssertion = sa.clientEmail, true
 		cs.ClientID = firstNonEmpty(cs.ClientID, sa.clientEmail)
 		if cs.TokenURL == "" && cs.Issuer == "" {
@@ -843,7 +852,14 @@ func (c *Credentials) resolveClientAuth(repl *caddy.Replacer, cs *credentialSet)
 		if cs.signer, err = newAssertionSigner(key, alg, repl.ReplaceKnown(c.KeyID, ""), cert); err != nil {
 			return errField("private_key", "%v", err)
 		}
-		cs.assertionIssuer = cs.ClientID
+		if err := cs.addKeyMaterial("private_key", key); err != nil {
+			return fieldErr("private_key", err)
+		}
+		cs.signer.field = "private_key"
+		// The JWT bearer grant's sub when subject is not set: the client
+		// acting for itself (RFC 7523 §3 requires a sub; §2.2 names the
+		// client id as the client's own).
+		cs.assertionIssuer, cs.assertionSubject = cs.ClientID, cs.ClientID
 		pub, _ := x509.MarshalPKIXPublicKey(key.Public())
 		digest.Write(pub)
 		digest.Write([]byte(c.KeyID + "\x00" + string(alg)))
@@ -851,6 +867,7 @@ func (c *Credentials) resolveClientAuth(repl *caddy.Replacer, cs *credentialSet)
 		if cs.signer, err = newSecretAssertionSigner([]byte(cs.clientSecret), jose.SignatureAlgorithm(firstNonEmpty(c.SigningAlg, string(jose.HS256)))); err != nil {
 			return errField("client_secret", "%v", err)
 		}
+		cs.signer.field = "client_secret"
 	}
 	if c.ClientAssertionFile != "" {
 		cs.AssertionFile = repl.ReplaceKnown(c.ClientAssertionFile, "")
@@ -862,6 +879,14 @@ func (c *Credentials) resolveClientAuth(repl *caddy.Replacer, cs *credentialSet)
 		certFile, keyFile := repl.ReplaceKnown(c.TLSClientCert, ""), repl.ReplaceKnown(c.TLSClientKey, "")
 		if cs.tlsCert, err = newClientCert(certFile, keyFile); err != nil {
 			return fieldErr("tls_client_cert", err)
+		}
+		// The key loaded now: a key rotated later (cert-manager) is used
+		// for handshakes, but records stay sealed with this one until the
+		// next configuration load.
+		if pair, _ := cs.tlsCert.current(); pair != nil {
+			if err := cs.addKeyMaterial("tls_client_key", pair.PrivateKey); err != nil {
+				return fieldErr("tls_client_cert", err)
+			}
 		}
 		digest.Write([]byte(certFile + "\x00" + keyFile))
 	}
@@ -901,30 +926,66 @@ func (cs *credentialSet) authenticate(params url.Values, target string, bearer b
 }
 
 // clientAssertion is a fresh client assertion for a request to target, or
-// the one the assertion file holds now.
+// the one the assertion file holds now. An error is a *fieldFailure.
 func (cs *credentialSet) clientAssertion(target string) (string, error) {
 	if cs.AssertionFile != "" {
-		return readAssertionFile(cs.AssertionFile)
+		return cs.assertionFromFile()
 	}
-	return cs.signer.sign(time.Now(), assertionClaims{issuer: cs.ClientID, subject: cs.ClientID,
+	return cs.signAssertion(assertionClaims{issuer: cs.ClientID, subject: cs.ClientID,
 		audience: firstNonEmpty(cs.AssertionAudience, target)})
 }
 
 // bearerAssertion is the assertion of the JWT bearer grant (RFC 7523 2.1)
 // for a request to target: iss the client (or the service account), sub
-// the subject when one is configured, the scope as a claim.
+// the subject, else the client id when signed with private_key (none for
+// a Google service account), the scope as a claim. An error is a
+// *fieldFailure.
 func (cs *credentialSet) bearerAssertion(target string) (string, error) {
 	if cs.AssertionFile != "" {
-		return readAssertionFile(cs.AssertionFile)
+		return cs.assertionFromFile()
 	}
-	c := assertionClaims{issuer: cs.assertionIssuer, subject: cs.Subject, audience: firstNonEmpty(cs.AssertionAudience, target)}
+	c := assertionClaims{issuer: cs.assertionIssuer, subject: firstNonEmpty(cs.Subject, cs.assertionSubject),
+		audience: firstNonEmpty(cs.AssertionAudience, target)}
 	if cs.Scope != "" {
 		// Google wants the scope as a claim; RFC 7523 servers take the
 		// parameter (grantParams), and claims they do not know are ignored.
 		c.extra = map[string]any{"scope": cs.Scope}
 	}
-	return cs.signer.sign(time.Now(), c)
+	return cs.signAssertion(c)
 }
+
+// assertionFromFile reads the assertion file for a token request.
+func (cs *credentialSet) assertionFromFile() (string, error) {
+	a, err := readAssertionFile(cs.AssertionFile)
+	if err != nil {
+		return "", &fieldFailure{field: "client_assertion_file", err: err}
+	}
+	return a, nil
+}
+
+// signAssertion signs an assertion for a token request.
+func (cs *credentialSet) signAssertion(c assertionClaims) (string, error) {
+	a, err := cs.signer.sign(time.Now(), c)
+	if err != nil {
+		return "", &fieldFailure{field: firstNonEmpty(cs.signer.field, "private_key"), err: err}
+	}
+	return a, nil
+}
+
+// fieldFailure is a failure, met while a token request is built, of what a
+// subdirective gives: nothing is sent, and the token error
+// (local_config_error) names the subdirective. Its message never holds
+// key material or an assertion (the loaders and the signer see to that).
+type fieldFailure struct {
+	field string
+	err   error
+}
+
+func (f *fieldFailure) Error() string {
+	return f.field + ": " + strings.TrimPrefix(f.err.Error(), f.field+": ")
+}
+
+func (f *fieldFailure) Unwrap() error { return f.err }
 
 // fieldErr is a configuration error of field from an error that may name
 // the field already (the loaders above do), without saying it twice.

@@ -197,6 +197,8 @@ type issuerServer struct {
 	mu     sync.Mutex
 	doc    map[string]any
 	status int // when not 0 and not 200, the answer instead of the document
+	// cacheControl, when set, is the document's Cache-Control header.
+	cacheControl string
 }
 
 func newIssuerServer(t *testing.T) *issuerServer {
@@ -209,11 +211,14 @@ func newIssuerServer(t *testing.T) *issuerServer {
 			return
 		}
 		s.mu.Lock()
-		doc, status := s.doc, s.status
+		doc, status, cacheControl := s.doc, s.status, s.cacheControl
 		s.mu.Unlock()
 		if status != 0 && status != http.StatusOK {
 			http.Error(w, "temporarily unavailable", status)
 			return
+		}
+		if cacheControl != "" {
+			w.Header().Set("Cache-Control", cacheControl)
 		}
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(doc)
@@ -228,6 +233,13 @@ func (s *issuerServer) set(doc map[string]any, status int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.doc, s.status = doc, status
+}
+
+// setCacheControl sets the document's Cache-Control header ("": none).
+func (s *issuerServer) setCacheControl(v string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.cacheControl = v
 }
 
 // assertNoKeyLeak fails if text holds PEM armour or any 16 characters of

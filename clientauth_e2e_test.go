@@ -239,9 +239,13 @@ func TestClientAuthE2EAssertionFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	up := newUpstream(t)
+	// Nothing in this configuration is secret: the stored token needs an
+	// encryption_key of its own.
+	t.Setenv("OAB_E2E_RECORD_KEY", "bm90LWEtcmVhbC1rZXktYnV0LTMyLWJ5dGVzLWxvbmctZW5vdWdo")
 	sites := e2eSite("oauth_bearer", fmt.Sprintf(`		token_url %s
 		client_id workload
-		client_assertion_file %s`, s.url, path), up)
+		client_assertion_file %s
+		encryption_key {env.OAB_E2E_RECORD_KEY}`, s.url, path), up)
 	c := startCaddy(t, sites)
 
 	answers := wantInjected(t, c, up, "/one", "at-workload-1")
@@ -441,7 +445,8 @@ func TestClientAuthE2EAssertionFileGoesBad(t *testing.T) {
 	up := newUpstream(t)
 	sites := e2eSite("oauth_bearer", fmt.Sprintf(`		token_url %s
 		client_id workload
-		client_assertion_file %s`, s.url, path), up)
+		client_assertion_file %s
+		token_store memory`, s.url, path), up)
 	c := startCaddy(t, sites)
 	answers := wantInjected(t, c, up, "/", "at-workload-1")
 

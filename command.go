@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"sort"
 	"sync"
@@ -33,17 +34,19 @@ func init() {
 check loads a configuration without starting any server, finds every
 credential set of its oauth_bearer and oauth_bearer_consent handlers, and
 asks each provider once, in parallel, with the configured timeouts (never
-through a running Caddy): a client_credentials token request, or for a grant
-a refresh with a placeholder refresh token, which a provider that accepts
-the client answers invalid_grant. It prints the provider, the token URL, the
-client id, the result (ok, or the OAuth error code and the provider's
+through a running Caddy): a client_credentials token request, a JWT bearer
+grant with a fresh assertion (what a running Caddy would send), or for a
+grant a refresh with a placeholder refresh token, which a provider that
+accepts the client answers invalid_grant. It prints the provider, the token
+URL, the client id, the result (ok, or the OAuth error code and the provider's
 description), the lifetime, the granted scope and the request format used.
 It never prints a token. Exit status 0 only if every set is ok: usable in
 CI and deploy scripts.
 
 status asks a running Caddy's admin API (GET /oauth_bearer/sources) and
-prints each credential set's token state: valid until when, the last error,
-the next attempt, and for grants how many accounts need consent.
+prints each credential set's token endpoint host and token state: valid
+until when, the last error, the next attempt, for grants how many accounts
+need consent, and a client certificate that failed to reload.
 `,
 		CobraFunc: func(cmd *cobra.Command) {
 			check := &cobra.Command{
@@ -222,7 +225,9 @@ func checkSet(ctx context.Context, s *foundSet) checkResult {
 	defer ep.close()
 	var tok *token
 	var err error
-	if s.grant == grantClientCredentials {
+	if machineGrant(s.grant) {
+		// client_credentials, or the JWT bearer grant with a fresh
+		// assertion: the very request a running Caddy makes.
 		tok, err = ep.clientCredentials(ctx)
 	} else {
 		tok, err = ep.refresh(ctx, checkPlaceholderRefreshToken)
@@ -230,13 +235,13 @@ func checkSet(ctx context.Context, s *foundSet) checkResult {
 	r.Format = ep.format.Load().(string)
 	var te *TokenError
 	switch {
-	case err == nil && s.grant == grantClientCredentials:
+	case err == nil && machineGrant(s.grant):
 		r.OK, r.Lifetime, r.Scope = true, tok.expiry.Sub(tok.obtained).Round(time.Second).Seconds(), tok.scope
 	case err == nil:
 		// A refresh token that does not exist was accepted: odd, but the
 		// client was.
 		r.OK = true
-	case s.grant != grantClientCredentials && errors.As(err, &te) && te.Code == "invalid_grant":
+	case !machineGrant(s.grant) && errors.As(err, &te) && te.Code == "invalid_grant":
 		r.OK, r.Description = true, "client accepted (the placeholder refresh token was refused with invalid_grant, as it should be)"
 	case errors.As(err, &te):
 		r.Error, r.Description = te.Code, te.Description
@@ -303,7 +308,7 @@ func printStatus(w io.Writer, sources []sourceView, now time.Time) {
 	}
 	sort.SliceStable(sources, func(i, j int) bool { return sources[i].Provider < sources[j].Provider })
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tPROVIDER\tCLIENT ID\tGRANT\tSTATE\tEXPIRES\tORIGIN\tLAST ERROR\tNEXT ATTEMPT\tACCOUNTS")
+	fmt.Fprintln(tw, "ID\tPROVIDER\tTOKEN HOST\tCLIENT ID\tGRANT\tSTATE\tEXPIRES\tORIGIN\tLAST ERROR\tNEXT ATTEMPT\tACCOUNTS")
 	for _, s := range sources {
 		state, expires, origin := firstNonEmpty(s.State, "-"), "-", firstNonEmpty(s.Origin, "-")
 		if s.ExpiresAt != nil {
@@ -322,8 +327,30 @@ func printStatus(w io.Writer, sources []sourceView, now time.Time) {
 			accounts = fmt.Sprintf("%d, %d need consent", *s.Accounts, *s.AccountsNeedingConsent)
 			state = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.ID, s.Provider, s.ClientID, s.Grant, state, expires,
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.ID, s.Provider, tokenHost(s), s.ClientID, s.Grant, state, expires,
 			origin, lastErr, next, accounts)
 	}
 	tw.Flush()
+	for _, s := range sources {
+		if c := s.ClientCertificate; c != nil && c.ReloadError != "" {
+			ago := "-"
+			if c.ReloadFailingSince != nil {
+				ago = now.Sub(*c.ReloadFailingSince).Round(time.Second).String()
+			}
+			fmt.Fprintf(w, "\n%s: the client certificate fails to reload (for %s): %s; the previous one (%s, valid until %s) is still presented\n",
+				s.ID, ago, c.ReloadError, c.Subject, c.NotAfter.Format(time.RFC3339))
+		}
+	}
+}
+
+// tokenHost is the host of a set's token endpoint (of its issuer when the
+// endpoint is discovered): what tells apart two sets of one provider, such
+// as its sandbox and production.
+func tokenHost(s sourceView) string {
+	for _, raw := range []string{s.TokenURL, s.Issuer} {
+		if u, err := url.Parse(raw); err == nil && u.Host != "" {
+			return u.Host
+		}
+	}
+	return "-"
 }

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"regexp"
 	"strings"
 	"time"
 
@@ -231,6 +233,9 @@ func (c *Credentials) check(grant string) error {
 	if err := c.checkClientAuth(p, grant); err != nil {
 		return err
 	}
+	if err := c.checkPlaceholders(); err != nil {
+		return err
+	}
 	if err := oneOf("request_format", c.RequestFormat, providers.FormatJSON, providers.FormatForm, providers.FormatAuto); err != nil {
 		return err
 	}
@@ -283,6 +288,7 @@ type credentialSet struct {
 	AssertionFile     string `json:"assertion_file,omitempty"`
 	Subject           string `json:"subject,omitempty"` // jwt_bearer: the sub claim
 	assertionIssuer   string // jwt_bearer: the iss claim (client_id, or a service account's email)
+	assertionSubject  string // jwt_bearer: the sub claim without Subject (client_id with private_key; "" omits it)
 	scopeInAssertion  bool   // jwt_bearer: the scope is a claim only (Google), not a parameter too
 	signer            *assertionSigner
 	tlsCert           *clientCertReloader
@@ -292,6 +298,10 @@ type credentialSet struct {
 	clientSecret   string   // hashed into the key, never logged
 	caPEM          []byte   // CAFile's contents, read at load; hashed into the key
 	encryptionKeys [][]byte // decoded; hashed into the key
+	// keyMaterial: the private keys the configuration holds (private_key,
+	// the service account's, the TLS client key), encoded for
+	// recordSecret. Never logged.
+	keyMaterial []byte
 }
 
 // resolve fills in the preset's defaults and resolves {env.*}/{file.*}
@@ -402,6 +412,73 @@ func (cs *credentialSet) key() string {
 	return hex.EncodeToString(h.Sum(nil))
 }
 
+// recordSecret is the secret material the key of stored records is
+// derived from (store.go): the client secret when there is one (alone, as
+// it always was, so that such records stay readable), else the private
+// keys the configuration holds. Empty when it holds none (client_auth
+// none, client_assertion_file): checkRecordKey then requires
+// encryption_key.
+func (cs *credentialSet) recordSecret() []byte {
+	if cs.clientSecret != "" {
+		return []byte(cs.clientSecret)
+	}
+	return cs.keyMaterial
+}
+
+// addKeyMaterial adds a private key to keyMaterial, labelled and
+// length-prefixed.
+func (cs *credentialSet) addKeyMaterial(label string, key any) error {
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return fmt.Errorf("%s: the key cannot be used to derive the storage key: %v", label, err)
+	}
+	if len(cs.keyMaterial) == 0 {
+		cs.keyMaterial = []byte("caddy-oauth-bearer private keys v1")
+	}
+	cs.keyMaterial = binary.BigEndian.AppendUint32(append(cs.keyMaterial, 0), uint32(len(label)))
+	cs.keyMaterial = append(cs.keyMaterial, label...)
+	cs.keyMaterial = binary.BigEndian.AppendUint32(cs.keyMaterial, uint32(len(der)))
+	cs.keyMaterial = append(cs.keyMaterial, der...)
+	return nil
+}
+
+// holdsSecret reports whether the configuration holds secret material the
+// key of stored records can be derived from: a client secret, a private key
+// (private_key_jwt, the JWT bearer grant), a service account's key or a TLS
+// client key. An assertion from client_assertion_file is made elsewhere and
+// changes; client_auth none holds nothing.
+func (c *Credentials) holdsSecret() bool {
+	return c.ClientSecret != "" || c.PrivateKey != "" || c.ServiceAccountFile != "" || c.TLSClientKey != ""
+}
+
+// checkRecordKey: what a configuration keeps in Caddy's storage (a
+// client-credentials token with token_store storage, grants, the consent
+// state cookie) is sealed with a key derived from encryption_key or from
+// the configuration's secret material. Without either, the key would come
+// from public inputs only, and anyone who can read the storage could
+// decrypt the tokens, and anyone who can write it forge them: such a
+// configuration must give encryption_key to store anything. stored says
+// whether the handler stores records.
+func (c *Credentials) checkRecordKey(grant string, stored bool) error {
+	if !stored || len(c.EncryptionKeys) > 0 || c.holdsSecret() {
+		return nil
+	}
+	p, _ := c.preset()
+	why := "client_auth " + c.clientAuthMethod(p, grant)
+	if c.ClientAssertionFile != "" {
+		why = "client_assertion_file (an assertion made elsewhere, which changes)"
+	}
+	what, instead := "the token kept in Caddy's storage (token_store storage, the default)",
+		"; or keep the token in this process's memory only with token_store memory"
+	if !machineGrant(grant) {
+		what, instead = "the grants kept in Caddy's storage",
+			" (grants are always stored; token_store memory is only for client_credentials and jwt_bearer tokens)"
+	}
+	return errField("encryption_key", "is required: with %s this configuration holds no secret to derive a storage key from, so %s "+
+		"would be readable and forgeable by anyone who can read or write the storage. Make a key with `openssl rand -base64 32` "+
+		"and give it as encryption_key {env.OAUTH_BEARER_KEY}%s", why, what, instead)
+}
+
 // presetURL builds one of a preset's endpoints from its settings.
 func presetURL(p providers.Provider, template string, params map[string]string) (string, error) {
 	u, err := p.Expand(template, params)
@@ -446,9 +523,12 @@ func decodeEncryptionKey(i int, v string) ([]byte, error) {
 	return nil, errField("encryption_key", "key %d is not base64 (make one with: openssl rand -base64 32)", i+1)
 }
 
-// redact removes the client secret from text that came from elsewhere (a
-// provider's error description, a transport error) and makes it one short
-// printable line.
+// redact removes the client secret and anything token-shaped from text
+// that came from elsewhere (a provider's error description, a transport
+// error, a discovery document) and makes it one short printable line. It
+// runs where such text enters: what it returns may be logged, stored (a
+// grant's reason, a remembered refusal) and shown (status, the accounts
+// page, the admin API).
 func (cs *credentialSet) redact(s string) string {
 	if len(cs.clientSecret) >= 4 {
 		// As sent, and as a form or a JSON body would echo it back.
@@ -456,12 +536,103 @@ func (cs *credentialSet) redact(s string) string {
 			s = strings.ReplaceAll(s, v, "[REDACTED]")
 		}
 	}
+	return redactText(s)
+}
+
+// redactText removes anything token-shaped from text and makes it one
+// short printable line.
+func redactText(s string) string {
 	return truncate(strings.Map(func(r rune) rune {
 		if r < 0x20 || r == 0x7f {
 			return ' '
 		}
 		return r
-	}, s), 300)
+	}, redactTokens(s)), 300)
+}
+
+const redacted = "[REDACTED]"
+
+var (
+	// credentialValue: the value after a credential's name (access_token=,
+	// "refresh_token": "…", client_secret: …) or an Authorization scheme.
+	credentialValue = regexp.MustCompile(`(?i)(\b(?:access_token|refresh_token|id_token|client_secret|client_assertion|assertion|code_verifier|password)["']?\s*[=:]\s*["']?|\b(?:bearer|basic|dpop)\s+)([^\s"'&,;()<>\[\]{}]+)`)
+	// jwtLike: a compact JWS or JWE (its header is base64url JSON).
+	jwtLike = regexp.MustCompile(`\beyJ[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*){2,4}`)
+	// tokenRun: a run of base64, base64url or hex characters.
+	tokenRun = regexp.MustCompile(`[A-Za-z0-9_\-+/=~]{20,}`)
+)
+
+// redactTokens replaces what looks like a token, a key or a secret with
+// [REDACTED]: the value after access_token=, refresh_token=, Bearer and the
+// like; a JWT; a run of 20 or more base64 or hex characters that mixes
+// upper and lower case letters and digits (random material; words,
+// paths, URLs and UUIDs do not), or holds 32 or more hex digits in a row
+// (a hash, a key). Short error codes, UUIDs (trace and correlation ids),
+// file paths and the paths of URLs stay.
+func redactTokens(s string) string {
+	s = credentialValue.ReplaceAllStringFunc(s, func(m string) string {
+		sub := credentialValue.FindStringSubmatch(m)
+		v := sub[2]
+		if strings.HasPrefix(strings.ToLower(sub[1]), "b") || strings.HasPrefix(strings.ToLower(sub[1]), "d") {
+			// After an Authorization scheme: only a value, not a word of
+			// prose ("Bearer token required").
+			if len(v) < 8 || strings.ToLower(v) == v && !strings.ContainsAny(v, "0123456789-._~+/=") {
+				return m
+			}
+		}
+		return sub[1] + redacted
+	})
+	s = jwtLike.ReplaceAllString(s, redacted)
+	return tokenRun.ReplaceAllStringFunc(s, func(run string) string {
+		if run == redacted {
+			return run
+		}
+		if !strings.Contains(run, "/") || strings.ContainsAny(run, "+=") {
+			if randomLooking(run) {
+				return redacted
+			}
+			return run
+		}
+		// With slashes and nothing else of base64: a path (an absolute
+		// file path, as local errors name files, stays whole), unless a
+		// part of it is long random material (Google's 1//0g… refresh
+		// tokens, a token in a URL's path).
+		if strings.HasPrefix(run, "/") && !strings.HasPrefix(run, "//") {
+			return run
+		}
+		for part := range strings.SplitSeq(run, "/") {
+			if len(part) >= 16 && randomLooking(part) {
+				return redacted
+			}
+		}
+		return run
+	})
+}
+
+// randomLooking reports whether a run of token characters looks like
+// random material: upper and lower case letters and digits mixed, or 32 or
+// more hex digits in a row.
+func randomLooking(run string) bool {
+	var upper, lower, digit bool
+	hexRun, maxHex := 0, 0
+	for i := 0; i < len(run); i++ {
+		c := run[i]
+		switch {
+		case 'A' <= c && c <= 'Z':
+			upper = true
+		case 'a' <= c && c <= 'z':
+			lower = true
+		case '0' <= c && c <= '9':
+			digit = true
+		}
+		if '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F' {
+			hexRun++
+			maxHex = max(maxHex, hexRun)
+		} else {
+			hexRun = 0
+		}
+	}
+	return upper && lower && digit || maxHex >= 32
 }
 
 // ---- rules shared by several fields ----

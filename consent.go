@@ -128,6 +128,9 @@ func (h *ConsentHandler) check() error {
 	if err := h.Credentials.check(grantAuthorizationCode); err != nil {
 		return err
 	}
+	if err := h.Credentials.checkRecordKey(grantAuthorizationCode, true); err != nil {
+		return err
+	}
 	if h.RedirectURI == "" {
 		return errField("redirect_uri", "is required: the callback URL registered with the provider")
 	}
@@ -142,6 +145,11 @@ func (h *ConsentHandler) check() error {
 	}
 	if err := checkEndpointURL("authorize_url", h.AuthorizeURL); err != nil {
 		return err
+	}
+	for _, s := range h.Scopes {
+		if err := checkLoadTime("scope", "", s); err != nil {
+			return err
+		}
 	}
 	for _, f := range []struct{ field, value string }{{"connect_path", h.ConnectPath}, {"status_path", h.StatusPath}, {"disconnect_path", h.DisconnectPath}} {
 		if f.value != "" && !strings.HasPrefix(f.value, "/") {
@@ -615,7 +623,7 @@ func (h *ConsentHandler) callback(w http.ResponseWriter, r *http.Request) error 
 	if e := q.Get("error"); e != "" {
 		msg := fmt.Sprintf("The provider answered %s", truncate(e, 64))
 		if d := q.Get("error_description"); d != "" {
-			msg += ": " + truncate(d, 200)
+			msg += ": " + truncate(h.grant.cfg.redact(d), 200)
 		}
 		return fail(http.StatusBadRequest, msg+". Nothing was stored.")
 	}
@@ -745,7 +753,7 @@ func (h *ConsentHandler) disconnect(w http.ResponseWriter, r *http.Request) erro
 	}
 	if !post {
 		return h.render(w, r, http.StatusOK, "disconnect", &view{Title: "Disconnect " + account + "?", User: user,
-			Account: account, DisconnectAction: h.paths.disconnect, StatusURL: h.paths.status, Revokes: h.grant.cfg.RevokeURL != ""})
+			Account: account, DisconnectAction: h.paths.disconnect, StatusURL: h.paths.status, Revokes: h.grant.canRevoke(r.Context())})
 	}
 	// Once started, the revocation and the deletion complete whatever the
 	// browser does.

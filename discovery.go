@@ -2,7 +2,8 @@ package oauthbearer
 
 // Authorization server metadata discovery from an issuer: RFC 8414, with
 // OpenID Connect Discovery 1.0 as the fallback. The caller caches what
-// discoverIssuer returns; nothing is cached here.
+// discoverIssuer returns, for the lifetime the answer's Cache-Control
+// gives (discoveryLifetime); nothing is cached here.
 
 import (
 	"context"
@@ -14,7 +15,9 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
+	"time"
 )
 
 const (
@@ -25,6 +28,13 @@ const (
 
 	wellKnownOAuthServer = "/.well-known/oauth-authorization-server"
 	wellKnownOpenID      = "/.well-known/openid-configuration"
+
+	// How long a discovered document is used before the issuer is asked
+	// again: its Cache-Control max-age, within these bounds; a day when
+	// it gives none. no-store and no-cache mean the shortest.
+	defaultDiscoveryLifetime = 24 * time.Hour
+	minDiscoveryLifetime     = time.Minute
+	maxDiscoveryLifetime     = 7 * 24 * time.Hour
 )
 
 // discoveryDocument is the part of an authorization server's metadata that
@@ -45,8 +55,56 @@ type discoveryDocument struct {
 	// sent; nil when absent (see supportsAuthMethod for its default).
 	TokenEndpointAuthMethods []string `json:"token_endpoint_auth_methods_supported"`
 
+	// Fetched and Expires are when the document was read and until when
+	// it is used (set by the endpoint that read it, kept in the shared
+	// record so that the fleet and a restart honour them).
+	Fetched time.Time `json:"fetched,omitzero"`
+	Expires time.Time `json:"expires,omitzero"`
+
 	// source is the URL the document was read from.
 	source string
+	// lifetime is what the answer's Cache-Control gives.
+	lifetime time.Duration
+	// failed: an endpoint it names failed at transport level or answered
+	// 404; it is read again at the next use.
+	failed bool
+}
+
+// fresh reports whether d may be used at now without asking the issuer
+// again.
+func (d *discoveryDocument) fresh(now time.Time) bool {
+	return d != nil && !d.failed && now.Before(d.Expires)
+}
+
+// names reports whether target is one of the endpoints d gives.
+func (d *discoveryDocument) names(target string) bool {
+	return target != "" && (target == d.TokenEndpoint || target == d.RevocationEndpoint ||
+		target == d.MTLSEndpointAliases.TokenEndpoint || target == d.MTLSEndpointAliases.RevocationEndpoint)
+}
+
+// discoveryLifetime is how long a document may be used, from its answer's
+// Cache-Control (max-age; no-store or no-cache: the shortest), within
+// [minDiscoveryLifetime, maxDiscoveryLifetime]; defaultDiscoveryLifetime
+// when it says nothing usable.
+func discoveryLifetime(h http.Header) time.Duration {
+	lifetime := time.Duration(-1)
+	for _, field := range h.Values("Cache-Control") {
+		for dir := range strings.SplitSeq(field, ",") {
+			name, value, _ := strings.Cut(strings.TrimSpace(dir), "=")
+			switch strings.ToLower(strings.TrimSpace(name)) {
+			case "no-store", "no-cache":
+				return minDiscoveryLifetime
+			case "max-age":
+				if secs, err := strconv.ParseInt(strings.Trim(strings.TrimSpace(value), `"`), 10, 64); err == nil && secs >= 0 {
+					lifetime = time.Duration(min(secs, int64(maxDiscoveryLifetime/time.Second))) * time.Second
+				}
+			}
+		}
+	}
+	if lifetime < 0 {
+		return defaultDiscoveryLifetime
+	}
+	return min(max(lifetime, minDiscoveryLifetime), maxDiscoveryLifetime)
 }
 
 // supportsAuthMethod reports whether the server lists the token endpoint
@@ -212,7 +270,7 @@ func fetchDiscovery(ctx context.Context, client *http.Client, rawURL string) (*d
 	if err := json.Unmarshal(body, doc); err != nil {
 		return nil, fmt.Errorf("%s is not a valid metadata document: %v", rawURL, err)
 	}
-	doc.source = rawURL
+	doc.source, doc.lifetime = rawURL, discoveryLifetime(resp.Header)
 	return doc, nil
 }
 

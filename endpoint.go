@@ -42,7 +42,8 @@ type endpoint struct {
 	cfg    *credentialSet
 	clock  *clock // its owner's: stamps when a token was obtained
 	client *http.Client
-	// discovered is the issuer's metadata, once read (with issuer).
+	// discovered is the issuer's metadata, once read (with issuer); read
+	// again when its lifetime ends or an endpoint it names fails.
 	discovered atomic.Pointer[discoveryDocument]
 	discovery  sync.Mutex // one discovery at a time
 	// format is the request format in use; with request_format auto it
@@ -224,22 +225,39 @@ func (e *endpoint) refresh(ctx context.Context, refreshToken string) (*token, er
 	return e.tokenCall(ctx, firstNonEmpty(e.cfg.RefreshURL, target), e.format.Load().(string), fixedParams(p), bearer)
 }
 
+// revocationURL is the revocation endpoint: revoke_url (or the preset's),
+// else the one the issuer's metadata names (its mTLS alias with a client
+// certificate); "" when there is none.
+func (e *endpoint) revocationURL(ctx context.Context) (string, error) {
+	if e.cfg.RevokeURL != "" {
+		return e.cfg.RevokeURL, nil
+	}
+	d, err := e.discover(ctx)
+	if err != nil || d == nil {
+		return "", err
+	}
+	if e.cfg.tlsCert != nil && d.MTLSEndpointAliases.RevocationEndpoint != "" {
+		return d.MTLSEndpointAliases.RevocationEndpoint, nil
+	}
+	return d.RevocationEndpoint, nil
+}
+
+// canRevoke reports whether tokens can be revoked at the provider: it has
+// a revocation endpoint, configured or discovered (discovering now if need
+// be). A discovery that fails counts as yes, so that revoke reports it.
+func (e *endpoint) canRevoke(ctx context.Context) bool {
+	target, err := e.revocationURL(ctx)
+	return err != nil || target != ""
+}
+
 // revoke revokes a token at the provider (RFC 7009, or the provider's own
 // call with the same parameters). Unknown tokens are not an error there.
 func (e *endpoint) revoke(ctx context.Context, tok, hint string) error {
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
 	defer cancel()
-	target := e.cfg.RevokeURL
-	if target == "" {
-		if d, err := e.discover(ctx); err == nil && d != nil {
-			target = d.RevocationEndpoint
-			if e.cfg.tlsCert != nil && d.MTLSEndpointAliases.RevocationEndpoint != "" {
-				target = d.MTLSEndpointAliases.RevocationEndpoint
-			}
-		}
-	}
-	if target == "" {
-		return nil
+	target, err := e.revocationURL(ctx)
+	if err != nil || target == "" {
+		return err
 	}
 	p := url.Values{"token": {tok}}
 	if hint != "" {
@@ -281,10 +299,19 @@ func (e *endpoint) do(ctx context.Context, target, format string, params func(st
 	if err == nil {
 		var req *http.Request
 		if req, err = e.newRequest(ctx, target, format, p, bearer); err == nil {
-			return e.send(ctx, req, start)
+			resp, body, start, err := e.send(ctx, req, start)
+			var te *TokenError
+			transport := errors.As(err, &te) && te.Status == 0 && !errors.Is(ctx.Err(), context.Canceled)
+			if transport || resp != nil && resp.StatusCode == http.StatusNotFound {
+				e.endpointFailed(target)
+			}
+			return resp, body, start, err
 		}
 	}
-	return nil, nil, start, e.localError("invalid_request", err.Error())
+	// Nothing was sent: a failure of what a subdirective gives (an
+	// assertion file, a key that fails to sign), never the provider's
+	// invalid_request.
+	return nil, nil, start, e.localError(codeLocalConfigError, err.Error())
 }
 
 // send sends a request and reads at most maxTokenResponse of the answer.
@@ -334,7 +361,7 @@ func (e *endpoint) newRequest(ctx context.Context, target, format string, params
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(body))
 	if err != nil {
-		return nil, err
+		return nil, &fieldFailure{field: "token_url", err: err}
 	}
 	req.Header.Set("Content-Type", contentType)
 	req.Header.Set("Accept", "application/json")
@@ -364,32 +391,79 @@ func (e *endpoint) tokenURL(ctx context.Context) (string, error) {
 	return d.TokenEndpoint, nil
 }
 
-// discover reads the issuer's metadata once (and again after a failure);
-// nil without an issuer. A failure is a token error, backed off like one.
+// discover returns the issuer's metadata, read when there is none yet,
+// when its lifetime (Cache-Control, default a day) has ended, or after an
+// endpoint it names failed at transport level or answered 404; nil without
+// an issuer. When reading it again fails, a document whose lifetime merely
+// ended is used for another minute (the issuer's metadata server being
+// down must not stop tokens); a failure with no usable document is a token
+// error, backed off like one.
 func (e *endpoint) discover(ctx context.Context) (*discoveryDocument, error) {
 	if e.cfg.Issuer == "" {
 		return nil, nil
 	}
-	if d := e.discovered.Load(); d != nil {
+	if d := e.discovered.Load(); d.fresh(e.clock.now()) {
 		return d, nil
 	}
 	e.discovery.Lock()
 	defer e.discovery.Unlock()
-	if d := e.discovered.Load(); d != nil {
-		return d, nil
+	now := e.clock.now()
+	old := e.discovered.Load()
+	if old.fresh(now) {
+		return old, nil
 	}
 	ctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
 	defer cancel()
 	d, err := discoverIssuer(ctx, e.client, e.cfg.Issuer)
 	if err != nil {
+		if old != nil && !old.failed {
+			kept := *old
+			kept.Expires = now.Add(minDiscoveryLifetime)
+			e.discovered.Store(&kept)
+			return &kept, nil
+		}
 		code := "discovery_failed"
 		if ctx.Err() != nil {
 			code = "timeout"
 		}
 		return nil, &TokenError{Provider: e.cfg.Provider, Code: code, Description: e.cfg.redact(err.Error())}
 	}
+	d.Fetched, d.Expires = now, now.Add(d.lifetime)
 	e.discovered.Store(d)
 	return d, nil
+}
+
+// adoptDiscovery takes a document another instance (or an earlier process)
+// stored, when it is within its lifetime and newer than the one in use.
+func (e *endpoint) adoptDiscovery(d *discoveryDocument) {
+	if e.cfg.Issuer == "" || !d.fresh(e.clock.now()) || d.check(e.cfg.Issuer) != nil {
+		return
+	}
+	if cur := e.discovered.Load(); cur == nil || d.Fetched.After(cur.Fetched) {
+		e.discovered.CompareAndSwap(cur, d)
+	}
+}
+
+// sharedDiscovery is the document to store for the other instances: the
+// one in use, unless an endpoint it names has failed.
+func (e *endpoint) sharedDiscovery() *discoveryDocument {
+	if d := e.discovered.Load(); d != nil && !d.failed {
+		return d
+	}
+	return nil
+}
+
+// endpointFailed notes that target failed at transport level or answered
+// 404: if the discovered document names it, the issuer is asked again at
+// the next use (the provider may have moved it).
+func (e *endpoint) endpointFailed(target string) {
+	d := e.discovered.Load()
+	if d == nil || d.failed || !d.names(target) {
+		return
+	}
+	failed := *d
+	failed.failed = true
+	e.discovered.CompareAndSwap(d, &failed)
 }
 
 func (e *endpoint) localError(code, desc string) *TokenError {
@@ -411,9 +485,16 @@ func (e *endpoint) transportError(ctx context.Context, err error) *TokenError {
 	return e.localError(code, err.Error())
 }
 
+// codeLocalConfigError is the code of a token request that failed on this
+// side before anything was sent: what a subdirective gives could not be
+// used (the client_assertion_file is missing, the private_key failed to
+// sign). The description starts with the subdirective. No provider sends
+// this code: it is never mistaken for the provider's answer.
+const codeLocalConfigError = "local_config_error"
+
 // TokenError is a failure to obtain a token. Code is the provider's OAuth
 // error code when it gave one, else a short local code (unreachable,
-// timeout, http_502, invalid_response, ...).
+// timeout, http_502, invalid_response, local_config_error, ...).
 type TokenError struct {
 	Provider    string
 	Status      int // HTTP status of the answer; 0 when none came
@@ -488,7 +569,8 @@ type tokenResponse struct {
 // start is when the request was sent.
 func parseTokenResponse(cfg *credentialSet, resp *http.Response, body []byte, start time.Time) (*token, error) {
 	fail := func(code, desc string) *TokenError {
-		return &TokenError{Provider: cfg.Provider, Status: resp.StatusCode, Code: code,
+		// The code is the provider's text too (its error field).
+		return &TokenError{Provider: cfg.Provider, Status: resp.StatusCode, Code: truncate(cfg.redact(code), 64),
 			Description: cfg.redact(desc), RetryAfter: retryAfter(resp.Header, start)}
 	}
 	if resp.StatusCode >= 300 && resp.StatusCode < 400 {

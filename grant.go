@@ -111,7 +111,7 @@ type grantEvent struct {
 // injecting handlers that name the same credentials.
 type grant struct {
 	env   env
-	id    string // names the grant in storage: hash of provider, token URL and client id
+	id    string // names the grant in storage: hash of provider, token URL, issuer and client id
 	short string // names the pool entry in logs
 	cfg   *credentialSet
 	ep    *endpoint
@@ -141,10 +141,15 @@ type grant struct {
 }
 
 // grantID names a grant in storage. It depends only on the provider, the
-// token URL and the client, so the same grant is found by every handler
-// and instance that names them.
+// token URL, the issuer and the client, so the same grant is found by
+// every handler and instance that names them. Without an issuer it is what
+// it always was (the grants stored stay where they are).
 func grantID(cs *credentialSet) string {
-	h := sha256.Sum256([]byte(cs.Provider + "\x00" + cs.TokenURL + "\x00" + cs.ClientID))
+	in := cs.Provider + "\x00" + cs.TokenURL + "\x00" + cs.ClientID
+	if cs.Issuer != "" {
+		in += "\x00issuer\x00" + cs.Issuer
+	}
+	h := sha256.Sum256([]byte(in))
 	return hex.EncodeToString(h[:8])
 }
 
@@ -160,6 +165,7 @@ func newGrant(cs *credentialSet, key, bootstrap string) (*grant, error) {
 		unsaved: map[string]*grantRecord{}, usedStates: map[string]time.Time{}, due: map[string]time.Time{},
 		done: make(chan struct{})}
 	g.ep = newEndpoint(cs, &g.clock)
+	cs.tlsCert.logTo(g.env.logger) // a client certificate's reloads are logged
 	var err error
 	if g.store, err = newRecordStore(&g.env, cs, "caddy-oauth-bearer grant v1", g.id); err != nil {
 		return nil, err
@@ -408,7 +414,7 @@ func (g *grant) persist(ctx context.Context, rec *grantRecord) {
 }
 
 func (g *grant) consentError(account, reason string, absent bool) *TokenError {
-	e := &TokenError{Provider: g.cfg.Provider, Code: codeConsentRequired, Description: reason, account: account, absent: absent}
+	e := &TokenError{Provider: g.cfg.Provider, Code: codeConsentRequired, Description: g.cfg.redact(reason), account: account, absent: absent}
 	if p := g.env.consentPaths(); p != nil {
 		e.connect = p.connect + "?account=" + url.QueryEscape(account)
 	}
@@ -446,7 +452,7 @@ func (g *grant) connect(ctx context.Context, account string, tok *token) error {
 	g.publish(ctx, account)
 	g.noteDue(rec)
 	g.resetLocal(account, rec.token)
-	if replaced != nil && replaced.RefreshToken != "" && replaced.RefreshToken != rec.RefreshToken && g.cfg.RevokeURL != "" {
+	if replaced != nil && replaced.RefreshToken != "" && replaced.RefreshToken != rec.RefreshToken && g.ep.canRevoke(ctx) {
 		if err := g.ep.revoke(ctx, replaced.RefreshToken, "refresh_token"); err != nil {
 			g.env.logger().Warn("revoking the refresh token of the replaced grant failed",
 				zap.String("provider", g.cfg.Provider), zap.String("account", account), zap.Error(err))
@@ -461,7 +467,7 @@ func (g *grant) connect(ctx context.Context, account string, tok *token) error {
 func (g *grant) disconnect(ctx context.Context, account string) (revoked bool, err error) {
 	err = g.locked(ctx, account, func() error {
 		rec, _ := g.current(ctx, account)
-		if rec != nil && g.cfg.RevokeURL != "" {
+		if rec != nil && g.ep.canRevoke(ctx) {
 			revoked = true
 			for _, t := range []struct{ v, hint string }{{rec.RefreshToken, "refresh_token"}, {rec.AccessToken, "access_token"}} {
 				if t.v == "" {
@@ -530,7 +536,7 @@ func (g *grant) status(ctx context.Context, account string) (*accountStatus, err
 	}
 	st.Connected, st.NeedsConsent, st.HasRefreshToken, st.Scope = !rec.NeedsConsent, rec.NeedsConsent, rec.RefreshToken != "", rec.Scope
 	if rec.NeedsConsent {
-		st.Reason = rec.Reason
+		st.Reason = g.cfg.redact(rec.Reason) // stored by an older version perhaps: redacted again
 	}
 	for _, f := range []struct {
 		dst *string
@@ -556,6 +562,10 @@ func (g *grant) hasGrant(ctx context.Context, account string) (bool, error) {
 	}
 	return found || unsaved, err
 }
+
+// canRevoke reports whether disconnect revokes the grant at the provider
+// (a revocation endpoint, configured or discovered).
+func (g *grant) canRevoke(ctx context.Context) bool { return g.ep.canRevoke(ctx) }
 
 // useState marks a consent state as used; false if it already was.
 func (g *grant) useState(state string, expires time.Time) bool {

@@ -48,7 +48,10 @@ type jwtServerGrant struct {
 // grant_type=client_credentials with a JWT client assertion, and the JWT
 // bearer grant. It verifies the signature with go-jose against the key
 // registered for the assertion's iss and checks every claim: iss = sub =
-// the client id (sub optional for the bearer grant), aud = its token URL or
+// the client id for client authentication; for the bearer grant sub is
+// required (RFC 7523 §3) except from a Google service account
+// (iss *.iam.gserviceaccount.com: Google documents sub only for
+// domain-wide delegation); aud = its token URL or
 // a configured audience, exp present, after now and at most 5 minutes after
 // iat, iat not in the future, nbf if present not in the future, jti present
 // and never seen before, x5t#S256 if a certificate is registered. Answers
@@ -139,6 +142,10 @@ func (s *jwtTokenServer) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		g.grantType, g.scope = gt, r.PostForm.Get("scope")
 		s.issue(w, g)
+	case "refresh_token":
+		// A refresh token it never issued, as any provider that also
+		// serves refresh tokens answers.
+		s.refuse(w, http.StatusBadRequest, "invalid_grant", "unknown refresh token")
 	case "urn:ietf:params:oauth:grant-type:jwt-bearer":
 		g, err := s.verify(r.PostForm.Get("assertion"), true)
 		if err != nil {
@@ -158,8 +165,9 @@ var jwtServerAlgs = []jose.SignatureAlgorithm{
 	jose.ES256, jose.ES384, jose.EdDSA, jose.HS256, jose.HS384, jose.HS512,
 }
 
-// verify checks an assertion; bearerGrant relaxes sub (RFC 7523 §3 asks for
-// it, Google omits it) and requires a scope claim (as Google does).
+// verify checks an assertion; for bearerGrant sub may be any subject (and
+// only a Google service account may leave it out), and a scope claim is
+// required (as Google does).
 func (s *jwtTokenServer) verify(assertion string, bearerGrant bool) (jwtServerGrant, error) {
 	var g jwtServerGrant
 	if assertion == "" {
@@ -200,6 +208,8 @@ func (s *jwtTokenServer) verify(assertion string, bearerGrant bool) (jwtServerGr
 	switch {
 	case !bearerGrant && claims.Subject != claims.Issuer:
 		return g, fmt.Errorf("sub %q is not the client id %q", claims.Subject, claims.Issuer)
+	case bearerGrant && claims.Subject == "" && !strings.HasSuffix(claims.Issuer, ".iam.gserviceaccount.com"):
+		return g, fmt.Errorf("no sub (RFC 7523 §3: the assertion must name its subject)")
 	case !slices.ContainsFunc(audiences, claims.Audience.Contains):
 		return g, fmt.Errorf("aud %v is not this token endpoint", []string(claims.Audience))
 	case claims.Expiry == nil:

@@ -98,7 +98,7 @@ func resultClass(err error) string {
 	case "invalid_request", "invalid_client", "invalid_grant", "unauthorized_client",
 		"unsupported_grant_type", "invalid_scope", "access_denied", "temporarily_unavailable",
 		"server_error", "unreachable", "timeout", "tls_error", "invalid_response", "response_too_large",
-		"unexpected_redirect", "unsupported_token_type", "backing_off":
+		"unexpected_redirect", "unsupported_token_type", "backing_off", codeLocalConfigError:
 		return te.Code
 	}
 	if te.Status >= 500 {

@@ -95,7 +95,9 @@ type Handler struct {
 
 	// Subject is the sub claim of grant jwt_bearer's assertion: the user
 	// the token acts for (Salesforce: the username; Google: a user to
-	// impersonate with domain-wide delegation).
+	// impersonate with domain-wide delegation). Default: the client id
+	// with private_key (RFC 7523 §3 requires a sub); none for a Google
+	// service account, as Google documents.
 	Subject string `json:"subject,omitempty"`
 
 	// RefreshToken seeds grant refresh_token for the default account;
@@ -208,6 +210,9 @@ func (h *Handler) check() error {
 	if err := oneOf("token_store", h.TokenStore, tokenStoreStorage, tokenStoreMemory); err != nil {
 		return err
 	}
+	if err := h.Credentials.checkRecordKey(grant, !machineGrant(grant) || h.TokenStore != tokenStoreMemory); err != nil {
+		return err
+	}
 	if h.Subject != "" && grant != grantJWTBearer {
 		return errField("subject", "only for grant jwt_bearer")
 	}
@@ -229,6 +234,9 @@ func (h *Handler) check() error {
 			if err := checkResource(r); err != nil {
 				return err
 			}
+		}
+		if err := h.checkTokenParamPlaceholders(); err != nil {
+			return err
 		}
 	} else {
 		if len(h.Scopes) > 0 || h.Audience != "" || len(h.Resources) > 0 || len(h.Params) > 0 {

@@ -15,6 +15,9 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // clientCertRetry is how soon a pair that failed to load (half rotated:
@@ -41,6 +44,12 @@ const clientCertRetry = time.Second
 // pair is kept, the error is kept for lastError, and the load is tried
 // again when a file changes or after clientCertRetry.
 //
+// Each change of state is logged once, to the logger of the pool entry
+// that owns the reloader (logTo): a failure at error level (again only
+// when the error changes, never per handshake), a successful reload and
+// the end of a failure at info level. The admin API shows the state
+// (view).
+//
 // Rotation shows on new connections: kept-alive ones keep the identity
 // they were made with (generation tells a caller when to close idle
 // connections or drop certificate-bound tokens).
@@ -58,7 +67,9 @@ type clientCertReloader struct {
 	// the stats of the last failed attempt, and when it was
 	failedCert, failedKey os.FileInfo
 	failedAt              time.Time
-	static                bool // given as PEM, not files: nothing to reload
+	failingSince          time.Time // when lastErr began; zero without one
+	static                bool      // given as PEM, not files: nothing to reload
+	logger                func() *zap.Logger
 }
 
 // newClientCert makes the client certificate of a configuration: a
@@ -145,17 +156,69 @@ func sameStat(a, b os.FileInfo) bool {
 	return a != nil && b != nil && os.SameFile(a, b) && a.Size() == b.Size() && a.ModTime().Equal(b.ModTime())
 }
 
-// refresh reloads the pair if either file changed; r.mu is held.
-func (r *clientCertReloader) refresh() {
-	if r.static {
+// logTo makes the reloader log the changes of its state to the logger
+// that logger returns (the owner's newest); nil-safe.
+func (r *clientCertReloader) logTo(logger func() *zap.Logger) {
+	if r == nil {
 		return
 	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.logger = logger
+}
+
+// refresh reloads the pair if either file changed; r.mu is held. It
+// returns what is to be logged of the outcome, to call once r.mu is
+// released: nil when the state (the pair in use, the error) is unchanged.
+func (r *clientCertReloader) refresh() (note func()) {
+	if r.static {
+		return nil
+	}
+	prevErr, prevGen := r.lastErr, r.gen
+	r.reload()
+	fields := []zap.Field{zap.String("certificate_file", safePathName(r.certFile)), zap.String("key_file", safePathName(r.keyFile))}
+	switch {
+	case r.lastErr != nil && (prevErr == nil || prevErr.Error() != r.lastErr.Error()):
+		if prevErr == nil {
+			r.failingSince = r.now()
+		}
+		return r.logNote(zap.ErrorLevel, "client certificate reload failed; the previous certificate is still presented, and the files are read again when they change",
+			append(fields, zap.String("error", r.lastErr.Error()), zap.Time("failing_since", r.failingSince)))
+	case r.gen != prevGen:
+		r.failingSince = time.Time{}
+		return r.logNote(zap.InfoLevel, "client certificate reloaded", append(fields, zap.Uint64("generation", r.gen),
+			zap.Bool("after_failure", prevErr != nil), zap.String("subject", r.cert.Leaf.Subject.String()), zap.Time("not_after", r.cert.Leaf.NotAfter)))
+	case prevErr != nil && r.lastErr == nil:
+		r.failingSince = time.Time{}
+		return r.logNote(zap.InfoLevel, "client certificate files usable again; the certificate in use is unchanged", fields)
+	}
+	return nil
+}
+
+// logNote makes the deferred write of a log entry to the owner's logger
+// (nil without one); r.mu is held.
+func (r *clientCertReloader) logNote(level zapcore.Level, msg string, fields []zap.Field) func() {
+	if r.logger == nil {
+		return nil
+	}
+	l := r.logger()
+	return func() {
+		if ce := l.Check(level, msg); ce != nil {
+			ce.Write(fields...)
+		}
+	}
+}
+
+// reload reloads the pair if either file changed; r.mu is held.
+func (r *clientCertReloader) reload() {
 	cs, ks, err := r.stat()
 	if err != nil {
 		r.lastErr = err
 		return
 	}
 	if sameStat(cs, r.certStat) && sameStat(ks, r.keyStat) {
+		// The files are the pair in use (again, after a failed stat).
+		r.lastErr = nil
 		return
 	}
 	if sameStat(cs, r.failedCert) && sameStat(ks, r.failedKey) && r.now().Sub(r.failedAt) < clientCertRetry {
@@ -176,9 +239,50 @@ func (r *clientCertReloader) refresh() {
 // reloader: the current pair, reloaded first if a file changed.
 func (r *clientCertReloader) getClientCertificate(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
-	r.refresh()
-	return r.cert, nil
+	note := r.refresh()
+	cert := r.cert
+	r.mu.Unlock()
+	if note != nil {
+		note()
+	}
+	return cert, nil
+}
+
+// clientCertView is the client certificate as the admin API shows it:
+// who it names and until when, how many times it was loaded, and a
+// failure to reload it. Never the key.
+type clientCertView struct {
+	Subject    string    `json:"subject"`
+	NotAfter   time.Time `json:"not_after"`
+	Generation uint64    `json:"generation"` // 1 for the first load, one more per reload
+	// ReloadError is why the files on disk are not the certificate in
+	// use, since ReloadFailingSince.
+	ReloadError        string     `json:"reload_error,omitempty"`
+	ReloadFailingSince *time.Time `json:"reload_failing_since,omitempty"`
+}
+
+// view looks at the files (as a handshake would, so that a bad rotation
+// shows before the next handshake, and is logged) and describes the
+// certificate in use; nil for a nil reloader.
+func (r *clientCertReloader) view() *clientCertView {
+	if r == nil {
+		return nil
+	}
+	r.mu.Lock()
+	note := r.refresh()
+	v := &clientCertView{Generation: r.gen}
+	if leaf := r.cert.Leaf; leaf != nil {
+		v.Subject, v.NotAfter = leaf.Subject.String(), leaf.NotAfter.UTC()
+	}
+	if r.lastErr != nil {
+		since := r.failingSince.UTC()
+		v.ReloadError, v.ReloadFailingSince = r.lastErr.Error(), &since
+	}
+	r.mu.Unlock()
+	if note != nil {
+		note()
+	}
+	return v
 }
 
 // current returns the pair in use and its generation (1 for the first

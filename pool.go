@@ -2,8 +2,9 @@ package oauthbearer
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -135,8 +136,15 @@ func (e *env) storage() certmagic.Storage   { return e.view().storage }
 func (e *env) refreshBefore() time.Duration { return e.view().refreshBefore }
 func (e *env) consentPaths() *consentPaths  { return e.view().consent }
 
-// shortID names an entry in logs and metrics: the start of its key's hash.
-func shortID(key string) string { return key[strings.IndexByte(key, ':')+1:][:12] }
+// shortID names an entry in logs, metrics and the admin API: 12 hex digits
+// of a hash of its whole pool key, so that entries that differ only in a
+// suffix ("cc:<hash>" with the storage, "cc:<hash>:memory" without) have
+// ids of their own (a duplicate would give the expiry gauge two series
+// with one set of labels, which fails the whole /metrics scrape).
+func shortID(key string) string {
+	sum := sha256.Sum256([]byte(key))
+	return hex.EncodeToString(sum[:6])
+}
 
 // sourceEntry is the pool entry of a client-credentials credential set: a
 // token source and the endpoint its fetcher uses, both owned here.
@@ -152,6 +160,7 @@ type sourceEntry struct {
 func newSourceEntry(cs *credentialSet, key string, shared bool) (*sourceEntry, error) {
 	e := &sourceEntry{}
 	e.ep = newEndpoint(cs, &e.clock)
+	cs.tlsCert.logTo(e.env.logger) // a client certificate's reloads are logged
 	var f fetcher = ccFetcher{e.ep}
 	if shared {
 		sf, err := newSharedFetcher(e.ep, &e.env, cs)

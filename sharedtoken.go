@@ -131,8 +131,8 @@ func (f *sharedFetcher) read(ctx context.Context) (*tokenRecord, error) {
 	if rec.Format != "" && f.ep.cfg.Format == providers.FormatAuto {
 		f.ep.format.Store(rec.Format)
 	}
-	if d := rec.Discovery; d != nil && f.ep.cfg.Issuer != "" && d.check(f.ep.cfg.Issuer) == nil {
-		f.ep.discovered.CompareAndSwap(nil, d)
+	if d := rec.Discovery; d != nil {
+		f.ep.adoptDiscovery(d)
 	}
 	return &rec, nil
 }
@@ -156,7 +156,7 @@ func (f *sharedFetcher) decide(rec *tokenRecord, r fetchRequest) (*token, error)
 	}
 	if rec.RefusedCode != "" && now.Before(rec.RetryAt) {
 		return nil, &TokenError{Provider: f.ep.cfg.Provider, Code: rec.RefusedCode, RetryAfter: rec.RetryAt.Sub(now),
-			Description: rec.RefusedDesc + " (remembered from an earlier token request, by this or another instance; not asking again before " +
+			Description: f.ep.cfg.redact(rec.RefusedDesc) + " (remembered from an earlier token request, by this or another instance; not asking again before " +
 				rec.RetryAt.UTC().Format(time.RFC3339) + ")"}
 	}
 	return nil, nil
@@ -170,7 +170,7 @@ func (f *sharedFetcher) fetchAndStore(ctx context.Context, rec *tokenRecord) (*t
 	if f.ep.cfg.Format == providers.FormatAuto {
 		next.Format = f.ep.format.Load().(string)
 	}
-	next.Discovery = f.ep.discovered.Load()
+	next.Discovery = f.ep.sharedDiscovery()
 	var te *TokenError
 	switch {
 	case err == nil:

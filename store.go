@@ -69,12 +69,26 @@ type keyring struct {
 	aeads []cipher.AEAD
 }
 
+// errNoRecordSecret: a configuration without secret material and without
+// encryption_key has no key to seal records with (checkRecordKey refuses
+// it at load; this is the guard of the last resort).
+var errNoRecordSecret = errors.New("encryption_key is required to store records: this configuration holds no secret to derive a key from (make one with: openssl rand -base64 32)")
+
 // newKeyring derives one AES-256-GCM key per configured encryption key
-// and, after them, one from the client secret (the default: used alone
-// when no key is configured), each with HKDF-SHA256 salted with purpose
-// and bound to id.
+// and, after them, one from the configuration's secret material (the
+// client secret, else its private keys: recordSecret), the default used
+// alone when no key is configured; each with HKDF-SHA256 salted with
+// purpose and bound to id. Purpose and id are public (the id is in the
+// storage key): the secrecy of a record rests on the secret alone, so a
+// key is never derived from an empty one.
 func newKeyring(cs *credentialSet, purpose, id string) (*keyring, error) {
-	secrets := append(append([][]byte(nil), cs.encryptionKeys...), []byte(cs.clientSecret))
+	secrets := append([][]byte(nil), cs.encryptionKeys...)
+	if secret := cs.recordSecret(); len(secret) > 0 {
+		secrets = append(secrets, secret)
+	}
+	if len(secrets) == 0 {
+		return nil, errNoRecordSecret
+	}
 	kr := &keyring{}
 	for _, secret := range secrets {
 		key, err := hkdf.Key(sha256.New, secret, []byte(purpose), id, 32)

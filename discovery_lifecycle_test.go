@@ -1,0 +1,200 @@
+package oauthbearer
+
+// The lifecycle of what issuer discovery finds: the revocation endpoint is
+// used to revoke, and the document is found again when it is old or when
+// the token endpoint it named has gone.
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// issuerGrantSite is a site whose consent handler and injector find as's
+// endpoints through discovery at is.
+func issuerGrantSite(is *issuerServer, addr string, api *apiUpstream) string {
+	return fmt.Sprintf(`(client) {
+	issuer        %s
+	client_id     app-1
+	client_secret {env.CAS_SECRET}
+}
+http://LISTEN {
+	oauth_bearer_consent /oauth/* {
+		import client
+		redirect_uri http://%s/oauth/callback
+		scope        read
+	}
+	oauth_bearer {
+		grant   authorization_code
+		import  client
+		account {http.request.header.X-Account}
+	}
+	reverse_proxy %s
+}
+`, is.issuer, addr, api.hostport())
+}
+
+// Reconnecting an account revokes the refresh token of the grant it
+// replaces, and disconnecting revokes the grant's tokens, at the
+// revocation endpoint that discovery found (no revoke_url is configured).
+func TestDiscoveredRevocationEndpointRevokes(t *testing.T) {
+	addr := freeAddr(t)
+	as := newCodeAS(t, "http://"+addr+"/oauth/callback")
+	api := newAPIUpstream(t, as)
+	is := issuerFor(t, as)
+	t.Setenv("CAS_SECRET", as.Secret)
+	c := startCaddyAt(t, addr, issuerGrantSite(is, addr, api))
+	jar, _ := cookiejar.New(nil)
+	browser := &http.Client{Jar: jar, Timeout: 10 * time.Second}
+
+	for i := range 2 {
+		if status, body := connectWith(t, browser, c.url("/oauth/connect"), "alice"); status != 200 || !strings.Contains(body, "Connected") {
+			t.Fatalf("connect %d: %d %q", i+1, status, body)
+		}
+	}
+	if n, live := as.Revocations.Load(), as.liveRefreshTokens(); n != 1 || live != 1 {
+		t.Errorf("after reconnecting: %d revocations, %d live refresh tokens; want the replaced one revoked (1, 1)", n, live)
+	}
+
+	resp, err := browser.PostForm(c.url("/oauth/disconnect"), url.Values{"account": {"alice"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	var answer map[string]any
+	if resp.StatusCode != 200 || json.Unmarshal(b, &answer) != nil || answer["revoked"] != true {
+		t.Errorf("disconnect: %d %s; want revoked true", resp.StatusCode, b)
+	}
+	if live := as.liveRefreshTokens(); live != 0 {
+		t.Errorf("after disconnecting: %d live refresh tokens; want none", live)
+	}
+	if status, _ := c.get("/api", "X-Account", "alice"); status != http.StatusServiceUnavailable {
+		t.Errorf("after disconnecting: %d, want 503", status)
+	}
+}
+
+// pointAt makes is publish tokenURL as its token endpoint.
+func pointAt(is *issuerServer, tokenURL string) {
+	is.set(map[string]any{"issuer": is.issuer, "token_endpoint": tokenURL}, http.StatusOK)
+}
+
+// The discovered document has a lifetime: its Cache-Control max-age (here
+// 10 minutes), kept in the shared record across restarts. Within it, a
+// token is fetched from the endpoint discovered first, even after a
+// restart; past it, the issuer is asked again and the new endpoint used,
+// even by a process that starts with the old document in its record. A
+// token endpoint that answers 404, or refuses connections, makes the next
+// attempt discover again.
+func TestDiscoveryLifetimeAndRediscovery(t *testing.T) {
+	clock := useFakeClock(t)
+	newAS := func(prefix string) *fakeAS {
+		as := newFakeAS(t, "form", "basic")
+		as.tokenPrefix, as.expiresIn = prefix, 120
+		return as
+	}
+	a, third, d := newAS("from-a"), newAS("from-c"), newAS("from-d")
+	// b answers 404 once gone is set, as a token endpoint that moved.
+	b := newAS("from-b")
+	var gone atomic.Bool
+	bFront := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if gone.Load() {
+			http.NotFound(w, r)
+			return
+		}
+		b.serve(w, r)
+	}))
+	t.Cleanup(bFront.Close)
+	is := newIssuerServer(t)
+	is.setCacheControl("public, max-age=600")
+	pointAt(is, a.tokenURL())
+	up := newUpstream(t)
+	t.Setenv("OAB_DISCOVERY_SECRET", a.secret)
+	sites := e2eSite("oauth_bearer", fmt.Sprintf("\t\tissuer %s\n\t\tclient_id %s\n\t\tclient_secret {env.OAB_DISCOVERY_SECRET}", is.issuer, a.clientID), up)
+	c := startCaddy(t, sites)
+	get := func(path, wantPrefix string) {
+		t.Helper()
+		status, body := c.get(path)
+		if got := up.last(t).Get("Authorization"); status != 200 || !strings.HasPrefix(got, "Bearer "+wantPrefix) {
+			t.Fatalf("GET %s: %d %q, upstream got %q; want a token %s…", path, status, body, got, wantPrefix)
+		}
+	}
+	hits := func(want int64) {
+		t.Helper()
+		if n := is.hits.Load(); n != want {
+			t.Fatalf("the issuer's metadata was read %d times, want %d", n, want)
+		}
+	}
+
+	get("/1", "from-a")
+	hits(1)
+
+	// Within the lifetime (5 of 10 minutes), after a restart: the stored
+	// document is used, not read again, though the issuer changed it.
+	pointAt(is, bFront.URL+"/oauth/token")
+	clock.add(5 * time.Minute) // the 120 s token has expired
+	c.restart(sites)
+	get("/2", "from-a")
+	hits(1)
+
+	// Past the lifetime, after a restart: the new document.
+	clock.add(6 * time.Minute)
+	c.restart(sites)
+	get("/3", "from-b")
+	hits(2)
+
+	// The token endpoint answers 404 (the provider moved it): the request
+	// fails, and the next attempt reads the metadata again.
+	pointAt(is, third.tokenURL())
+	gone.Store(true)
+	clock.add(3 * time.Minute)
+	if status, _ := c.get("/4"); status == http.StatusOK {
+		t.Fatal("a token endpoint answering 404 gave a token")
+	}
+	clock.add(5 * time.Second) // past the backoff
+	get("/5", "from-c")
+	hits(3)
+
+	// The token endpoint refuses connections: the same.
+	pointAt(is, d.tokenURL())
+	third.Close()
+	clock.add(3 * time.Minute)
+	if status, _ := c.get("/6"); status == http.StatusOK {
+		t.Fatal("a token endpoint refusing connections gave a token")
+	}
+	clock.add(5 * time.Second)
+	get("/7", "from-d")
+	hits(4)
+}
+
+// The lifetime of a discovered document, from its Cache-Control.
+func TestDiscoveryLifetime(t *testing.T) {
+	for cc, want := range map[string]time.Duration{
+		"":                          24 * time.Hour,
+		"max-age=600":               10 * time.Minute,
+		"public, max-age=3600":      time.Hour,
+		"max-age=0":                 time.Minute,
+		"no-cache":                  time.Minute,
+		"no-store, max-age=600":     time.Minute,
+		"max-age=31536000":          7 * 24 * time.Hour,
+		"max-age=banana":            24 * time.Hour,
+		`private, max-age="120"`:    2 * time.Minute,
+		"s-maxage=60, max-age=7200": 2 * time.Hour,
+	} {
+		h := http.Header{}
+		if cc != "" {
+			h.Set("Cache-Control", cc)
+		}
+		if got := discoveryLifetime(h); got != want {
+			t.Errorf("Cache-Control %q: lifetime %v, want %v", cc, got, want)
+		}
+	}
+}
