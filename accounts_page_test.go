@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -80,22 +81,22 @@ func TestAccountsPage(t *testing.T) {
 		t.Fatalf("accounts page: %d %q", status, body)
 	}
 	forms := parseForms(t, body) // valid HTML, a title, labels on every visible control
-	// A row per account, with its state; one form per row and one to
-	// connect a new account.
-	for _, want := range []string{"<caption>", "alice", "bob", "Connected", "Needs consent", "invalid_grant", `<th scope="col">Access token expires</th>`} {
+	// A row per account, with its state; a form to connect bob again and
+	// one to connect a new account; alice's Disconnect leads to a
+	// confirmation page.
+	for _, want := range []string{"<caption>", "alice", "bob", "Connected", "Needs consent", "invalid_grant",
+		`<th scope="col" role="columnheader">Access token</th>`, "expires in 59 min", "crm_read"} {
 		if !strings.Contains(body, want) {
 			t.Errorf("the page lacks %q", want)
 		}
 	}
-	if len(forms) != 3 {
-		t.Fatalf("%d forms, want 3 (disconnect alice, connect bob again, connect a new account)", len(forms))
+	if len(forms) != 2 {
+		t.Fatalf("%d forms, want 2 (connect bob again, connect a new account)", len(forms))
 	}
-	var disconnectAlice, reconnectBob, connectNew *htmlForm
+	var reconnectBob, connectNew *htmlForm
 	for i := range forms {
 		f := &forms[i]
 		switch {
-		case f.action == "/oauth/et/disconnect" && f.values.Get("account") == "alice":
-			disconnectAlice = f
 		case f.action == "/oauth/et/connect" && f.values.Get("account") == "bob":
 			reconnectBob = f
 		case f.action == "/oauth/et/connect" && len(f.labelled) == 1:
@@ -105,16 +106,15 @@ func TestAccountsPage(t *testing.T) {
 			t.Errorf("form %q uses %s, want POST", f.action, f.method)
 		}
 	}
-	if disconnectAlice == nil || reconnectBob == nil || connectNew == nil {
+	if reconnectBob == nil || connectNew == nil {
 		t.Fatalf("forms: %+v", forms)
 	}
-	for _, b := range disconnectAlice.buttons {
-		if b == "" {
-			t.Error("a button without text")
-		}
+	if !slices.Contains(reconnectBob.buttons, "Connect again for bob") {
+		t.Errorf("bob's button %q does not name its account", reconnectBob.buttons)
 	}
-	if !strings.Contains(body, `aria-label="Disconnect alice"`) {
-		t.Error("the disconnect button does not name its account for screen readers")
+	disconnectAlice := `<a class="button secondary" href="/oauth/et/disconnect?account=alice">Disconnect<span class="vh"> alice</span></a>`
+	if !strings.Contains(body, disconnectAlice) {
+		t.Errorf("the page lacks alice's Disconnect link, named for screen readers: %s", disconnectAlice)
 	}
 	if csp := "frame-ancestors 'none'"; !strings.Contains(fmt.Sprint(pageHeaders(t, browser, page)["Content-Security-Policy"]), csp) {
 		t.Errorf("the page's CSP lacks %s", csp)
@@ -128,9 +128,17 @@ func TestAccountsPage(t *testing.T) {
 	if status, body := submitForm(t, browser, page, *reconnectBob, nil); status != 200 || !strings.Contains(body, "Connected") {
 		t.Fatalf("reconnecting bob from the page: %d %q", status, body)
 	}
-	// Disconnect alice: back to the page, without her.
-	status, body = submitForm(t, browser, page, *disconnectAlice, nil)
-	if status != 200 || !strings.Contains(body, "<caption>") {
+	// Disconnect alice: a confirmation page, whose button disconnects and
+	// comes back to the page, without her, saying so.
+	status, confirm := browserGet(t, browser, g.c.url("/oauth/et/disconnect?account=alice"))
+	if status != 200 || !strings.Contains(confirm, "Disconnect alice?") {
+		t.Fatalf("disconnect confirmation page: %d %q", status, confirm)
+	}
+	if st := g.status("alice"); st["connected"] != true {
+		t.Fatalf("the confirmation page disconnected alice: %v", st)
+	}
+	status, body = submitForm(t, browser, page, onlyForm(t, confirm), nil)
+	if status != 200 || !strings.Contains(body, "<caption>") || !strings.Contains(body, "alice disconnected.") {
 		t.Fatalf("disconnecting alice from the page: %d %q", status, body)
 	}
 	if strings.Contains(body, ">alice<") || !strings.Contains(body, ">carol<") || !strings.Contains(body, ">bob<") {
@@ -144,10 +152,30 @@ func TestAccountsPage(t *testing.T) {
 	if st := g.status("alice"); st["connected"] != false {
 		t.Errorf("alice after disconnect: %v", st)
 	}
+	// The notice is said only when true: not of an account that is
+	// connected.
+	if _, body := browserGet(t, browser, g.c.url("/oauth/et/status?disconnected=bob")); strings.Contains(body, "bob disconnected") {
+		t.Error("the page says bob disconnected while he is connected")
+	}
+	// Disconnecting an account that has no grant: 404, for the page and
+	// for an API client.
+	if status, body := browserGet(t, browser, g.c.url("/oauth/et/disconnect?account=alice")); status != 404 || !strings.Contains(body, "alice is not connected") {
+		t.Errorf("confirmation page of an account with no grant: %d %q", status, body)
+	}
+	req, _ := http.NewRequest(http.MethodPost, g.c.url("/oauth/et/disconnect?account=nobody"), nil)
+	resp, err := g.browser().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Errorf("POST disconnect of an account with no grant: %d, want 404", resp.StatusCode)
+	}
 
-	// The same-origin rule holds for the page's forms: a disconnect posted
-	// from another site is refused and changes nothing.
-	forms = parseForms(t, body)
+	// The same-origin rule holds for the confirmation page's form: a
+	// disconnect posted from another site is refused and changes nothing.
+	_, confirm = browserGet(t, browser, g.c.url("/oauth/et/disconnect?account=bob"))
+	forms = []htmlForm{onlyForm(t, confirm)}
 	for _, f := range forms {
 		if f.action != "/oauth/et/disconnect" {
 			continue

@@ -143,7 +143,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = h.unmarshalTokenHeader(d)
 		case "replay_max_body":
 			err = h.unmarshalReplayMaxBody(d)
-		case "redirect_uri", "authorize_url", "pkce", "connect_path", "status_path", "disconnect_path":
+		case "redirect_uri", "authorize_url", "pkce", "connect_path", "status_path", "disconnect_path", "prompt", "display_name":
 			err = d.Errf("%s: belongs to oauth_bearer_consent, the handler of the consent endpoints", sub)
 		default:
 			err = d.Errf("unrecognized subdirective '%s' (known: %s)", sub, strings.Join(handlerSubdirectives, ", "))
@@ -239,6 +239,9 @@ func (h *Handler) unmarshalReplayMaxBody(d *caddyfile.Dispenser) error {
 //		connect_path     <path>              # default: beside the callback
 //		status_path      <path>
 //		disconnect_path  <path>
+//		account          <placeholder>       # bind the pages to the signed-in account
+//		prompt           login|consent|select_account...
+//		display_name     <text>              # the provider's name on the pages
 //	}
 func (h *ConsentHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	b, err := openBlock(d, &h.Provider)
@@ -272,6 +275,16 @@ func (h *ConsentHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			err = oneArg(d, sub, &h.StatusPath)
 		case "disconnect_path":
 			err = oneArg(d, sub, &h.DisconnectPath)
+		case "account":
+			err = oneArg(d, sub, &h.Account)
+		case "display_name":
+			err = oneArg(d, sub, &h.DisplayName)
+		case "prompt":
+			var p []string
+			if p = d.RemainingArgs(); len(p) == 0 {
+				err = argErr(d, sub)
+			}
+			h.Prompt = strings.Join(p, " ")
 		case "scope":
 			if h.Scopes = d.RemainingArgs(); len(h.Scopes) == 0 {
 				err = argErr(d, sub)
@@ -285,7 +298,7 @@ func (h *ConsentHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				on := v == "on"
 				h.PKCE = &on
 			}
-		case "header", "org", "token_header", "upstream_401", "replay_max_body", "account", "refresh_before",
+		case "header", "org", "token_header", "upstream_401", "replay_max_body", "refresh_before",
 			"refresh_token", "audience", "resource", "param", "token_store":
 			err = d.Errf("%s: belongs to oauth_bearer, the handler that injects tokens", sub)
 		default:
@@ -299,7 +312,7 @@ func (h *ConsentHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 }
 
 var consentSubdirectives = append(slices.Clone(credentialSubdirectives), "grant", "redirect_uri", "authorize_url",
-	"scope", "pkce", "connect_path", "status_path", "disconnect_path")
+	"scope", "pkce", "connect_path", "status_path", "disconnect_path", "account", "prompt", "display_name")
 
 var credentialSubdirectives = []string{"client_id", "client_secret", "token_url", "issuer", "environment", "client_auth",
 	"private_key", "certificate", "key_id", "signing_alg", "assertion_audience", "client_assertion_file",

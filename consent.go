@@ -1,13 +1,16 @@
 package oauthbearer
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"embed"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"html/template"
 	"net/http"
@@ -25,8 +28,11 @@ import (
 // a person connects an account to the provider (the authorization-code
 // grant): connect (a page with a button; its POST redirects to the
 // provider), callback (redeems the code and stores the grant), status
-// (JSON) and disconnect (POST). Guard them with basic_auth or forward_auth:
-// whoever can use connect can attach an account to the proxy.
+// (JSON, or the accounts page) and disconnect (a confirmation page; its
+// POST disconnects). Guard them with basic_auth or forward_auth: whoever
+// can use connect can attach an account to the proxy. With account set
+// (typically {http.auth.user.id}), every endpoint acts on the signed-in
+// person's account only; without it, on any account (operator mode).
 
 func init() {
 	caddy.RegisterModule(new(ConsentHandler))
@@ -71,6 +77,24 @@ type ConsentHandler struct {
 	// disconnect beside the callback.
 	DisconnectPath string `json:"disconnect_path,omitempty"`
 
+	// Account binds the endpoints to the signed-in person's account,
+	// typically {http.auth.user.id} (the same as the injector's): each
+	// endpoint acts on that account only, a request naming another one
+	// is refused (403, logged), and status shows that account alone.
+	// Empty: operator mode, where whoever passes the guard may act on any
+	// account and see them all.
+	Account string `json:"account,omitempty"`
+
+	// Prompt is sent to the authorization endpoint as prompt (login,
+	// consent, select_account, space-separated), so that connecting a
+	// second account does not silently reuse the provider session of the
+	// first.
+	Prompt string `json:"prompt,omitempty"`
+
+	// DisplayName is the provider's name on the pages. Default: the
+	// preset's title.
+	DisplayName string `json:"display_name,omitempty"`
+
 	grant        *grant
 	poolKey      string
 	use          *use
@@ -78,7 +102,8 @@ type ConsentHandler struct {
 	authorizeURL string
 	formAction   string // the provider's origin, allowed as a form target
 	scope        string
-	title        string
+	title        string // the provider's name on the pages
+	prompt       string
 	logger       *zap.Logger
 }
 
@@ -129,6 +154,23 @@ func (h *ConsentHandler) check() error {
 	for _, f := range []struct{ field, value string }{{"connect_path", h.ConnectPath}, {"status_path", h.StatusPath}, {"disconnect_path", h.DisconnectPath}} {
 		if f.value != "" && !strings.HasPrefix(f.value, "/") {
 			return errField(f.field, "%q must start with /", f.value)
+		}
+	}
+	if h.Account != "" && !strings.Contains(h.Account, "{") {
+		if err := checkAccount(h.Account); err != nil {
+			return errField("account", "%v", err)
+		}
+	}
+	if h.Prompt != "" && strings.TrimSpace(h.Prompt) == "" {
+		return errField("prompt", "is empty (use login, consent or select_account)")
+	}
+	for _, p := range strings.Fields(h.Prompt) {
+		switch p {
+		case "login", "consent", "select_account":
+		case "none":
+			return errField("prompt", "none asks the provider not to show any page, which cannot grant consent; use login, consent or select_account")
+		default:
+			return errField("prompt", "%q is not one of login, consent, select_account", truncate(p, 64))
 		}
 	}
 	return nil
@@ -215,7 +257,8 @@ func (h *ConsentHandler) configure(repl *caddy.Replacer) (*credentialSet, error)
 		scopes[i] = repl.ReplaceKnown(s, "")
 	}
 	h.scope = strings.Join(scopes, cs.preset.ScopeSeparator)
-	h.title = cs.preset.Title
+	h.title = firstNonEmpty(strings.TrimSpace(repl.ReplaceKnown(h.DisplayName, "")), cs.preset.Title)
+	h.prompt = strings.Join(strings.Fields(h.Prompt), " ")
 	return cs, nil
 }
 
@@ -245,20 +288,95 @@ func (h *ConsentHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next 
 		return next.ServeHTTP(w, r)
 	}
 	w.Header().Set("Cache-Control", "no-store")
-	w.Header().Set("Referrer-Policy", "no-referrer")
+	// same-origin, not no-referrer: a browser without Fetch Metadata (or
+	// behind a proxy that strips Sec-Fetch-*) then sends the pages' own
+	// POSTs with their Origin, which sameOrigin accepts, rather than
+	// Origin: null, which it refuses. Other sites get no referrer.
+	w.Header().Set("Referrer-Policy", "same-origin")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.Header().Set("X-Frame-Options", "DENY")
 	return serve(w, r)
 }
 
-// requestAccount reads the account (query, or form field for a POST), the
-// default account when absent.
-func requestAccount(r *http.Request) (string, error) {
-	a := r.FormValue("account")
-	if a == "" {
-		return defaultAccount, nil
+// refusal is a request the endpoints refuse: its status, what the person
+// reads, and for the log why (403s are logged at warn).
+type refusal struct {
+	status int
+	msg    string
+	reason string // for the log
+	named  string // the account the request named, for the log and the form
+}
+
+// requestAccount returns the account a request acts on and, with account
+// set, the signed-in person's account (user). The request names an account
+// in the query, or in the form field of a POST; absent, it is the
+// signed-in account, or the default one in operator mode. With account
+// set, naming another account is refused.
+func (h *ConsentHandler) requestAccount(r *http.Request) (account, user string, ref *refusal) {
+	named := r.FormValue("account")
+	user, ref = h.signedIn(r)
+	if ref != nil {
+		return "", "", ref
 	}
-	return a, checkAccount(a)
+	if user != "" {
+		if named != "" && named != user {
+			return "", user, &refusal{status: http.StatusForbidden, reason: "another account",
+				msg: fmt.Sprintf("You are signed in as %s: you can only act on that account here.", user), named: named}
+		}
+		return user, user, nil
+	}
+	if named == "" {
+		return defaultAccount, "", nil
+	}
+	if err := checkAccount(named); err != nil {
+		return "", "", &refusal{status: http.StatusBadRequest, reason: "invalid account name", msg: err.Error(), named: named}
+	}
+	return named, "", nil
+}
+
+// signedIn resolves account for a request: the signed-in person's account;
+// "" in operator mode.
+func (h *ConsentHandler) signedIn(r *http.Request) (string, *refusal) {
+	if h.Account == "" {
+		return "", nil
+	}
+	user := h.Account
+	if strings.Contains(user, "{") {
+		repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+		if repl == nil {
+			return "", &refusal{status: http.StatusForbidden, reason: "no signed-in account", msg: "Nobody is signed in."}
+		}
+		user = repl.ReplaceKnown(user, "")
+	}
+	if user == "" {
+		return "", &refusal{status: http.StatusForbidden, reason: "no signed-in account (account " + h.Account + " is empty)",
+			msg: "Nobody is signed in: these pages act on the signed-in person's account."}
+	}
+	if err := checkAccount(user); err != nil {
+		return "", &refusal{status: http.StatusForbidden, reason: "the signed-in account name is not valid", msg: err.Error(), named: user}
+	}
+	return user, nil
+}
+
+// refuse answers a refused request: a page for a browser, plain text for
+// others; 403s are logged at warn with who asked and from where.
+func (h *ConsentHandler) refuse(w http.ResponseWriter, r *http.Request, ref *refusal, user string) error {
+	if ref.status == http.StatusForbidden {
+		h.logger.Warn("consent request refused", zap.String("reason", ref.reason),
+			zap.String("provider", h.grant.cfg.Provider), zap.String("method", r.Method), zap.String("path", r.URL.Path),
+			zap.String("remote_addr", r.RemoteAddr), zap.String("origin", r.Header.Get("Origin")),
+			zap.String("sec_fetch_site", r.Header.Get("Sec-Fetch-Site")),
+			zap.String("user", user), zap.String("account", truncate(ref.named, 128)))
+	}
+	if !wantsHTML(r) {
+		http.Error(w, ref.msg, ref.status)
+		return nil
+	}
+	v := &view{Title: "Refused", Message: ref.msg, User: user, Links: h.homeLinks(user, "")}
+	if ref.status == http.StatusBadRequest {
+		v.Title = "Not a valid account name"
+	}
+	return h.render(w, r, ref.status, "message", v)
 }
 
 // sameOrigin refuses what a browser marks as coming from another site: a
@@ -276,19 +394,24 @@ func sameOrigin(r *http.Request) bool {
 	return true
 }
 
+// refuseCrossSite refuses a request sameOrigin refuses.
+func (h *ConsentHandler) refuseCrossSite(w http.ResponseWriter, r *http.Request) error {
+	user, _ := h.signedIn(r)
+	return h.refuse(w, r, &refusal{status: http.StatusForbidden, reason: "cross-site request", named: r.FormValue("account"),
+		msg: "This request came from another site and was refused: use the buttons on this site's own pages."}, user)
+}
+
 // connect: GET shows a page with a button for the account; its POST (same
 // origin only) sends the browser to the provider with a fresh state, whose
 // PKCE verifier and account travel in an encrypted cookie of their own.
 func (h *ConsentHandler) connect(w http.ResponseWriter, r *http.Request) error {
 	switch r.Method {
 	case http.MethodGet, http.MethodHead:
-		account, err := requestAccount(r)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return nil
+		account, user, ref := h.requestAccount(r)
+		if ref != nil {
+			return h.refuseConnect(w, r, ref, user)
 		}
-		h.page(w, http.StatusOK, pageData{Title: "Connect " + h.title, Connect: h.paths.connect, Account: account})
-		return nil
+		return h.connectPage(w, r, http.StatusOK, account, user, "")
 	case http.MethodPost:
 	default:
 		w.Header().Set("Allow", "GET, POST")
@@ -296,13 +419,11 @@ func (h *ConsentHandler) connect(w http.ResponseWriter, r *http.Request) error {
 		return nil
 	}
 	if !sameOrigin(r) {
-		http.Error(w, "cross-site request refused", http.StatusForbidden)
-		return nil
+		return h.refuseCrossSite(w, r)
 	}
-	account, err := requestAccount(r)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return nil
+	account, user, ref := h.requestAccount(r)
+	if ref != nil {
+		return h.refuseConnect(w, r, ref, user)
 	}
 	st := pendingState{State: randomToken(32), Account: account, Expires: h.grant.now().Add(stateLifetime)}
 	q := url.Values{
@@ -314,6 +435,9 @@ func (h *ConsentHandler) connect(w http.ResponseWriter, r *http.Request) error {
 	if h.scope != "" {
 		q.Set("scope", h.scope)
 	}
+	if h.prompt != "" {
+		q.Set("prompt", h.prompt)
+	}
 	if h.PKCE == nil || *h.PKCE {
 		st.Verifier = randomToken(48) // 64 characters of base64url: within RFC 7636's 43-128
 		sum := sha256.Sum256([]byte(st.Verifier))
@@ -323,11 +447,11 @@ func (h *ConsentHandler) connect(w http.ResponseWriter, r *http.Request) error {
 	authorizeURL, err := h.authorizeEndpoint(r.Context())
 	if err != nil {
 		h.logger.Error("discovering the authorization endpoint failed", zap.String("provider", h.grant.cfg.Provider), zap.Error(err))
-		h.page(w, http.StatusBadGateway, pageData{Title: "Not connected", Message: "The provider's authorization endpoint cannot be found (discovery failed); see the server log."})
-		return nil
+		return h.render(w, r, http.StatusBadGateway, "message", &view{Title: "Not connected", User: user,
+			Message: "The provider's authorization endpoint cannot be found (discovery failed); see the server log.",
+			Links:   h.homeLinks(user, account)})
 	}
-	plain, _ := json.Marshal(st)
-	http.SetCookie(w, h.stateCookie(st.State, base64.RawURLEncoding.EncodeToString(h.grant.store.seal("state", plain)), int(stateLifetime/time.Second)))
+	http.SetCookie(w, h.stateCookie(st.State, h.sealState(st), int(stateLifetime/time.Second)))
 	sep := "?"
 	if strings.Contains(authorizeURL, "?") {
 		sep = "&"
@@ -335,6 +459,31 @@ func (h *ConsentHandler) connect(w http.ResponseWriter, r *http.Request) error {
 	h.logger.Info("consent started", zap.String("provider", h.grant.cfg.Provider), zap.String("account", account))
 	http.Redirect(w, r, authorizeURL+sep+q.Encode(), http.StatusSeeOther)
 	return nil
+}
+
+// refuseConnect answers a refused connect: a name the handler refuses
+// comes back on the connect page, with the message and the form filled.
+func (h *ConsentHandler) refuseConnect(w http.ResponseWriter, r *http.Request, ref *refusal, user string) error {
+	if ref.status == http.StatusBadRequest && wantsHTML(r) {
+		return h.connectPage(w, r, http.StatusBadRequest, ref.named, user, ref.msg)
+	}
+	return h.refuse(w, r, ref, user)
+}
+
+// connectPage shows the connect form for account; for an account that is
+// connected, it says so, and that connecting again replaces the grant.
+func (h *ConsentHandler) connectPage(w http.ResponseWriter, r *http.Request, status int, account, user, errMsg string) error {
+	v := &view{Title: "Connect to " + h.title, User: user, Bound: user != "", Account: account, Error: errMsg,
+		ConnectAction: h.paths.connect, Pattern: accountPattern, Hint: accountHint, Links: h.homeLinks(user, "")}
+	if errMsg == "" {
+		row, err := h.row(r.Context(), account)
+		if err != nil {
+			h.logger.Error("reading the grant failed", zap.String("account", account), zap.Error(err))
+		} else if row.Stored {
+			v.Row = row
+		}
+	}
+	return h.render(w, r, status, "connect", v)
 }
 
 // authorizeEndpoint is the provider's authorization endpoint: configured,
@@ -368,12 +517,34 @@ func (h *ConsentHandler) formActionOf(ctx context.Context) string {
 }
 
 // pendingState travels, encrypted, in the state cookie: the browser that
-// started the flow is the one that must finish it.
+// started the flow is the one that must finish it. Once the flow is
+// complete, the cookie says so (Done), so that reloading the success page
+// shows the account's state instead of an error.
 type pendingState struct {
 	State    string    `json:"s"`
 	Verifier string    `json:"v,omitempty"`
 	Account  string    `json:"a"`
 	Expires  time.Time `json:"e"`
+	Done     bool      `json:"d,omitempty"`
+}
+
+// sealState is the state cookie's value: st, encrypted.
+func (h *ConsentHandler) sealState(st pendingState) string {
+	plain, _ := json.Marshal(st)
+	return base64.RawURLEncoding.EncodeToString(h.grant.store.seal("state", plain))
+}
+
+// openState reads a state cookie's value.
+func (h *ConsentHandler) openState(value string) (pendingState, error) {
+	var st pendingState
+	sealed, err := base64.RawURLEncoding.DecodeString(value)
+	if err == nil {
+		var plain []byte
+		if plain, err = h.grant.store.open("state", sealed); err == nil {
+			err = json.Unmarshal(plain, &st)
+		}
+	}
+	return st, err
 }
 
 // stateCookie is the cookie of one pending consent: named after its state,
@@ -392,52 +563,80 @@ func (h *ConsentHandler) stateCookie(state, value string, maxAge int) *http.Cook
 	}
 }
 
+// workBound bounds what the callback and disconnect do once started, apart
+// from the request: the person's browser may leave (or the connection
+// drop) while the provider answers, and a code redeemed or a token revoked
+// must still be stored or deleted. It covers two calls to the provider
+// (their own timeout each), two lock waits (the account's, the event
+// log's) and a few storage operations.
+func (h *ConsentHandler) workBound() time.Duration {
+	return 2*h.grant.cfg.Timeout + 2*lockWait + 4*storageTimeout
+}
+
 func (h *ConsentHandler) callback(w http.ResponseWriter, r *http.Request) error {
 	q := r.URL.Query()
 	provider := h.grant.cfg.Provider
-	startAgain := " Start again at " + h.paths.connect + "."
+	user, ref := h.signedIn(r)
+	if ref != nil {
+		return h.refuse(w, r, ref, user)
+	}
+	account := ""
 	fail := func(status int, msg string) error {
-		h.logger.Warn("consent callback refused", zap.String("provider", provider), zap.String("reason", msg))
-		h.page(w, status, pageData{Title: "Not connected", Message: msg})
-		return nil
+		h.logger.Warn("consent callback refused", zap.String("provider", provider), zap.String("account", account), zap.String("reason", msg))
+		return h.render(w, r, status, "message", &view{Title: "Not connected", Message: msg, User: user,
+			Links: h.startAgainLinks(user, account)})
 	}
 	state := q.Get("state")
 	c, err := r.Cookie(h.stateCookie(state, "", 0).Name)
 	if state == "" || err != nil {
-		return fail(http.StatusBadRequest, "The sign-in cannot be verified: this browser did not start it (the state cookie is missing or expired)."+startAgain)
+		return fail(http.StatusBadRequest, "The sign-in cannot be verified: this browser did not start it (the state cookie is missing or expired).")
 	}
-	// One use: the cookie goes whatever happens next.
-	http.SetCookie(w, h.stateCookie(state, "", -1))
-	var st pendingState
-	sealed, err := base64.RawURLEncoding.DecodeString(c.Value)
-	if err == nil {
-		var plain []byte
-		if plain, err = h.grant.store.open("state", sealed); err == nil {
-			err = json.Unmarshal(plain, &st)
-		}
-	}
+	st, err := h.openState(c.Value)
 	switch {
 	case err != nil:
-		return fail(http.StatusBadRequest, "The sign-in cannot be verified: the state cookie is not valid."+startAgain)
+		http.SetCookie(w, h.stateCookie(state, "", -1))
+		return fail(http.StatusBadRequest, "The sign-in cannot be verified: the state cookie is not valid.")
 	case subtle.ConstantTimeCompare([]byte(st.State), []byte(state)) != 1:
-		return fail(http.StatusBadRequest, "The sign-in cannot be verified: the state does not match."+startAgain)
+		http.SetCookie(w, h.stateCookie(state, "", -1))
+		return fail(http.StatusBadRequest, "The sign-in cannot be verified: the state does not match.")
+	}
+	account = st.Account
+	if user != "" && st.Account != user {
+		http.SetCookie(w, h.stateCookie(state, "", -1))
+		return h.refuse(w, r, &refusal{status: http.StatusForbidden, reason: "another account", named: st.Account,
+			msg: fmt.Sprintf("This sign-in was started for another account than yours (%s); nothing was stored.", user)}, user)
+	}
+	if st.Done {
+		// The success page reloaded (its URL still holds code and
+		// state): say how the account is now.
+		return h.connectedPage(w, r, account, user, true)
+	}
+	// One use: the cookie goes whatever happens next (on success it is
+	// replaced by one that says the flow is complete).
+	http.SetCookie(w, h.stateCookie(state, "", -1))
+	switch {
 	case h.grant.now().After(st.Expires):
-		return fail(http.StatusBadRequest, "The sign-in took too long and expired."+startAgain)
+		return fail(http.StatusBadRequest, "The sign-in took too long and expired.")
 	case !h.grant.useState(st.State, st.Expires):
-		return fail(http.StatusBadRequest, "This sign-in was already completed; a callback is used once."+startAgain)
+		return fail(http.StatusBadRequest, "This sign-in was already completed; a callback is used once.")
 	}
 	if e := q.Get("error"); e != "" {
 		msg := fmt.Sprintf("The provider answered %s", truncate(e, 64))
 		if d := q.Get("error_description"); d != "" {
 			msg += ": " + truncate(h.grant.cfg.redact(d), 200)
 		}
-		return fail(http.StatusBadRequest, msg+". Nothing was stored."+startAgain)
+		return fail(http.StatusBadRequest, msg+". Nothing was stored.")
 	}
 	code := q.Get("code")
 	if code == "" {
 		return fail(http.StatusBadRequest, "The provider sent no authorization code.")
 	}
-	tok, err := h.grant.ep.exchangeCode(r.Context(), code, st.Verifier, h.paths.redirect)
+	// From here on the code is redeemed and the grant stored whatever the
+	// browser does: a code is single-use, and a grant redeemed but not
+	// stored is lost.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), h.workBound())
+	defer cancel()
+	tok, err := h.grant.ep.exchangeCode(ctx, code, st.Verifier, h.paths.redirect)
 	if err != nil {
 		te, _ := err.(*TokenError)
 		code := "error"
@@ -447,33 +646,65 @@ func (h *ConsentHandler) callback(w http.ResponseWriter, r *http.Request) error 
 				zap.String("account", st.Account), zap.String("error", te.Code), zap.Int("status", te.Status),
 				zap.String("error_description", te.Description))
 		}
-		h.page(w, http.StatusBadGateway, pageData{Title: "Not connected", Message: fmt.Sprintf("The provider refused the authorization code (%s).%s", code, startAgain)})
-		return nil
+		return h.render(w, r, http.StatusBadGateway, "message", &view{Title: "Not connected", User: user,
+			Message: fmt.Sprintf("The provider refused the authorization code (%s). Nothing was stored.", code),
+			Links:   h.startAgainLinks(user, account)})
 	}
 	if tok.refreshToken == "" {
 		h.logger.Warn("the provider returned no refresh token: consent will be needed again when the access token expires",
 			zap.String("provider", provider), zap.String("account", st.Account))
 	}
-	if err := h.grant.connect(r.Context(), st.Account, tok); err != nil {
+	if err := h.grant.connect(ctx, st.Account, tok); err != nil {
 		h.logger.Error("storing the grant failed", zap.String("provider", provider), zap.String("account", st.Account), zap.Error(err))
-		h.page(w, http.StatusInternalServerError, pageData{Title: "Not connected", Message: "The grant could not be stored; see the server log."})
-		return nil
+		return h.render(w, r, http.StatusInternalServerError, "message", &view{Title: "Not connected", User: user,
+			Message: "The grant could not be stored; see the server log.", Links: h.startAgainLinks(user, account)})
 	}
 	metrics.consents.WithLabelValues(provider, "connected").Inc()
 	h.logger.Info("account connected", zap.String("provider", provider), zap.String("account", st.Account),
 		zap.String("scope", tok.scope), zap.Bool("refresh_token", tok.refreshToken != ""))
-	h.page(w, http.StatusOK, pageData{Title: "Connected", Message: fmt.Sprintf("%s account %q is connected. You can close this window.", h.title, st.Account)})
-	return nil
+	done := st
+	done.Verifier, done.Done = "", true
+	http.SetCookie(w, h.stateCookie(state, h.sealState(done), int(stateLifetime/time.Second)))
+	return h.connectedPage(w, r, account, user, false)
+}
+
+// connectedPage is the end of a flow: the success page, or, reloaded, the
+// account's state now.
+func (h *ConsentHandler) connectedPage(w http.ResponseWriter, r *http.Request, account, user string, reloaded bool) error {
+	v := &view{Title: "Connected", User: user, Success: true, Links: h.homeLinks(user, "")}
+	if user == "" {
+		v.Links = append(v.Links, pageLink{Href: h.paths.connect, Text: "Connect another account"})
+	}
+	v.Message = fmt.Sprintf("%s is connected to %s.", account, h.title)
+	v.More = []string{"Requests for " + account + " now carry its access token. You can close this window."}
+	if reloaded {
+		row, err := h.row(r.Context(), account)
+		switch {
+		case err != nil:
+			h.logger.Error("reading the grant failed", zap.String("account", account), zap.Error(err))
+			v.Title, v.Success, v.Message, v.More = "Connected?", false, "The state of "+account+" cannot be read; see the server log.", nil
+		case !row.Connected:
+			v.Title, v.Success, v.More = "Not connected", false, nil
+			v.Message = fmt.Sprintf("%s is not connected to %s now.", account, h.title)
+			if row.Reason != "" {
+				v.Message = fmt.Sprintf("%s is not connected to %s now: %s.", account, h.title, strings.TrimSuffix(row.Reason, "."))
+			}
+			v.Links = h.startAgainLinks(user, account)
+		case row.ConnectedAt != nil:
+			v.Message = fmt.Sprintf("%s is connected to %s (since %s).", account, h.title, row.ConnectedAt.Exact)
+			v.More = nil
+		}
+	}
+	return h.render(w, r, http.StatusOK, "message", v)
 }
 
 func (h *ConsentHandler) status(w http.ResponseWriter, r *http.Request) error {
 	if wantsHTML(r) {
 		return h.accountsPage(w, r)
 	}
-	account, err := requestAccount(r)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return nil
+	account, user, ref := h.requestAccount(r)
+	if ref != nil {
+		return h.refuse(w, r, ref, user)
 	}
 	st, err := h.grant.status(r.Context(), account)
 	if err != nil {
@@ -486,44 +717,74 @@ func (h *ConsentHandler) status(w http.ResponseWriter, r *http.Request) error {
 	return json.NewEncoder(w).Encode(st)
 }
 
+// disconnect: GET asks for confirmation (a page whose button POSTs); POST
+// (same origin only) revokes the grant at the provider and deletes it. An
+// account with no grant answers 404.
 func (h *ConsentHandler) disconnect(w http.ResponseWriter, r *http.Request) error {
-	if r.Method != http.MethodPost {
-		w.Header().Set("Allow", "POST")
-		http.Error(w, "use POST", http.StatusMethodNotAllowed)
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodPost:
+	default:
+		w.Header().Set("Allow", "GET, POST")
+		http.Error(w, "use GET for the page, POST to disconnect", http.StatusMethodNotAllowed)
 		return nil
 	}
-	if !sameOrigin(r) {
-		http.Error(w, "cross-site request refused", http.StatusForbidden)
-		return nil
+	post := r.Method == http.MethodPost
+	if post && !sameOrigin(r) {
+		return h.refuseCrossSite(w, r)
 	}
-	account, err := requestAccount(r)
+	account, user, ref := h.requestAccount(r)
+	if ref != nil {
+		return h.refuse(w, r, ref, user)
+	}
+	stored, err := h.grant.hasGrant(r.Context(), account)
 	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadRequest)
-		return nil
+		h.logger.Error("reading the grant failed", zap.String("account", account), zap.Error(err))
+		return h.failPage(w, r, user, "oauth_bearer: the grant cannot be read; see the server log")
 	}
-	revoked, err := h.grant.disconnect(r.Context(), account)
+	if !stored {
+		msg := account + " is not connected: there is nothing to disconnect."
+		if !wantsHTML(r) {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusNotFound)
+			return json.NewEncoder(w).Encode(map[string]any{"account": account, "disconnected": false, "error": "not_connected", "error_description": msg})
+		}
+		return h.render(w, r, http.StatusNotFound, "message", &view{Title: "Not connected", Message: msg, User: user,
+			Links: h.startAgainLinks(user, account)})
+	}
+	if !post {
+		return h.render(w, r, http.StatusOK, "disconnect", &view{Title: "Disconnect " + account + "?", User: user,
+			Account: account, DisconnectAction: h.paths.disconnect, StatusURL: h.paths.status, Revokes: h.grant.canRevoke(r.Context())})
+	}
+	// Once started, the revocation and the deletion complete whatever the
+	// browser does.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), h.workBound())
+	defer cancel()
+	revoked, err := h.grant.disconnect(ctx, account)
 	if err != nil {
 		h.logger.Error("disconnect failed", zap.String("account", account), zap.Error(err))
-		http.Error(w, "oauth_bearer: the grant could not be deleted; see the server log", http.StatusInternalServerError)
-		return nil
+		return h.failPage(w, r, user, "oauth_bearer: the grant could not be deleted; see the server log")
 	}
 	metrics.consents.WithLabelValues(h.grant.cfg.Provider, "disconnected").Inc()
 	h.logger.Info("account disconnected", zap.String("provider", h.grant.cfg.Provider), zap.String("account", account), zap.Bool("revoked", revoked))
 	if wantsHTML(r) {
-		// The accounts page's button: back to the page.
-		http.Redirect(w, r, h.paths.status, http.StatusSeeOther)
+		// Back to the accounts page, which says so (a reload does not
+		// post again).
+		http.Redirect(w, r, h.paths.status+"?disconnected="+url.QueryEscape(account), http.StatusSeeOther)
 		return nil
 	}
 	w.Header().Set("Content-Type", "application/json")
 	return json.NewEncoder(w).Encode(map[string]any{"account": account, "disconnected": true, "revoked": revoked})
 }
 
-// pageData fills the consent pages.
-type pageData struct {
-	Title   string
-	Message string
-	Connect string // with Account: the connect form
-	Account string
+// failPage answers a failure of the server's own (500): a page for a
+// browser, plain text for others.
+func (h *ConsentHandler) failPage(w http.ResponseWriter, r *http.Request, user, msg string) error {
+	if !wantsHTML(r) {
+		http.Error(w, msg, http.StatusInternalServerError)
+		return nil
+	}
+	return h.render(w, r, http.StatusInternalServerError, "message", &view{Title: "Something went wrong", User: user,
+		Message: strings.TrimPrefix(msg, "oauth_bearer: "), Links: h.homeLinks(user, "")})
 }
 
 // wantsHTML reports a browser's request (Accept names text/html); API
@@ -532,121 +793,238 @@ func wantsHTML(r *http.Request) bool {
 	return strings.Contains(r.Header.Get("Accept"), "text/html")
 }
 
-// accountsData fills the accounts page.
-type accountsData struct {
-	Title      string
-	Provider   string
-	Connect    string
-	Disconnect string
-	Accounts   []accountRow
-	Error      string
-}
-
-type accountRow struct {
-	Account     string
-	Connected   bool
-	Expires     string
-	LastRefresh string
-	Reason      string
-}
-
-var accountsTemplate = template.Must(template.New("accounts").Parse(`<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{{.Title}}</title>
-<style>
-body { font-family: system-ui, sans-serif; margin: 2rem; max-width: 60rem; }
-table { border-collapse: collapse; width: 100%; }
-th, td { text-align: left; padding: .4rem .6rem; border-bottom: 1px solid #ccc; vertical-align: top; }
-form { margin: 0; }
-.needs { color: #a00; }
-</style>
-</head>
-<body>
-<main>
-<h1>{{.Title}}</h1>
-{{if .Error}}<p class="needs">{{.Error}}</p>{{end}}
-<table>
-<caption>Accounts connected to {{.Provider}}</caption>
-<thead><tr><th scope="col">Account</th><th scope="col">Status</th><th scope="col">Access token expires</th><th scope="col">Last refresh</th><th scope="col">Action</th></tr></thead>
-<tbody>
-{{range .Accounts}}<tr>
-<th scope="row">{{.Account}}</th>
-<td>{{if .Connected}}Connected{{else}}<span class="needs">Needs consent</span>{{if .Reason}}: {{.Reason}}{{end}}{{end}}</td>
-<td>{{if .Expires}}<time datetime="{{.Expires}}">{{.Expires}}</time>{{else}}-{{end}}</td>
-<td>{{if .LastRefresh}}<time datetime="{{.LastRefresh}}">{{.LastRefresh}}</time>{{else}}-{{end}}</td>
-<td>{{if .Connected}}<form method="post" action="{{$.Disconnect}}"><input type="hidden" name="account" value="{{.Account}}"><button type="submit" aria-label="Disconnect {{.Account}}">Disconnect</button></form>{{else}}<form method="post" action="{{$.Connect}}"><input type="hidden" name="account" value="{{.Account}}"><button type="submit" aria-label="Connect {{.Account}} again">Connect again</button></form>{{end}}</td>
-</tr>
-{{else}}<tr><td colspan="5">No account is connected yet.</td></tr>
-{{end}}</tbody>
-</table>
-<h2>Connect an account</h2>
-<form method="post" action="{{.Connect}}">
-<p><label for="account">Account name</label>
-<input id="account" name="account" type="text" required maxlength="128" value="default"></p>
-<p><button type="submit">Connect</button></p>
-</form>
-</main>
-</body>
-</html>
-`))
-
-// accountsPage lists every account with a stored grant, with buttons to
-// connect and disconnect (POST forms: the same-origin rule of connect and
-// disconnect applies).
+// accountsPage shows the accounts: with account set, the signed-in
+// person's alone (whether connected or not); in operator mode every
+// account with a stored grant, and a form to connect another. Disconnect
+// leads to a confirmation page; connect and disconnect are POST forms,
+// under the same-origin rule.
 func (h *ConsentHandler) accountsPage(w http.ResponseWriter, r *http.Request) error {
-	d := accountsData{Title: h.title + " accounts", Provider: h.title, Connect: h.paths.connect, Disconnect: h.paths.disconnect}
-	accounts, err := h.grant.storedAccounts(r.Context())
-	if err != nil {
-		h.logger.Error("listing the stored grants failed", zap.Error(err))
-		d.Error = "The stored grants cannot be read; see the server log."
+	account, user, ref := h.requestAccount(r)
+	if ref != nil {
+		return h.refuse(w, r, ref, user)
+	}
+	v := &view{Title: h.title + " accounts", User: user, Bound: user != "", ConnectAction: h.paths.connect,
+		Pattern: accountPattern, Hint: accountHint}
+	accounts := []string{account}
+	if user != "" {
+		v.Title = "Your " + h.title + " account"
+	} else {
+		var err error
+		if accounts, err = h.grant.storedAccounts(r.Context()); err != nil {
+			h.logger.Error("listing the stored grants failed", zap.Error(err))
+			v.Error = "The stored grants cannot be read; see the server log."
+		}
 	}
 	for _, a := range accounts {
-		st, err := h.grant.status(r.Context(), a)
+		row, err := h.row(r.Context(), a)
 		if err != nil {
-			d.Error = "Some grants cannot be read; see the server log."
+			v.Error = "Some grants cannot be read; see the server log."
 			h.logger.Error("reading a grant failed", zap.String("account", a), zap.Error(err))
 			continue
 		}
-		d.Accounts = append(d.Accounts, accountRow{Account: a, Connected: st.Connected, Expires: st.AccessTokenExpires,
-			LastRefresh: st.LastRefresh, Reason: st.Reason})
+		v.Rows = append(v.Rows, *row)
 	}
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self' "+h.formActionOf(r.Context())+"; frame-ancestors 'none'")
-	return accountsTemplate.Execute(w, d)
+	// After a disconnect: said only when it is true now, and, with
+	// account set, only of the signed-in account.
+	if gone := r.URL.Query().Get("disconnected"); gone != "" && checkAccount(gone) == nil && (user == "" || gone == user) {
+		if stored, err := h.grant.hasGrant(r.Context(), gone); err == nil && !stored {
+			v.Notice = gone + " disconnected."
+		}
+	}
+	return h.render(w, r, http.StatusOK, "accounts", v)
 }
 
-var pageTemplate = template.Must(template.New("page").Parse(`<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{{.Title}}</title>
-</head>
-<body>
-<main>
-<h1>{{.Title}}</h1>
-{{if .Message}}<p>{{.Message}}</p>{{end}}
-{{if .Connect}}<form method="post" action="{{.Connect}}">
-<p>You will be sent to the provider to sign in and approve access for this account.</p>
-<p><label for="account">Account</label>
-<input id="account" name="account" type="text" required maxlength="128" value="{{.Account}}"></p>
-<p><button type="submit">Connect</button></p>
-</form>{{end}}
-</main>
-</body>
-</html>
-`))
+// row describes an account for the pages.
+func (h *ConsentHandler) row(ctx context.Context, account string) (*accountRow, error) {
+	st, err := h.grant.status(ctx, account)
+	if err != nil {
+		return nil, err
+	}
+	stored := true
+	if !st.Connected {
+		if stored, err = h.grant.hasGrant(ctx, account); err != nil {
+			return nil, err
+		}
+	}
+	row := &accountRow{Account: account, Stored: stored, Connected: st.Connected, HasRefreshToken: st.HasRefreshToken,
+		ConnectedAt: h.when(st.ConnectedAt), Expires: h.when(st.AccessTokenExpires), LastRefresh: h.when(st.LastRefresh),
+		Scopes:        strings.FieldsFunc(st.Scope, func(r rune) bool { return r == ' ' || r == ',' }),
+		DisconnectURL: h.paths.disconnect + "?account=" + url.QueryEscape(account)}
+	if stored && !st.Connected {
+		row.Reason = st.Reason
+	}
+	if row.LastRefresh != nil && row.ConnectedAt != nil && row.LastRefresh.ISO == row.ConnectedAt.ISO {
+		row.LastRefresh = nil // not refreshed since it was connected
+	}
+	return row, nil
+}
 
-// page writes an HTML page; every value is escaped. The page may only post
-// its forms to this origin, which redirects to the provider.
-func (h *ConsentHandler) page(w http.ResponseWriter, status int, d pageData) {
+// homeLinks lead back to the accounts page, and to connecting account.
+func (h *ConsentHandler) homeLinks(user, account string) []pageLink {
+	links := []pageLink{{Href: h.paths.status, Text: "All accounts"}}
+	if user != "" {
+		links[0].Text = "Your " + h.title + " account"
+	}
+	if account != "" {
+		links = append(links, pageLink{Href: h.paths.connect + "?account=" + url.QueryEscape(account), Text: "Connect " + account})
+	}
+	return links
+}
+
+// startAgainLinks: after a failed flow, start again with the same
+// account, or go back to the accounts page.
+func (h *ConsentHandler) startAgainLinks(user, account string) []pageLink {
+	again := pageLink{Href: h.paths.connect, Text: "Start again"}
+	if account != "" {
+		again.Href += "?account=" + url.QueryEscape(account)
+		again.Text = "Start again with " + account
+	}
+	return append([]pageLink{again}, h.homeLinks(user, "")...)
+}
+
+// ---- the pages ----
+
+//go:embed templates/*.html templates/style.css
+var templateFiles embed.FS
+
+var (
+	// pageStyle is the pages' inline style sheet, and pageStyleSource its
+	// hash for the Content-Security-Policy (no 'unsafe-inline').
+	pageStyle       template.CSS
+	pageStyleSource string
+	pageTemplates   = map[string]*template.Template{}
+)
+
+func init() {
+	css, err := templateFiles.ReadFile("templates/style.css")
+	if err != nil {
+		panic(err)
+	}
+	pageStyle = template.CSS(css)
+	sum := sha256.Sum256(css)
+	pageStyleSource = "'sha256-" + base64.StdEncoding.EncodeToString(sum[:]) + "'"
+	for _, name := range []string{"message", "connect", "accounts", "disconnect"} {
+		pageTemplates[name] = template.Must(template.New(name).ParseFS(templateFiles, "templates/layout.html", "templates/"+name+".html"))
+	}
+}
+
+// accountPattern and accountHint let the browser check an account name
+// before sending it: the rule of checkAccount but for "..", which the
+// server refuses with the same hint. (A pattern is matched whole, with
+// the v flag: the - in the class is escaped.)
+const (
+	accountPattern = `[A-Za-z0-9][A-Za-z0-9_@+=.\-]{0,127}`
+	accountHint    = "1 to 128 letters, digits and _ @ + = . - (starting with a letter or a digit, without ..)."
+)
+
+// view fills the pages (templates/*.html).
+type view struct {
+	Title    string
+	Provider string
+	User     string // with account set: the signed-in account
+	Style    template.CSS
+	Error    string // an alert at the top
+	Notice   string // a status line at the top
+	Message  string
+	Success  bool // Message is good news
+	More     []string
+	Links    []pageLink // where to go next: never a dead end
+
+	Bound         bool   // the pages act on the signed-in account alone
+	Account       string // connect, disconnect: the account
+	Pattern, Hint string // the account name input's
+
+	ConnectAction, DisconnectAction, StatusURL string
+
+	Row     *accountRow  // connect: the account, when it has a grant
+	Rows    []accountRow // accounts
+	Revokes bool         // disconnect: the grant is revoked at the provider
+}
+
+type pageLink struct{ Href, Text string }
+
+// accountRow is an account on the pages.
+type accountRow struct {
+	Account                            string
+	Stored, Connected, HasRefreshToken bool
+	Reason                             string
+	ConnectedAt, Expires, LastRefresh  *moment
+	Scopes                             []string
+	DisconnectURL                      string
+}
+
+// moment is a time as the pages show it: relative ("in 52 min"), with the
+// exact time in a title and the machine-readable one in datetime.
+type moment struct {
+	ISO, Exact, Relative string
+	Past                 bool
+}
+
+// when turns an RFC 3339 time of the status into a moment; nil when empty.
+func (h *ConsentHandler) when(rfc3339 string) *moment {
+	t, err := time.Parse(time.RFC3339, rfc3339)
+	if err != nil {
+		return nil
+	}
+	d := t.Sub(h.grant.now())
+	m := &moment{ISO: rfc3339, Exact: t.UTC().Format("Mon 2 Jan 2006 15:04:05 UTC"), Past: d <= 0}
+	switch {
+	case m.Past && -d < time.Minute:
+		m.Relative = "just now"
+	case m.Past:
+		m.Relative = approx(-d) + " ago"
+	default:
+		m.Relative = "in " + approx(d)
+	}
+	return m
+}
+
+// approx says a duration the way a person would, to the largest unit.
+func approx(d time.Duration) string {
+	plural := func(n int, unit string) string {
+		if n == 1 {
+			return "1 " + unit
+		}
+		return fmt.Sprintf("%d %ss", n, unit)
+	}
+	switch {
+	case d < time.Minute:
+		return "less than a minute"
+	case d < time.Hour:
+		return fmt.Sprintf("%d min", int(d/time.Minute))
+	case d < 48*time.Hour:
+		return plural(int(d/time.Hour), "hour")
+	default:
+		return plural(int(d/(24*time.Hour)), "day")
+	}
+}
+
+// render writes a page; every value is escaped. A template that fails is
+// logged and answered with 500, never half a page. The page may only post
+// its forms to this origin, which redirects to the provider; it may not be
+// framed; its one style is the inline sheet, by hash.
+func (h *ConsentHandler) render(w http.ResponseWriter, r *http.Request, status int, name string, v *view) error {
+	v.Provider, v.Style = h.title, pageStyle
+	var buf bytes.Buffer
+	t := pageTemplates[name]
+	if t == nil {
+		return h.templateFailed(w, name, errors.New("no such page"))
+	}
+	if err := t.ExecuteTemplate(&buf, "layout", v); err != nil {
+		return h.templateFailed(w, name, err)
+	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.Header().Set("Content-Security-Policy", "default-src 'none'; form-action 'self' "+h.formActionOf(context.Background())+"; frame-ancestors 'none'")
+	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src "+pageStyleSource+
+		"; form-action 'self' "+h.formActionOf(r.Context())+"; frame-ancestors 'none'; base-uri 'none'")
 	w.WriteHeader(status)
-	pageTemplate.Execute(w, d)
+	w.Write(buf.Bytes()) // a browser that left reads nothing
+	return nil
+}
+
+func (h *ConsentHandler) templateFailed(w http.ResponseWriter, name string, err error) error {
+	h.logger.Error("rendering a consent page failed", zap.String("page", name), zap.Error(err))
+	http.Error(w, "oauth_bearer: the page cannot be shown; see the server log", http.StatusInternalServerError)
+	return nil
 }
 
 // randomToken returns n random bytes, base64url-encoded.

@@ -1,18 +1,31 @@
 package oauthbearer
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"html/template"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
+	"net/http/httptest"
+	"net/http/httputil"
 	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // The oauth_bearer_consent handler through a real Caddy (grant_test.go's
@@ -190,6 +203,13 @@ func cnsStateCookies(g *grantSetup, client *http.Client) int {
 // callback, and returns the callback's answer.
 func cnsFinish(t *testing.T, browser *http.Client, authorizeURL string) (int, string) {
 	t.Helper()
+	status, body, _ := cnsFinishAt(t, browser, authorizeURL)
+	return status, body
+}
+
+// cnsFinishAt is cnsFinish that also returns the callback URL.
+func cnsFinishAt(t *testing.T, browser *http.Client, authorizeURL string) (int, string, string) {
+	t.Helper()
 	resp, err := browser.Get(authorizeURL)
 	if err != nil {
 		t.Fatal(err)
@@ -198,7 +218,9 @@ func cnsFinish(t *testing.T, browser *http.Client, authorizeURL string) (int, st
 	if resp.StatusCode != http.StatusFound {
 		t.Fatalf("authorize: %d, want 302 back to the callback", resp.StatusCode)
 	}
-	return do(t, browser, http.MethodGet, resp.Header.Get("Location"))
+	callback := resp.Header.Get("Location")
+	status, body := do(t, browser, http.MethodGet, callback)
+	return status, body, callback
 }
 
 // cnsWhere is a URL without its query (a state, a code): for messages.
@@ -368,9 +390,10 @@ func TestConsentRefusesCrossSitePOSTsAndAcceptsSameOrigin(t *testing.T) {
 			t.Fatalf("POST disconnect, %s: the account was disconnected", v.name)
 		}
 	}
-	// A GET (a link, an image) never disconnects either.
-	if r := cnsDo(t, browser, http.MethodGet, disconnectURL, nil); r.status != http.StatusMethodNotAllowed || !cnsConnected(t, g, "default") {
-		t.Errorf("GET disconnect: %d, connected %v; want 405 and still connected", r.status, cnsConnected(t, g, "default"))
+	// A GET (a link, an image) never disconnects either: it shows the
+	// confirmation page.
+	if r := cnsDo(t, browser, http.MethodGet, disconnectURL, nil); r.status != http.StatusOK || !strings.Contains(r.body, "Disconnect default?") || !cnsConnected(t, g, "default") {
+		t.Errorf("GET disconnect: %d, connected %v; want the confirmation page and still connected", r.status, cnsConnected(t, g, "default"))
 	}
 	if cnsStateCookies(g, browser) != 0 || authorizeHits.Load() != 0 ||
 		g.as.Authorizations.Load() != authorizations || g.as.Revocations.Load() != revocations {
@@ -422,7 +445,8 @@ func TestConsentTwoFlowsInOneBrowserCompleteInReverseOrder(t *testing.T) {
 	if n := cnsStateCookies(g, browser); n != 2 {
 		t.Errorf("after starting two flows the browser holds %d state cookies, want 2", n)
 	}
-	if status, body := cnsFinish(t, browser, bob); status != 200 || !strings.Contains(body, "bob") {
+	status, body, bobCallback := cnsFinishAt(t, browser, bob)
+	if status != 200 || !strings.Contains(body, "bob") {
 		t.Errorf("bob's flow (started second, finished first): %d %q", status, body)
 	}
 	if status, body := cnsFinish(t, browser, alice); status != 200 || !strings.Contains(body, "alice") {
@@ -454,8 +478,10 @@ func TestConsentTwoFlowsInOneBrowserCompleteInReverseOrder(t *testing.T) {
 	if status, body, _ := cnsAPI(t, g, "/api/c", "carol"); status != 200 {
 		t.Errorf("carol's proxied request: %d %q", status, body)
 	}
-	if n := cnsStateCookies(g, browser); n != 0 {
-		t.Errorf("%d state cookies left after every flow completed", n)
+	// What is left of each flow's cookie only says that it is complete:
+	// going back to a callback shows the account, and redeems nothing.
+	if status, body := do(t, browser, http.MethodGet, bobCallback); status != 200 || !strings.Contains(body, "bob is connected") {
+		t.Errorf("bob's callback again: %d %q", status, body)
 	}
 	// One live grant per account: carol's replaced grant was revoked.
 	if ex, live := g.as.CodeExchanges.Load(), g.as.liveRefreshTokens(); ex != 4 || live != 3 {
@@ -638,6 +664,228 @@ func TestConsentUnknownPathsPassToNextHandler(t *testing.T) {
 		}
 		if r.header.Get("X-Frame-Options") != "" || r.header.Get("Content-Security-Policy") != "" {
 			t.Errorf("GET %s: the consent handler set its headers on a passed-on request", p)
+		}
+	}
+}
+
+// goneHandler is the test-only handler oab_gone <name>, ordered before
+// the consent handler: it tells the test when the request's context ends
+// (the client left), by closing the channel of that name.
+type goneHandler struct {
+	Name string `json:"name"`
+}
+
+var goneSignals sync.Map // name → chan struct{}
+
+func goneSignal(name string) chan struct{} {
+	v, _ := goneSignals.LoadOrStore(name, make(chan struct{}))
+	return v.(chan struct{})
+}
+
+func (goneHandler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "http.handlers.oab_gone", New: func() caddy.Module { return new(goneHandler) }}
+}
+
+func (h *goneHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	go func() {
+		<-r.Context().Done()
+		ch := goneSignal(h.Name)
+		select {
+		case <-ch:
+		default:
+			close(ch)
+		}
+	}()
+	return next.ServeHTTP(w, r)
+}
+
+func init() {
+	caddy.RegisterModule(goneHandler{})
+	httpcaddyfile.RegisterHandlerDirective("oab_gone", func(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+		g := new(goneHandler)
+		h.Next()
+		if !h.AllArgs(&g.Name) {
+			return nil, h.ArgErr()
+		}
+		return g, nil
+	})
+	httpcaddyfile.RegisterDirectiveOrder("oab_gone", httpcaddyfile.Before, "request_header")
+}
+
+// holdingProvider stands in front of the provider and holds the requests
+// to one path until released (or until Caddy gives up on them).
+type holdingProvider struct {
+	*httptest.Server
+	hold    string
+	arrived chan struct{} // one value per held request
+	release chan struct{}
+	aborted atomic.Int64 // held requests whose sender gave up
+}
+
+func newHoldingProvider(t *testing.T, as *codeAS, hold string) *holdingProvider {
+	h := &holdingProvider{hold: hold, arrived: make(chan struct{}, 10), release: make(chan struct{})}
+	proxy := httputil.NewSingleHostReverseProxy(mustURL(as.URL))
+	h.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == h.hold {
+			h.arrived <- struct{}{}
+			select {
+			case <-h.release:
+			case <-r.Context().Done():
+				h.aborted.Add(1)
+				return
+			}
+		}
+		proxy.ServeHTTP(w, r)
+	}))
+	t.Cleanup(h.Close)
+	return h
+}
+
+// consentLeaveSetup is newGrantSetup with the token and revoke endpoints
+// behind a holdingProvider, and oab_gone in front of the consent handler.
+func consentLeaveSetup(t *testing.T, hold, gone string) (*grantSetup, *holdingProvider) {
+	t.Helper()
+	addr := freeAddr(t)
+	redirect := "http://" + addr + "/oauth/et/callback"
+	as := newCodeAS(t, redirect)
+	as.ScopeSep = ","
+	api := newAPIUpstream(t, as)
+	t.Setenv("CAS_SECRET", as.Secret)
+	hp := newHoldingProvider(t, as, hold)
+	conf := grantConfig(as, redirect, "", api.hostport())
+	conf = strings.NewReplacer(as.tokenURL(), hp.URL+"/oauth/token", as.revokeURL(), hp.URL+"/oauth/revoke").Replace(conf)
+	conf = strings.Replace(conf, "\toauth_bearer_consent ", "\toab_gone "+gone+"\n\toauth_bearer_consent ", 1)
+	g := &grantSetup{t: t, as: as, api: api, conf: conf}
+	g.c = startCaddyAt(t, addr, conf)
+	return g, hp
+}
+
+// receive waits for a value from ch, or fails the test.
+func receive(t *testing.T, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case <-ch:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s: not within 10 s", what)
+	}
+}
+
+// The browser leaves (the tab is closed, the connection drops) while the
+// provider is slow to redeem the code: the code is redeemed and the grant
+// stored all the same. A code is single-use, so an exchange cut short
+// would be a consent lost.
+func TestConsentCallbackCompletesWhenTheBrowserLeaves(t *testing.T) {
+	g, hp := consentLeaveSetup(t, "/oauth/token", t.Name())
+	noFollow := g.browser()
+	noFollow.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	resp, err := noFollow.Get(g.startConsent(noFollow, "default"))
+	if err != nil || resp.StatusCode != http.StatusFound {
+		t.Fatalf("authorize: %v %v", err, resp)
+	}
+	resp.Body.Close()
+	callback := resp.Header.Get("Location")
+
+	ctx, leave := context.WithCancel(t.Context())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, callback, nil)
+	done := make(chan error, 1)
+	go func() {
+		resp, err := noFollow.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		done <- err
+	}()
+	receive(t, hp.arrived, "the code exchange reaching the provider")
+	leave()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the browser did not leave: %v", err)
+	}
+	receive(t, goneSignal(t.Name()), "Caddy seeing the browser leave")
+	close(hp.release)
+	deadline := time.Now().Add(10 * time.Second)
+	for !cnsConnected(t, g, "default") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the account is not connected 10 s after the provider answered (exchanges aborted by Caddy: %d, code exchanges answered: %d)",
+				hp.aborted.Load(), g.as.CodeExchanges.Load())
+		}
+		time.Sleep(20 * time.Millisecond) // polling the status endpoint
+	}
+	if g.as.CodeExchanges.Load() != 1 || hp.aborted.Load() != 0 {
+		t.Errorf("code exchanges %d, aborted %d; want 1 and 0", g.as.CodeExchanges.Load(), hp.aborted.Load())
+	}
+	if status, body, _ := cnsAPI(t, g, "/api/after", ""); status != 200 {
+		t.Errorf("proxied request: %d %q", status, body)
+	}
+}
+
+// The same for a disconnect: once the button is pressed, the tokens are
+// revoked at the provider and the grant deleted, whatever the browser does.
+func TestConsentDisconnectCompletesWhenTheBrowserLeaves(t *testing.T) {
+	g, hp := consentLeaveSetup(t, "/oauth/revoke", t.Name())
+	cnsConnect(t, g, "default")
+	revocations := g.as.Revocations.Load()
+
+	ctx, leave := context.WithCancel(t.Context())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, g.c.url("/oauth/et/disconnect?account=default"), nil)
+	done := make(chan error, 1)
+	go func() {
+		resp, err := g.browser().Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		done <- err
+	}()
+	receive(t, hp.arrived, "the revocation reaching the provider")
+	leave()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the browser did not leave: %v", err)
+	}
+	receive(t, goneSignal(t.Name()), "Caddy seeing the browser leave")
+	close(hp.release)
+	deadline := time.Now().Add(10 * time.Second)
+	for cnsConnected(t, g, "default") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the account is still connected 10 s after the provider answered (revocations aborted by Caddy: %d)", hp.aborted.Load())
+		}
+		time.Sleep(20 * time.Millisecond) // polling the status endpoint
+	}
+	if n := g.as.Revocations.Load() - revocations; n != 2 || hp.aborted.Load() != 0 {
+		t.Errorf("revocations %d, aborted %d; want 2 (refresh and access token) and 0", n, hp.aborted.Load())
+	}
+}
+
+// A page whose template fails is a 500 with a log line, never half a page
+// with 200 (the old page() ignored the template's error).
+func TestConsentPageTemplateFailureIsA500(t *testing.T) {
+	core, logs := observer.New(zap.DebugLevel)
+	h := &ConsentHandler{logger: zap.New(core), formAction: "https://auth.example.com", title: "Example"}
+	pageTemplates["broken"] = template.Must(template.New("broken").Parse(`{{define "layout"}}<p>half a page {{.Nope}}</p>{{end}}`))
+	t.Cleanup(func() { delete(pageTemplates, "broken") })
+	w := httptest.NewRecorder()
+	h.render(w, httptest.NewRequest(http.MethodGet, "/oauth/status", nil), http.StatusOK, "broken", &view{})
+	if w.Code != http.StatusInternalServerError || strings.Contains(w.Body.String(), "half a page") {
+		t.Errorf("a failing template: %d %q, want 500 without the half page", w.Code, w.Body.String())
+	}
+	if l := logs.FilterMessage("rendering a consent page failed").All(); len(l) != 1 || !strings.Contains(fmt.Sprint(l[0].ContextMap()["error"]), "Nope") {
+		t.Errorf("log: %v", logs.All())
+	}
+	// Every real page renders, with an empty view and with a full one.
+	now := &moment{ISO: "2026-01-02T03:04:05Z", Exact: "Fri 2 Jan 2026 03:04:05 UTC", Relative: "just now"}
+	rows := []accountRow{{Account: "alice", Stored: true, Connected: true, HasRefreshToken: true, ConnectedAt: now, Expires: now, LastRefresh: now, Scopes: []string{"a", "b"}},
+		{Account: "bob", Stored: true, Reason: "refused"}, {Account: "carol"}}
+	full := view{Title: "T", User: "alice", Error: "e", Notice: "n", Message: "m", Success: true, More: []string{"x"},
+		Links: []pageLink{{"/a", "A"}}, Bound: true, Account: "alice", Pattern: accountPattern, Hint: accountHint,
+		ConnectAction: "/c", DisconnectAction: "/d", StatusURL: "/s", Row: &rows[0], Rows: rows, Revokes: true}
+	for name := range pageTemplates {
+		if name == "broken" {
+			continue
+		}
+		for _, v := range []view{{}, full, func() view { f := full; f.Bound, f.Row = false, &rows[1]; return f }()} {
+			w := httptest.NewRecorder()
+			h.render(w, httptest.NewRequest(http.MethodGet, "/oauth/status", nil), http.StatusOK, name, &v)
+			if w.Code != http.StatusOK {
+				t.Errorf("page %s: %d %q", name, w.Code, w.Body.String())
+			}
 		}
 	}
 }

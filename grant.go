@@ -549,6 +549,24 @@ func (g *grant) status(ctx context.Context, account string) (*accountStatus, err
 	return st, nil
 }
 
+// hasGrant reports whether a grant is stored for account (connected, or
+// needing consent again): what disconnect can delete.
+func (g *grant) hasGrant(ctx context.Context, account string) (bool, error) {
+	g.mu.Lock()
+	_, unsaved := g.unsaved[account]
+	g.mu.Unlock()
+	var rec grantRecord
+	found, err := g.store.load(ctx, g.recordKey(account), &rec)
+	if errors.Is(err, errUndecryptable) {
+		return true, nil // there, but unreadable: disconnect deletes it
+	}
+	return found || unsaved, err
+}
+
+// canRevoke reports whether disconnect revokes the grant at the provider
+// (a revocation endpoint, configured or discovered).
+func (g *grant) canRevoke(ctx context.Context) bool { return g.ep.canRevoke(ctx) }
+
 // useState marks a consent state as used; false if it already was.
 func (g *grant) useState(state string, expires time.Time) bool {
 	g.mu.Lock()

@@ -38,6 +38,23 @@ func TestParseConsentSubdirectives(t *testing.T) {
 		t.Errorf("parsed: %+v", h)
 	}
 
+	// Binding to the signed-in account, the prompt, the provider's name.
+	h = new(ConsentHandler)
+	err = h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(`oauth_bearer_consent eventtemple {
+	client_id     id
+	client_secret {env.S}
+	redirect_uri  https://proxy.example.com/oauth/et/callback
+	account       {http.auth.user.id}
+	prompt        login consent
+	display_name  "Event Temple (sandbox)"
+}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Account != "{http.auth.user.id}" || h.Prompt != "login consent" || h.DisplayName != "Event Temple (sandbox)" {
+		t.Errorf("parsed: account %q prompt %q display_name %q", h.Account, h.Prompt, h.DisplayName)
+	}
+
 	// The grant is implied.
 	h = new(ConsentHandler)
 	if err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser("oauth_bearer_consent calcom {\n client_id i\n client_secret s\n redirect_uri https://p.example.com/cb\n}")); err != nil {
@@ -91,6 +108,15 @@ func TestParseGrantErrors(t *testing.T) {
 		{"consent: an injector's subdirective", consent + "\torg 42\n}", 5, "org: belongs to oauth_bearer"},
 		{"consent: unknown", consent + "\taccount_header X\n}", 5, "unrecognized subdirective 'account_header'"},
 		{"consent: scope twice", consent + "\tscope a\n\tscope b\n}", 6, "given twice"},
+		{"consent: hostile account", consent + "\taccount ../../etc\n}", 5, "account: invalid account name"},
+		{"consent: account without a value", consent + "\taccount\n}", 5, "account: wrong argument count"},
+		{"consent: account twice", consent + "\taccount {http.auth.user.id}\n\taccount x\n}", 6, "given twice"},
+		{"consent: prompt value", consent + "\tprompt always\n}", 5, `prompt: "always" is not one of login, consent, select_account`},
+		{"consent: prompt none", consent + "\tprompt login none\n}", 5, "prompt: none asks the provider not to show any page"},
+		{"consent: prompt without a value", consent + "\tprompt\n}", 5, "prompt: wrong argument count"},
+		{"consent: display_name without a value", consent + "\tdisplay_name\n}", 5, "display_name: wrong argument count"},
+		{"inject: prompt", inject + "\tgrant authorization_code\n\tprompt login\n}", 5, "prompt: belongs to oauth_bearer_consent"},
+		{"inject: display_name", inject + "\tgrant authorization_code\n\tdisplay_name X\n}", 5, "display_name: belongs to oauth_bearer_consent"},
 
 		// oauth_bearer with a grant
 		{"inject: bad grant", inject + "\tgrant password\n}", 4, `grant: "password" is not client_credentials, authorization_code, refresh_token or jwt_bearer`},

@@ -298,9 +298,15 @@ func TestConsentCallbackRefusesForgeryAndReplay(t *testing.T) {
 	if status, body := do(t, noFollow, http.MethodGet, callback); status != 200 {
 		t.Fatalf("genuine callback: %d %q", status, body)
 	}
-	noFollow.Jar.SetCookies(mustURL(callback), saved) // an attacker replaying cookie and URL
-	if status, body := do(t, noFollow, http.MethodGet, callback); status != 400 || !strings.Contains(body, "already completed") {
+	attacker := g.browser()
+	attacker.Jar.SetCookies(mustURL(callback), saved) // an attacker replaying cookie and URL
+	if status, body := do(t, attacker, http.MethodGet, callback); status != 400 || !strings.Contains(body, "already completed") {
 		t.Errorf("replayed callback: %d %q", status, body)
+	}
+	// The browser that completed it reloads the success page: it says the
+	// account is connected, and redeems nothing.
+	if status, body := do(t, noFollow, http.MethodGet, callback); status != 200 || !strings.Contains(body, "default is connected") {
+		t.Errorf("reloaded success page: %d %q", status, body)
 	}
 	if g.as.CodeExchanges.Load() != 1 {
 		t.Errorf("code exchanges = %d, want 1", g.as.CodeExchanges.Load())
