@@ -98,6 +98,7 @@ type ConsentHandler struct {
 	grant        *grant
 	poolKey      string
 	use          *use
+	released     bool // Cleanup dropped the reference (the fields stay for requests in flight)
 	paths        consentPaths
 	authorizeURL string
 	formAction   string // the provider's origin, allowed as a form target
@@ -263,13 +264,14 @@ func (h *ConsentHandler) configure(repl *caddy.Replacer) (*credentialSet, error)
 }
 
 // Cleanup drops this configuration's reference to the grant.
+// It writes nothing that ServeHTTP reads: a callback or disconnect that
+// completes after its browser left may outlive the configuration.
 func (h *ConsentHandler) Cleanup() error {
-	if h.grant == nil {
+	if h.grant == nil || h.released {
 		return nil
 	}
-	err := release(h.poolKey, h.grant, h.use)
-	h.grant = nil
-	return err
+	h.released = true
+	return release(h.poolKey, h.grant, h.use)
 }
 
 // ServeHTTP answers the consent endpoints and passes other requests on.

@@ -110,6 +110,11 @@ func do(t *testing.T, client *http.Client, method, u string) (int, string) {
 	t.Helper()
 	req, _ := http.NewRequest(method, u, nil)
 	resp, err := client.Do(req)
+	for try := 1; err != nil && method == http.MethodGet && try < 3 && droppedByReload(err); try++ {
+		// A connection reset around a reload (see testCaddy.get).
+		t.Logf("GET %s: %v; retrying (a connection reset around a reload)", u, err)
+		resp, err = client.Do(req)
+	}
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, u, err)
 	}

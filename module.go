@@ -157,6 +157,9 @@ type Handler struct {
 	entry   shared       // the pool entry holding either
 	poolKey string
 	use     *use // what this handler gave the entry
+	// released: Cleanup dropped the reference (once; the fields stay for
+	// requests in flight).
+	released bool
 
 	provider     string
 	logger       *zap.Logger
@@ -454,13 +457,16 @@ func (h *Handler) resolveHeaders(repl *caddy.Replacer, p providers.Provider) err
 
 // Cleanup drops this configuration's reference to the shared source or
 // grant.
+//
+// It writes nothing that ServeHTTP reads: a request still in flight when
+// the old configuration is cleaned up (a client that left, a slow upstream)
+// goes on with the source or grant it found.
 func (h *Handler) Cleanup() error {
-	if h.entry == nil {
+	if h.entry == nil || h.released {
 		return nil
 	}
-	err := release(h.poolKey, h.entry, h.use)
-	h.entry, h.source, h.grant = nil, nil, nil
-	return err
+	h.released = true
+	return release(h.poolKey, h.entry, h.use)
 }
 
 // ServeHTTP sets the access token and the provider headers on the request
