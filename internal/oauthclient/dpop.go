@@ -414,14 +414,14 @@ func JWKThumbprint(pub crypto.PublicKey) (string, error) {
 func NormalizeHTU(raw string) (string, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
-		return "", fmt.Errorf("DPoP htu %q is not a URL", truncate(raw, 200))
+		return "", fmt.Errorf("DPoP htu %s is not a URL", describeURL(raw))
 	}
 	scheme := strings.ToLower(u.Scheme)
 	if scheme != "http" && scheme != "https" {
-		return "", fmt.Errorf("DPoP htu %q: need an absolute http or https URL", truncate(raw, 200))
+		return "", fmt.Errorf("DPoP htu %s: need an absolute http or https URL", describeURL(raw))
 	}
 	if u.Opaque != "" || u.Host == "" {
-		return "", fmt.Errorf("DPoP htu %q: need an absolute URL with a host", truncate(raw, 200))
+		return "", fmt.Errorf("DPoP htu %s: need an absolute URL with a host", describeURL(raw))
 	}
 	if u.User != nil {
 		return "", fmt.Errorf("DPoP htu for %s: a URL with userinfo is not a target URI", scheme+"://"+u.Host)
@@ -587,6 +587,17 @@ func appendJSONString(dst []byte, s string) []byte {
 	}
 	dst = append(dst, s[start:]...)
 	return append(dst, '"')
+}
+
+// describeURL is raw as an error names it: quoted, without a password
+// (url.URL.Redacted), shortened; never the text of a value that does not
+// parse, which could be anything.
+func describeURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(a value that does not parse as a URL)"
+	}
+	return strconv.Quote(truncate(u.Redacted(), 200))
 }
 
 // truncate shortens s for an error message.

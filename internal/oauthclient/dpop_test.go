@@ -526,6 +526,8 @@ func TestNormalizeHTU(t *testing.T) {
 		{"https:opaque", "", "with a host"},
 		{"https://user:pw@server.example.com/", "", "userinfo"},
 		{"https://[::1/x", "", "not a URL"},
+		{"https://user:pw@[::1/x", "", "not a URL"},
+		{"ftp://user:pw@server.example.com/x", "", "absolute http or https"},
 	} {
 		got, err := NormalizeHTU(tc.in)
 		switch {

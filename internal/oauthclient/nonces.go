@@ -87,11 +87,11 @@ func ValidNonce(s string) bool {
 func Origin(rawURL string) (string, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil || u.Host == "" {
-		return "", fmt.Errorf("%q is not an absolute URL", truncate(rawURL, 200))
+		return "", fmt.Errorf("%s is not an absolute URL", describeURL(rawURL))
 	}
 	scheme := strings.ToLower(u.Scheme)
 	if scheme != "http" && scheme != "https" {
-		return "", fmt.Errorf("%q is not an http or https URL", truncate(rawURL, 200))
+		return "", fmt.Errorf("%s is not an http or https URL", describeURL(rawURL))
 	}
 	return OriginOf(u), nil
 }

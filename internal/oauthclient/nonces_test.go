@@ -103,11 +103,15 @@ func TestOrigin(t *testing.T) {
 		{"ftp://x.example/", ""},
 		{"/relative", ""},
 		{"://", ""},
+		{"ftp://u:pw-secret@x.example/", ""},
+		{"http://u:pw-secret@[::1/", ""},
 	} {
 		got, err := Origin(tc.in)
 		if tc.want == "" {
 			if err == nil {
 				t.Errorf("%s: %q, want an error", tc.in, got)
+			} else if strings.Contains(err.Error(), "pw-secret") {
+				t.Errorf("%s: the error shows the password: %v", tc.in, err)
 			}
 			continue
 		}

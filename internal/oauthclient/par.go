@@ -105,7 +105,7 @@ func (e *PARError) Unwrap() error { return e.Err }
 func PushAuthorizationRequest(ctx context.Context, client *http.Client, r PARRequest) (*PARResponse, error) {
 	u, err := url.Parse(r.Endpoint)
 	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
-		return nil, &PARError{Endpoint: truncate(r.Endpoint, 200), Err: errors.New("the endpoint is not an absolute http or https URL")}
+		return nil, &PARError{Endpoint: describeURL(r.Endpoint), Err: errors.New("the endpoint is not an absolute http or https URL")}
 	}
 	name := (&url.URL{Scheme: u.Scheme, Host: u.Host, Path: u.Path}).String()
 	fail := func(status int, err error) error { return &PARError{Endpoint: name, Status: status, Err: err} }
@@ -160,6 +160,10 @@ func PushAuthorizationRequest(ctx context.Context, client *http.Client, r PARReq
 
 		resp, err := direct.Do(req)
 		if err != nil {
+			var ue *url.Error
+			if errors.As(err, &ue) {
+				err = ue.Err // without the URL: the error names the endpoint
+			}
 			return nil, fail(0, err)
 		}
 		data, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswerSize+1))
@@ -225,7 +229,7 @@ func parsePARAnswer(name string, resp *http.Response, data []byte) (*PARResponse
 func AuthorizationRedirectURL(authorizationEndpoint, clientID, requestURI string) (string, error) {
 	u, err := url.Parse(authorizationEndpoint)
 	if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
-		return "", fmt.Errorf("authorization endpoint %q is not an absolute http or https URL", truncate(authorizationEndpoint, 200))
+		return "", fmt.Errorf("authorization endpoint %s is not an absolute http or https URL", describeURL(authorizationEndpoint))
 	}
 	if clientID == "" || requestURI == "" {
 		return "", errors.New("a pushed authorization redirect needs client_id and request_uri")

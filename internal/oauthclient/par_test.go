@@ -216,9 +216,12 @@ func TestPushAuthorizationRequestRefusesBeforeSending(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "client authentication: private_key: cannot sign") {
 		t.Errorf("error %v", err)
 	}
-	for _, ep := range []string{"", "/par", "ftp://as.example/par", "://"} {
-		if _, err := PushAuthorizationRequest(context.Background(), nil, PARRequest{Endpoint: ep, Params: authParams()}); err == nil {
+	for _, ep := range []string{"", "/par", "ftp://as.example/par", "://", "ftp://u:pw-secret@as.example/par", "https://u:pw-secret@[::1/par"} {
+		_, err := PushAuthorizationRequest(context.Background(), nil, PARRequest{Endpoint: ep, Params: authParams()})
+		if err == nil {
 			t.Errorf("endpoint %q: no error", ep)
+		} else if strings.Contains(err.Error(), "pw-secret") {
+			t.Errorf("endpoint %q: the error shows the password: %v", ep, err)
 		}
 	}
 	if len(s.requests) != 0 {
@@ -228,7 +231,7 @@ func TestPushAuthorizationRequestRefusesBeforeSending(t *testing.T) {
 	dead := httptest.NewServer(http.NotFoundHandler())
 	dead.Close()
 	_, err = PushAuthorizationRequest(context.Background(), nil, PARRequest{Endpoint: dead.URL + "/par", Params: authParams()})
-	if err == nil || !strings.Contains(err.Error(), "pushed authorization request to "+dead.URL+"/par") {
+	if err == nil || !strings.Contains(err.Error(), "pushed authorization request to "+dead.URL+"/par: dial tcp") {
 		t.Errorf("transport failure: %v", err)
 	}
 }
