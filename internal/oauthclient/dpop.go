@@ -205,7 +205,7 @@ func readKeyValue(value string) (data []byte, where string, err error) {
 		}
 		return []byte(value), "the inline PEM value", nil
 	}
-	name := safePathName(value)
+	name := keyValueName(value)
 	f, err := os.Open(value)
 	if err != nil {
 		switch {
@@ -289,11 +289,13 @@ func parseKeyDER(der []byte) (crypto.Signer, error) {
 	return nil, errors.New("not a private key")
 }
 
-// safePathName is value as an error may name it: the value when it looks
+// keyValueName is value as an error may name it: the value when it looks
 // like a path, else a neutral description (key material given where a path
-// was expected is never echoed). A copy of the root package's rule
-// (clientauth.go), to be shared when client authentication moves here.
-func safePathName(value string) string {
+// was expected is never echoed). The root package's safePathName
+// (clientauth.go) with another neutral wording; one of the two goes when
+// client authentication moves here, as does one of the identical
+// pathErrCause and truncate (endpoint.go).
+func keyValueName(value string) string {
 	const neutral = "the configured DPoP key value"
 	if len(value) > 4096 || strings.ContainsAny(value, "\r\n{}") {
 		return neutral

@@ -199,14 +199,14 @@ func parsePARAnswer(name string, resp *http.Response, data []byte) (*PARResponse
 		if status >= 300 && status < 400 {
 			what = "a redirect (a pushed authorization request endpoint answers directly)"
 		}
-		return nil, &PARError{Endpoint: name, Status: status, Err: fmt.Errorf("%s: %s", what, describeBody(resp.Header, data))}
+		return nil, &PARError{Endpoint: name, Status: status, Err: fmt.Errorf("%s: %s", what, describeAnswer(resp.Header, data))}
 	}
 	var ok struct {
 		RequestURI string          `json:"request_uri"`
 		ExpiresIn  json.RawMessage `json:"expires_in"`
 	}
 	if err := json.Unmarshal(data, &ok); err != nil {
-		return nil, &PARError{Endpoint: name, Status: status, Err: fmt.Errorf("the answer is not the expected JSON object: %s", describeBody(resp.Header, data))}
+		return nil, &PARError{Endpoint: name, Status: status, Err: fmt.Errorf("the answer is not the expected JSON object: %s", describeAnswer(resp.Header, data))}
 	}
 	if ok.RequestURI == "" {
 		return nil, &PARError{Endpoint: name, Status: status, Err: errors.New("the answer has no request_uri")}
@@ -242,9 +242,9 @@ func AuthorizationRedirectURL(authorizationEndpoint, clientID, requestURI string
 	return u.String(), nil
 }
 
-// describeBody says what an unexpected answer was without quoting it
+// describeAnswer says what an unexpected answer was without quoting it
 // (it could echo what was sent): its media type and size.
-func describeBody(h http.Header, data []byte) string {
+func describeAnswer(h http.Header, data []byte) string {
 	ct := h.Get("Content-Type")
 	if i := strings.IndexByte(ct, ';'); i >= 0 {
 		ct = ct[:i]
