@@ -35,6 +35,22 @@ type oidcConfig struct {
 	// Configuration is merged into oidc-provider's configuration (ttl,
 	// pkce, scopes...).
 	Configuration map[string]any `json:"configuration,omitempty"`
+	// ResourceServers are the resource indicators tokens are issued for,
+	// the first in sorted order by default (accessTokenFormat "jwt": RFC
+	// 9068 JWTs).
+	ResourceServers map[string]oidcResourceServer `json:"resourceServers,omitempty"`
+	// AuthResponseIss: "omit" drops iss from authorization responses,
+	// another value replaces the issuer in them (a mix-up).
+	AuthResponseIss string `json:"authResponseIss,omitempty"`
+}
+
+// oidcResourceServer is what oidc-provider issues tokens for a resource
+// indicator with.
+type oidcResourceServer struct {
+	Scope             string `json:"scope,omitempty"`
+	AccessTokenFormat string `json:"accessTokenFormat,omitempty"` // opaque (default) or jwt
+	Audience          string `json:"audience,omitempty"`
+	AccessTokenTTL    int    `json:"accessTokenTTL,omitempty"` // seconds
 }
 
 // oidcClient is a client's metadata, as oidc-provider takes it; Extra is
@@ -80,6 +96,8 @@ func (p *oidcProvider) userinfoURL() string   { return p.URL + "/me" }
 func (p *oidcProvider) hostport() string      { return strings.TrimPrefix(p.URL, "http://") }
 func (p *oidcProvider) output() string        { return p.out.String() }
 func (p *oidcProvider) introspectURL() string { return p.URL + "/token/introspection" }
+func (p *oidcProvider) parURL() string        { return p.URL + "/request" }
+func (p *oidcProvider) jwksURL() string       { return p.URL + "/jwks" }
 
 // oidcEvents is what GET /_test/events answers: how often each provider
 // event was emitted, and who signed in and consented, in order.

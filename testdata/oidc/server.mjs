@@ -16,7 +16,20 @@
 //                      outlive the provider session (default: oidc-provider's
 //                      rule, offline_access with prompt consent)
 //   features           merged over { devInteractions: off, revocation: on,
-//                      introspection: on } (dPoP, pushedAuthorizationRequests...)
+//                      introspection: on } (dPoP, pushedAuthorizationRequests...);
+//                      as JSON has no Buffer or function, dPoP.nonceSecret may
+//                      be given as 64 hex characters and dPoP.requireNonce as
+//                      a boolean
+//   resourceServers    { indicator: { scope, accessTokenFormat, audience,
+//                      accessTokenTTL } }: the resource servers (RFC 8707
+//                      resource indicators) tokens are issued for, the first
+//                      one by default; accessTokenFormat "jwt" makes access
+//                      tokens JWTs (RFC 9068) signed with the keys of
+//                      jwks_uri, with cnf.jkt when DPoP-bound (default
+//                      "opaque": check them by introspection)
+//   authResponseIss    "omit": authorization responses without iss (RFC
+//                      9207; oidc-provider always sends it); any other string:
+//                      sent as iss instead of the issuer (a mix-up)
 //   configuration      anything else, merged into oidc-provider's configuration
 //                      (ttl, pkce, scopes, claims, ...)
 //
@@ -31,7 +44,7 @@
 import { createServer } from 'node:http';
 import { readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
-import Provider from 'oidc-provider';
+import Provider, { errors } from 'oidc-provider';
 
 const raw = process.argv[2] ? readFileSync(process.argv[2], 'utf8') : process.env.OIDC_CONFIG;
 if (!raw) {
@@ -61,6 +74,35 @@ const configuration = {
     ...(cfg.features || {}),
   },
 };
+// What JSON cannot say: the DPoP nonce secret is a 32-byte Buffer, and
+// requireNonce a function.
+const dPoP = configuration.features.dPoP;
+if (dPoP && typeof dPoP.nonceSecret === 'string') {
+  dPoP.nonceSecret = Buffer.from(dPoP.nonceSecret, 'hex');
+}
+if (dPoP && typeof dPoP.requireNonce === 'boolean') {
+  const required = dPoP.requireNonce;
+  dPoP.requireNonce = () => required;
+}
+if (cfg.resourceServers) {
+  const servers = cfg.resourceServers;
+  const first = Object.keys(servers)[0];
+  configuration.features.resourceIndicators = {
+    enabled: true,
+    defaultResource: async (ctx, client, oneOf) => oneOf || first,
+    useGrantedResource: async () => true,
+    getResourceServerInfo: async (ctx, indicator) => {
+      const rs = Object.hasOwn(servers, indicator) && servers[indicator];
+      if (!rs) throw new errors.InvalidTarget();
+      return {
+        scope: rs.scope || '',
+        audience: rs.audience || indicator,
+        accessTokenFormat: rs.accessTokenFormat || 'opaque',
+        ...(rs.accessTokenTTL ? { accessTokenTTL: rs.accessTokenTTL } : {}),
+      };
+    },
+  };
+}
 if (cfg.issueRefreshToken) {
   // Offline access whatever the scope and prompt: a refresh token, and
   // tokens that outlive the person's session at the provider (signing in
@@ -70,6 +112,24 @@ if (cfg.issueRefreshToken) {
 }
 
 const provider = new Provider(issuer, configuration);
+
+// authResponseIss: rewrite the iss of authorization responses (redirects to
+// a client's redirect_uri) to test a client's RFC 9207 check.
+if (cfg.authResponseIss) {
+  provider.use(async (ctx, next) => {
+    await next();
+    const location = ctx.status >= 300 && ctx.status < 400 && ctx.response.get('Location');
+    if (!location || !ctx.oidc?.client) return;
+    const u = URL.parse(location);
+    if (!u || !u.searchParams.has('iss') || !ctx.oidc.client.redirectUris.includes(`${u.origin}${u.pathname}`)) return;
+    if (cfg.authResponseIss === 'omit') {
+      u.searchParams.delete('iss');
+    } else {
+      u.searchParams.set('iss', cfg.authResponseIss);
+    }
+    ctx.redirect(u.href);
+  });
+}
 
 // Every event the provider emits, counted (and the errors logged).
 const counts = {};

@@ -1,0 +1,614 @@
+package oauthclient
+
+// DPoP (RFC 9449): the key whose possession the client demonstrates, and
+// the proofs it signs with it, one per HTTP request.
+//
+// A proof is made on every proxied request, so everything that is the same
+// for every proof is computed once, when the key is made: the protected
+// header (typ, alg and the public JWK, base64url-encoded), the thumbprint,
+// the length of the result. Per proof there is only the claims object
+// (appended by hand: no reflection), its base64url encoding, the signature
+// and the final string. The signature itself (hashing, signing, and for
+// ECDSA the fixed-width r||s encoding of RFC 7518 §3.4) is go-jose's
+// (cryptosigner); go-jose's own Signer cannot take a precomputed header,
+// so the three parts of the compact serialisation are joined here.
+// BenchmarkDPoPProof measures both ways.
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	jose "github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/cryptosigner"
+)
+
+// DPoPProofType is the typ header of a DPoP proof (RFC 9449 §4.2).
+const DPoPProofType = "dpop+jwt"
+
+// DPoP signing algorithms this package signs with: one per key type.
+const (
+	AlgES256 = "ES256" // EC P-256
+	AlgEdDSA = "EdDSA" // Ed25519 (RFC 8037)
+	AlgRS256 = "RS256" // RSA, 2048 bits or more
+)
+
+// minDPoPRSABits is the smallest RSA key accepted.
+const minDPoPRSABits = 2048
+
+// maxKeyFileSize caps what LoadDPoPKey reads from a file.
+const maxKeyFileSize = 1 << 20
+
+var b64 = base64.RawURLEncoding
+
+// DPoPKey signs DPoP proofs. It is immutable and safe for concurrent use.
+type DPoPKey struct {
+	key    crypto.Signer
+	alg    jose.SignatureAlgorithm
+	signer jose.OpaqueSigner // go-jose: hash, sign, encode the JWS signature
+	jwk    []byte            // the public JWK, JSON
+	jkt    string            // its RFC 7638 SHA-256 thumbprint, base64url
+	header []byte            // base64url(protected header) "."
+	sigLen int               // bytes in a signature
+}
+
+// GenerateDPoPKey makes a new EC P-256 key (ES256), the default DPoP key.
+func GenerateDPoPKey() (*DPoPKey, error) {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("generating a DPoP key: %w", err)
+	}
+	return NewDPoPKey(k)
+}
+
+// NewDPoPKey makes a DPoP key of key: EC P-256 (signing ES256), Ed25519
+// (EdDSA) or RSA of 2048 bits or more (RS256). Any crypto.Signer with such
+// a public key works (a key in hardware, say), though only the standard
+// library's keys can be exported with MarshalPKCS8.
+func NewDPoPKey(key crypto.Signer) (*DPoPKey, error) {
+	if key == nil {
+		return nil, errors.New("no DPoP key")
+	}
+	var (
+		alg    jose.SignatureAlgorithm
+		sigLen int
+	)
+	switch pub := key.Public().(type) {
+	case *ecdsa.PublicKey:
+		if pub.Curve != elliptic.P256() {
+			return nil, fmt.Errorf("DPoP key on curve %s: use an EC P-256, Ed25519 or RSA key", pub.Curve.Params().Name)
+		}
+		alg, sigLen = jose.ES256, 64
+	case ed25519.PublicKey:
+		alg, sigLen = jose.EdDSA, ed25519.SignatureSize
+	case *rsa.PublicKey:
+		if bits := pub.N.BitLen(); bits < minDPoPRSABits {
+			return nil, fmt.Errorf("DPoP key: RSA key of %d bits is too small; use %d bits or more", bits, minDPoPRSABits)
+		}
+		alg, sigLen = jose.RS256, pub.Size()
+	default:
+		return nil, fmt.Errorf("DPoP key of type %T: use an EC P-256, Ed25519 or RSA key", pub)
+	}
+	pub := jose.JSONWebKey{Key: key.Public()}
+	jwk, err := pub.MarshalJSON()
+	if err != nil {
+		return nil, fmt.Errorf("DPoP key: encoding its public JWK: %w", err)
+	}
+	tp, err := pub.Thumbprint(crypto.SHA256)
+	if err != nil {
+		return nil, fmt.Errorf("DPoP key: computing its thumbprint: %w", err)
+	}
+	h := make([]byte, 0, 64+len(jwk))
+	h = append(h, `{"typ":"`+DPoPProofType+`","alg":"`...)
+	h = append(h, alg...)
+	h = append(h, `","jwk":`...)
+	h = append(h, jwk...)
+	h = append(h, '}')
+	header := append(b64.AppendEncode(nil, h), '.')
+	return &DPoPKey{
+		key:    key,
+		alg:    alg,
+		signer: cryptosigner.Opaque(key),
+		jwk:    jwk,
+		jkt:    b64.EncodeToString(tp),
+		header: header,
+		sigLen: sigLen,
+	}, nil
+}
+
+// Algorithm is the JWS algorithm the key signs with: ES256, EdDSA or RS256.
+func (k *DPoPKey) Algorithm() string { return string(k.alg) }
+
+// PublicJWK is the public key as a JWK (JSON), as the proofs carry it.
+func (k *DPoPKey) PublicJWK() []byte { return append([]byte(nil), k.jwk...) }
+
+// Public is the public key.
+func (k *DPoPKey) Public() crypto.PublicKey { return k.key.Public() }
+
+// Thumbprint is the key's JWK SHA-256 thumbprint (RFC 7638), base64url: the
+// jkt that a bound token's cnf claim holds (RFC 9449 §6) and the dpop_jkt
+// authorization request parameter (§10).
+func (k *DPoPKey) Thumbprint() string { return k.jkt }
+
+// MarshalPKCS8 is the private key as PKCS#8 DER, for storage: the caller
+// keeps it encrypted. ParseDPoPKeyPKCS8 reads it back.
+func (k *DPoPKey) MarshalPKCS8() ([]byte, error) {
+	der, err := x509.MarshalPKCS8PrivateKey(k.key)
+	if err != nil {
+		return nil, fmt.Errorf("DPoP key of type %T cannot be exported", k.key)
+	}
+	return der, nil
+}
+
+// ParseDPoPKeyPKCS8 reads a key that MarshalPKCS8 wrote.
+func ParseDPoPKeyPKCS8(der []byte) (*DPoPKey, error) {
+	k, err := x509.ParsePKCS8PrivateKey(der)
+	if err != nil {
+		return nil, errors.New("DPoP key: the stored key is not valid PKCS#8")
+	}
+	s, ok := k.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("DPoP key: the stored key of type %T cannot sign", k)
+	}
+	return NewDPoPKey(s)
+}
+
+// LoadDPoPKey loads a key from value: PEM text (it holds a "-----BEGIN"
+// line; on one line with its line breaks escaped as \n too, as an
+// environment variable often holds it) or the path of a PEM file. It takes
+// PKCS#8 ("PRIVATE KEY"), SEC1 ("EC PRIVATE KEY") and PKCS#1 ("RSA PRIVATE
+// KEY") blocks and skips others (a certificate, EC PARAMETERS); more than
+// one key is an error. Errors name the file (or "the inline PEM value") and
+// never hold key material.
+func LoadDPoPKey(value string) (*DPoPKey, error) {
+	data, where, err := readKeyValue(value)
+	if err != nil {
+		return nil, err
+	}
+	key, err := parseKeyPEM(data, where)
+	if err != nil {
+		return nil, err
+	}
+	k, err := NewDPoPKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", where, err)
+	}
+	return k, nil
+}
+
+// readKeyValue returns the PEM bytes value names and how errors name their
+// origin.
+func readKeyValue(value string) (data []byte, where string, err error) {
+	if strings.TrimSpace(value) == "" {
+		return nil, "", errors.New("empty DPoP key value: give a PEM file path or the PEM text")
+	}
+	if strings.Contains(value, "-----BEGIN") {
+		if !strings.Contains(value, "\n") && strings.Contains(value, `\n`) {
+			value = strings.ReplaceAll(value, `\n`, "\n")
+		}
+		return []byte(value), "the inline PEM value", nil
+	}
+	name := keyValueName(value)
+	f, err := os.Open(value)
+	if err != nil {
+		switch {
+		case errors.Is(err, fs.ErrNotExist) && name != value:
+			return nil, "", errors.New("the DPoP key value is neither PEM text (no -----BEGIN line) nor the path of a file")
+		case errors.Is(err, fs.ErrNotExist):
+			return nil, "", fmt.Errorf("%s does not exist", name)
+		case errors.Is(err, fs.ErrPermission):
+			return nil, "", fmt.Errorf("%s cannot be read: permission denied", name)
+		}
+		return nil, "", fmt.Errorf("%s cannot be read: %v", name, pathErrCause(err))
+	}
+	defer f.Close()
+	data, err = io.ReadAll(io.LimitReader(f, maxKeyFileSize+1))
+	if err != nil {
+		return nil, "", fmt.Errorf("%s cannot be read: %v", name, pathErrCause(err))
+	}
+	if len(data) > maxKeyFileSize {
+		return nil, "", fmt.Errorf("%s is larger than %d bytes", name, maxKeyFileSize)
+	}
+	return data, name, nil
+}
+
+// parseKeyPEM finds and parses the one private key in PEM data.
+func parseKeyPEM(data []byte, where string) (crypto.Signer, error) {
+	var (
+		key    crypto.Signer
+		blocks int
+		others []string
+	)
+	for rest := data; ; {
+		block, r := pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		rest = r
+		blocks++
+		switch block.Type {
+		case "ENCRYPTED PRIVATE KEY":
+			return nil, fmt.Errorf("%s is an encrypted PEM key; decrypt it (openssl pkey -in key.pem -out plain.pem)", where)
+		case "RSA PRIVATE KEY", "EC PRIVATE KEY", "PRIVATE KEY":
+			if strings.Contains(block.Headers["Proc-Type"], "ENCRYPTED") {
+				return nil, fmt.Errorf("%s is an encrypted PEM key; decrypt it (openssl pkey -in key.pem -out plain.pem)", where)
+			}
+			if key != nil {
+				return nil, fmt.Errorf("%s holds more than one private key; keep only the one to use", where)
+			}
+			k, err := parseKeyDER(block.Bytes)
+			if err != nil {
+				return nil, fmt.Errorf("%s: the %s block is not a valid private key (PKCS#8, SEC1 or PKCS#1)", where, block.Type)
+			}
+			key = k
+		default:
+			others = append(others, block.Type)
+		}
+	}
+	switch {
+	case blocks == 0:
+		return nil, fmt.Errorf("%s holds no PEM block", where)
+	case key == nil:
+		return nil, fmt.Errorf("%s holds no private key (found %s)", where, strings.Join(others, ", "))
+	}
+	return key, nil
+}
+
+// parseKeyDER parses PKCS#8, SEC1 or PKCS#1 DER, whatever the PEM type says
+// (mislabelled blocks are common).
+func parseKeyDER(der []byte) (crypto.Signer, error) {
+	if k, err := x509.ParsePKCS8PrivateKey(der); err == nil {
+		if s, ok := k.(crypto.Signer); ok {
+			return s, nil
+		}
+		return nil, fmt.Errorf("key of type %T cannot sign", k)
+	}
+	if k, err := x509.ParseECPrivateKey(der); err == nil {
+		return k, nil
+	}
+	if k, err := x509.ParsePKCS1PrivateKey(der); err == nil {
+		return k, nil
+	}
+	return nil, errors.New("not a private key")
+}
+
+// keyValueName is value as an error may name it: the value when it looks
+// like a path, else a neutral description (key material given where a path
+// was expected is never echoed). The root package's safePathName
+// (clientauth.go) with another neutral wording; one of the two goes when
+// client authentication moves here, as does one of the identical
+// pathErrCause and truncate (endpoint.go).
+func keyValueName(value string) string {
+	const neutral = "the configured DPoP key value"
+	if len(value) > 4096 || strings.ContainsAny(value, "\r\n{}") {
+		return neutral
+	}
+	for _, r := range value {
+		if r < 0x20 || r == 0x7f {
+			return neutral
+		}
+	}
+	compact := strings.TrimRight(value, "=")
+	for _, enc := range []*base64.Encoding{base64.RawStdEncoding, base64.RawURLEncoding} {
+		if der, err := enc.DecodeString(compact); err == nil && len(der) >= 32 && der[0] == 0x30 {
+			return neutral
+		}
+	}
+	return value
+}
+
+func pathErrCause(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// ProofParams says what a proof is for.
+type ProofParams struct {
+	// Method is htm, the request's method.
+	Method string
+	// URL is htu, the request's target URI without query and fragment:
+	// NormalizeHTU of a configured URL, computed once, with the request's
+	// path appended as it is sent.
+	URL string
+	// AccessTokenHash is ath, AccessTokenHash(token), for a request to a
+	// resource server; empty for the authorization server's endpoints.
+	// Computed once per token.
+	AccessTokenHash string
+	// Nonce is the server's latest DPoP-Nonce for the URL's origin (see
+	// Nonces); empty: none.
+	Nonce string
+	// Now is iat; zero: the current time.
+	Now time.Time
+}
+
+// Proof makes a DPoP proof for one request: a JWT with typ dpop+jwt, the
+// key's alg and public jwk in its header, and jti (16 random bytes), htm,
+// htu, iat, and ath and nonce when given, in its claims.
+func (k *DPoPKey) Proof(p ProofParams) (string, error) {
+	if !isToken(p.Method) {
+		return "", errors.New("DPoP proof: the method is not an HTTP method")
+	}
+	if p.URL == "" || strings.ContainsAny(p.URL, "?#") {
+		return "", errors.New("DPoP proof: htu must be an absolute URL without query or fragment (see NormalizeHTU)")
+	}
+	now := p.Now
+	if now.IsZero() {
+		now = time.Now()
+	}
+	var id [16]byte
+	rand.Read(id[:])
+
+	var buf [512]byte
+	c := append(buf[:0], `{"jti":"`...)
+	c = b64.AppendEncode(c, id[:])
+	c = append(c, `","htm":`...)
+	c = appendJSONString(c, p.Method)
+	c = append(c, `,"htu":`...)
+	c = appendJSONString(c, p.URL)
+	c = append(c, `,"iat":`...)
+	c = strconv.AppendInt(c, now.Unix(), 10)
+	if p.AccessTokenHash != "" {
+		c = append(c, `,"ath":`...)
+		c = appendJSONString(c, p.AccessTokenHash)
+	}
+	if p.Nonce != "" {
+		c = append(c, `,"nonce":`...)
+		c = appendJSONString(c, p.Nonce)
+	}
+	c = append(c, '}')
+
+	out := make([]byte, 0, len(k.header)+b64.EncodedLen(len(c))+1+b64.EncodedLen(k.sigLen))
+	out = append(out, k.header...)
+	out = b64.AppendEncode(out, c)
+	sig, err := k.signer.SignPayload(out, k.alg)
+	if err != nil {
+		return "", fmt.Errorf("DPoP proof: signing: %w", err)
+	}
+	out = append(out, '.')
+	out = b64.AppendEncode(out, sig)
+	return string(out), nil
+}
+
+// AccessTokenHash is a proof's ath for token: the base64url SHA-256 of its
+// ASCII value (RFC 9449 §4.2).
+func AccessTokenHash(token string) string {
+	h := sha256.Sum256([]byte(token))
+	return b64.EncodeToString(h[:])
+}
+
+// JWKThumbprint is the RFC 7638 SHA-256 thumbprint, base64url, of a public
+// key (EC, Ed25519 or RSA).
+func JWKThumbprint(pub crypto.PublicKey) (string, error) {
+	tp, err := (&jose.JSONWebKey{Key: pub}).Thumbprint(crypto.SHA256)
+	if err != nil {
+		return "", err
+	}
+	return b64.EncodeToString(tp), nil
+}
+
+// NormalizeHTU is raw as a proof's htu: an absolute http or https URL
+// without query and fragment, normalised as RFC 9449 §4.3 has servers
+// normalise before comparing (RFC 3986 §6.2.2 syntax-based: lower-case
+// scheme and host, upper-case percent-encoding hex digits, unreserved
+// characters decoded, dot segments removed; §6.2.3 scheme-based: the
+// default port dropped, an empty path made "/"). Userinfo is refused: a
+// target URI has none (RFC 9110 §4.2.4).
+func NormalizeHTU(raw string) (string, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", fmt.Errorf("DPoP htu %s is not a URL", describeURL(raw))
+	}
+	scheme := strings.ToLower(u.Scheme)
+	if scheme != "http" && scheme != "https" {
+		return "", fmt.Errorf("DPoP htu %s: need an absolute http or https URL", describeURL(raw))
+	}
+	if u.Opaque != "" || u.Host == "" {
+		return "", fmt.Errorf("DPoP htu %s: need an absolute URL with a host", describeURL(raw))
+	}
+	if u.User != nil {
+		return "", fmt.Errorf("DPoP htu for %s: a URL with userinfo is not a target URI", scheme+"://"+u.Host)
+	}
+	host := strings.ToLower(u.Hostname())
+	if strings.Contains(host, ":") {
+		host = "[" + host + "]"
+	}
+	port := u.Port()
+	if (scheme == "http" && port == "80") || (scheme == "https" && port == "443") {
+		port = ""
+	}
+	var b strings.Builder
+	b.WriteString(scheme)
+	b.WriteString("://")
+	b.WriteString(host)
+	if port != "" {
+		b.WriteByte(':')
+		b.WriteString(port)
+	}
+	path := removeDotSegments(normalizePercent(u.EscapedPath()))
+	if path == "" {
+		path = "/"
+	}
+	b.WriteString(path)
+	return b.String(), nil
+}
+
+// normalizePercent upper-cases the hex digits of percent-encodings and
+// decodes those of unreserved characters (RFC 3986 §6.2.2.1, §6.2.2.2).
+func normalizePercent(p string) string {
+	if !strings.Contains(p, "%") {
+		return p
+	}
+	var b strings.Builder
+	for i := 0; i < len(p); i++ {
+		if p[i] == '%' && i+2 < len(p) && isHex(p[i+1]) && isHex(p[i+2]) {
+			v := unhex(p[i+1])<<4 | unhex(p[i+2])
+			if isUnreserved(v) {
+				b.WriteByte(v)
+			} else {
+				b.WriteByte('%')
+				b.WriteByte(upperHex(p[i+1]))
+				b.WriteByte(upperHex(p[i+2]))
+			}
+			i += 2
+			continue
+		}
+		b.WriteByte(p[i])
+	}
+	return b.String()
+}
+
+// removeDotSegments is RFC 3986 §5.2.4.
+func removeDotSegments(in string) string {
+	if !strings.Contains(in, ".") {
+		return in
+	}
+	var out []string
+	segs := strings.Split(in, "/")
+	for i, s := range segs {
+		last := i == len(segs)-1
+		switch s {
+		case ".":
+			if last {
+				out = append(out, "")
+			}
+		case "..":
+			if len(out) > 1 {
+				out = out[:len(out)-1]
+			}
+			if last {
+				out = append(out, "")
+			}
+		default:
+			out = append(out, s)
+		}
+	}
+	r := strings.Join(out, "/")
+	if strings.HasPrefix(in, "/") && !strings.HasPrefix(r, "/") {
+		r = "/" + r
+	}
+	return r
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+func unhex(c byte) byte {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0'
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10
+	}
+	return c - 'A' + 10
+}
+
+func upperHex(c byte) byte {
+	if 'a' <= c && c <= 'f' {
+		return c - 'a' + 'A'
+	}
+	return c
+}
+
+func isUnreserved(c byte) bool {
+	return isAlnum(c) || c == '-' || c == '.' || c == '_' || c == '~'
+}
+
+// isToken reports whether s is an RFC 9110 token (a method is one).
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !isTokenChar(s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// appendJSONString appends s as a JSON string. Each byte of invalid UTF-8
+// becomes U+FFFD, as encoding/json does.
+func appendJSONString(dst []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	dst = append(dst, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c >= 0x80 {
+			r, size := utf8.DecodeRuneInString(s[i:])
+			if r == utf8.RuneError && size == 1 {
+				dst = append(dst, s[start:i]...)
+				dst = append(dst, `\ufffd`...)
+				i++
+				start = i
+				continue
+			}
+			i += size
+			continue
+		}
+		if c >= 0x20 && c != '"' && c != '\\' {
+			i++
+			continue
+		}
+		dst = append(dst, s[start:i]...)
+		switch c {
+		case '"', '\\':
+			dst = append(dst, '\\', c)
+		case '\n':
+			dst = append(dst, '\\', 'n')
+		case '\r':
+			dst = append(dst, '\\', 'r')
+		case '\t':
+			dst = append(dst, '\\', 't')
+		default:
+			dst = append(dst, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+		}
+		i++
+		start = i
+	}
+	dst = append(dst, s[start:]...)
+	return append(dst, '"')
+}
+
+// describeURL is raw as an error names it: quoted, without a password
+// (url.URL.Redacted), shortened; never the text of a value that does not
+// parse, which could be anything.
+func describeURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(a value that does not parse as a URL)"
+	}
+	return strconv.Quote(truncate(u.Redacted(), 200))
+}
+
+// truncate shortens s for an error message.
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
+}
