@@ -728,10 +728,6 @@ func (c *Credentials) clientAuthMethod(p providers.Provider, grant string) strin
 // checkClientAuth applies the rules of client authentication that hold
 // before placeholders are resolved.
 func (c *Credentials) checkClientAuth(p providers.Provider, grant string) error {
-	if err := oneOf("client_auth", c.ClientAuth, providers.AuthBody, providers.AuthBasic, providers.AuthClientSecretJWT,
-		providers.AuthPrivateKeyJWT, providers.AuthTLS, providers.AuthNone); err != nil {
-		return err
-	}
 	method := c.clientAuthMethod(p, grant)
 	if c.ClientAssertionFile != "" && method != providers.AuthPrivateKeyJWT && grant != grantJWTBearer {
 		return errField("client_assertion_file", "is client_auth private_key_jwt: it cannot be combined with client_auth %s", method)
@@ -746,8 +742,6 @@ func (c *Credentials) checkClientAuth(p providers.Provider, grant string) error 
 		if c.ServiceAccountFile != "" && c.PrivateKey != "" {
 			return errField("service_account_file", "holds the private key already; leave out private_key")
 		}
-	} else if c.ServiceAccountFile != "" {
-		return errField("service_account_file", "only for grant jwt_bearer")
 	}
 	if c.ClientID == "" && c.ServiceAccountFile == "" {
 		return errField("client_id", "is required")

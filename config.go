@@ -169,10 +169,12 @@ type Credentials struct {
 }
 
 // configError is a rule broken by the configuration. Field names the
-// subdirective (and JSON field) at fault, so that the Caddyfile parser can
-// report the line it was written on.
+// subdirective (and JSON field) at fault, and item, for a repeatable one,
+// the value at fault (a resource, a param's or a header's name), so that
+// the Caddyfile parser can report the line it was written on.
 type configError struct {
 	field string
+	item  string
 	msg   string
 }
 
@@ -180,6 +182,15 @@ func (e *configError) Error() string { return e.field + ": " + e.msg }
 
 func errField(field, format string, args ...any) error {
 	return &configError{field: field, msg: fmt.Sprintf(format, args...)}
+}
+
+// about marks a configError as about one item of a repeatable field.
+func about(item string, err error) error {
+	var ce *configError
+	if errors.As(err, &ce) {
+		ce.item = item
+	}
+	return err
 }
 
 // preset returns the named preset (generic when none is named).
@@ -199,6 +210,11 @@ func (c *Credentials) check(grant string) error {
 	if err != nil {
 		return err
 	}
+	// client_auth and request_format values; refresh_url, revoke_url and
+	// service_account_file only with the grants that use them.
+	if err := checkTable(c, grant); err != nil {
+		return err
+	}
 	if c.Environment != "" {
 		if _, err := p.TokenURL(c.Environment); err != nil {
 			return errField("environment", "%v", err)
@@ -206,6 +222,9 @@ func (c *Credentials) check(grant string) error {
 	}
 	for name := range c.ProviderParams {
 		if _, ok := p.Param(name); !ok {
+			if owners := presetsWithSetting(name); len(owners) > 0 {
+				return errField(name, "provider %s has no such setting (it is a setting of %s)", p.Name, strings.Join(owners, " and "))
+			}
 			return errField(name, "provider %s has no such setting", p.Name)
 		}
 	}
@@ -223,20 +242,10 @@ func (c *Credentials) check(grant string) error {
 			return err
 		}
 	}
-	if machineGrant(grant) {
-		for _, u := range urls[2:] {
-			if u.value != "" {
-				return errField(u.field, "only for the authorization_code and refresh_token grants")
-			}
-		}
-	}
 	if err := c.checkClientAuth(p, grant); err != nil {
 		return err
 	}
 	if err := c.checkPlaceholders(); err != nil {
-		return err
-	}
-	if err := oneOf("request_format", c.RequestFormat, providers.FormatJSON, providers.FormatForm, providers.FormatAuto); err != nil {
 		return err
 	}
 	for i, k := range c.EncryptionKeys {

@@ -202,32 +202,24 @@ func (h *Handler) grantType() string {
 // check applies the configuration rules that hold before placeholders are
 // resolved; the Caddyfile parser runs it too.
 func (h *Handler) check() error {
-	if err := oneOf("grant", h.Grant, grantClientCredentials, grantAuthorizationCode, grantRefreshToken, grantJWTBearer); err != nil {
-		return err
-	}
 	grant := h.grantType()
-	if err := h.Credentials.check(grant); err != nil {
+	// grant, token_store and upstream_401 values; scope, audience,
+	// resource, param, refresh_token, subject and account only with the
+	// grants that use them.
+	if err := checkTable(h, grant); err != nil {
 		return err
 	}
-	if err := oneOf("token_store", h.TokenStore, tokenStoreStorage, tokenStoreMemory); err != nil {
+	if err := h.Credentials.check(grant); err != nil {
 		return err
 	}
 	if err := h.Credentials.checkRecordKey(grant, !machineGrant(grant) || h.TokenStore != tokenStoreMemory); err != nil {
 		return err
 	}
-	if h.Subject != "" && grant != grantJWTBearer {
-		return errField("subject", "only for grant jwt_bearer")
-	}
 	if machineGrant(grant) {
-		for _, f := range []struct{ field, value string }{{"refresh_token", h.RefreshToken}, {"account", h.Account}} {
-			if f.value != "" {
-				return errField(f.field, "only for the authorization_code and refresh_token grants")
-			}
-		}
 		for name := range h.Params {
 			switch name {
 			case "grant_type", "client_id", "client_secret":
-				return errField("param", "%q is set by the handler and cannot be overridden", name)
+				return about(name, errField("param", "%q is set by the handler and cannot be overridden", name))
 			case "":
 				return errField("param", "empty parameter name")
 			}
@@ -241,17 +233,11 @@ func (h *Handler) check() error {
 			return err
 		}
 	} else {
-		if len(h.Scopes) > 0 || h.Audience != "" || len(h.Resources) > 0 || len(h.Params) > 0 {
-			field := map[bool]string{true: "scope", false: "audience, resource and param"}[len(h.Scopes) > 0]
-			return errField(field, "only for the client_credentials and jwt_bearer grants (a grant's scopes are asked for by oauth_bearer_consent)")
-		}
 		switch {
 		case h.TokenStore == tokenStoreMemory:
 			return errField("token_store", "grants are kept in the storage; memory is for the client_credentials and jwt_bearer grants")
 		case grant == grantRefreshToken && h.RefreshToken == "":
 			return errField("refresh_token", "is required by grant refresh_token")
-		case grant != grantRefreshToken && h.RefreshToken != "":
-			return errField("refresh_token", "only for grant refresh_token")
 		}
 		if h.Account != "" && !strings.Contains(h.Account, "{") {
 			if err := checkAccount(h.Account); err != nil {
@@ -260,9 +246,6 @@ func (h *Handler) check() error {
 		}
 	}
 	if err := h.checkHeaders(); err != nil {
-		return err
-	}
-	if err := oneOf("upstream_401", h.Upstream401, upstream401Retry, upstream401Invalidate, upstream401Off); err != nil {
 		return err
 	}
 	if h.RefreshBefore < 0 {
@@ -293,11 +276,11 @@ func (h *Handler) checkHeaders() error {
 		key := textproto.CanonicalMIMEHeaderKey(name)
 		switch {
 		case !httpguts.ValidHeaderFieldName(name):
-			return errField("header", "%q is not a valid header name", name)
+			return about(key, errField("header", "%q is not a valid header name", name))
 		case key == tokenHeader:
-			return errField("header", "%s carries the token (token_header); it cannot also be an extra header", key)
+			return about(key, errField("header", "%s carries the token (token_header); it cannot also be an extra header", key))
 		case seen[key]:
-			return errField("header", "%s is given twice (as org, or in another letter case)", key)
+			return about(key, errField("header", "%s is given twice (as org, or in another letter case)", key))
 		}
 		seen[key] = true
 	}
@@ -311,7 +294,7 @@ func checkResource(r string) error {
 		return nil
 	}
 	if u, err := url.Parse(r); err != nil || !u.IsAbs() || u.Fragment != "" {
-		return errField("resource", "%q is not an absolute URI without a fragment (RFC 8707)", r)
+		return about(r, errField("resource", "%q is not an absolute URI without a fragment (RFC 8707)", r))
 	}
 	return nil
 }
