@@ -76,22 +76,25 @@ type Handler struct {
 	// refresh_token (starting from RefreshToken, obtained elsewhere).
 	Grant string `json:"grant,omitempty"`
 
-	// Scopes are sent space-separated in the scope parameter of the
-	// client_credentials request. For the other grants the consent
-	// handler asks for scopes.
+	// Scopes are sent space-separated in the scope parameter of the token
+	// request of the client_credentials and jwt_bearer grants (and as the
+	// assertion's scope claim for a Google service account). For the
+	// other grants the consent handler asks for scopes.
 	Scopes []string `json:"scopes,omitempty"`
 
-	// Audience is the Auth0-style audience parameter of the
-	// client_credentials request. Default: the preset's (Bookable's is
-	// required).
+	// Audience is the Auth0-style audience parameter of the token request
+	// of the client_credentials and jwt_bearer grants. Default: the
+	// preset's (Bookable's is required).
 	Audience string `json:"audience,omitempty"`
 
 	// Resources are RFC 8707 resource indicators (absolute URIs without a
-	// fragment) sent with the client_credentials request.
+	// fragment) sent with the token request of the client_credentials and
+	// jwt_bearer grants.
 	Resources []string `json:"resources,omitempty"`
 
-	// Params are extra parameters of the client_credentials request.
-	// grant_type, client_id and client_secret cannot be set this way.
+	// Params are extra parameters of the token request of the
+	// client_credentials and jwt_bearer grants. grant_type, client_id and
+	// client_secret cannot be set this way.
 	Params map[string]string `json:"params,omitempty"`
 
 	// Subject is the sub claim of grant jwt_bearer's assertion: the user
@@ -114,8 +117,10 @@ type Handler struct {
 	Account string `json:"account,omitempty"`
 
 	// RefreshBefore is how long before expiry a token is replaced (default
-	// 60s; half the lifetime for tokens that live less than twice that).
-	// Handlers sharing a token replace it as early as the earliest asks.
+	// 60s; half the lifetime for tokens that live less than twice that),
+	// plus a random tenth of it at most, so that a fleet does not refresh
+	// in lockstep. Handlers sharing a token replace it as early as the
+	// earliest asks.
 	RefreshBefore caddy.Duration `json:"refresh_before,omitempty"`
 
 	// Headers are extra headers set on the upstream request, replacing
@@ -134,10 +139,12 @@ type Handler struct {
 	// for Authorization, nothing for other headers; "" means no prefix.
 	TokenPrefix *string `json:"token_prefix,omitempty"`
 
-	// TokenStore is where a client_credentials token is kept: storage (the
-	// default: in memory and in Caddy's storage, encrypted, so that every
-	// instance sharing the storage uses one token and a restart fetches
-	// none) or memory (this process only; nothing is written).
+	// TokenStore is where a token of the client_credentials or jwt_bearer
+	// grant is kept: storage (the default: in memory and in Caddy's
+	// storage, encrypted, so that every instance sharing the storage uses
+	// one token and a restart fetches none) or memory (this process only;
+	// nothing is written). Grants a person consented to are always kept in
+	// the storage.
 	TokenStore string `json:"token_store,omitempty"`
 
 	// Upstream401 says what happens when the upstream answers 401 to an
