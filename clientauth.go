@@ -857,11 +857,19 @@ func (c *Credentials) resolveClientAuth(repl *caddy.Replacer, cs *credentialSet)
 		pub, _ := x509.MarshalPKIXPublicKey(key.Public())
 		digest.Write(pub)
 		digest.Write([]byte(c.KeyID + "\x00" + string(alg)))
+		if cert != nil {
+			// Its thumbprints are sent: a certificate renewed for the
+			// same key is another credential.
+			digest.Write([]byte("\x00certificate\x00"))
+			digest.Write(cert.Raw)
+		}
 	case cs.ClientAuth == providers.AuthClientSecretJWT:
-		if cs.signer, err = newSecretAssertionSigner([]byte(cs.clientSecret), jose.SignatureAlgorithm(firstNonEmpty(c.SigningAlg, string(jose.HS256)))); err != nil {
+		alg := firstNonEmpty(c.SigningAlg, string(jose.HS256))
+		if cs.signer, err = newSecretAssertionSigner([]byte(cs.clientSecret), jose.SignatureAlgorithm(alg)); err != nil {
 			return errField("client_secret", "%v", err)
 		}
 		cs.signer.field = "client_secret"
+		digest.Write([]byte("client_secret_jwt\x00" + alg)) // the secret is hashed into the key apart
 	}
 	if c.ClientAssertionFile != "" {
 		cs.AssertionFile = repl.ReplaceKnown(c.ClientAssertionFile, "")

@@ -314,8 +314,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
-	repl := provisionReplacer()
-	cs, err := h.configure(repl)
+	cs, bootstrap, err := h.configureShared(provisionReplacer())
 	if err != nil {
 		return err
 	}
@@ -323,10 +322,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 	if machineGrant(h.grantType()) {
 		shared := h.TokenStore != tokenStoreMemory
-		h.poolKey = "cc:" + cs.key()
-		if !shared {
-			h.poolKey += ":memory"
-		}
 		e, err := acquire(h.poolKey, h.use, func() (*sourceEntry, error) { return newSourceEntry(cs, h.poolKey, shared) })
 		if err != nil {
 			return err
@@ -335,13 +330,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return nil
 	}
 
-	bootstrap := ""
-	if h.grantType() == grantRefreshToken {
-		if bootstrap, err = resolveRequired(repl, "refresh_token", h.RefreshToken); err != nil {
-			return err
-		}
-	}
-	h.poolKey = grantKey(cs, bootstrap)
 	g, err := acquire(h.poolKey, h.use, func() (*grant, error) { return newGrant(cs, h.poolKey, bootstrap) })
 	if err != nil {
 		return err
@@ -349,6 +337,32 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.entry, h.grant = g, g
 	g.startLoop() // grants are refreshed when they near expiry, used or not
 	return nil
+}
+
+// configureShared configures the handler and names what it shares, in
+// h.poolKey: the token source of its credential set (client_credentials,
+// jwt_bearer; with token_store memory, one of its own), or the grant of its
+// credentials seeded with bootstrap, the refresh token of grant
+// refresh_token. Handlers with the same key share one; every field that
+// decides which token is had is in the key (TestConfigSharingKeyCoversEveryField).
+func (h *Handler) configureShared(repl *caddy.Replacer) (cs *credentialSet, bootstrap string, err error) {
+	if cs, err = h.configure(repl); err != nil {
+		return nil, "", err
+	}
+	if machineGrant(h.grantType()) {
+		h.poolKey = "cc:" + cs.key()
+		if h.TokenStore == tokenStoreMemory {
+			h.poolKey += ":memory"
+		}
+		return cs, "", nil
+	}
+	if h.grantType() == grantRefreshToken {
+		if bootstrap, err = resolveRequired(repl, "refresh_token", h.RefreshToken); err != nil {
+			return nil, "", err
+		}
+	}
+	h.poolKey = grantKey(cs, bootstrap)
+	return cs, bootstrap, nil
 }
 
 // configure checks the configuration and resolves it: the credential set
