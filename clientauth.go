@@ -675,18 +675,6 @@ func (sa *googleServiceAccount) signer() (*assertionSigner, error) {
 	return newAssertionSigner(sa.key, "", sa.keyID, nil)
 }
 
-// claims are the claims of a JWT bearer grant for the service account
-// (Google's "Using OAuth 2.0 for Server to Server Applications"): iss =
-// client_email, aud = token_uri, scope = the space-separated scopes, and
-// sub = subject only for domain-wide delegation (else omitted).
-func (sa *googleServiceAccount) claims(scope, subject string) assertionClaims {
-	c := assertionClaims{issuer: sa.clientEmail, subject: subject, audience: sa.tokenURI}
-	if scope != "" {
-		c.extra = map[string]any{"scope": scope}
-	}
-	return c
-}
-
 // ---------------------------------------------------------------------------
 // Endpoint URLs
 
