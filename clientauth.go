@@ -30,6 +30,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"iter"
 	"net/url"
 	"os"
 	"strings"
@@ -200,6 +201,19 @@ func safePathName(value string) string {
 	return value
 }
 
+// pemBlocks yields the PEM blocks of data, in order, up to the first text
+// that is not one.
+func pemBlocks(data []byte) iter.Seq[*pem.Block] {
+	return func(yield func(*pem.Block) bool) {
+		for rest := data; ; {
+			var block *pem.Block
+			if block, rest = pem.Decode(rest); block == nil || !yield(block) {
+				return
+			}
+		}
+	}
+}
+
 // parsePrivateKeyPEM finds and parses the one private key in PEM data; field
 // and where name the origin in errors.
 func parsePrivateKeyPEM(data []byte, field, where string) (crypto.Signer, error) {
@@ -208,12 +222,7 @@ func parsePrivateKeyPEM(data []byte, field, where string) (crypto.Signer, error)
 		blocks int
 		others []string
 	)
-	for rest := data; ; {
-		block, r := pem.Decode(rest)
-		if block == nil {
-			break
-		}
-		rest = r
+	for block := range pemBlocks(data) {
 		blocks++
 		switch block.Type {
 		case "ENCRYPTED PRIVATE KEY":
@@ -297,12 +306,7 @@ func parseCertificatesPEM(data []byte, field, where string) ([]*x509.Certificate
 		certs  []*x509.Certificate
 		blocks int
 	)
-	for rest := data; ; {
-		block, r := pem.Decode(rest)
-		if block == nil {
-			break
-		}
-		rest = r
+	for block := range pemBlocks(data) {
 		blocks++
 		if block.Type != "CERTIFICATE" {
 			continue
