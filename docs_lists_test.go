@@ -412,6 +412,19 @@ func TestDocsREADMETables(t *testing.T) {
 		t.Errorf("README.md: the preset settings' row does not name %s", strings.Join(m, ", "))
 	}
 
+	// "Subdirectives other than `resource`, `param` and `header` may be
+	// given once".
+	i := strings.Index(sec, "Subdirectives other than")
+	if i < 0 {
+		t.Fatal("README.md does not say which subdirectives may be repeated")
+	}
+	once, _, _ := strings.Cut(sec[i:], " may be given once")
+	for _, s := range subdirectives {
+		if s.repeat != strings.Contains(once, "`"+s.name+"`") {
+			t.Errorf("README.md: %q, but %s is repeatable: %v", once, s.name, s.repeat)
+		}
+	}
+
 	var presets []string
 	for _, r := range tableAfter(t, readmeSection(t, "## Presets"), "| Preset |") {
 		name, _, _ := strings.Cut(strings.TrimPrefix(strings.TrimSpace(r[0]), "`"), "`")

@@ -23,7 +23,7 @@ import (
 //   - the rules that hold for JSON and Caddyfile alike (checkTable, run by
 //     the handlers' check methods): an enumeration's values, and the
 //     grants that accept a field;
-//   - the docs test (docs_test.go): the parsers' doc comments, README.md
+//   - the docs tests (docs_lists_test.go): the parsers' doc comments, README.md
 //     and the JSON fields' doc comments list what the table lists.
 //
 // A preset's own settings (entra's tenant, okta's domain...) are not rows:
@@ -41,9 +41,15 @@ import (
 //
 // Any other shape (two fields from one line, a size, on|off) names a parse
 // function. values makes the field an enumeration; grants limits the
-// grants of oauth_bearer that accept it. Then add its line to the parser's
-// doc comment (caddyfile.go) and to README.md: TestDocs... says what is
-// missing, and prints the doc comment's lines as the table gives them.
+// grants of oauth_bearer that accept it. Then the tests say what else to
+// write: the line in the parser's doc comment (caddyfile.go;
+// TestDocsParserSyntax prints the lines as the table gives them), the
+// syntax summary's line and a row in README.md's reference table
+// (TestDocsREADMETables), the field's doc comment naming its values and
+// grants (TestDocsJSONFieldComments), and whether the field decides which
+// token is shared (TestConfigSharingKeyCoversEveryField: a case that
+// changes it, or the reason it does not matter). TestCaddyfileTableRows
+// and TestCaddyfileGrantRules check the row itself.
 
 // directive is a set of the two directives.
 type directive uint8
