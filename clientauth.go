@@ -30,6 +30,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"iter"
 	"net/url"
 	"os"
 	"strings"
@@ -200,6 +201,19 @@ func safePathName(value string) string {
 	return value
 }
 
+// pemBlocks yields the PEM blocks of data, in order, up to the first text
+// that is not one.
+func pemBlocks(data []byte) iter.Seq[*pem.Block] {
+	return func(yield func(*pem.Block) bool) {
+		for rest := data; ; {
+			var block *pem.Block
+			if block, rest = pem.Decode(rest); block == nil || !yield(block) {
+				return
+			}
+		}
+	}
+}
+
 // parsePrivateKeyPEM finds and parses the one private key in PEM data; field
 // and where name the origin in errors.
 func parsePrivateKeyPEM(data []byte, field, where string) (crypto.Signer, error) {
@@ -208,12 +222,7 @@ func parsePrivateKeyPEM(data []byte, field, where string) (crypto.Signer, error)
 		blocks int
 		others []string
 	)
-	for rest := data; ; {
-		block, r := pem.Decode(rest)
-		if block == nil {
-			break
-		}
-		rest = r
+	for block := range pemBlocks(data) {
 		blocks++
 		switch block.Type {
 		case "ENCRYPTED PRIVATE KEY":
@@ -297,12 +306,7 @@ func parseCertificatesPEM(data []byte, field, where string) ([]*x509.Certificate
 		certs  []*x509.Certificate
 		blocks int
 	)
-	for rest := data; ; {
-		block, r := pem.Decode(rest)
-		if block == nil {
-			break
-		}
-		rest = r
+	for block := range pemBlocks(data) {
 		blocks++
 		if block.Type != "CERTIFICATE" {
 			continue
@@ -675,18 +679,6 @@ func (sa *googleServiceAccount) signer() (*assertionSigner, error) {
 	return newAssertionSigner(sa.key, "", sa.keyID, nil)
 }
 
-// claims are the claims of a JWT bearer grant for the service account
-// (Google's "Using OAuth 2.0 for Server to Server Applications"): iss =
-// client_email, aud = token_uri, scope = the space-separated scopes, and
-// sub = subject only for domain-wide delegation (else omitted).
-func (sa *googleServiceAccount) claims(scope, subject string) assertionClaims {
-	c := assertionClaims{issuer: sa.clientEmail, subject: subject, audience: sa.tokenURI}
-	if scope != "" {
-		c.extra = map[string]any{"scope": scope}
-	}
-	return c
-}
-
 // ---------------------------------------------------------------------------
 // Endpoint URLs
 
@@ -728,10 +720,6 @@ func (c *Credentials) clientAuthMethod(p providers.Provider, grant string) strin
 // checkClientAuth applies the rules of client authentication that hold
 // before placeholders are resolved.
 func (c *Credentials) checkClientAuth(p providers.Provider, grant string) error {
-	if err := oneOf("client_auth", c.ClientAuth, providers.AuthBody, providers.AuthBasic, providers.AuthClientSecretJWT,
-		providers.AuthPrivateKeyJWT, providers.AuthTLS, providers.AuthNone); err != nil {
-		return err
-	}
 	method := c.clientAuthMethod(p, grant)
 	if c.ClientAssertionFile != "" && method != providers.AuthPrivateKeyJWT && grant != grantJWTBearer {
 		return errField("client_assertion_file", "is client_auth private_key_jwt: it cannot be combined with client_auth %s", method)
@@ -746,8 +734,6 @@ func (c *Credentials) checkClientAuth(p providers.Provider, grant string) error 
 		if c.ServiceAccountFile != "" && c.PrivateKey != "" {
 			return errField("service_account_file", "holds the private key already; leave out private_key")
 		}
-	} else if c.ServiceAccountFile != "" {
-		return errField("service_account_file", "only for grant jwt_bearer")
 	}
 	if c.ClientID == "" && c.ServiceAccountFile == "" {
 		return errField("client_id", "is required")
@@ -863,11 +849,19 @@ func (c *Credentials) resolveClientAuth(repl *caddy.Replacer, cs *credentialSet)
 		pub, _ := x509.MarshalPKIXPublicKey(key.Public())
 		digest.Write(pub)
 		digest.Write([]byte(c.KeyID + "\x00" + string(alg)))
+		if cert != nil {
+			// Its thumbprints are sent: a certificate renewed for the
+			// same key is another credential.
+			digest.Write([]byte("\x00certificate\x00"))
+			digest.Write(cert.Raw)
+		}
 	case cs.ClientAuth == providers.AuthClientSecretJWT:
-		if cs.signer, err = newSecretAssertionSigner([]byte(cs.clientSecret), jose.SignatureAlgorithm(firstNonEmpty(c.SigningAlg, string(jose.HS256)))); err != nil {
+		alg := firstNonEmpty(c.SigningAlg, string(jose.HS256))
+		if cs.signer, err = newSecretAssertionSigner([]byte(cs.clientSecret), jose.SignatureAlgorithm(alg)); err != nil {
 			return errField("client_secret", "%v", err)
 		}
 		cs.signer.field = "client_secret"
+		digest.Write([]byte("client_secret_jwt\x00" + alg)) // the secret is hashed into the key apart
 	}
 	if c.ClientAssertionFile != "" {
 		cs.AssertionFile = repl.ReplaceKnown(c.ClientAssertionFile, "")

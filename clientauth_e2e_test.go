@@ -472,11 +472,8 @@ func TestClientAuthE2EAssertionFileGoesBad(t *testing.T) {
 // the configured HMAC algorithm (newSecretAssertionSigner takes HS256,
 // HS384 and HS512), and signingAlg's own error points users with an HS
 // algorithm to client_secret_jwt; so signing_alg HS512 with
-// client_secret_jwt must load and sign HS512.
-//
-// FAILS (production): checkClientAuth refuses signing_alg without
-// private_key ("signing_alg: only with private_key"), so the HS384/HS512
-// path of resolveClientAuth can never be reached.
+// client_secret_jwt must load and sign HS512. (checkClientAuth once
+// refused signing_alg without private_key, so that path was unreachable.)
 func TestClientAuthE2EClientSecretJWTHS512(t *testing.T) {
 	const secret = "e2e-client-secret-jwt-hs512-0123456789-abcdefghijklmnopqrstuvwxyz-0123"
 	t.Setenv("OAB_E2E_CSJ512_SECRET", secret)

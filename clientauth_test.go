@@ -778,6 +778,22 @@ func googleKeyJSON(t *testing.T, key *rsa.PrivateKey, tokenURI string, mod func(
 	return b
 }
 
+// googleAssertion is the JWT bearer grant's assertion the handler makes
+// with a service account key file (a path or the JSON), scopes and subject.
+func googleAssertion(t *testing.T, serviceAccount, scopes, subject string) string {
+	t.Helper()
+	h := &Handler{Credentials: Credentials{Provider: "google", ServiceAccountFile: serviceAccount}, Scopes: strings.Fields(scopes), Subject: subject}
+	cs, err := h.configure(provisionReplacer())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := cs.bearerAssertion(cs.TokenURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
+}
+
 func TestGoogleServiceAccount(t *testing.T) {
 	k := clientAuthKeys()
 	data := googleKeyJSON(t, k.rsa, "https://oauth2.googleapis.com/token", nil)
@@ -790,16 +806,14 @@ func TestGoogleServiceAccount(t *testing.T) {
 		if sa.clientEmail != "robot@proj.iam.gserviceaccount.com" || sa.keyID != "0123456789abcdef" || sa.tokenURI != "https://oauth2.googleapis.com/token" {
 			t.Fatalf("%s: parsed %+v", source, sa)
 		}
-		s, err := sa.signer()
-		if err != nil {
-			t.Fatal(err)
+		// The grant's assertion, as the handler makes it: iss =
+		// client_email, aud = token_uri, the scopes as a claim, and a
+		// sub only for domain-wide delegation.
+		assertion := func(subject string) (jose.Header, map[string]json.RawMessage) {
+			t.Helper()
+			return parseTestJWT(t, googleAssertion(t, value, "https://www.googleapis.com/auth/cloud-platform", subject), k.rsa.Public())
 		}
-		now := time.Unix(2_000_000_000, 0)
-		tok, err := s.sign(now, sa.claims("https://www.googleapis.com/auth/cloud-platform", ""))
-		if err != nil {
-			t.Fatal(err)
-		}
-		hdr, claims := parseTestJWT(t, tok, k.rsa.Public())
+		hdr, claims := assertion("")
 		if hdr.Algorithm != "RS256" || hdr.KeyID != "0123456789abcdef" {
 			t.Errorf("header alg %s kid %s", hdr.Algorithm, hdr.KeyID)
 		}
@@ -807,18 +821,20 @@ func TestGoogleServiceAccount(t *testing.T) {
 			"iss":   `"robot@proj.iam.gserviceaccount.com"`,
 			"aud":   `"https://oauth2.googleapis.com/token"`,
 			"scope": `"https://www.googleapis.com/auth/cloud-platform"`,
-			"iat":   "2000000000",
-			"exp":   "2000000060",
 		} {
 			if string(claims[name]) != v {
 				t.Errorf("claim %s = %s, want %s", name, claims[name], v)
 			}
 		}
+		var iat, exp int64
+		if json.Unmarshal(claims["iat"], &iat) != nil || json.Unmarshal(claims["exp"], &exp) != nil || exp-iat != 60 {
+			t.Errorf("iat %s exp %s, want a minute apart", claims["iat"], claims["exp"])
+		}
 		if claims["sub"] != nil {
 			t.Errorf("sub %s without delegation", claims["sub"])
 		}
-		if c := sa.claims("s", "user@example.com"); c.subject != "user@example.com" {
-			t.Errorf("delegation subject %q", c.subject)
+		if _, claims := assertion("user@example.com"); string(claims["sub"]) != `"user@example.com"` {
+			t.Errorf("delegation subject %s", claims["sub"])
 		}
 	}
 

@@ -50,7 +50,8 @@ const (
 // source (client credentials) or one stored grant.
 type Credentials struct {
 	// Provider names a preset: eventtemple, eventbookings, bookable,
-	// calcom, or generic (the default, which needs token_url).
+	// calcom, entra, auth0, okta, keycloak, google, or generic (the
+	// default, which needs token_url or issuer).
 	Provider string `json:"provider,omitempty"`
 
 	// Environment picks one of the preset's token endpoints (bookable:
@@ -62,12 +63,14 @@ type Credentials struct {
 	TokenURL string `json:"token_url,omitempty"`
 
 	// RefreshURL is where a grant's refresh tokens are redeemed when that
-	// is not the token URL (Cal.com). Grants only. Default: the preset's.
+	// is not the token URL (Cal.com). Only for the authorization_code and
+	// refresh_token grants. Default: the preset's.
 	RefreshURL string `json:"refresh_url,omitempty"`
 
 	// RevokeURL is the provider's token revocation endpoint (RFC 7009),
-	// called when an account is disconnected or connected again. Grants
-	// only. Default: the preset's.
+	// called when an account is disconnected or connected again. Only for
+	// the authorization_code and refresh_token grants. Default: the
+	// preset's.
 	RevokeURL string `json:"revoke_url,omitempty"`
 
 	// ClientID is the OAuth client id. {env.X} and {file./path}
@@ -80,8 +83,13 @@ type Credentials struct {
 	ClientSecret string `json:"client_secret,omitempty"`
 
 	// ClientAuth is how the client authenticates at the token endpoint:
-	// body (client_secret_post) or basic (client_secret_basic, id and
-	// secret form-encoded first). Default: the preset's.
+	// body (client_secret_post), basic (client_secret_basic, id and secret
+	// form-encoded first), client_secret_jwt (a JWT signed with the
+	// secret), private_key_jwt (a JWT signed with PrivateKey, or the
+	// assertion of ClientAssertionFile), tls (the certificate of
+	// TLSClientCert, RFC 8705) or none (a public client). Default:
+	// private_key_jwt with PrivateKey or ClientAssertionFile, tls with
+	// TLSClientCert, else the preset's.
 	ClientAuth string `json:"client_auth,omitempty"`
 
 	// RequestFormat is the token request body: json, form, or auto (the
@@ -124,12 +132,14 @@ type Credentials struct {
 	// uses to find the key.
 	Certificate string `json:"certificate,omitempty"`
 
-	// KeyID is the kid header of the client's assertions.
+	// KeyID is the kid header of the assertions signed with PrivateKey.
 	KeyID string `json:"key_id,omitempty"`
 
 	// SigningAlg signs the assertions: RS256/384/512, PS256/384/512,
-	// ES256/384 or EdDSA. Default: from the key (RS256, ES256 or ES384,
-	// EdDSA).
+	// ES256/384 or EdDSA with PrivateKey (default: from the key, RS256,
+	// ES256 or ES384, EdDSA); HS256 (the default), HS384 or HS512 with
+	// client_auth client_secret_jwt (the secret then holds at least 32,
+	// 48 or 64 bytes).
 	SigningAlg string `json:"signing_alg,omitempty"`
 
 	// AssertionAudience is the aud claim of the client's assertions, for a
@@ -153,7 +163,7 @@ type Credentials struct {
 	TLSClientKey string `json:"tls_client_key,omitempty"`
 
 	// ServiceAccountFile is a Google service account key file (path or
-	// JSON), for grant jwt_bearer: its client_email, private_key,
+	// JSON), only for grant jwt_bearer: its client_email, private_key,
 	// private_key_id and token_uri.
 	ServiceAccountFile string `json:"service_account_file,omitempty"`
 
@@ -169,10 +179,12 @@ type Credentials struct {
 }
 
 // configError is a rule broken by the configuration. Field names the
-// subdirective (and JSON field) at fault, so that the Caddyfile parser can
-// report the line it was written on.
+// subdirective (and JSON field) at fault, and item, for a repeatable one,
+// the value at fault (a resource, a param's or a header's name), so that
+// the Caddyfile parser can report the line it was written on.
 type configError struct {
 	field string
+	item  string
 	msg   string
 }
 
@@ -180,6 +192,15 @@ func (e *configError) Error() string { return e.field + ": " + e.msg }
 
 func errField(field, format string, args ...any) error {
 	return &configError{field: field, msg: fmt.Sprintf(format, args...)}
+}
+
+// about marks a configError as about one item of a repeatable field.
+func about(item string, err error) error {
+	var ce *configError
+	if errors.As(err, &ce) {
+		ce.item = item
+	}
+	return err
 }
 
 // preset returns the named preset (generic when none is named).
@@ -199,6 +220,11 @@ func (c *Credentials) check(grant string) error {
 	if err != nil {
 		return err
 	}
+	// client_auth and request_format values; refresh_url, revoke_url and
+	// service_account_file only with the grants that use them.
+	if err := checkTable(c, grant); err != nil {
+		return err
+	}
 	if c.Environment != "" {
 		if _, err := p.TokenURL(c.Environment); err != nil {
 			return errField("environment", "%v", err)
@@ -206,6 +232,9 @@ func (c *Credentials) check(grant string) error {
 	}
 	for name := range c.ProviderParams {
 		if _, ok := p.Param(name); !ok {
+			if owners := presetsWithSetting(name); len(owners) > 0 {
+				return errField(name, "provider %s has no such setting (it is a setting of %s)", p.Name, strings.Join(owners, " and "))
+			}
 			return errField(name, "provider %s has no such setting", p.Name)
 		}
 	}
@@ -223,20 +252,10 @@ func (c *Credentials) check(grant string) error {
 			return err
 		}
 	}
-	if machineGrant(grant) {
-		for _, u := range urls[2:] {
-			if u.value != "" {
-				return errField(u.field, "only for the authorization_code and refresh_token grants")
-			}
-		}
-	}
 	if err := c.checkClientAuth(p, grant); err != nil {
 		return err
 	}
 	if err := c.checkPlaceholders(); err != nil {
-		return err
-	}
-	if err := oneOf("request_format", c.RequestFormat, providers.FormatJSON, providers.FormatForm, providers.FormatAuto); err != nil {
 		return err
 	}
 	for i, k := range c.EncryptionKeys {

@@ -852,6 +852,10 @@ func TestConsentDisconnectCompletesWhenTheBrowserLeaves(t *testing.T) {
 	if n := g.as.Revocations.Load() - revocations; n != 2 || hp.aborted.Load() != 0 {
 		t.Errorf("revocations %d, aborted %d; want 2 (refresh and access token) and 0", n, hp.aborted.Load())
 	}
+	// The disconnect goes on after the deletion (the event log for the
+	// other instances): the test's storage directory is removed only
+	// after it has finished.
+	waitFor(t, func() bool { return strings.Contains(g.c.logs(), `"msg":"account disconnected"`) })
 }
 
 // A page whose template fails is a 500 with a log line, never half a page

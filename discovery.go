@@ -14,7 +14,6 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -51,10 +50,6 @@ type discoveryDocument struct {
 		TokenEndpoint      string `json:"token_endpoint"`
 		RevocationEndpoint string `json:"revocation_endpoint"`
 	} `json:"mtls_endpoint_aliases"`
-	// TokenEndpointAuthMethods is token_endpoint_auth_methods_supported as
-	// sent; nil when absent (see supportsAuthMethod for its default).
-	TokenEndpointAuthMethods []string `json:"token_endpoint_auth_methods_supported"`
-
 	// Fetched and Expires are when the document was read and until when
 	// it is used (set by the endpoint that read it, kept in the shared
 	// record so that the fleet and a restart honour them).
@@ -105,16 +100,6 @@ func discoveryLifetime(h http.Header) time.Duration {
 		return defaultDiscoveryLifetime
 	}
 	return min(max(lifetime, minDiscoveryLifetime), maxDiscoveryLifetime)
-}
-
-// supportsAuthMethod reports whether the server lists the token endpoint
-// authentication method (e.g. "private_key_jwt"). An absent list means
-// client_secret_basic only (RFC 8414 §2).
-func (d *discoveryDocument) supportsAuthMethod(method string) bool {
-	if d.TokenEndpointAuthMethods == nil {
-		return method == "client_secret_basic"
-	}
-	return slices.Contains(d.TokenEndpointAuthMethods, method)
 }
 
 // mtlsTokenEndpoint is the token endpoint to use with a client certificate:

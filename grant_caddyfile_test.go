@@ -121,11 +121,11 @@ func TestParseGrantErrors(t *testing.T) {
 		// oauth_bearer with a grant
 		{"inject: bad grant", inject + "\tgrant password\n}", 4, `grant: "password" is not client_credentials, authorization_code, refresh_token or jwt_bearer`},
 		{"inject: consent subdirective", inject + "\tgrant authorization_code\n\tredirect_uri https://p.example.com/cb\n}", 5, "redirect_uri: belongs to oauth_bearer_consent"},
-		{"inject: refresh_token without its grant", inject + "\trefresh_token {env.RT}\n}", 4, "refresh_token: only for the authorization_code and refresh_token grants"},
+		{"inject: refresh_token without its grant", inject + "\trefresh_token {env.RT}\n}", 4, "refresh_token: only for grant refresh_token, not client_credentials"},
 		{"inject: refresh_token with the code grant", inject + "\tgrant authorization_code\n\trefresh_token {env.RT}\n}", 5, "refresh_token: only for grant refresh_token"},
 		{"inject: refresh_token grant without a token", inject + "\tgrant refresh_token\n}", 1, "refresh_token: is required by grant refresh_token"},
 		{"inject: scope with a grant", inject + "\tgrant authorization_code\n\tscope a\n}", 5, "scope: only for the client_credentials and jwt_bearer grants"},
-		{"inject: param with a grant", inject + "\tgrant authorization_code\n\tparam a b\n}", 1, "only for the client_credentials and jwt_bearer grants"},
+		{"inject: param with a grant", inject + "\tgrant authorization_code\n\tparam a b\n}", 5, "param: only for the client_credentials and jwt_bearer grants, not authorization_code"},
 		{"inject: account with client credentials", inject + "\taccount alice\n}", 4, "account: only for the authorization_code and refresh_token grants"},
 		{"inject: hostile account", inject + "\tgrant authorization_code\n\taccount ../../etc\n}", 5, "account: invalid account name"},
 		{"inject: revoke_url with client credentials", inject + "\trevoke_url https://a.example.com/r\n}", 4, "revoke_url: only for the authorization_code and refresh_token grants"},

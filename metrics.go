@@ -26,33 +26,30 @@ var metrics = struct {
 
 const metricsNS, metricsSub = "caddy", "oauth_bearer"
 
+// newCounter makes one of the module's counters.
+func newCounter(name, help string, labels ...string) *prometheus.CounterVec {
+	return prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: metricsNS, Subsystem: metricsSub, Name: name, Help: help}, labels)
+}
+
 func initMetrics() {
 	metrics.once.Do(func() {
-		metrics.tokenRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: metricsNS, Subsystem: metricsSub, Name: "token_requests_total",
-			Help: "Token requests sent to token endpoints, by provider and result (success or an error class).",
-		}, []string{"provider", "result"})
+		metrics.tokenRequests = newCounter("token_requests_total",
+			"Token requests sent to token endpoints, by provider and result (success or an error class).", "provider", "result")
 		metrics.tokenDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: metricsNS, Subsystem: metricsSub, Name: "token_request_duration_seconds",
 			Help:    "Duration of token requests, by provider.",
 			Buckets: []float64{.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}, []string{"provider"})
-		metrics.failedRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: metricsNS, Subsystem: metricsSub, Name: "requests_failed_total",
-			Help: "Client requests answered without being forwarded because no valid token could be had.",
-		}, []string{"provider", "result"})
-		metrics.upstream401 = prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: metricsNS, Subsystem: metricsSub, Name: "upstream_unauthorized_total",
-			Help: "Upstream 401 answers to an injected token, by what was done: invalidated (token dropped), retried (request replayed with a new token), passed (answer passed to the client), replay_refused (the replay's new token was refused too).",
-		}, []string{"provider", "action"})
-		metrics.consents = prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: metricsNS, Subsystem: metricsSub, Name: "consent_events_total",
-			Help: "Authorization-code grants connected and disconnected, and grants found to need consent again (invalid_grant).",
-		}, []string{"provider", "event"})
-		metrics.storageFallbacks = prometheus.NewCounterVec(prometheus.CounterOpts{
-			Namespace: metricsNS, Subsystem: metricsSub, Name: "storage_fallbacks_total",
-			Help: "Token fetches made without the shared token store because the storage was slow, locked by another instance for too long, or failing.",
-		}, []string{"provider"})
+		metrics.failedRequests = newCounter("requests_failed_total",
+			"Client requests answered without being forwarded because no valid token could be had.", "provider", "result")
+		metrics.upstream401 = newCounter("upstream_unauthorized_total",
+			"Upstream 401 answers to an injected token, by what was done: invalidated (token dropped), retried (request replayed with a new token), passed (answer passed to the client), replay_refused (the replay's new token was refused too).",
+			"provider", "action")
+		metrics.consents = newCounter("consent_events_total",
+			"Authorization-code grants connected and disconnected, and grants found to need consent again (invalid_grant).", "provider", "event")
+		metrics.storageFallbacks = newCounter("storage_fallbacks_total",
+			"Token fetches made without the shared token store because the storage was slow, locked by another instance for too long, or failing.",
+			"provider")
 		metrics.expiryCollector = expiryCollector{desc: prometheus.NewDesc(
 			prometheus.BuildFQName(metricsNS, metricsSub, "token_expiry_seconds"),
 			"Seconds until the cached token of a token source expires (negative or absent: no valid token).",
@@ -84,8 +81,8 @@ func resultClass(err error) string {
 	if err == nil {
 		return "success"
 	}
-	te, ok := err.(*TokenError)
-	if !ok {
+	var te *TokenError
+	if !errors.As(err, &te) {
 		return "error"
 	}
 	if te.Backoff {

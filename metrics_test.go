@@ -81,3 +81,14 @@ func TestMetricsExposed(t *testing.T) {
 		assertNoSecrets(t, body, h.Get("Authorization"))
 	}
 }
+
+// The result label of a token error is its class even when the error is
+// wrapped on its way (errors.As, not a type assertion).
+func TestMetricsResultClassOfWrappedTokenError(t *testing.T) {
+	te := &TokenError{Code: "invalid_client"}
+	for _, err := range []error{te, fmt.Errorf("refreshing: %w", te)} {
+		if got := resultClass(err); got != "invalid_client" {
+			t.Errorf("resultClass(%v) = %q, want invalid_client", err, got)
+		}
+	}
+}

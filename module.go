@@ -76,22 +76,25 @@ type Handler struct {
 	// refresh_token (starting from RefreshToken, obtained elsewhere).
 	Grant string `json:"grant,omitempty"`
 
-	// Scopes are sent space-separated in the scope parameter of the
-	// client_credentials request. For the other grants the consent
-	// handler asks for scopes.
+	// Scopes are sent space-separated in the scope parameter of the token
+	// request of the client_credentials and jwt_bearer grants (and as the
+	// assertion's scope claim for a Google service account). For the
+	// other grants the consent handler asks for scopes.
 	Scopes []string `json:"scopes,omitempty"`
 
-	// Audience is the Auth0-style audience parameter of the
-	// client_credentials request. Default: the preset's (Bookable's is
-	// required).
+	// Audience is the Auth0-style audience parameter of the token request
+	// of the client_credentials and jwt_bearer grants. Default: the
+	// preset's (Bookable's is required).
 	Audience string `json:"audience,omitempty"`
 
 	// Resources are RFC 8707 resource indicators (absolute URIs without a
-	// fragment) sent with the client_credentials request.
+	// fragment) sent with the token request of the client_credentials and
+	// jwt_bearer grants.
 	Resources []string `json:"resources,omitempty"`
 
-	// Params are extra parameters of the client_credentials request.
-	// grant_type, client_id and client_secret cannot be set this way.
+	// Params are extra parameters of the token request of the
+	// client_credentials and jwt_bearer grants. grant_type, client_id and
+	// client_secret cannot be set this way.
 	Params map[string]string `json:"params,omitempty"`
 
 	// Subject is the sub claim of grant jwt_bearer's assertion: the user
@@ -114,8 +117,10 @@ type Handler struct {
 	Account string `json:"account,omitempty"`
 
 	// RefreshBefore is how long before expiry a token is replaced (default
-	// 60s; half the lifetime for tokens that live less than twice that).
-	// Handlers sharing a token replace it as early as the earliest asks.
+	// 60s; half the lifetime for tokens that live less than twice that),
+	// plus a random tenth of it at most, so that a fleet does not refresh
+	// in lockstep. Handlers sharing a token replace it as early as the
+	// earliest asks.
 	RefreshBefore caddy.Duration `json:"refresh_before,omitempty"`
 
 	// Headers are extra headers set on the upstream request, replacing
@@ -134,10 +139,12 @@ type Handler struct {
 	// for Authorization, nothing for other headers; "" means no prefix.
 	TokenPrefix *string `json:"token_prefix,omitempty"`
 
-	// TokenStore is where a client_credentials token is kept: storage (the
-	// default: in memory and in Caddy's storage, encrypted, so that every
-	// instance sharing the storage uses one token and a restart fetches
-	// none) or memory (this process only; nothing is written).
+	// TokenStore is where a token of the client_credentials or jwt_bearer
+	// grant is kept: storage (the default: in memory and in Caddy's
+	// storage, encrypted, so that every instance sharing the storage uses
+	// one token and a restart fetches none) or memory (this process only;
+	// nothing is written). Grants a person consented to are always kept in
+	// the storage.
 	TokenStore string `json:"token_store,omitempty"`
 
 	// Upstream401 says what happens when the upstream answers 401 to an
@@ -205,32 +212,24 @@ func (h *Handler) grantType() string {
 // check applies the configuration rules that hold before placeholders are
 // resolved; the Caddyfile parser runs it too.
 func (h *Handler) check() error {
-	if err := oneOf("grant", h.Grant, grantClientCredentials, grantAuthorizationCode, grantRefreshToken, grantJWTBearer); err != nil {
-		return err
-	}
 	grant := h.grantType()
-	if err := h.Credentials.check(grant); err != nil {
+	// grant, token_store and upstream_401 values; scope, audience,
+	// resource, param, refresh_token, subject and account only with the
+	// grants that use them.
+	if err := checkTable(h, grant); err != nil {
 		return err
 	}
-	if err := oneOf("token_store", h.TokenStore, tokenStoreStorage, tokenStoreMemory); err != nil {
+	if err := h.Credentials.check(grant); err != nil {
 		return err
 	}
 	if err := h.Credentials.checkRecordKey(grant, !machineGrant(grant) || h.TokenStore != tokenStoreMemory); err != nil {
 		return err
 	}
-	if h.Subject != "" && grant != grantJWTBearer {
-		return errField("subject", "only for grant jwt_bearer")
-	}
 	if machineGrant(grant) {
-		for _, f := range []struct{ field, value string }{{"refresh_token", h.RefreshToken}, {"account", h.Account}} {
-			if f.value != "" {
-				return errField(f.field, "only for the authorization_code and refresh_token grants")
-			}
-		}
 		for name := range h.Params {
 			switch name {
 			case "grant_type", "client_id", "client_secret":
-				return errField("param", "%q is set by the handler and cannot be overridden", name)
+				return about(name, errField("param", "%q is set by the handler and cannot be overridden", name))
 			case "":
 				return errField("param", "empty parameter name")
 			}
@@ -244,17 +243,11 @@ func (h *Handler) check() error {
 			return err
 		}
 	} else {
-		if len(h.Scopes) > 0 || h.Audience != "" || len(h.Resources) > 0 || len(h.Params) > 0 {
-			field := map[bool]string{true: "scope", false: "audience, resource and param"}[len(h.Scopes) > 0]
-			return errField(field, "only for the client_credentials and jwt_bearer grants (a grant's scopes are asked for by oauth_bearer_consent)")
-		}
 		switch {
 		case h.TokenStore == tokenStoreMemory:
 			return errField("token_store", "grants are kept in the storage; memory is for the client_credentials and jwt_bearer grants")
 		case grant == grantRefreshToken && h.RefreshToken == "":
 			return errField("refresh_token", "is required by grant refresh_token")
-		case grant != grantRefreshToken && h.RefreshToken != "":
-			return errField("refresh_token", "only for grant refresh_token")
 		}
 		if h.Account != "" && !strings.Contains(h.Account, "{") {
 			if err := checkAccount(h.Account); err != nil {
@@ -263,9 +256,6 @@ func (h *Handler) check() error {
 		}
 	}
 	if err := h.checkHeaders(); err != nil {
-		return err
-	}
-	if err := oneOf("upstream_401", h.Upstream401, upstream401Retry, upstream401Invalidate, upstream401Off); err != nil {
 		return err
 	}
 	if h.RefreshBefore < 0 {
@@ -296,11 +286,11 @@ func (h *Handler) checkHeaders() error {
 		key := textproto.CanonicalMIMEHeaderKey(name)
 		switch {
 		case !httpguts.ValidHeaderFieldName(name):
-			return errField("header", "%q is not a valid header name", name)
+			return about(key, errField("header", "%q is not a valid header name", name))
 		case key == tokenHeader:
-			return errField("header", "%s carries the token (token_header); it cannot also be an extra header", key)
+			return about(key, errField("header", "%s carries the token (token_header); it cannot also be an extra header", key))
 		case seen[key]:
-			return errField("header", "%s is given twice (as org, or in another letter case)", key)
+			return about(key, errField("header", "%s is given twice (as org, or in another letter case)", key))
 		}
 		seen[key] = true
 	}
@@ -314,7 +304,7 @@ func checkResource(r string) error {
 		return nil
 	}
 	if u, err := url.Parse(r); err != nil || !u.IsAbs() || u.Fragment != "" {
-		return errField("resource", "%q is not an absolute URI without a fragment (RFC 8707)", r)
+		return about(r, errField("resource", "%q is not an absolute URI without a fragment (RFC 8707)", r))
 	}
 	return nil
 }
@@ -327,8 +317,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := registerMetrics(ctx.GetMetricsRegistry()); err != nil {
 		return fmt.Errorf("registering metrics: %w", err)
 	}
-	repl := provisionReplacer()
-	cs, err := h.configure(repl)
+	cs, bootstrap, err := h.configureShared(provisionReplacer())
 	if err != nil {
 		return err
 	}
@@ -336,10 +325,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 	if machineGrant(h.grantType()) {
 		shared := h.TokenStore != tokenStoreMemory
-		h.poolKey = "cc:" + cs.key()
-		if !shared {
-			h.poolKey += ":memory"
-		}
 		e, err := acquire(h.poolKey, h.use, func() (*sourceEntry, error) { return newSourceEntry(cs, h.poolKey, shared) })
 		if err != nil {
 			return err
@@ -348,13 +333,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return nil
 	}
 
-	bootstrap := ""
-	if h.grantType() == grantRefreshToken {
-		if bootstrap, err = resolveRequired(repl, "refresh_token", h.RefreshToken); err != nil {
-			return err
-		}
-	}
-	h.poolKey = grantKey(cs, bootstrap)
 	g, err := acquire(h.poolKey, h.use, func() (*grant, error) { return newGrant(cs, h.poolKey, bootstrap) })
 	if err != nil {
 		return err
@@ -362,6 +340,32 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	h.entry, h.grant = g, g
 	g.startLoop() // grants are refreshed when they near expiry, used or not
 	return nil
+}
+
+// configureShared configures the handler and names what it shares, in
+// h.poolKey: the token source of its credential set (client_credentials,
+// jwt_bearer; with token_store memory, one of its own), or the grant of its
+// credentials seeded with bootstrap, the refresh token of grant
+// refresh_token. Handlers with the same key share one; every field that
+// decides which token is had is in the key (TestConfigSharingKeyCoversEveryField).
+func (h *Handler) configureShared(repl *caddy.Replacer) (cs *credentialSet, bootstrap string, err error) {
+	if cs, err = h.configure(repl); err != nil {
+		return nil, "", err
+	}
+	if machineGrant(h.grantType()) {
+		h.poolKey = "cc:" + cs.key()
+		if h.TokenStore == tokenStoreMemory {
+			h.poolKey += ":memory"
+		}
+		return cs, "", nil
+	}
+	if h.grantType() == grantRefreshToken {
+		if bootstrap, err = resolveRequired(repl, "refresh_token", h.RefreshToken); err != nil {
+			return nil, "", err
+		}
+	}
+	h.poolKey = grantKey(cs, bootstrap)
+	return cs, bootstrap, nil
 }
 
 // configure checks the configuration and resolves it: the credential set

@@ -41,8 +41,8 @@ const clientCertRetry = time.Second
 //
 // A pair that fails to load (unreadable, mismatched because only one file
 // was replaced so far, malformed) never breaks handshakes: the previous
-// pair is kept, the error is kept for lastError, and the load is tried
-// again when a file changes or after clientCertRetry.
+// pair is kept, the error is kept (lastErr, which view shows), and the load
+// is tried again when a file changes or after clientCertRetry.
 //
 // Each change of state is logged once, to the logger of the pool entry
 // that owns the reloader (logTo): a failure at error level (again only
@@ -293,33 +293,15 @@ func (r *clientCertReloader) current() (*tls.Certificate, uint64) {
 	return r.cert, r.gen
 }
 
-// lastError is the error of the last reload attempt, nil if it succeeded.
-func (r *clientCertReloader) lastError() error {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.lastErr
-}
-
 // tlsConfig returns a client TLS configuration presenting the reloader's
-// certificate: TLS 1.2 at least, and as roots the system pool plus extraCAs
-// (none: the system pool alone). It sets no ClientSessionCache: a resumed
-// session would skip GetClientCertificate and keep the old identity.
-func (r *clientCertReloader) tlsConfig(extraCAs []*x509.Certificate) *tls.Config {
-	cfg := &tls.Config{
+// certificate, TLS 1.2 at least (the endpoint adds the roots of ca_file).
+// It sets no ClientSessionCache: a resumed session would skip
+// GetClientCertificate and keep the old identity.
+func (r *clientCertReloader) tlsConfig() *tls.Config {
+	return &tls.Config{
 		MinVersion:           tls.VersionTLS12,
 		GetClientCertificate: r.getClientCertificate,
 	}
-	if len(extraCAs) > 0 {
-		roots, err := x509.SystemCertPool()
-		if err != nil || roots == nil {
-			roots = x509.NewCertPool()
-		}
-		for _, c := range extraCAs {
-			roots.AddCert(c)
-		}
-		cfg.RootCAs = roots
-	}
-	return cfg
 }
 
 // certThumbprint is the RFC 8705 §3.1 thumbprint of a certificate: the

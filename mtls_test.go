@@ -143,6 +143,23 @@ func mtlsGet(t *testing.T, cfg *tls.Config, url string) (string, error) {
 	return string(b), err
 }
 
+// trusting adds roots to a client TLS configuration, as the endpoint does
+// with ca_file.
+func trusting(cfg *tls.Config, roots ...*x509.Certificate) *tls.Config {
+	cfg.RootCAs = x509.NewCertPool()
+	for _, c := range roots {
+		cfg.RootCAs.AddCert(c)
+	}
+	return cfg
+}
+
+// lastErrorOf is the error of r's last load attempt, nil after a success.
+func lastErrorOf(r *clientCertReloader) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lastErr
+}
+
 // replaceFile replaces path by a new file, as cert-manager or a secret
 // volume does (write, then rename).
 func replaceFile(t *testing.T, path string, data []byte) {
@@ -178,7 +195,7 @@ func TestClientCertReloaderRotation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := r.tlsConfig([]*x509.Certificate{root.cert})
+	cfg := trusting(r.tlsConfig(), root.cert)
 	if cfg.MinVersion != tls.VersionTLS12 || cfg.ClientSessionCache != nil {
 		t.Fatalf("MinVersion %x, ClientSessionCache %v", cfg.MinVersion, cfg.ClientSessionCache)
 	}
@@ -201,7 +218,7 @@ func TestClientCertReloaderRotation(t *testing.T) {
 	// The new certificate arrives before its key: the old pair stays.
 	replaceFile(t, certFile, append(pemOf("CERTIFICATE", certB.Raw), pemOf("CERTIFICATE", inter.cert.Raw)...))
 	expect("client-a", 1, 2)
-	if err := r.lastError(); err == nil || err.Error() != "mtls: client certificate "+certFile+" does not match client key "+keyFile {
+	if err := lastErrorOf(r); err == nil || err.Error() != "mtls: client certificate "+certFile+" does not match client key "+keyFile {
 		t.Fatalf("lastError %v", err)
 	}
 	expect("client-a", 1, 2) // the same broken pair is not read again at once
@@ -210,7 +227,7 @@ func TestClientCertReloaderRotation(t *testing.T) {
 	// its intermediate, which the server needs to verify it.
 	replaceFile(t, keyFile, pemOf("RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(k.rsa)))
 	expect("client-b", 2, 3)
-	if err := r.lastError(); err != nil {
+	if err := lastErrorOf(r); err != nil {
 		t.Fatalf("lastError %v after a good load", err)
 	}
 
@@ -234,7 +251,7 @@ func TestClientCertReloaderRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	expect("client-c-with-a-longer-name", 3, 4)
-	if err := r.lastError(); err == nil || !strings.HasPrefix(err.Error(), "mtls client key: "+keyFile) {
+	if err := lastErrorOf(r); err == nil || !strings.HasPrefix(err.Error(), "mtls client key: "+keyFile) {
 		t.Fatalf("lastError %v", err)
 	}
 }
@@ -294,14 +311,14 @@ func TestClientCertReloaderTLSConfig(t *testing.T) {
 	}
 
 	tls12 := newMTLSServer(t, root, root, tls.VersionTLS12)
-	if got, err := mtlsGet(t, r.tlsConfig([]*x509.Certificate{root.cert}), tls12.URL); err != nil || got != "good" {
+	if got, err := mtlsGet(t, trusting(r.tlsConfig(), root.cert), tls12.URL); err != nil || got != "good" {
 		t.Fatalf("TLS 1.2: %q, %v", got, err)
 	}
 
 	srv := newMTLSServer(t, root, root, 0)
-	cfg := r.tlsConfig(nil)
+	cfg := r.tlsConfig()
 	if cfg.RootCAs != nil {
-		t.Fatal("RootCAs set without extra CAs")
+		t.Fatal("RootCAs set: the endpoint adds those of ca_file")
 	}
 	_, err = mtlsGet(t, cfg, srv.URL)
 	var verr *tls.CertificateVerificationError
@@ -311,7 +328,7 @@ func TestClientCertReloaderTLSConfig(t *testing.T) {
 
 	// The server trusts only "other" for clients.
 	strict := newMTLSServer(t, root, other, 0)
-	if got, err := mtlsGet(t, r.tlsConfig([]*x509.Certificate{root.cert}), strict.URL); err == nil {
+	if got, err := mtlsGet(t, trusting(r.tlsConfig(), root.cert), strict.URL); err == nil {
 		t.Fatalf("a server that does not trust the client's CA answered %q", got)
 	}
 }

@@ -78,7 +78,7 @@ func (h *Handler) checkTokenParamPlaceholders() error {
 	}
 	for _, r := range h.Resources {
 		if err := checkLoadTime("resource", "", r); err != nil {
-			return err
+			return about(r, err)
 		}
 	}
 	if err := checkParamPlaceholders(h.Params); err != nil {
@@ -96,7 +96,7 @@ func checkParamPlaceholders(params map[string]string) error {
 	sort.Strings(names)
 	for _, name := range names {
 		if err := checkLoadTime("param", fmt.Sprintf("the value of %q", name), params[name]); err != nil {
-			return err
+			return about(name, err)
 		}
 	}
 	return nil

@@ -1,7 +1,5 @@
 package providers
 
-import "time"
-
 // Auth0, a tenant's domain (example.eu.auth0.com, or a custom domain).
 // Machine-to-machine tokens usually need an audience (the API's
 // identifier), and count against the tenant's quota.
@@ -15,6 +13,5 @@ func init() {
 		RevokeURLTemplate:    "https://{domain}/oauth/revoke",
 		RequestFormat:        FormatForm,
 		ClientAuth:           AuthBody,
-		RefreshBefore:        60 * time.Second,
 	})
 }

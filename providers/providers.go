@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"sort"
 	"strings"
-	"time"
 )
 
 // Request formats of a token request body.
@@ -16,6 +15,9 @@ const (
 	FormatJSON = "json" // application/json, as many providers' docs show
 	FormatAuto = "auto" // the preferred format first, the other one once on 400 invalid_request or 415
 )
+
+// Formats lists the request formats, as the docs give them.
+var Formats = []string{FormatJSON, FormatForm, FormatAuto}
 
 // Client authentication methods.
 const (
@@ -29,6 +31,10 @@ const (
 	AuthTLS           = "tls"  // mutual TLS with a client certificate (RFC 8705)
 	AuthNone          = "none" // client_id only: a public client
 )
+
+// ClientAuthMethods lists the client authentication methods, as the docs
+// give them.
+var ClientAuthMethods = []string{AuthBody, AuthBasic, AuthClientSecretJWT, AuthPrivateKeyJWT, AuthTLS, AuthNone}
 
 // Grants a preset may default to.
 const (
@@ -78,9 +84,6 @@ type Provider struct {
 	RequiresAudience bool
 	// OrgHeader is the upstream header set by the `org` shorthand, if any.
 	OrgHeader string
-	// RefreshBefore is how long before expiry the provider asks clients to
-	// replace a token; zero means the handler default.
-	RefreshBefore time.Duration
 
 	// Params are the preset's own settings; the templates below use them
 	// as {name}.
