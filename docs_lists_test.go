@@ -375,8 +375,8 @@ func TestDocsReferenceTables(t *testing.T) {
 	const where = referencePage
 	tables := map[directive][][]string{
 		onBoth:    tableAfter(t, docSection(t, where, "## The provider and the client"), "| Caddyfile |"),
-		onBearer:  tableAfter(t, docSection(t, where, "## oauth_bearer: the token and the upstream request"), "| Caddyfile |"),
-		onConsent: tableAfter(t, docSection(t, where, "## oauth_bearer_consent: the consent endpoints"), "| Caddyfile |"),
+		onBearer:  tableAfter(t, docSection(t, where, "## `oauth_bearer`: the token and the upstream request"), "| Caddyfile |"),
+		onConsent: tableAfter(t, docSection(t, where, "## `oauth_bearer_consent`: the consent endpoints"), "| Caddyfile |"),
 	}
 	rowFor := func(in directive, name string) []string {
 		for _, r := range tables[in] {
