@@ -8,6 +8,7 @@ package oauthbearer
 // caddyserver.com shows as the JSON reference.
 
 import (
+	"cmp"
 	"fmt"
 	"go/ast"
 	"go/parser"
@@ -289,7 +290,8 @@ func checkSyntax(t *testing.T, where, text string, in directive, strict bool) {
 }
 
 // The parsers' doc comments show each directive's syntax as the table
-// gives it; so does README.md's syntax summary (its comments are its own).
+// gives it; so does the reference's syntax summary (its comments are its
+// own).
 func TestDocsParserSyntax(t *testing.T) {
 	fset := gotoken.NewFileSet()
 	f, err := parser.ParseFile(fset, "caddyfile.go", nil, parser.ParseComments)
@@ -306,29 +308,34 @@ func TestDocsParserSyntax(t *testing.T) {
 		checkSyntax(t, "caddyfile.go, the doc comment of "+recv+".UnmarshalCaddyfile", fn.Doc.Text(), in, true)
 	}
 
-	readme := readmeSection(t, "## Caddyfile")
-	block, _, _ := strings.Cut(readme[strings.Index(readme, "```caddyfile"):], "```\n\n")
-	checkSyntax(t, "README.md, the syntax summary", block, onBearer, false)
-	checkSyntax(t, "README.md, the syntax summary", block, onConsent, false)
+	sec := docSection(t, referencePage, "## Syntax")
+	block, _, _ := strings.Cut(sec[strings.Index(sec, "```caddyfile"):], "```\n\n")
+	checkSyntax(t, referencePage+", the syntax summary", block, onBearer, false)
+	checkSyntax(t, referencePage+", the syntax summary", block, onConsent, false)
 }
 
-// readmeSection returns README.md from the heading to the next heading of
-// its level.
-func readmeSection(t *testing.T, heading string) string {
+// referencePage is the page of the Caddyfile and JSON reference.
+const referencePage = "docs/caddyfile.md"
+
+// docSection returns a page of the docs from the heading to the next
+// heading of its level or above.
+func docSection(t *testing.T, file, heading string) string {
 	t.Helper()
-	b, err := os.ReadFile("README.md")
+	b, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := string(b)
 	i := strings.Index(s, "\n"+heading+"\n")
 	if i < 0 {
-		t.Fatalf("README.md has no %q", heading)
+		t.Fatalf("%s has no %q", file, heading)
 	}
 	s = s[i+1:]
-	level := heading[:strings.Index(heading, " ")+1]
-	if j := strings.Index(s[len(heading):], "\n"+level); j >= 0 {
-		s = s[:len(heading)+j+1]
+	level := strings.Index(heading, " ")
+	for _, l := range regexp.MustCompile(`(?m)^#{1,6} `).FindAllStringIndex(s[len(heading):], -1) {
+		if l[1]-l[0]-1 <= level {
+			return s[:len(heading)+l[0]]
+		}
 	}
 	return s
 }
@@ -339,7 +346,7 @@ func tableAfter(t *testing.T, text, marker string) [][]string {
 	t.Helper()
 	i := strings.Index(text, marker)
 	if i < 0 {
-		t.Fatalf("README.md has no %q", marker)
+		t.Fatalf("no %q in:\n%s", marker, text)
 	}
 	var rows [][]string
 	started := false
@@ -360,17 +367,16 @@ func tableAfter(t *testing.T, text, marker string) [][]string {
 	return rows
 }
 
-// README.md's reference tables have a row for every subdirective, naming
-// its JSON field, its values and the grants that accept it; the provider's
-// row names every preset, and the preset settings' row every setting; the
-// presets table has a row for each preset, and the client authentication
-// table one for each client_auth value.
-func TestDocsREADMETables(t *testing.T) {
-	sec := readmeSection(t, "## Caddyfile")
+// The reference's tables have a row for every subdirective, naming its
+// JSON field, its values and the grants that accept it; the provider's row
+// names every preset, and the preset settings' row every setting; the
+// client authentication table has a row for each client_auth value.
+func TestDocsReferenceTables(t *testing.T) {
+	const where = referencePage
 	tables := map[directive][][]string{
-		onBoth:    tableAfter(t, sec, "**The provider and the client**"),
-		onBearer:  tableAfter(t, sec, "**`oauth_bearer`: the token and the upstream request.**"),
-		onConsent: tableAfter(t, sec, "**`oauth_bearer_consent`: the consent endpoints.**"),
+		onBoth:    tableAfter(t, docSection(t, where, "## The provider and the client"), "| Caddyfile |"),
+		onBearer:  tableAfter(t, docSection(t, where, "## `oauth_bearer`: the token and the upstream request"), "| Caddyfile |"),
+		onConsent: tableAfter(t, docSection(t, where, "## `oauth_bearer_consent`: the consent endpoints"), "| Caddyfile |"),
 	}
 	rowFor := func(in directive, name string) []string {
 		for _, r := range tables[in] {
@@ -383,7 +389,7 @@ func TestDocsREADMETables(t *testing.T) {
 	for _, s := range subdirectives {
 		r := rowFor(s.in, s.name)
 		if r == nil {
-			t.Errorf("README.md: the %s table has no row for %s", s.in, s.name)
+			t.Errorf("%s: the %s table has no row for %s", where, s.in, s.name)
 			continue
 		}
 		switch json := strings.TrimSpace(r[1]); {
@@ -391,55 +397,186 @@ func TestDocsREADMETables(t *testing.T) {
 		case s.field == s.name && json == "same":
 		case s.field != "" && strings.Contains(json, "`"+s.field+"`"):
 		default:
-			t.Errorf("README.md: the %s row of the %s table gives JSON field %q, not `%s`", s.name, s.in, json, s.field)
+			t.Errorf("%s: the %s row of the %s table gives JSON field %q, not `%s`", where, s.name, s.in, json, s.field)
 		}
 		line := strings.Join(r, "|")
 		if m := missing(line, s.values); len(m) > 0 {
-			t.Errorf("README.md: the %s row of the %s table does not name the values %s", s.name, s.in, strings.Join(m, ", "))
+			t.Errorf("%s: the %s row of the %s table does not name the values %s", where, s.name, s.in, strings.Join(m, ", "))
 		}
 		if m := missing(line, s.grants); len(m) > 0 {
-			t.Errorf("README.md: the %s row of the %s table does not name the grants %s, which accept it", s.name, s.in, strings.Join(m, ", "))
+			t.Errorf("%s: the %s row of the %s table does not name the grants %s, which accept it", where, s.name, s.in, strings.Join(m, ", "))
 		}
 	}
 	if r := rowFor(onBoth, "oauth_bearer <provider>"); r == nil {
-		t.Errorf("README.md: no provider row")
+		t.Errorf("%s: no provider row", where)
 	} else if m := missing(strings.Join(r, "|"), providers.Names()); len(m) > 0 {
-		t.Errorf("README.md: the provider row does not name the presets %s", strings.Join(m, ", "))
+		t.Errorf("%s: the provider row does not name the presets %s", where, strings.Join(m, ", "))
 	}
 	if r := rowFor(onBoth, presetSettings()[0]); r == nil || !strings.Contains(r[1], "`provider_params`") {
-		t.Errorf("README.md: no row for the preset settings (provider_params)")
+		t.Errorf("%s: no row for the preset settings (provider_params)", where)
 	} else if m := missing(r[0], presetSettings()); len(m) > 0 {
-		t.Errorf("README.md: the preset settings' row does not name %s", strings.Join(m, ", "))
+		t.Errorf("%s: the preset settings' row does not name %s", where, strings.Join(m, ", "))
 	}
 
 	// "Subdirectives other than `resource`, `param` and `header` may be
 	// given once".
+	sec := docSection(t, where, "## Rules")
 	i := strings.Index(sec, "Subdirectives other than")
 	if i < 0 {
-		t.Fatal("README.md does not say which subdirectives may be repeated")
+		t.Fatalf("%s does not say which subdirectives may be repeated", where)
 	}
 	once, _, _ := strings.Cut(sec[i:], " may be given once")
 	for _, s := range subdirectives {
 		if s.repeat != strings.Contains(once, "`"+s.name+"`") {
-			t.Errorf("README.md: %q, but %s is repeatable: %v", once, s.name, s.repeat)
+			t.Errorf("%s: %q, but %s is repeatable: %v", where, once, s.name, s.repeat)
 		}
 	}
 
-	var presets []string
-	for _, r := range tableAfter(t, readmeSection(t, "## Presets"), "| Preset |") {
-		name, _, _ := strings.Cut(strings.TrimPrefix(strings.TrimSpace(r[0]), "`"), "`")
-		presets = append(presets, name)
-	}
-	slices.Sort(presets)
-	if !slices.Equal(presets, providers.Names()) {
-		t.Errorf("README.md: the presets table lists %v; the presets are %v", presets, providers.Names())
-	}
-
 	var methods []string
-	for _, r := range tableAfter(t, readmeSection(t, "## Client authentication without shared secrets"), "| `client_auth` |") {
+	for _, r := range tableAfter(t, docSection(t, "docs/client-auth.md", "## Client authentication without shared secrets"), "| `client_auth` |") {
 		methods = append(methods, r[0])
 	}
 	if m := missing(strings.Join(methods, " "), providers.ClientAuthMethods); len(m) > 0 {
-		t.Errorf("README.md: the client authentication table has no row for %s", strings.Join(m, ", "))
+		t.Errorf("docs/client-auth.md: the client authentication table has no row for %s", strings.Join(m, ", "))
 	}
+}
+
+// The presets page's tables are generated from providers/: a preset added
+// there is in the docs once this test has run with -update, and the test
+// fails (printing the tables) until then.
+func TestDocsPresetTable(t *testing.T) {
+	const file = "docs/presets.md"
+	const begin, end = "<!-- The tables below are generated from providers/ by TestDocsPresetTable", "<!-- end of the generated tables -->"
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(b)
+	i, j := strings.Index(s, begin), strings.Index(s, end)
+	if i < 0 || j < i {
+		t.Fatalf("%s: no %q ... %q around the generated tables", file, begin, end)
+	}
+	i += strings.Index(s[i:], "-->\n") + len("-->\n")
+	want := "\n" + presetTables() + "\n"
+	if s[i:j] == want {
+		return
+	}
+	if *update {
+		if err := os.WriteFile(file, []byte(s[:i]+want+s[j:]), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("%s: the generated tables are rewritten", file)
+		return
+	}
+	t.Errorf("%s: the presets' tables are not what providers/ gives (go test -run TestDocsPresetTable -update . rewrites them); they should read:\n%s", file, want)
+}
+
+// The README's introduction of oauth_bearer names every preset.
+func TestDocsREADMENamesThePresets(t *testing.T) {
+	sec := docSection(t, "README.md", "### `oauth_bearer`: put a token on the request")
+	var names []string
+	for _, n := range providers.Names() {
+		if n != providers.Generic {
+			names = append(names, "`"+n+"`")
+		}
+	}
+	if m := missing(sec, names); len(m) > 0 {
+		t.Errorf("README.md, the introduction of oauth_bearer, does not name the presets %s", strings.Join(m, ", "))
+	}
+}
+
+// presetTables renders the presets and their settings as Markdown tables.
+func presetTables() string {
+	code := func(s string) string { return "`" + s + "`" }
+	// A template's {setting} reads <setting> in the docs.
+	tmpl := func(s string) string { return code(regexp.MustCompile(`\{([a-z_]+)\}`).ReplaceAllString(s, "<$1>")) }
+	var b strings.Builder
+	b.WriteString("| Preset | Token URL | Format | Client auth | Also |\n|---|---|---|---|---|\n")
+	var settings []string
+	for _, n := range providers.Names() {
+		p, _ := providers.Lookup(n)
+		name := fmt.Sprintf("`%s` (%s)", n, p.Title)
+		if n == providers.Generic {
+			name = fmt.Sprintf("`%s` (%s; the default)", n, p.Title)
+		}
+
+		var tokenURL string
+		switch envs := p.EnvironmentNames(); {
+		case p.TokenURLTemplate != "":
+			var req []string
+			for _, pp := range p.Params {
+				if strings.Contains(p.TokenURLTemplate, "{"+pp.Name+"}") {
+					if pp.Required {
+						req = append(req, code(pp.Name)+" required")
+					} else {
+						req = append(req, code(pp.Name)+" default "+code(pp.Default))
+					}
+				}
+			}
+			tokenURL = tmpl(p.TokenURLTemplate) + " (" + strings.Join(req, "; ") + ")"
+		case len(envs) == 1:
+			tokenURL = code(p.Environments[envs[0]])
+		case len(envs) > 1:
+			var lines []string
+			for _, e := range envs {
+				l := code(e)
+				if e == p.DefaultEnvironment {
+					l += " (default)"
+				}
+				lines = append(lines, l+": "+code(p.Environments[e]))
+			}
+			tokenURL = strings.Join(lines, "<br>")
+		default:
+			tokenURL = "none: `token_url` (or `issuer`) is required"
+		}
+
+		format := code(p.RequestFormat)
+		if p.RequestFormat == providers.FormatAuto {
+			format += ": " + code(p.PreferredFormat) + " first, then the other once"
+		}
+
+		var also []string
+		if u := cmp.Or(p.AuthorizeURL, p.AuthorizeURLTemplate); u != "" {
+			also = append(also, "authorize URL "+tmpl(u))
+		}
+		if p.RefreshURL != "" {
+			r := "refresh URL " + tmpl(p.RefreshURL)
+			if p.RefreshBearer {
+				r += ", with the refresh token as a bearer credential"
+			}
+			also = append(also, r)
+		}
+		if u := cmp.Or(p.RevokeURL, p.RevokeURLTemplate); u != "" {
+			also = append(also, "revoke URL "+tmpl(u))
+		}
+		if p.ScopeSeparator != " " {
+			also = append(also, "scopes joined with "+code(p.ScopeSeparator)+" in the authorize URL")
+		}
+		if p.Grant != "" {
+			also = append(also, "grant "+code(p.Grant)+" by default")
+		}
+		if p.Audience != "" {
+			a := "`audience` defaults to " + code(p.Audience)
+			if p.RequiresAudience {
+				a += " and is required"
+			}
+			also = append(also, a)
+		}
+		if p.OrgHeader != "" {
+			also = append(also, "`org <id>` sets "+code(p.OrgHeader))
+		}
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", name, tokenURL, format, code(p.ClientAuth), strings.Join(also, "; "))
+
+		for _, pp := range p.Params {
+			def := "required"
+			if !pp.Required {
+				def = code(pp.Default)
+			}
+			settings = append(settings, fmt.Sprintf("| %s | %s | %s | %s |", code(pp.Name), code(n), def, pp.Doc))
+		}
+	}
+	b.WriteString("\nThe presets' own settings, each a subdirective of its name (JSON: `provider_params`):\n\n")
+	b.WriteString("| Setting | Preset | Default | Meaning |\n|---|---|---|---|\n")
+	b.WriteString(strings.Join(settings, "\n") + "\n")
+	return b.String()
 }

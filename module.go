@@ -600,7 +600,8 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, err error) erro
 	return nil
 }
 
-// troubleshootingURL is where the README's troubleshooting table is.
+// troubleshootingURL is README.md's Troubleshooting section, which leads to
+// the table (docs/troubleshooting.md); TestDocsLinks checks the heading.
 const troubleshootingURL = "https://github.com/oauthbearer/caddy-oauth-bearer#troubleshooting"
 
 // refusal is the status, the Retry-After in seconds (0: none) and the

@@ -80,7 +80,7 @@ func connectAccounts(t *testing.T, refused string, accounts ...string) *grantSet
 	return g
 }
 
-// The screenshot of the accounts page in the README is made here:
+// The screenshot of the accounts page in the docs (docs/consent.md) is made here:
 //
 //	OAB_DOCS_SCREENSHOT=$PWD/docs/accounts-page.png go test -run TestBrowserAccountsPageForTheDocs .
 func TestBrowserAccountsPageForTheDocs(t *testing.T) {

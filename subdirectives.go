@@ -23,8 +23,9 @@ import (
 //   - the rules that hold for JSON and Caddyfile alike (checkTable, run by
 //     the handlers' check methods): an enumeration's values, and the
 //     grants that accept a field;
-//   - the docs tests (docs_lists_test.go): the parsers' doc comments, README.md
-//     and the JSON fields' doc comments list what the table lists.
+//   - the docs tests (docs_lists_test.go): the parsers' doc comments, the
+//     reference (docs/caddyfile.md) and the JSON fields' doc comments list
+//     what the table lists.
 //
 // A preset's own settings (entra's tenant, okta's domain...) are not rows:
 // they come from providers/, and are parsed into provider_params.
@@ -44,8 +45,8 @@ import (
 // grants of oauth_bearer that accept it. Then the tests say what else to
 // write: the line in the parser's doc comment (caddyfile.go;
 // TestDocsParserSyntax prints the lines as the table gives them), the
-// syntax summary's line and a row in README.md's reference table
-// (TestDocsREADMETables), the field's doc comment naming its values and
+// syntax summary's line and a row in the reference's tables
+// (docs/caddyfile.md; TestDocsReferenceTables), the field's doc comment naming its values and
 // grants (TestDocsJSONFieldComments), and whether the field decides which
 // token is shared (TestConfigSharingKeyCoversEveryField: a case that
 // changes it, or the reason it does not matter). TestCaddyfileTableRows
