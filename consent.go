@@ -319,7 +319,7 @@ func (h *ConsentHandler) connect(w http.ResponseWriter, r *http.Request) error {
 		return nil
 	}
 	plain, _ := json.Marshal(st)
-	http.SetCookie(w, h.stateCookie(st.State, base64.RawURLEncoding.EncodeToString(h.grant.store.seal("state", plain)), int(stateLifetime/time.Second)))
+	http.SetCookie(w, h.stateCookie(st.State, base64.RawURLEncoding.EncodeToString(h.grant.sealState(plain)), int(stateLifetime/time.Second)))
 	sep := "?"
 	if strings.Contains(authorizeURL, "?") {
 		sep = "&"
@@ -335,14 +335,14 @@ func (h *ConsentHandler) authorizeEndpoint(ctx context.Context) (string, error) 
 	if h.authorizeURL != "" {
 		return h.authorizeURL, nil
 	}
-	d, err := h.grant.ep.discover(ctx)
+	u, err := h.grant.discoveredAuthorizeEndpoint(ctx)
 	if err != nil {
 		return "", err
 	}
-	if d == nil || d.AuthorizationEndpoint == "" {
+	if u == "" {
 		return "", fmt.Errorf("the issuer's metadata names no authorization_endpoint")
 	}
-	return d.AuthorizationEndpoint, nil
+	return u, nil
 }
 
 // formActionOf is the origin the pages' forms may be sent on to (the
@@ -404,7 +404,7 @@ func (h *ConsentHandler) callback(w http.ResponseWriter, r *http.Request) error 
 	sealed, err := base64.RawURLEncoding.DecodeString(c.Value)
 	if err == nil {
 		var plain []byte
-		if plain, err = h.grant.store.open("state", sealed); err == nil {
+		if plain, err = h.grant.openState(sealed); err == nil {
 			err = json.Unmarshal(plain, &st)
 		}
 	}
@@ -415,7 +415,7 @@ func (h *ConsentHandler) callback(w http.ResponseWriter, r *http.Request) error 
 		return fail(http.StatusBadRequest, "The sign-in cannot be verified: the state does not match."+startAgain)
 	case h.grant.now().After(st.Expires):
 		return fail(http.StatusBadRequest, "The sign-in took too long and expired."+startAgain)
-	case !h.grant.useState(st.State, st.Expires):
+	case !h.grant.consent.useState(st.State, st.Expires):
 		return fail(http.StatusBadRequest, "This sign-in was already completed; a callback is used once."+startAgain)
 	}
 	if e := q.Get("error"); e != "" {
@@ -429,7 +429,7 @@ func (h *ConsentHandler) callback(w http.ResponseWriter, r *http.Request) error 
 	if code == "" {
 		return fail(http.StatusBadRequest, "The provider sent no authorization code.")
 	}
-	tok, err := h.grant.ep.exchangeCode(r.Context(), code, st.Verifier, h.paths.redirect)
+	tok, err := h.grant.exchangeCode(r.Context(), code, st.Verifier, h.paths.redirect)
 	if err != nil {
 		te, _ := err.(*TokenError)
 		code := "error"
@@ -446,7 +446,7 @@ func (h *ConsentHandler) callback(w http.ResponseWriter, r *http.Request) error 
 		h.logger.Warn("the provider returned no refresh token: consent will be needed again when the access token expires",
 			zap.String("provider", provider), zap.String("account", st.Account))
 	}
-	if err := h.grant.connect(r.Context(), st.Account, tok); err != nil {
+	if err := h.grant.consent.connect(r.Context(), st.Account, tok); err != nil {
 		h.logger.Error("storing the grant failed", zap.String("provider", provider), zap.String("account", st.Account), zap.Error(err))
 		h.page(w, http.StatusInternalServerError, pageData{Title: "Not connected", Message: "The grant could not be stored; see the server log."})
 		return nil
@@ -493,7 +493,7 @@ func (h *ConsentHandler) disconnect(w http.ResponseWriter, r *http.Request) erro
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return nil
 	}
-	revoked, err := h.grant.disconnect(r.Context(), account)
+	revoked, err := h.grant.consent.disconnect(r.Context(), account)
 	if err != nil {
 		h.logger.Error("disconnect failed", zap.String("account", account), zap.Error(err))
 		http.Error(w, "oauth_bearer: the grant could not be deleted; see the server log", http.StatusInternalServerError)

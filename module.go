@@ -490,7 +490,7 @@ func (h *Handler) sourceFor(r *http.Request) (*tokenSource, error) {
 			return nil, accountError{err}
 		}
 	}
-	return h.grant.source(account), nil
+	return h.grant.sourceFor(account)
 }
 
 // accountError is a request that names no valid account.
@@ -567,18 +567,23 @@ func (h *Handler) refuse(w http.ResponseWriter, r *http.Request, err error) erro
 		return nil
 	}
 	metrics.failedRequests.WithLabelValues(h.provider, resultClass(err)).Inc()
-	var te *TokenError
-	if errors.As(err, &te) && te.Code == codeConsentRequired {
+	var ce *ConsentError
+	if errors.As(err, &ce) {
 		where := "an administrator must connect it (no oauth_bearer_consent handler with these credentials is loaded)"
-		if te.connect != "" {
-			where = "connect it at " + te.connect
+		if ce.Connect != "" {
+			where = "connect it at " + ce.Connect
 		}
 		w.WriteHeader(http.StatusServiceUnavailable)
-		fmt.Fprintf(w, "oauth_bearer: %s account %q needs consent (%s): %s; the request was not forwarded\n", h.provider, te.account, codeConsentRequired, where)
+		fmt.Fprintf(w, "oauth_bearer: %s account %q needs consent (%s): %s; the request was not forwarded\n", h.provider, ce.Account, codeConsentRequired, where)
 		return nil
 	}
+	var te *TokenError
+	var se *StorageError
 	code, status, retryIn := "token_unavailable", http.StatusBadGateway, ""
-	if te != nil {
+	if errors.As(err, &se) {
+		code = "storage_error"
+	}
+	if errors.As(err, &te) {
 		code = te.Code
 		if te.RetryAfter > 0 {
 			secs := int64((min(te.RetryAfter, maxRetryAfter) + time.Second - 1) / time.Second)
