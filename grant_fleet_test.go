@@ -414,6 +414,11 @@ func TestIdleGrantRefreshBacksOffAndHonoursRetryAfter(t *testing.T) {
 	}
 	if s.as.Redemptions.Load() != 1 {
 		t.Errorf("%d redemptions after the provider came back, want 1", s.as.Redemptions.Load())
+		for _, l := range strings.Split(s.c.logs(), "\n") {
+			if strings.Contains(l, "oauth_bearer") && !strings.Contains(l, "\"debug\"") {
+				t.Log(l)
+			}
+		}
 	}
 }
 
@@ -429,15 +434,16 @@ func TestSlowIdleRefreshesDoNotDelayADisconnect(t *testing.T) {
 	// Six more accounts, connected elsewhere, whose access tokens are due.
 	other := grantOn(t, gasCredentialSet(t, s.as, true), &certmagic.FileStorage{Path: root})
 	for i := range 6 {
-		seedAccount(t, other, s.as, fmt.Sprintf("slow%d", i), time.Now().Add(-time.Hour+20*time.Second))
+		seedAccount(t, other, s.as, fmt.Sprintf("slow%d", i), time.Now().Add(-time.Hour+time.Minute))
 	}
 	s.as.setDelay(time.Minute) // every token request times out (timeout 20s)
 	b := startChildCaddy(t, storage, gasInjectorSite(s.injector(slow), s.api.hostport()))
 	if status, body := gasGet(t, b.url("/api/v"), "victim"); status != 200 {
 		t.Fatalf("victim through B: %d %q", status, body)
 	}
-	// Let B's loop start on the slow accounts.
-	deadline := time.Now().Add(20 * time.Second)
+	// Let the refreshes of the slow accounts start (each instance looks
+	// after its share, at a random point of the minute they have left).
+	deadline := time.Now().Add(time.Minute)
 	for s.as.RefreshAttempts.Load() < 2 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond) // poll the provider's counter
 	}
@@ -887,7 +893,7 @@ func TestAdminSourcesDoesNotReadEveryGrant(t *testing.T) {
 	c := startCaddyOpts(t, &testCaddy{addr: addr, admin: freeAddr(t),
 		storage: fmt.Sprintf("oab_flaky {\n\t\troot %s\n\t\tname %s\n\t}", root, t.Name())}, conf)
 	var gs map[string]any
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(40 * time.Second) // its first list of the stored grants comes after two heartbeats
 	for {
 		sources, _ := adminSources(t, c)
 		gs = findSource(t, sources, "grant")

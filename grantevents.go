@@ -93,7 +93,8 @@ func (l *grantEventLog) watch(ctx context.Context) {
 	}
 	storage := storageName(g.env.storage())
 	l.mu.Lock()
-	seen, switched := l.seen, l.watched != storage
+	seen, first := l.seen, l.watched == ""
+	switched := !first && l.watched != storage
 	l.seen, l.watched = log.Seq, storage
 	l.mu.Unlock()
 	if log.Seq == seen && !switched {

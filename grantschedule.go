@@ -33,9 +33,10 @@ import (
 //
 // Each account looked after here is refreshed at a random point of its
 // refresh window (the window a source refreshes in), or, when that window
-// has passed (the fleet was down), at a random point within a window's
-// length from now, so that a fleet coming back does not redeem every grant
-// at once. A failure backs off per account (exponential with full jitter,
+// has passed (the fleet was down), at a random point of what is left of
+// its token, or when the token has expired of half the time between two
+// refreshes, so that a fleet coming back does not redeem every grant at
+// once. A failure backs off per account (exponential with full jitter,
 // a provider's Retry-After honoured), and is logged once per change of
 // state, not per try. Refreshes run in up to refreshWorkers goroutines,
 // off the grant's loop.
@@ -187,6 +188,8 @@ func (s *grantSchedule) learned(account string, rec *grantRecord) {
 		e = &dueEntry{account: account, idx: -1}
 		s.entries[account] = e
 	}
+	// A failing account keeps its backoff until its grant changes.
+	backingOff := e.failures > 0 && !rec.Expiry.After(e.expiry) && !rec.NeedsConsent
 	e.obtained, e.expiry = rec.Obtained, rec.Expiry
 	switch {
 	case rec.NeedsConsent:
@@ -199,7 +202,7 @@ func (s *grantSchedule) learned(account string, rec *grantRecord) {
 	if e.expiry.IsZero() {
 		e.obtained = time.Time{}
 	}
-	if !e.busy {
+	if !backingOff && !e.busy {
 		s.planLocked(e)
 	}
 }
@@ -263,11 +266,18 @@ func (s *grantSchedule) planLocked(e *dueEntry) {
 		}
 	}
 	if at.Before(now) {
-		// Overdue (the fleet was down, or the entry is new here):
-		// spread over a window's length from now.
+		// Overdue: the fleet was down, or the account is new here. A token
+		// still valid is refreshed at a random point of what is left of
+		// it; an expired one within half the time a token lives between
+		// two refreshes, so that a fleet coming back after a long pause
+		// does not redeem every grant at once.
+		span := e.expiry.Sub(now)
+		if span <= 0 {
+			span = max(w, (e.expiry.Sub(e.obtained)-w)/2)
+		}
 		at = now
-		if w > 0 {
-			at = now.Add(rand.N(w))
+		if span > 0 {
+			at = now.Add(rand.N(span))
 		}
 	}
 	s.pushLocked(e, at)
