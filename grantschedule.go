@@ -33,10 +33,9 @@ import (
 //
 // Each account looked after here is refreshed at a random point of its
 // refresh window (the window a source refreshes in), or, when that window
-// has passed (the fleet was down), at a random point of what is left of
-// its token, or when the token has expired of half the time between two
-// refreshes, so that a fleet coming back does not redeem every grant at
-// once. A failure backs off per account (exponential with full jitter,
+// has passed (the fleet was down or starting), at a random point of the
+// next half of the time between two refreshes, so that a fleet coming back
+// does not redeem every grant at once. A failure backs off per account (exponential with full jitter,
 // a provider's Retry-After honoured), and is logged once per change of
 // state, not per try. Refreshes run in up to refreshWorkers goroutines,
 // off the grant's loop.
@@ -53,7 +52,7 @@ const (
 	// (between, connects are learnt from the event log).
 	rescanInterval = 10 * time.Minute
 	// refreshWorkers bounds the background refreshes in flight.
-	refreshWorkers = 4
+	refreshWorkers = 16
 )
 
 // memberRecord is an instance's heartbeat.
@@ -266,15 +265,15 @@ func (s *grantSchedule) planLocked(e *dueEntry) {
 		}
 	}
 	if at.Before(now) {
-		// Overdue: the fleet was down, or the account is new here. A token
-		// still valid is refreshed at a random point of what is left of
-		// it; an expired one within half the time a token lives between
-		// two refreshes, so that a fleet coming back after a long pause
-		// does not redeem every grant at once.
-		span := e.expiry.Sub(now)
-		if span <= 0 {
-			span = max(w, (e.expiry.Sub(e.obtained)-w)/2)
-		}
+		// Overdue: the fleet was down or starting, the instance that
+		// looked after it left, or the account is new here. It is
+		// refreshed at a random point of the next half of the time
+		// between two refreshes (at least a window), so that the
+		// accounts that fell due meanwhile do not come in a herd, now or
+		// at their next refreshes. An idle grant may be left with an
+		// expired access token for that long; its refresh token is what
+		// matters.
+		span := max(w, (e.expiry.Sub(e.obtained)-w)/2)
 		at = now
 		if span > 0 {
 			at = now.Add(rand.N(span))

@@ -74,9 +74,11 @@ type grantAS struct {
 	RevokeEarlierAccess bool
 	RevocationEndsUser  bool
 
-	// Counters: successful redemptions (refreshes), every refresh request,
-	// invalid_grant answers, successful code exchanges, revocation calls.
-	Redemptions, RefreshAttempts, InvalidGrants, CodeExchanges, Revocations atomic.Int64
+	// Counters: successful redemptions (refreshes), every refresh request
+	// answered, invalid_grant answers, successful code exchanges,
+	// revocation calls; Arrivals counts every token request as it
+	// arrives, before the delay (one in flight is counted).
+	Redemptions, RefreshAttempts, InvalidGrants, CodeExchanges, Revocations, Arrivals atomic.Int64
 
 	delay   atomic.Int64 // ns every token answer waits
 	refusal atomic.Pointer[gasRefusal]
@@ -336,6 +338,7 @@ func gasParams(r *http.Request) (map[string]string, string, string) {
 }
 
 func (as *grantAS) serveToken(w http.ResponseWriter, r *http.Request) {
+	as.Arrivals.Add(1)
 	if !as.wait(r) {
 		return
 	}
