@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
 	"net/http/cookiejar"
 	"path/filepath"
@@ -982,5 +983,40 @@ func TestRotatedRefreshTokenKeptWhenTheAnswerIsRejected(t *testing.T) {
 				t.Errorf("%d invalid_grant: the rotated refresh token was thrown away", n)
 			}
 		})
+	}
+}
+
+// ---- the list of stored grants ----
+
+// vanishingListStorage is a file_system storage whose first List fails
+// the way certmagic's does when a file vanishes during the walk (a record
+// being replaced through a temporary file): with what it found so far and
+// an error that reads as "does not exist".
+type vanishingListStorage struct {
+	*certmagic.FileStorage
+	failed atomic.Bool
+}
+
+func (s *vanishingListStorage) List(ctx context.Context, prefix string, recursive bool) ([]string, error) {
+	keys, err := s.FileStorage.List(ctx, prefix, recursive)
+	if err == nil && len(keys) > 1 && !s.failed.Swap(true) {
+		return keys[:len(keys)/2], fmt.Errorf("lstat %s.tmp: %w", prefix, fs.ErrNotExist)
+	}
+	return keys, err
+}
+
+// A listing cut short by a file that vanished is not taken for the whole
+// list (the schedule would forget the accounts missing from it, and no
+// instance would refresh them): it is tried again.
+func TestStoredAccountsAreNeverAPartialListing(t *testing.T) {
+	as := newGrantAS(t, "")
+	st := &vanishingListStorage{FileStorage: &certmagic.FileStorage{Path: t.TempDir()}}
+	g := grantOn(t, gasCredentialSet(t, as, false), st)
+	for i := range 10 {
+		seedAccount(t, g, as, fmt.Sprintf("acct%d", i), time.Now())
+	}
+	accounts, err := g.storedAccounts(context.Background())
+	if err != nil || len(accounts) != 10 || !st.failed.Load() {
+		t.Errorf("stored accounts: %d (%v), want all 10 despite a listing cut short (it was cut: %v)", len(accounts), err, st.failed.Load())
 	}
 }

@@ -198,6 +198,10 @@ type processCounts struct {
 	Owned    int              `json:"owned"`   // accounts this process looks after
 	Members  int              `json:"members"` // live instances it sees
 	Accounts int              `json:"accounts"`
+	Self     string           `json:"self"`
+	Live     []string         `json:"live"`
+	Scanning bool             `json:"scanning"`
+	NeedScan bool             `json:"need_scan"`
 }
 
 type storageCountsHandler struct{}
@@ -217,6 +221,7 @@ func (storageCountsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ 
 			s.mu.Lock()
 			c.Owned += len(s.entries)
 			c.Members = len(s.members)
+			c.Self, c.Live, c.Scanning, c.NeedScan = s.self, slices.Clone(s.members), s.scanning, s.needScan
 			s.mu.Unlock()
 			c.Accounts, _, _ = s.counts()
 		}
@@ -356,6 +361,9 @@ func (f *grantFleet) settleMembers() {
 			return
 		}
 		if time.Now().After(deadline) {
+			for _, c := range f.counts() {
+				f.tb.Logf("process %s: owns %d, sees %v, scanning %v, scan pending %v", c.Self, c.Owned, c.Live, c.Scanning, c.NeedScan)
+			}
 			f.tb.Fatalf("after 3 minutes the processes look after %d of %d accounts (members agree: %v)", owned, len(f.accounts), members)
 		}
 		time.Sleep(time.Second) // poll the processes

@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 )
 
@@ -461,10 +462,8 @@ func (s *grantSchedule) heartbeat(ctx context.Context) {
 		g.env.logger().Debug("writing the instance's heartbeat failed", zap.String("provider", g.cfg.Provider), zap.Error(err))
 		return
 	}
-	lctx, cancel := context.WithTimeout(ctx, storageTimeout)
-	keys, err := st.List(lctx, dir, false)
-	cancel()
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+	keys, err := listKeys(ctx, st, dir)
+	if err != nil {
 		g.env.logger().Debug("listing the fleet's heartbeats failed", zap.String("provider", g.cfg.Provider), zap.Error(err))
 		return
 	}
@@ -547,9 +546,7 @@ func (s *grantSchedule) scan(ctx context.Context) {
 		s.scanning = false
 		s.mu.Unlock()
 	}()
-	lctx, cancel := context.WithTimeout(ctx, storageTimeout)
-	accounts, err := g.storedAccounts(lctx)
-	cancel()
+	accounts, err := g.storedAccounts(ctx)
 	if err != nil {
 		s.mu.Lock()
 		s.needScan = true
@@ -627,8 +624,8 @@ func (g *grant) storedAccounts(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	keys, err := storage.List(ctx, "oauth_bearer/grants/"+g.id, false)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+	keys, err := listKeys(ctx, storage, "oauth_bearer/grants/"+g.id)
+	if err != nil {
 		return nil, err
 	}
 	var accounts []string
@@ -639,4 +636,29 @@ func (g *grant) storedAccounts(ctx context.Context) ([]string, error) {
 	}
 	sort.Strings(accounts)
 	return accounts, nil
+}
+
+// listKeys lists the keys under dir, each try bounded by storageTimeout. A
+// listing is only used whole: file_system walks the directory and fails,
+// with what it found so far, when a file vanishes under it (a record being
+// replaced through a temporary file), which looks like a missing
+// directory; such a listing is tried again, and after three failures is
+// an error. A directory that does not exist has no keys.
+func listKeys(ctx context.Context, st certmagic.Storage, dir string) ([]string, error) {
+	var err error
+	for range 3 {
+		lctx, cancel := context.WithTimeout(ctx, storageTimeout)
+		var keys []string
+		keys, err = st.List(lctx, dir, false)
+		cancel()
+		switch {
+		case err == nil:
+			return keys, nil
+		case errors.Is(err, fs.ErrNotExist) && len(keys) == 0 && !st.Exists(ctx, dir):
+			return nil, nil
+		case ctx.Err() != nil:
+			return nil, ctx.Err()
+		}
+	}
+	return nil, err
 }
