@@ -601,11 +601,7 @@ func BenchmarkGrantAccounts(b *testing.B) {
 			}
 		}
 	}
-	count := func() int {
-		c := 0
-		g.accounts.Range(func(_, _ any) bool { c++; return true })
-		return c
-	}
+	count := g.accounts.count
 
 	b.Run("memory", func(b *testing.B) {
 		var heap, after float64

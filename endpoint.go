@@ -507,9 +507,10 @@ type TokenError struct {
 	// source is waiting after earlier failures.
 	Backoff bool
 
-	account string // consent_required: the account
-	connect string // consent_required: where the account can be connected
-	absent  bool   // consent_required: no grant is stored at all
+	// rotated is the refresh token of a 2xx answer that was rejected for
+	// the rest of it: the provider may have revoked the one sent, so it is
+	// stored all the same (grantrefresh.go). Never printed.
+	rotated string
 }
 
 // rateLimited reports an answer that means "too many requests": 429, 503
@@ -568,10 +569,11 @@ type tokenResponse struct {
 // parseTokenResponse turns a token endpoint's answer into a token.
 // start is when the request was sent.
 func parseTokenResponse(cfg *credentialSet, resp *http.Response, body []byte, start time.Time) (*token, error) {
+	var rotated string // once the answer is known to be a 2xx, its refresh token
 	fail := func(code, desc string) *TokenError {
 		// The code is the provider's text too (its error field).
 		return &TokenError{Provider: cfg.Provider, Status: resp.StatusCode, Code: truncate(cfg.redact(code), 64),
-			Description: cfg.redact(desc), RetryAfter: retryAfter(resp.Header, start)}
+			Description: cfg.redact(desc), RetryAfter: retryAfter(resp.Header, start), rotated: rotated}
 	}
 	if resp.StatusCode >= 300 && resp.StatusCode < 400 {
 		return nil, fail("unexpected_redirect", "the token endpoint redirected to "+safeLocation(resp.Header.Get("Location"))+"; redirects are not followed with credentials")
@@ -618,6 +620,7 @@ func parseTokenResponse(cfg *credentialSet, resp *http.Response, body []byte, st
 		desc := firstNonEmpty(tr.Message, tr.Detail, tr.Title, tr.ErrorDescription)
 		return nil, fail(fmt.Sprintf("http_%d", resp.StatusCode), desc)
 	}
+	rotated = tr.RefreshToken
 	if tr.AccessToken == "" {
 		return nil, fail("invalid_response", "token response has no access_token")
 	}

@@ -223,19 +223,21 @@ func TestFleetRestartMakesNoTokenRequest(t *testing.T) {
 }
 
 // An instance killed (SIGKILL) while it holds the lock and waits for the
-// provider: the others wait at most the lock bound, fetch on their own,
-// and no request fails.
+// provider: the others wait for its lock until the storage declares it
+// stale (10 s for file_system), take it, and one of them fetches; no
+// request fails, and nobody calls the storage unusable (it is not).
 func TestFleetSurvivesALockHolderKilled(t *testing.T) {
 	storage := fileSystemStorage(filepath.Join(t.TempDir(), "storage"))
-	as := newFleetAS(t, 16)
+	as := newFleetAS(t, 24)
 	up := fleetUpstream(t, as)
-	// The first process refreshes first (refresh_before 8s, half the
-	// lifetime: at ~7.2-8 s), the others at ~11.6-12 s: after waiting 2 s
-	// for the dead holder's lock, they have a token well before 16 s.
-	holder := startChildCaddy(t, storage, fleetSite(as, up.URL, tokenStoreStorage, "8s"))
+	// The first process refreshes first (refresh_before 16s: half the
+	// lifetime, at ~10.8-12 s), the others at ~17.4-18 s: the dead
+	// holder's lock goes stale about 10 s after it took it, before their
+	// tokens expire at 24 s.
+	holder := startChildCaddy(t, storage, fleetSite(as, up.URL, tokenStoreStorage, "16s"))
 	others := []*childCaddy{
-		startChildCaddy(t, storage, fleetSite(as, up.URL, tokenStoreStorage, "4s")),
-		startChildCaddy(t, storage, fleetSite(as, up.URL, tokenStoreStorage, "4s")),
+		startChildCaddy(t, storage, fleetSite(as, up.URL, tokenStoreStorage, "6s")),
+		startChildCaddy(t, storage, fleetSite(as, up.URL, tokenStoreStorage, "6s")),
 	}
 	for _, p := range append([]*childCaddy{holder}, others...) {
 		if status, _ := p.get(t, "/api"); status != 200 {
@@ -249,12 +251,12 @@ func TestFleetSurvivesALockHolderKilled(t *testing.T) {
 	loaded := make(chan struct{})
 	go func() {
 		defer close(loaded)
-		_, bad, s := fleetLoad(others, 15*time.Second)
+		_, bad, s := fleetLoad(others, 22*time.Second)
 		failed.Store(bad)
 		sample.Store(s)
 	}()
 	go func() {
-		for i := 0; i < 600; i++ { // keeps the holder's refresh-ahead going
+		for i := 0; i < 900; i++ { // keeps the holder's refresh-ahead going
 			resp, err := testClient.Get(holder.url("/api"))
 			if err != nil {
 				return
@@ -265,7 +267,7 @@ func TestFleetSurvivesALockHolderKilled(t *testing.T) {
 	}()
 	select {
 	case <-as.arrived: // the holder's refresh, under the lock
-	case <-time.After(10 * time.Second):
+	case <-time.After(15 * time.Second):
 		t.Fatal("no refresh reached the provider")
 	}
 	holder.kill(os.Kill)
@@ -274,25 +276,15 @@ func TestFleetSurvivesALockHolderKilled(t *testing.T) {
 	if failed.Load() != 0 {
 		t.Errorf("%d requests to the surviving instances failed (%v)", failed.Load(), sample.Load())
 	}
-	fellBack := 0
 	for _, p := range others {
 		if strings.Contains(p.logs(), "the shared token store is not usable") {
-			fellBack++
+			t.Errorf("%s said the storage is not usable; a dead holder's lock goes stale", p.addr)
 		}
 	}
-	if fellBack == 0 {
-		for _, p := range append([]*childCaddy{holder}, others...) {
-			var lines []string
-			for _, l := range strings.Split(p.logs(), "\n") {
-				if strings.Contains(l, "oauth_bearer") {
-					lines = append(lines, l)
-				}
-			}
-			t.Logf("%s:\n%s", p.addr, strings.Join(lines, "\n"))
-		}
-		t.Error("no surviving instance logged that it fetched without the store")
+	// The first token, the dead holder's refresh, and one for the survivors.
+	if n := as.issued.Load(); n != 3 {
+		t.Errorf("%d token requests, want 3 (the survivors share one)", n)
 	}
-	t.Logf("token requests: %d; instances that fell back: %d", as.issued.Load(), fellBack)
 }
 
 // A failing storage: requests keep succeeding, each process fetches on its

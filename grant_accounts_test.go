@@ -23,7 +23,7 @@ func TestForgettingAnAccountKeepsTheSharedConnections(t *testing.T) {
 		t.Fatal("alice's first request failed")
 	}
 	ge := grantEntry(t)
-	if _, ok := ge.accounts.Load("alice"); !ok {
+	if _, ok := ge.accounts.sources.Load("alice"); !ok {
 		t.Fatal("alice has no source")
 	}
 	// Requests for an account that does not exist: 503, nothing kept.
@@ -32,7 +32,7 @@ func TestForgettingAnAccountKeepsTheSharedConnections(t *testing.T) {
 			t.Fatalf("unknown account: %d %q", status, body)
 		}
 	}
-	if _, ok := ge.accounts.Load("nobody"); ok {
+	if _, ok := ge.accounts.sources.Load("nobody"); ok {
 		t.Error("an account with no grant left a source behind")
 	}
 	before := g.as.tokenClients()
@@ -71,10 +71,10 @@ func TestIdleAccountsAreEvicted(t *testing.T) {
 	if n := ge.sweep(); n != 1 {
 		t.Fatalf("second sweep evicted %d, want 1 (bob)", n)
 	}
-	if _, ok := ge.accounts.Load("bob"); ok {
+	if _, ok := ge.accounts.sources.Load("bob"); ok {
 		t.Error("bob is still in memory")
 	}
-	if _, ok := ge.accounts.Load("alice"); !ok {
+	if _, ok := ge.accounts.sources.Load("alice"); !ok {
 		t.Error("alice, in use, was evicted")
 	}
 	exchanges := g.as.CodeExchanges.Load()
@@ -101,11 +101,7 @@ func TestManyIdleAccountsLeaveNothingBehind(t *testing.T) {
 		}
 	}
 	ge := grantEntry(t)
-	count := func() int {
-		c := 0
-		ge.accounts.Range(func(_, _ any) bool { c++; return true })
-		return c
-	}
+	count := ge.accounts.count
 	if got := count(); got != n {
 		t.Fatalf("%d account sources, want %d", got, n)
 	}

@@ -81,6 +81,14 @@ func resultClass(err error) string {
 	if err == nil {
 		return "success"
 	}
+	var ce *ConsentError
+	var se *StorageError
+	switch {
+	case errors.As(err, &ce):
+		return codeConsentRequired
+	case errors.As(err, &se):
+		return "storage_error"
+	}
 	var te *TokenError
 	if !errors.As(err, &te) {
 		return "error"

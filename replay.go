@@ -51,8 +51,9 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 		return err
 	}
 
-	// The upstream refused the token.
-	retry := src.reject(tok)
+	// The upstream refused the token. A grant's source first takes a newer
+	// stored token, whatever the refused one's age (tokensource.go).
+	retry := src.takeNewer(r.Context(), tok) || src.reject(tok)
 	log := h.logger.With(zap.String("provider", h.provider), zap.Duration("token_age", src.now().Sub(tok.obtained)))
 	if !retry || !replayable {
 		action := "passed"

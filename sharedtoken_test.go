@@ -3,6 +3,7 @@ package oauthbearer
 import (
 	"context"
 	"encoding/base64"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -164,14 +165,47 @@ func TestSharedTokenFallsBackWhenTheStorageFails(t *testing.T) {
 	}
 }
 
-// A lock held by an instance that died: the others wait at most
-// sharedLockWait, then fetch on their own.
-func TestSharedTokenDoesNotWaitForADeadLockHolder(t *testing.T) {
+// A lock left by an instance that died (its lock file no longer kept
+// fresh): the storage declares it stale, the source takes it and fetches
+// under it, without saying the storage is unusable.
+func TestSharedTokenTakesADeadHoldersLock(t *testing.T) {
 	as := newCountingAS(t, 3600)
-	storage := &certmagic.FileStorage{Path: t.TempDir()}
+	dir := t.TempDir()
+	storage := &certmagic.FileStorage{Path: dir}
 	a := newSharedInstance(t, sharedSet(as.URL), storage, nil)
 	f := a.e.src.fetcher.(*sharedFetcher)
-	if err := storage.Lock(context.Background(), f.lock); err != nil { // the "dead" holder
+	dead := time.Now().Add(-time.Minute)
+	lockFile := filepath.Join(dir, "locks", certmagic.StorageKeys.Safe(f.lock)+".lock")
+	if err := os.MkdirAll(filepath.Dir(lockFile), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	meta := fmt.Sprintf(`{"created":%q,"updated":%q}`, dead.Format(time.RFC3339Nano), dead.Format(time.RFC3339Nano))
+	if err := os.WriteFile(lockFile, []byte(meta), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := a.e.src.Token(context.Background())
+	if err != nil {
+		t.Fatalf("with a dead holder's lock: %v", err)
+	}
+	if as.n.Load() != 1 || tok.origin != originFetched {
+		t.Errorf("%d token requests, origin %q; want one fetch", as.n.Load(), tok.origin)
+	}
+	if a.logs.FilterMessage("the shared token store is not usable; fetching tokens without it").Len() != 0 {
+		t.Error("a stale lock was reported as an unusable storage")
+	}
+}
+
+// A lock held longer than its holder may legitimately work (its token
+// request's timeout and a margin: lockWait) has outlived it: the source
+// fetches on its own, and says so.
+func TestSharedTokenFallsBackWhenALockOutlivesItsHolder(t *testing.T) {
+	as := newCountingAS(t, 3600)
+	storage := &certmagic.FileStorage{Path: t.TempDir()}
+	cs := sharedSet(as.URL)
+	cs.Timeout = time.Second
+	a := newSharedInstance(t, cs, storage, nil)
+	f := a.e.src.fetcher.(*sharedFetcher)
+	if err := storage.Lock(context.Background(), f.lock); err != nil { // held, and kept fresh, elsewhere
 		t.Fatal(err)
 	}
 	defer storage.Unlock(context.Background(), f.lock)
@@ -182,8 +216,11 @@ func TestSharedTokenDoesNotWaitForADeadLockHolder(t *testing.T) {
 	}
 	took := time.Since(start)
 	t.Logf("token after %v with the lock held by another instance", took)
-	if took < sharedLockWait || as.n.Load() != 1 || tok.origin != originFetched {
-		t.Errorf("took %v, %d token requests, origin %q; want a fetch of its own after the lock wait", took, as.n.Load(), tok.origin)
+	if took < lockWait(cs.Timeout) || as.n.Load() != 1 || tok.origin != originFetched {
+		t.Errorf("took %v, %d token requests, origin %q; want a fetch of its own after %s", took, as.n.Load(), tok.origin, lockWait(cs.Timeout))
+	}
+	if a.logs.FilterMessage("the shared token store is not usable; fetching tokens without it").Len() != 1 {
+		t.Error("the fallback was not logged")
 	}
 }
 
