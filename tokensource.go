@@ -281,7 +281,6 @@ func invalidateAfter(n int) time.Duration {
 	return min(minAgeToInvalidate<<n, maxAgeToInvalidate)
 }
 
-
 // newerRecheck: after takeNewer found nothing newer than a token, refusals
 // of the same token are passed to reject without looking again for this
 // long (an upstream that refuses every token costs the storage one look a
