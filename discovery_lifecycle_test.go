@@ -42,9 +42,10 @@ http://LISTEN {
 `, is.issuer, addr, api.hostport())
 }
 
-// Reconnecting an account revokes the refresh token of the grant it
-// replaces, and disconnecting revokes the grant's tokens, at the
-// revocation endpoint that discovery found (no revoke_url is configured).
+// Disconnecting revokes the grant's tokens at the revocation endpoint that
+// discovery found (no revoke_url is configured). Reconnecting revokes
+// nothing: where revoking one token ends every grant of the client and the
+// user, that would end the new grant too (issue 16).
 func TestDiscoveredRevocationEndpointRevokes(t *testing.T) {
 	addr := freeAddr(t)
 	as := newCodeAS(t, "http://"+addr+"/oauth/callback")
@@ -60,8 +61,8 @@ func TestDiscoveredRevocationEndpointRevokes(t *testing.T) {
 			t.Fatalf("connect %d: %d %q", i+1, status, body)
 		}
 	}
-	if n, live := as.Revocations.Load(), as.liveRefreshTokens(); n != 1 || live != 1 {
-		t.Errorf("after reconnecting: %d revocations, %d live refresh tokens; want the replaced one revoked (1, 1)", n, live)
+	if n, live := as.Revocations.Load(), as.liveRefreshTokens(); n != 0 || live != 2 {
+		t.Errorf("after reconnecting: %d revocations, %d live refresh tokens; want none revoked (0, 2)", n, live)
 	}
 
 	resp, err := browser.PostForm(c.url("/oauth/disconnect"), url.Values{"account": {"alice"}})
@@ -74,8 +75,8 @@ func TestDiscoveredRevocationEndpointRevokes(t *testing.T) {
 	if resp.StatusCode != 200 || json.Unmarshal(b, &answer) != nil || answer["revoked"] != true {
 		t.Errorf("disconnect: %d %s; want revoked true", resp.StatusCode, b)
 	}
-	if live := as.liveRefreshTokens(); live != 0 {
-		t.Errorf("after disconnecting: %d live refresh tokens; want none", live)
+	if n, live := as.Revocations.Load(), as.liveRefreshTokens(); n != 2 || live != 1 {
+		t.Errorf("after disconnecting: %d revocations, %d live refresh tokens; want the grant's refresh and access tokens revoked (2), the replaced grant's refresh token left (1)", n, live)
 	}
 	if status, _ := c.get("/api", "X-Account", "alice"); status != http.StatusServiceUnavailable {
 		t.Errorf("after disconnecting: %d, want 503", status)
