@@ -2,11 +2,8 @@ package oauthbearer
 
 import (
 	"fmt"
-	"io"
 	"net/http"
-	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -194,44 +191,6 @@ func TestTokenRejectedOnlyForBearerInvalidTokenOrNoChallenge(t *testing.T) {
 	}
 }
 
-// chlUpstream answers 401 with a settable WWW-Authenticate line to the
-// Authorization values it was told to reject, 200 otherwise, and records
-// the Authorization of every request.
-type chlUpstream struct {
-	*httptest.Server
-	mu        sync.Mutex
-	challenge string
-	reject    map[string]bool
-	seen      []string
-}
-
-func newChlUpstream(t *testing.T) *chlUpstream {
-	u := &chlUpstream{reject: map[string]bool{}}
-	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		auth := r.Header.Get("Authorization")
-		u.mu.Lock()
-		u.seen = append(u.seen, auth)
-		rejected, challenge := u.reject[auth], u.challenge
-		u.mu.Unlock()
-		if rejected {
-			w.Header().Set("WWW-Authenticate", challenge)
-			w.WriteHeader(http.StatusUnauthorized)
-			io.WriteString(w, "refused")
-			return
-		}
-		io.WriteString(w, "ok "+r.URL.Path)
-	}))
-	t.Cleanup(u.Close)
-	return u
-}
-
-func (u *chlUpstream) set(challenge string, rejectAuth string) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	u.challenge = challenge
-	u.reject[rejectAuth] = true
-}
-
 // chlTokName is the public part of a fakeAS token ("Bearer tok-2"), for
 // messages.
 func chlTokName(auth string) string {
@@ -241,19 +200,14 @@ func chlTokName(auth string) string {
 	return "(" + fmt.Sprint(len(auth)) + " characters)"
 }
 
-func (u *chlUpstream) requests() []string {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return append([]string(nil), u.seen...)
-}
-
 // An upstream that names Basic first and Bearer invalid_token second on
 // one WWW-Authenticate line refuses the token: the injector replaces an
 // old token and replays the request. Basic alone does not.
 func TestUpstream401BearerAfterBasicOnOneLineIsReplayedWithNewToken(t *testing.T) {
 	clock := useFakeClock(t)
-	as := newFakeAS(t, "", "basic")
-	up := newChlUpstream(t)
+	as := newFakeAS(t)
+	as.ClientAuth = "basic"
+	up := newUpstream(t)
 	c := startCaddy(t, fmt.Sprintf(`http://LISTEN {
 	oauth_bearer {
 		token_url     %s
@@ -261,12 +215,12 @@ func TestUpstream401BearerAfterBasicOnOneLineIsReplayedWithNewToken(t *testing.T
 		client_secret "%s"
 	}
 	reverse_proxy %s
-}`, as.tokenURL(), as.clientID, as.secret, strings.TrimPrefix(up.URL, "http://")))
+}`, as.tokenURL(), as.ClientID, as.Secret, strings.TrimPrefix(up.URL, "http://")))
 
 	if status, body := c.get("/warm"); status != 200 {
 		t.Fatalf("warm-up: %d %q", status, body)
 	}
-	tok1 := up.requests()[0]
+	tok1 := up.authorizations()[0]
 	if !strings.HasPrefix(tok1, "Bearer tok-1-") {
 		t.Fatalf("first token %q…, want one from the token endpoint", chlTokName(tok1))
 	}
@@ -274,26 +228,26 @@ func TestUpstream401BearerAfterBasicOnOneLineIsReplayedWithNewToken(t *testing.T
 
 	// Control: Basic alone is not about the token; the 401 is passed on
 	// and the token kept.
-	up.set(`Basic realm="api"`, tok1)
+	up.reject(`Basic realm="api"`, tok1)
 	if status, _ := c.get("/basic-only"); status != http.StatusUnauthorized {
 		t.Errorf("Basic-only 401: status %d, want the upstream's 401 passed on", status)
 	}
-	if n := as.issued.Load(); n != 1 {
+	if n := as.issued(); n != 1 {
 		t.Errorf("Basic-only 401: %d tokens issued, want 1 (token kept)", n)
 	}
 
 	// Basic first, Bearer invalid_token second, one line: replayed once
 	// with a new token.
-	up.set(`Basic realm="api", Bearer error="invalid_token"`, tok1)
-	before := len(up.requests())
+	up.reject(`Basic realm="api", Bearer error="invalid_token"`, tok1)
+	before := len(up.authorizations())
 	status, body := c.get("/items")
 	if status != 200 || body != "ok /items" {
 		t.Fatalf("GET /items: %d %q, want 200 from a replay with a new token", status, body)
 	}
-	if n := as.issued.Load(); n != 2 {
+	if n := as.issued(); n != 2 {
 		t.Errorf("%d tokens issued, want 2", n)
 	}
-	got := up.requests()[before:]
+	got := up.authorizations()[before:]
 	if len(got) != 2 || got[0] != tok1 || got[1] == tok1 || !strings.HasPrefix(got[1], "Bearer tok-2-") {
 		names := make([]string, len(got))
 		for i, a := range got {

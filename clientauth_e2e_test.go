@@ -119,29 +119,29 @@ func TestClientAuthE2EPrivateKeyJWT(t *testing.T) {
 			for k, v := range tc.env {
 				t.Setenv(k, v)
 			}
-			s := newRecordingJWTServer(t)
+			s := newJWTAS(t)
 			s.register(tc.clientID, tc.key.Public(), tc.certS256)
 			up := newUpstream(t)
-			sites := e2eSite("oauth_bearer", fmt.Sprintf("\t\ttoken_url %s\n\t\tclient_id %s\n\t\tclient_auth private_key_jwt\n", s.url, tc.clientID)+
+			sites := e2eSite("oauth_bearer", fmt.Sprintf("\t\ttoken_url %s\n\t\tclient_id %s\n\t\tclient_auth private_key_jwt\n", s.tokenURL(), tc.clientID)+
 				strings.NewReplacer("KEYFILE", keyPath, "CERTFILE", certPath).Replace(tc.lines)+"\t\tscope read write", up)
 			c := startCaddy(t, sites)
 
 			want := "at-" + tc.clientID + "-1"
 			answers := wantInjected(t, c, up, "/first", want)
 			answers += wantInjected(t, c, up, "/second", want)
-			if s.issued.Load() != 1 || s.refused.Load() != 0 || s.requests.Load() != 1 {
+			if s.issued() != 1 || s.refused() != 0 || s.tokenRequests() != 1 {
 				t.Fatalf("server: %d requests, %d issued, %d refused (%q); want one token for both requests",
-					s.requests.Load(), s.issued.Load(), s.refused.Load(), s.lastRefusal())
+					s.tokenRequests(), s.issued(), s.refused(), s.lastRefusal())
 			}
-			g := s.issuedGrants()[0]
-			if g.clientID != tc.clientID || g.grantType != "client_credentials" || g.scope != "read write" || g.kid != tc.kid {
+			g := s.issuedLog()[0]
+			if g.Client != tc.clientID || g.GrantType != "client_credentials" || g.Scope != "read write" || g.KID != tc.kid {
 				t.Errorf("issued %+v", g)
 			}
 			sent := s.assertions()
-			if len(sent) != 1 || sent[0].param != "client_assertion" {
+			if len(sent) != 1 || sent[0].assertionParam() != "client_assertion" {
 				t.Fatalf("assertions sent: %+v", sent)
 			}
-			h := sent[0].header
+			h := sent[0].JOSE
 			if h["alg"] != tc.alg || h["typ"] != "JWT" {
 				t.Errorf("header %v, want alg %s and typ JWT", h, tc.alg)
 			}
@@ -154,11 +154,11 @@ func TestClientAuthE2EPrivateKeyJWT(t *testing.T) {
 			if _, has := h["x5t"]; has != (tc.certS256 != "") {
 				t.Errorf("x5t present: %v, want %v", has, tc.certS256 != "")
 			}
-			f := s.sentForms()[0]
+			f := s.tokenLog()[0].form()
 			if f.Get("client_id") != tc.clientID || f.Has("client_secret") || f.Get("grant_type") != "client_credentials" {
 				t.Errorf("token request form: %v", f)
 			}
-			if a := s.authorizations()[0]; a != "" {
+			if a := s.tokenLog()[0].Header.Get("Authorization"); a != "" {
 				t.Errorf("token request had Authorization %q; the assertion is the only credential", a)
 			}
 			if tc.wantJSON != "" {
@@ -170,7 +170,7 @@ func TestClientAuthE2EPrivateKeyJWT(t *testing.T) {
 					t.Errorf("adapted JSON does not hold the placeholder %s", tc.wantJSON)
 				}
 			}
-			assertNothingLeaked(t, c, sites, answers, tc.pems, s.values())
+			assertNothingLeaked(t, c, sites, answers, tc.pems, s.sentAssertions())
 		})
 	}
 }
@@ -180,25 +180,25 @@ func TestClientAuthE2EPrivateKeyJWT(t *testing.T) {
 func TestClientAuthE2EClientSecretJWT(t *testing.T) {
 	const secret = "e2e-client-secret-jwt-0123456789-abcdefghijklmnop"
 	t.Setenv("OAB_E2E_CSJ_SECRET", secret)
-	s := newRecordingJWTServer(t)
+	s := newJWTAS(t)
 	s.register("web-app", []byte(secret), "")
 	up := newUpstream(t)
 	sites := e2eSite("oauth_bearer", fmt.Sprintf(`		token_url %s
 		client_id web-app
 		client_secret {env.OAB_E2E_CSJ_SECRET}
-		client_auth client_secret_jwt`, s.url), up)
+		client_auth client_secret_jwt`, s.tokenURL()), up)
 	c := startCaddy(t, sites)
 
 	answers := wantInjected(t, c, up, "/", "at-web-app-1")
-	if s.issued.Load() != 1 || s.refused.Load() != 0 {
-		t.Fatalf("issued %d refused %d (%q)", s.issued.Load(), s.refused.Load(), s.lastRefusal())
+	if s.issued() != 1 || s.refused() != 0 {
+		t.Fatalf("issued %d refused %d (%q)", s.issued(), s.refused(), s.lastRefusal())
 	}
 	sent := s.assertions()
-	if len(sent) != 1 || sent[0].header["alg"] != "HS256" {
+	if len(sent) != 1 || sent[0].JOSE["alg"] != "HS256" {
 		t.Fatalf("assertions: %+v", sent)
 	}
-	for _, f := range s.sentForms() {
-		for name, vs := range f {
+	for _, r := range s.tokenLog() {
+		for name, vs := range r.form() {
 			for _, v := range vs {
 				if strings.Contains(v, secret) {
 					t.Errorf("the token request's %s carries the secret", name)
@@ -206,10 +206,10 @@ func TestClientAuthE2EClientSecretJWT(t *testing.T) {
 			}
 		}
 	}
-	if a := s.authorizations()[0]; a != "" {
+	if a := s.tokenLog()[0].Header.Get("Authorization"); a != "" {
 		t.Errorf("token request had Authorization %q", a)
 	}
-	assertNothingLeaked(t, c, sites, answers, nil, append(s.values(), secret))
+	assertNothingLeaked(t, c, sites, answers, nil, append(s.sentAssertions(), secret))
 }
 
 // client_assertion_file: the assertion another program keeps in a file (a
@@ -220,14 +220,14 @@ func TestClientAuthE2EClientSecretJWT(t *testing.T) {
 func TestClientAuthE2EAssertionFile(t *testing.T) {
 	clock := useFakeClock(t)
 	key := clientAuthKeys().p384
-	s := newRecordingJWTServer(t)
+	s := newJWTAS(t)
 	s.register("workload", key.Public(), "")
 	kubelet, err := newAssertionSigner(key, "", "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	mint := func() string {
-		a, err := kubelet.sign(time.Now(), assertionClaims{issuer: "workload", subject: "workload", audience: s.url})
+		a, err := kubelet.sign(time.Now(), assertionClaims{issuer: "workload", subject: "workload", audience: s.tokenURL()})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -245,7 +245,7 @@ func TestClientAuthE2EAssertionFile(t *testing.T) {
 	sites := e2eSite("oauth_bearer", fmt.Sprintf(`		token_url %s
 		client_id workload
 		client_assertion_file %s
-		encryption_key {env.OAB_E2E_RECORD_KEY}`, s.url, path), up)
+		encryption_key {env.OAB_E2E_RECORD_KEY}`, s.tokenURL(), path), up)
 	c := startCaddy(t, sites)
 
 	answers := wantInjected(t, c, up, "/one", "at-workload-1")
@@ -254,16 +254,16 @@ func TestClientAuthE2EAssertionFile(t *testing.T) {
 	clock.add(2 * time.Hour) // the first token (3600 s) has expired
 	answers += wantInjected(t, c, up, "/two", "at-workload-2")
 
-	sent := s.values()
+	sent := s.sentAssertions()
 	if len(sent) != 2 || sent[0] != first || sent[1] != second {
 		t.Fatalf("assertions sent: %d, first is the file's first: %v, second is the rewritten one: %v",
 			len(sent), len(sent) > 0 && sent[0] == first, len(sent) > 1 && sent[1] == second)
 	}
-	if s.issued.Load() != 2 || s.refused.Load() != 0 {
-		t.Fatalf("issued %d refused %d (%q)", s.issued.Load(), s.refused.Load(), s.lastRefusal())
+	if s.issued() != 2 || s.refused() != 0 {
+		t.Fatalf("issued %d refused %d (%q)", s.issued(), s.refused(), s.lastRefusal())
 	}
-	if a := s.assertions()[0]; a.param != "client_assertion" {
-		t.Errorf("sent as %s", a.param)
+	if a := s.assertions()[0]; a.assertionParam() != "client_assertion" {
+		t.Errorf("sent as %s", a.assertionParam())
 	}
 	assertNothingLeaked(t, c, sites, answers, [][]byte{pkcs8PEM(t, key)}, sent)
 }
@@ -273,19 +273,19 @@ func TestClientAuthE2EAssertionFile(t *testing.T) {
 // ca_file makes Caddy trust the server's CA.
 func TestClientAuthE2EMutualTLS(t *testing.T) {
 	serverCA, clientCA := newMTLSTestCA(t, "e2e server CA"), newMTLSTestCA(t, "e2e client CA")
-	s := newMTLSTokenServer(t, serverCA, clientCA)
+	s := newMTLSAS(t, serverCA, clientCA)
 	files := writeMTLSClient(t, clientCA, "mtls-client", serverCA)
 	up := newUpstream(t)
 	sites := e2eSite("oauth_bearer", fmt.Sprintf(`		token_url %s
 		client_id mtls-client
 		client_auth tls
 		tls_client_cert %s %s
-		ca_file %s`, s.url, files.cert, files.key, files.ca), up)
+		ca_file %s`, s.tokenURL(), files.cert, files.key, files.ca), up)
 	c := startCaddy(t, sites)
 
 	answers := wantInjected(t, c, up, "/", "at-mtls-mtls-client-1")
-	if s.issued.Load() != 1 || s.requests.Load() != 1 {
-		t.Fatalf("server: %d requests, %d issued; refusals %q", s.requests.Load(), s.issued.Load(), s.refused())
+	if s.issued() != 1 || s.tokenRequests() != 1 {
+		t.Fatalf("server: %d requests, %d issued; refusals %q", s.tokenRequests(), s.issued(), s.refusals())
 	}
 	assertNothingLeaked(t, c, sites, answers, [][]byte{files.keyPEM}, nil)
 }
@@ -319,26 +319,26 @@ func writeMTLSClient(t *testing.T, clientCA *mtlsTestCA, cn string, serverCA *mt
 // client_auth is left out: tls_client_cert implies it.
 func TestClientAuthE2EMutualTLSDiscoveredAlias(t *testing.T) {
 	serverCA, clientCA := newMTLSTestCA(t, "e2e server CA"), newMTLSTestCA(t, "e2e client CA")
-	s := newMTLSTokenServer(t, serverCA, clientCA)
-	plain := newRecordingJWTServer(t) // token_endpoint: must not be used
+	s := newMTLSAS(t, serverCA, clientCA)
+	plain := newJWTAS(t) // token_endpoint: must not be used
 	files := writeMTLSClient(t, clientCA, "alias-client", serverCA)
-	is := newIssuerServer(t)
-	is.set(map[string]any{
-		"issuer":                is.issuer,
-		"token_endpoint":        plain.url,
-		"mtls_endpoint_aliases": map[string]any{"token_endpoint": s.url},
+	is := newFakeAS(t)
+	is.setMetadata(map[string]any{
+		"issuer":                is.URL,
+		"token_endpoint":        plain.tokenURL(),
+		"mtls_endpoint_aliases": map[string]any{"token_endpoint": s.tokenURL()},
 	}, http.StatusOK)
 	up := newUpstream(t)
 	sites := e2eSite("oauth_bearer", fmt.Sprintf(`		issuer %s
 		client_id alias-client
 		tls_client_cert %s %s
-		ca_file %s`, is.issuer, files.cert, files.key, files.ca), up)
+		ca_file %s`, is.URL, files.cert, files.key, files.ca), up)
 	c := startCaddy(t, sites)
 
 	answers := wantInjected(t, c, up, "/", "at-mtls-alias-client-1")
-	if s.issued.Load() != 1 || plain.requests.Load() != 0 || is.hits.Load() != 1 {
+	if s.issued() != 1 || plain.tokenRequests() != 0 || is.metadataReads() != 1 {
 		t.Fatalf("mTLS alias issued %d, token_endpoint got %d requests, discovery %d; want 1, 0, 1",
-			s.issued.Load(), plain.requests.Load(), is.hits.Load())
+			s.issued(), plain.tokenRequests(), is.metadataReads())
 	}
 	assertNothingLeaked(t, c, sites, answers, [][]byte{files.keyPEM}, nil)
 }
@@ -349,8 +349,8 @@ func TestClientAuthE2EMutualTLSDiscoveredAlias(t *testing.T) {
 // claim, the key id as kid.
 func TestClientAuthE2EJWTBearerGoogle(t *testing.T) {
 	key := clientAuthKeys().rsa2
-	s := newRecordingJWTServer(t)
-	saPath := writeTestFile(t, "sa.json", googleKeyJSON(t, key, s.url, nil))
+	s := newJWTAS(t)
+	saPath := writeTestFile(t, "sa.json", googleKeyJSON(t, key, s.tokenURL(), nil))
 	s.register("robot@proj.iam.gserviceaccount.com", key.Public(), "")
 	up := newUpstream(t)
 	sites := e2eSite("oauth_bearer google", fmt.Sprintf(`		service_account_file %s
@@ -359,22 +359,22 @@ func TestClientAuthE2EJWTBearerGoogle(t *testing.T) {
 
 	answers := wantInjected(t, c, up, "/", "at-robot@proj.iam.gserviceaccount.com-1")
 	answers += wantInjected(t, c, up, "/again", "at-robot@proj.iam.gserviceaccount.com-1")
-	if s.issued.Load() != 1 || s.refused.Load() != 0 {
-		t.Fatalf("issued %d refused %d (%q)", s.issued.Load(), s.refused.Load(), s.lastRefusal())
+	if s.issued() != 1 || s.refused() != 0 {
+		t.Fatalf("issued %d refused %d (%q)", s.issued(), s.refused(), s.lastRefusal())
 	}
-	g := s.issuedGrants()[0]
-	if g.grantType != "urn:ietf:params:oauth:grant-type:jwt-bearer" || g.scope != "https://www.googleapis.com/auth/cloud-platform" ||
-		g.kid != "0123456789abcdef" || g.sub != "" {
+	g := s.issuedLog()[0]
+	if g.GrantType != "urn:ietf:params:oauth:grant-type:jwt-bearer" || g.Scope != "https://www.googleapis.com/auth/cloud-platform" ||
+		g.KID != "0123456789abcdef" || g.Sub != "" {
 		t.Errorf("issued %+v", g)
 	}
-	f := s.sentForms()[0]
+	f := s.tokenLog()[0].form()
 	if f.Has("client_assertion") || f.Has("client_secret") || f.Get("assertion") == "" {
 		t.Errorf("token request form: %v", f)
 	}
-	if a := s.authorizations()[0]; a != "" {
+	if a := s.tokenLog()[0].Header.Get("Authorization"); a != "" {
 		t.Errorf("token request had Authorization %q", a)
 	}
-	assertNothingLeaked(t, c, sites, answers, [][]byte{pkcs8PEM(t, key)}, s.values())
+	assertNothingLeaked(t, c, sites, answers, [][]byte{pkcs8PEM(t, key)}, s.sentAssertions())
 }
 
 // grant jwt_bearer with private_key and subject (Salesforce's shape),
@@ -399,7 +399,7 @@ func testJWTBearerSubject(t *testing.T, extra string) {
 	key := clientAuthKeys().rsa
 	keyPEM := pkcs8PEM(t, key)
 	keyPath := writeTestFile(t, "sf.key", keyPEM)
-	s := newRecordingJWTServer(t)
+	s := newJWTAS(t)
 	s.register("3MVG9-consumer-key", key.Public(), "")
 	up := newUpstream(t)
 	sites := e2eSite("oauth_bearer", fmt.Sprintf(`		grant jwt_bearer
@@ -407,22 +407,22 @@ func testJWTBearerSubject(t *testing.T, extra string) {
 		client_id 3MVG9-consumer-key
 		private_key %s
 		subject integration@example.com
-%s		scope api`, s.url, keyPath, extra), up)
+%s		scope api`, s.tokenURL(), keyPath, extra), up)
 	c := startCaddy(t, sites)
 
 	answers := wantInjected(t, c, up, "/", "at-3MVG9-consumer-key-1")
-	if s.issued.Load() != 1 || s.refused.Load() != 0 {
-		t.Fatalf("issued %d refused %d (%q)", s.issued.Load(), s.refused.Load(), s.lastRefusal())
+	if s.issued() != 1 || s.refused() != 0 {
+		t.Fatalf("issued %d refused %d (%q)", s.issued(), s.refused(), s.lastRefusal())
 	}
-	g := s.issuedGrants()[0]
-	if g.grantType != "urn:ietf:params:oauth:grant-type:jwt-bearer" || g.sub != "integration@example.com" ||
-		g.clientID != "3MVG9-consumer-key" || g.scope != "api" {
+	g := s.issuedLog()[0]
+	if g.GrantType != "urn:ietf:params:oauth:grant-type:jwt-bearer" || g.Sub != "integration@example.com" ||
+		g.Client != "3MVG9-consumer-key" || g.Scope != "api" {
 		t.Errorf("issued %+v", g)
 	}
-	if f := s.sentForms()[0]; f.Has("client_assertion") || f.Has("client_secret") {
+	if f := s.tokenLog()[0].form(); f.Has("client_assertion") || f.Has("client_secret") {
 		t.Errorf("token request form: %v", f)
 	}
-	assertNothingLeaked(t, c, sites, answers, [][]byte{keyPEM}, s.values())
+	assertNothingLeaked(t, c, sites, answers, [][]byte{keyPEM}, s.sentAssertions())
 }
 
 // An assertion file that goes bad after loading (its owner wrote
@@ -431,13 +431,13 @@ func testJWTBearerSubject(t *testing.T, extra string) {
 func TestClientAuthE2EAssertionFileGoesBad(t *testing.T) {
 	clock := useFakeClock(t)
 	key := clientAuthKeys().p384
-	s := newRecordingJWTServer(t)
+	s := newJWTAS(t)
 	s.register("workload", key.Public(), "")
 	kubelet, err := newAssertionSigner(key, "", "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	good, err := kubelet.sign(time.Now(), assertionClaims{issuer: "workload", subject: "workload", audience: s.url})
+	good, err := kubelet.sign(time.Now(), assertionClaims{issuer: "workload", subject: "workload", audience: s.tokenURL()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -446,7 +446,7 @@ func TestClientAuthE2EAssertionFileGoesBad(t *testing.T) {
 	sites := e2eSite("oauth_bearer", fmt.Sprintf(`		token_url %s
 		client_id workload
 		client_assertion_file %s
-		token_store memory`, s.url, path), up)
+		token_store memory`, s.tokenURL(), path), up)
 	c := startCaddy(t, sites)
 	answers := wantInjected(t, c, up, "/", "at-workload-1")
 
@@ -457,7 +457,7 @@ func TestClientAuthE2EAssertionFileGoesBad(t *testing.T) {
 	if status != http.StatusBadGateway || !strings.Contains(body, "generic") {
 		t.Fatalf("with a bad assertion file: %d %q, want 502 naming the provider", status, body)
 	}
-	if n := s.requests.Load(); n != 1 {
+	if n := s.tokenRequests(); n != 1 {
 		t.Errorf("the token endpoint got %d requests; a bad assertion file must not be sent", n)
 	}
 	logs := c.logs()
@@ -477,17 +477,17 @@ func TestClientAuthE2EAssertionFileGoesBad(t *testing.T) {
 func TestClientAuthE2EClientSecretJWTHS512(t *testing.T) {
 	const secret = "e2e-client-secret-jwt-hs512-0123456789-abcdefghijklmnopqrstuvwxyz-0123"
 	t.Setenv("OAB_E2E_CSJ512_SECRET", secret)
-	s := newRecordingJWTServer(t)
+	s := newJWTAS(t)
 	s.register("web-app-512", []byte(secret), "")
 	up := newUpstream(t)
 	sites := e2eSite("oauth_bearer", fmt.Sprintf(`		token_url %s
 		client_id web-app-512
 		client_secret {env.OAB_E2E_CSJ512_SECRET}
 		client_auth client_secret_jwt
-		signing_alg HS512`, s.url), up)
+		signing_alg HS512`, s.tokenURL()), up)
 	c := startCaddy(t, sites)
 	wantInjected(t, c, up, "/", "at-web-app-512-1")
-	if sent := s.assertions(); len(sent) != 1 || sent[0].header["alg"] != "HS512" {
+	if sent := s.assertions(); len(sent) != 1 || sent[0].JOSE["alg"] != "HS512" {
 		t.Fatalf("assertions: %+v", sent)
 	}
 }

@@ -40,8 +40,8 @@ func TestForgettingAnAccountKeepsTheSharedConnections(t *testing.T) {
 	if status, _ := g.c.get("/api/b", "X-Account", "alice"); status != 200 {
 		t.Fatal("alice's refresh failed")
 	}
-	if g.as.Refreshes.Load() != 1 {
-		t.Fatalf("refreshes = %d, want 1", g.as.Refreshes.Load())
+	if g.as.refreshes() != 1 {
+		t.Fatalf("refreshes = %d, want 1", g.as.refreshes())
 	}
 	if after := g.as.tokenClients(); after != before {
 		t.Errorf("the refresh opened a new connection (%d client addresses, was %d): the shared ones were closed", after, before)
@@ -77,11 +77,11 @@ func TestIdleAccountsAreEvicted(t *testing.T) {
 	if _, ok := ge.accounts.sources.Load("alice"); !ok {
 		t.Error("alice, in use, was evicted")
 	}
-	exchanges := g.as.CodeExchanges.Load()
+	exchanges := g.as.codeExchanges()
 	if status, body := g.c.get("/api/bob-again", "X-Account", "bob"); status != 200 {
 		t.Fatalf("bob after eviction: %d %q", status, body)
 	}
-	if g.as.Refreshes.Load() != 0 || g.as.CodeExchanges.Load() != exchanges {
+	if g.as.refreshes() != 0 || g.as.codeExchanges() != exchanges {
 		t.Errorf("bob's grant was fetched again instead of read from the storage")
 	}
 }

@@ -68,7 +68,7 @@ func testDisconnectPropagates(t *testing.T, storage string) {
 	tokA := g.api.authorizations()[0]
 
 	// B: its own upstream, so that what B forwards is told apart from A's.
-	apiB := newAPIUpstream(t, g.as)
+	apiB := newAPI(t, g.as)
 	b := startChildCaddy(t, storage, injectorSite(g.as, g.tokenURLOf(), "", apiB.hostport()))
 	for i := range 5 {
 		if status, body := b.get(t, fmt.Sprintf("/api/b%d", i)); status != 200 {
@@ -185,7 +185,7 @@ func testReconnectPropagates(t *testing.T, aged bool) {
 	}
 	tok1 := g.api.authorizations()[0]
 
-	apiB := newAPIUpstream(t, g.as)
+	apiB := newAPI(t, g.as)
 	b := startChildCaddy(t, storage, injectorSite(g.as, g.tokenURLOf(), "", apiB.hostport()))
 	for i := range 3 {
 		if status, body := b.get(t, fmt.Sprintf("/api/b%d", i)); status != 200 {
@@ -262,9 +262,9 @@ func testReconnectPropagates(t *testing.T, aged bool) {
 		}
 	}
 	// Two live refresh tokens: the replaced grant is not revoked.
-	if g.as.InvalidGrants.Load() != 0 || g.as.liveRefreshTokens() != 2 || g.as.CodeExchanges.Load() != 2 || g.as.Refreshes.Load() != 0 {
+	if g.as.invalidGrants() != 0 || g.as.liveRefreshTokens() != 2 || g.as.codeExchanges() != 2 || g.as.refreshes() != 0 {
 		t.Errorf("invalid_grant %d, live refresh tokens %d, code exchanges %d, refreshes %d; want 0, 2, 2, 0",
-			g.as.InvalidGrants.Load(), g.as.liveRefreshTokens(), g.as.CodeExchanges.Load(), g.as.Refreshes.Load())
+			g.as.invalidGrants(), g.as.liveRefreshTokens(), g.as.codeExchanges(), g.as.refreshes())
 	}
 }
 
@@ -374,12 +374,12 @@ func TestReloadWithAnotherStorageAppliesItsGrants(t *testing.T) {
 	dirNew := filepath.Join(t.TempDir(), "new")
 	g := newGrantSetupWithStorage(t, fileSystemStorage(dirNew), "account {http.request.header.X-Account}", 0)
 	// The new storage: alice connected (its event log: one connect).
-	issued := accessTokensOf(g.as)
+	issued := g.as.accessTokens()
 	if status, body := g.connect("alice"); status != 200 {
 		t.Fatalf("connect alice in the new storage: %d %q", status, body)
 	}
 	var tokNew string
-	for tok := range accessTokensOf(g.as) {
+	for tok := range g.as.accessTokens() {
 		if !issued[tok] {
 			tokNew = "Bearer " + tok
 		}
@@ -430,17 +430,6 @@ func TestReloadWithAnotherStorageAppliesItsGrants(t *testing.T) {
 		time.Sleep(pollInterval)
 	}
 	t.Logf("alice's requests carry the new storage's grant %s after the reload", time.Since(start).Round(time.Millisecond))
-}
-
-// accessTokensOf returns the access tokens as issued so far.
-func accessTokensOf(as *codeAS) map[string]bool {
-	as.mu.Lock()
-	defer as.mu.Unlock()
-	m := map[string]bool{}
-	for tok := range as.accesses {
-		m[tok] = true
-	}
-	return m
 }
 
 // eventsSeen returns the highest sequence number of the event log any
@@ -515,7 +504,7 @@ func TestTwoInstancesShareARotatingGrantOnRedis(t *testing.T) {
 	// refresh_before), so that both instances often set out to refresh at
 	// once and only the lock keeps them from redeeming the same token.
 	g := newGrantSetupWithStorage(t, storage, "refresh_before 2s", 300*time.Millisecond)
-	g.as.AccessLifetime = 4 // a rotation every ~2 s
+	g.as.Lifetime = 4 * time.Second // a rotation every ~2 s
 	g.as.ReuseRevokesGrant = true
 	if status, body := g.connect(""); status != 200 {
 		t.Fatalf("consent: %d %q", status, body)
@@ -556,14 +545,14 @@ func TestTwoInstancesShareARotatingGrantOnRedis(t *testing.T) {
 	wg.Wait()
 
 	t.Logf("requests ok %d, failed %d; refreshes %d; invalid_grant %d; live refresh tokens %d",
-		ok.Load(), bad.Load(), g.as.Refreshes.Load(), g.as.InvalidGrants.Load(), g.as.liveRefreshTokens())
-	if n := g.as.InvalidGrants.Load(); n != 0 {
+		ok.Load(), bad.Load(), g.as.refreshes(), g.as.invalidGrants(), g.as.liveRefreshTokens())
+	if n := g.as.invalidGrants(); n != 0 {
 		t.Errorf("the provider answered invalid_grant %d times: a rotated refresh token was reused", n)
 	}
 	if bad.Load() != 0 {
 		t.Errorf("%d requests failed (e.g. %v)", bad.Load(), badSample.Load())
 	}
-	if r := g.as.Refreshes.Load(); r < 2 {
+	if r := g.as.refreshes(); r < 2 {
 		t.Errorf("only %d refreshes in %s of 4 s tokens", r, load)
 	}
 	if n := g.as.liveRefreshTokens(); n != 1 {

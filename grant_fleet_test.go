@@ -6,7 +6,8 @@ package oauthbearer
 // made a fleet cost more than one instance. The instances are a Caddy in
 // this process (A: the consent endpoints and an injector) and child Caddy
 // processes (this test binary, see TestMain) on the same storage; the
-// provider is grantAS (grantserver_test.go).
+// provider is fakeAS (authserver_test.go), which says what each
+// redemption cost.
 
 import (
 	"context"
@@ -29,19 +30,19 @@ import (
 )
 
 // gasSetup is a Caddy in this process serving the consent endpoints of a
-// grantAS under /oauth/ (behind basic_auth, as the README says) and an
+// fakeAS under /oauth/ (behind basic_auth, as the README says) and an
 // injector of its grant.
 type gasSetup struct {
 	t    *testing.T
-	as   *grantAS
-	api  *grantAPI
+	as   *fakeAS
+	api  *upstream
 	c    *testCaddy
 	conf string
 }
 
 // gasClient is the provider and client subdirectives every handler of the
 // grant of as shares (with the revocation endpoint when revoke).
-func gasClient(as *grantAS, revoke bool) string {
+func gasClient(as *fakeAS, revoke bool) string {
 	s := fmt.Sprintf("client_id     %s\n\t\tclient_secret %s\n\t\ttoken_url     %s", as.ClientID, as.Secret, as.tokenURL())
 	if revoke {
 		s += "\n\t\trevoke_url    " + as.revokeURL()
@@ -51,12 +52,12 @@ func gasClient(as *grantAS, revoke bool) string {
 
 // gasInjector is an oauth_bearer block using the grant of as, with extra
 // subdirectives.
-func gasInjector(as *grantAS, extra string, revoke bool) string {
+func gasInjector(as *fakeAS, extra string, revoke bool) string {
 	return fmt.Sprintf("oauth_bearer generic {\n\t\tgrant authorization_code\n\t\t%s\n\t\t%s\n\t}", gasClient(as, revoke), extra)
 }
 
 // gasSite is A's site: the consent endpoints and injector.
-func gasSite(as *grantAS, redirect, injector, upstream string, revoke bool) string {
+func gasSite(as *fakeAS, redirect, injector, upstream string, revoke bool) string {
 	hash, err := bcrypt.GenerateFromPassword([]byte(adminPass), bcrypt.MinCost)
 	if err != nil {
 		panic(err)
@@ -83,22 +84,23 @@ func gasInjectorSite(injector, upstream string) string {
 // newGasSetup starts A on storage ("" for the test's own file_system
 // directory) with an injector that has the extra subdirectives; configure
 // sets the provider's behaviour before anything uses it.
-func newGasSetup(t *testing.T, storage, extra string, configure func(*grantAS)) *gasSetup {
+func newGasSetup(t *testing.T, storage, extra string, configure func(*fakeAS)) *gasSetup {
 	t.Helper()
 	return newGasSetupRevoke(t, storage, extra, true, configure)
 }
 
-func newGasSetupRevoke(t *testing.T, storage, extra string, revoke bool, configure func(*grantAS)) *gasSetup {
+func newGasSetupRevoke(t *testing.T, storage, extra string, revoke bool, configure func(*fakeAS)) *gasSetup {
 	t.Helper()
 	addr := freeAddr(t)
-	as := newGrantAS(t, "http://"+addr+"/oauth/callback")
+	as := newFakeAS(t)
+	as.RedirectURI = "http://" + addr + "/oauth/callback"
 	if testClock != nil {
 		as.Now = testClock.now
 	}
 	if configure != nil {
 		configure(as)
 	}
-	api := newGrantAPI(t, as)
+	api := newAPI(t, as)
 	s := &gasSetup{t: t, as: as, api: api}
 	s.conf = gasSite(as, as.RedirectURI, gasInjector(as, extra, revoke), api.hostport(), revoke)
 	s.c = startCaddyWith(t, addr, storage, s.conf)
@@ -180,7 +182,7 @@ func gasLoad(bases []string, account string, workers int, d time.Duration) (ok, 
 
 // gasCredentialSet is the credential set the handlers of gasInjector
 // derive: the same grant id and the same record keys.
-func gasCredentialSet(t testing.TB, as *grantAS, revoke bool) *credentialSet {
+func gasCredentialSet(t testing.TB, as *fakeAS, revoke bool) *credentialSet {
 	t.Helper()
 	c := Credentials{Provider: "generic", ClientID: as.ClientID, ClientSecret: as.Secret, TokenURL: as.tokenURL()}
 	if revoke {
@@ -238,7 +240,7 @@ func publishConnect(t testing.TB, g *grant, account string) {
 // seedAccount makes a grant for account at the provider, whose access
 // token was obtained at obtained, and stores it through g as a consent on
 // another instance would.
-func seedAccount(t testing.TB, g *grant, as *grantAS, account string, obtained time.Time) gasSeed {
+func seedAccount(t testing.TB, g *grant, as *fakeAS, account string, obtained time.Time) asSeed {
 	t.Helper()
 	s := as.seed(account, obtained)
 	putRecord(t, g, account, &grantRecord{Account: account, RefreshToken: s.RefreshToken, AccessToken: s.AccessToken,
@@ -253,7 +255,7 @@ func dueWindow(before time.Duration) time.Duration { return before + before/10 +
 
 // reportRedundant fails the test for each redemption of a grant whose
 // newest access token was not due.
-func reportRedundant(t *testing.T, as *grantAS, before time.Duration) {
+func reportRedundant(t *testing.T, as *fakeAS, before time.Duration) {
 	t.Helper()
 	red := as.redundant(dueWindow(before))
 	for i, r := range red {
@@ -262,7 +264,7 @@ func reportRedundant(t *testing.T, as *grantAS, before time.Duration) {
 			break
 		}
 		t.Errorf("redundant redemption of grant %s at %s: its newest access token still had %s (refresh_before %s)",
-			r.Grant, r.At.Format("15:04:05.000"), r.NewestLeft.Round(time.Millisecond), before)
+			r.GrantID, r.At.Format("15:04:05.000"), r.NewestLeft.Round(time.Millisecond), before)
 	}
 }
 
@@ -277,14 +279,14 @@ func TestFleetIdleGrantRedeemedOncePerRotation(t *testing.T) {
 	// instance has just refreshed finds 4 s or more left on its newest
 	// token, well outside the 2.2 s an instance refreshes ahead.
 	storage := fileSystemStorage(filepath.Join(t.TempDir(), "storage"))
-	s := newGasSetup(t, storage, "refresh_before 2s", func(as *grantAS) {
-		as.AccessLifetime = 6 * time.Second
+	s := newGasSetup(t, storage, "refresh_before 2s", func(as *fakeAS) {
+		as.Lifetime = 6 * time.Second
 		as.ReuseRevokesGrant = true
 	})
 	s.connect("")
 	startChildCaddy(t, storage, gasInjectorSite(s.injector("refresh_before 2s"), s.api.hostport()))
 	deadline := time.Now().Add(45 * time.Second)
-	for s.as.Redemptions.Load() < 5 && time.Now().Before(deadline) {
+	for s.as.refreshes() < 5 && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond) // poll the provider's counter; no request is made
 	}
 	reds := s.as.redemptions()
@@ -293,10 +295,10 @@ func TestFleetIdleGrantRedeemedOncePerRotation(t *testing.T) {
 		t.Fatalf("only %d background redemptions in 45 s of 6 s tokens", len(reds))
 	}
 	reportRedundant(t, s.as, 2*time.Second)
-	if n := s.as.InvalidGrants.Load(); n != 0 {
+	if n := s.as.invalidGrants(); n != 0 {
 		t.Errorf("%d invalid_grant answers", n)
 	}
-	if s.api.OK.Load()+s.api.Unauthorized.Load() != 0 {
+	if s.api.answered(200)+s.api.answered(401) != 0 {
 		t.Error("a request reached the API: the test was meant to have no traffic")
 	}
 }
@@ -322,8 +324,8 @@ func TestGrantUnderLoadWithRevokingRotationOneInstance(t *testing.T) {
 }
 
 func testFleetGrantUnderLoad(t *testing.T, storage string, instances int) {
-	s := newGasSetup(t, storage, "refresh_before 2s", func(as *grantAS) {
-		as.AccessLifetime = 4 * time.Second
+	s := newGasSetup(t, storage, "refresh_before 2s", func(as *fakeAS) {
+		as.Lifetime = 4 * time.Second
 		as.ReuseRevokesGrant = true
 		as.RevokeEarlierAccess = true
 	})
@@ -337,7 +339,7 @@ func testFleetGrantUnderLoad(t *testing.T, storage string, instances int) {
 	ok, failed, sample := gasLoad(bases, "", 8, d)
 	reds := s.as.redemptions()
 	t.Logf("%d instances, %s of 4 s tokens refreshed 2 s ahead: %d requests ok, %d failed (%s); %d redemptions, %d invalid_grant",
-		instances, d, ok, failed, sample, len(reds), s.as.InvalidGrants.Load())
+		instances, d, ok, failed, sample, len(reds), s.as.invalidGrants())
 	if failed != 0 {
 		t.Errorf("%d of %d requests failed (e.g. %s)", failed, ok+failed, sample)
 	}
@@ -345,7 +347,7 @@ func testFleetGrantUnderLoad(t *testing.T, storage string, instances int) {
 	if len(reds) < 4 {
 		t.Errorf("only %d redemptions in %s of 4 s tokens", len(reds), d)
 	}
-	if n := s.as.InvalidGrants.Load(); n != 0 {
+	if n := s.as.invalidGrants(); n != 0 {
 		t.Errorf("%d invalid_grant answers", n)
 	}
 }
@@ -354,7 +356,7 @@ func testFleetGrantUnderLoad(t *testing.T, storage string, instances int) {
 
 // flakyGasSetup is newGasSetup on an oab_flaky storage (its faults and its
 // root directory returned).
-func flakyGasSetup(t *testing.T, extra string, configure func(*grantAS)) (*gasSetup, *storageFaults, string) {
+func flakyGasSetup(t *testing.T, extra string, configure func(*fakeAS)) (*gasSetup, *storageFaults, string) {
 	t.Helper()
 	faults := flakyFaults(t.Name())
 	faults.reset()
@@ -391,14 +393,14 @@ func TestIdleGrantRefreshBacksOffAndHonoursRetryAfter(t *testing.T) {
 	clock.add(time.Hour + time.Minute) // the grant's access token has expired: due
 	ge := grantEntry(t)
 	deadline := time.Now().Add(20 * time.Second)
-	for s.as.RefreshAttempts.Load() == 0 && time.Now().Before(deadline) {
+	for s.as.refreshAttempts() == 0 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond) // poll the provider's counter
 	}
-	if s.as.RefreshAttempts.Load() == 0 {
+	if s.as.refreshAttempts() == 0 {
 		t.Fatal("the idle grant was never refreshed")
 	}
 	waitRounds(t, faults, ge, 4)
-	if n := s.as.RefreshAttempts.Load(); n != 1 {
+	if n := s.as.refreshAttempts(); n != 1 {
 		t.Errorf("%d refresh attempts while the provider asked to wait 120 s, want 1", n)
 	}
 	logs := s.c.logs()
@@ -410,11 +412,11 @@ func TestIdleGrantRefreshBacksOffAndHonoursRetryAfter(t *testing.T) {
 	s.as.refuse(0, "", 0)
 	clock.add(121 * time.Second)
 	deadline = time.Now().Add(20 * time.Second)
-	for s.as.Redemptions.Load() == 0 && time.Now().Before(deadline) {
+	for s.as.refreshes() == 0 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond) // poll the provider's counter
 	}
-	if s.as.Redemptions.Load() != 1 {
-		t.Errorf("%d redemptions after the provider came back, want 1", s.as.Redemptions.Load())
+	if s.as.refreshes() != 1 {
+		t.Errorf("%d redemptions after the provider came back, want 1", s.as.refreshes())
 		for _, l := range strings.Split(s.c.logs(), "\n") {
 			if strings.Contains(l, "oauth_bearer") && !strings.Contains(l, "\"debug\"") {
 				t.Log(l)
@@ -445,13 +447,13 @@ func TestSlowIdleRefreshesDoNotHoldUpTheEventLog(t *testing.T) {
 		t.Fatalf("victim: %d %q", status, body)
 	}
 	s.as.setDelay(time.Minute)
-	before := s.as.Arrivals.Load()
+	before := s.as.tokenRequests()
 	clock.add(29*time.Minute + 30*time.Second) // the slow accounts are due, victim is not
 	deadline := time.Now().Add(20 * time.Second)
-	for s.as.Arrivals.Load() == before && time.Now().Before(deadline) {
+	for s.as.tokenRequests() == before && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond) // poll the provider's counter
 	}
-	if s.as.Arrivals.Load() == before {
+	if s.as.tokenRequests() == before {
 		t.Fatal("the idle refreshes did not start")
 	}
 	// Another instance disconnects victim.
@@ -480,11 +482,12 @@ func TestSlowIdleRefreshesDoNotHoldUpTheEventLog(t *testing.T) {
 // nothing about the storage, which is fine.
 func TestFleetSlowProviderOneTokenRequest(t *testing.T) {
 	storage := fileSystemStorage(filepath.Join(t.TempDir(), "storage"))
-	as := newFleetAS(t, 3600)
-	up := fleetUpstream(t, as)
+	as := newFakeAS(t)
+	as.Lifetime = 3600 * time.Second
+	up := newAPI(t, as)
 	a := startChildCaddy(t, storage, fleetSite(as, up.URL, tokenStoreStorage, "60s"))
 	b := startChildCaddy(t, storage, fleetSite(as, up.URL, tokenStoreStorage, "60s"))
-	release := as.holdRequests()
+	release := as.hold()
 	results := make(chan string, 2)
 	get := func(c *childCaddy) {
 		resp, err := testClient.Get(c.url("/api"))
@@ -496,7 +499,7 @@ func TestFleetSlowProviderOneTokenRequest(t *testing.T) {
 		results <- fmt.Sprint(resp.StatusCode)
 	}
 	go get(a)
-	<-as.arrived // A asks the provider, holding the lock
+	as.waitArrived(t) // A asks the provider, holding the lock
 	go get(b)
 	time.AfterFunc(3*time.Second, release) // the provider answers after 3 s
 	for range 2 {
@@ -504,7 +507,7 @@ func TestFleetSlowProviderOneTokenRequest(t *testing.T) {
 			t.Errorf("a request answered %s", r)
 		}
 	}
-	if n := as.issued.Load(); n != 1 {
+	if n := as.tokenRequests(); n != 1 {
 		t.Errorf("%d token requests, want 1: the second instance did not wait for the first", n)
 	}
 	for _, c := range []*childCaddy{a, b} {
@@ -520,7 +523,7 @@ func TestFleetSlowProviderOneTokenRequest(t *testing.T) {
 func TestFleetSlowProviderGrantWaitsForTheRedemption(t *testing.T) {
 	storage := fileSystemStorage(filepath.Join(t.TempDir(), "storage"))
 	root := strings.TrimPrefix(storage, "file_system ")
-	s := newGasSetup(t, storage, "timeout 25s", func(as *grantAS) { as.ReuseRevokesGrant = true })
+	s := newGasSetup(t, storage, "timeout 25s", func(as *fakeAS) { as.ReuseRevokesGrant = true })
 	other := grantOn(t, gasCredentialSet(t, s.as, true), &certmagic.FileStorage{Path: root})
 	// The account's stored access token has expired: whichever instance
 	// comes first redeems (19 s), the other must wait for it.
@@ -540,7 +543,7 @@ func TestFleetSlowProviderGrantWaitsForTheRedemption(t *testing.T) {
 	}
 	go get(s.c.url("/api/a"))
 	deadline := time.Now().Add(20 * time.Second)
-	for s.as.Arrivals.Load() == 0 && time.Now().Before(deadline) {
+	for s.as.tokenRequests() == 0 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond) // poll the provider's counter: a redemption is in flight
 	}
 	go get(b.url("/api/b"))
@@ -549,7 +552,7 @@ func TestFleetSlowProviderGrantWaitsForTheRedemption(t *testing.T) {
 			t.Errorf("a request answered %s", r)
 		}
 	}
-	if n := s.as.RefreshAttempts.Load(); n != 1 {
+	if n := s.as.refreshAttempts(); n != 1 {
 		t.Errorf("%d refresh requests, want 1", n)
 	}
 }
@@ -558,7 +561,7 @@ func TestFleetSlowProviderGrantWaitsForTheRedemption(t *testing.T) {
 
 // gasRefreshTokenInjector is an injector of grant refresh_token starting
 // from token.
-func gasRefreshTokenInjector(as *grantAS, token, extra string) string {
+func gasRefreshTokenInjector(as *fakeAS, token, extra string) string {
 	return fmt.Sprintf("oauth_bearer generic {\n\t\tgrant refresh_token\n\t\trefresh_token %s\n\t\t%s\n\t\t%s\n\t}", token, gasClient(as, true), extra)
 }
 
@@ -568,10 +571,10 @@ func gasRefreshTokenInjector(as *grantAS, token, extra string) string {
 // (rotated away) token, and the grant survives.
 func TestConfiguredRefreshTokenRollingDeploy(t *testing.T) {
 	storage := fileSystemStorage(filepath.Join(t.TempDir(), "storage"))
-	as := newGrantAS(t, "")
-	as.AccessLifetime = 4 * time.Second
+	as := newFakeAS(t)
+	as.Lifetime = 4 * time.Second
 	as.ReuseRevokesGrant = true
-	api := newGrantAPI(t, as)
+	api := newAPI(t, as)
 	old, next := as.seed("ops", time.Now()), as.seed("ops", time.Now())
 	a := startCaddyWith(t, freeAddr(t), storage, gasInjectorSite(gasRefreshTokenInjector(as, old.RefreshToken, "refresh_before 2s"), api.hostport()))
 	if status, body := a.get("/api/old"); status != 200 {
@@ -582,11 +585,11 @@ func TestConfiguredRefreshTokenRollingDeploy(t *testing.T) {
 		t.Fatalf("new instance: %d %q", status, body)
 	}
 	ok, failed, sample := gasLoad([]string{a.url(""), b.url("")}, "", 4, 10*time.Second)
-	t.Logf("%d ok, %d failed (%s); redemptions %d, invalid_grant %d", ok, failed, sample, as.Redemptions.Load(), as.InvalidGrants.Load())
+	t.Logf("%d ok, %d failed (%s); redemptions %d, invalid_grant %d", ok, failed, sample, as.refreshes(), as.invalidGrants())
 	if failed != 0 {
 		t.Errorf("%d requests failed during the rolling deploy (e.g. %s)", failed, sample)
 	}
-	if n := as.InvalidGrants.Load(); n != 0 {
+	if n := as.invalidGrants(); n != 0 {
 		t.Errorf("%d invalid_grant answers: an instance re-seeded from a configured token already applied", n)
 	}
 }
@@ -596,10 +599,11 @@ func TestConfiguredRefreshTokenRollingDeploy(t *testing.T) {
 func TestConfiguredRefreshTokenDoesNotOverrideAReconnect(t *testing.T) {
 	clock := useFakeClock(t)
 	addr := freeAddr(t)
-	as := newGrantAS(t, "http://"+addr+"/oauth/callback")
+	as := newFakeAS(t)
+	as.RedirectURI = "http://" + addr + "/oauth/callback"
 	as.Now = clock.now
 	as.ReuseRevokesGrant = true
-	api := newGrantAPI(t, as)
+	api := newAPI(t, as)
 	configured := as.seed("ops", clock.now())
 	s := &gasSetup{t: t, as: as, api: api}
 	s.conf = gasSite(as, as.RedirectURI, gasRefreshTokenInjector(as, configured.RefreshToken, ""), api.hostport(), true)
@@ -611,12 +615,12 @@ func TestConfiguredRefreshTokenDoesNotOverrideAReconnect(t *testing.T) {
 	if status, body := s.c.get("/api/connected"); status != 200 {
 		t.Fatalf("after the reconnect: %d %q", status, body)
 	}
-	connected := api.last()
+	connected := api.lastToken()
 	clock.add(time.Hour + time.Minute)
 	if status, body := s.c.get("/api/refreshed"); status != 200 {
 		t.Fatalf("after the refresh: %d %q", status, body)
 	}
-	if n := as.InvalidGrants.Load(); n != 0 {
+	if n := as.invalidGrants(); n != 0 {
 		t.Errorf("%d invalid_grant answers: the configured (rotated away) token was redeemed again", n)
 	}
 	st := grantEntryWith(t, func(g *grant) bool { return g.bootstrap != "" })
@@ -630,9 +634,10 @@ func TestConfiguredRefreshTokenDoesNotOverrideAReconnect(t *testing.T) {
 // the provider does not rotate it (and no revocation endpoint killed it).
 func TestConfiguredRefreshTokenDoesNotUndoADisconnect(t *testing.T) {
 	addr := freeAddr(t)
-	as := newGrantAS(t, "http://"+addr+"/oauth/callback")
+	as := newFakeAS(t)
+	as.RedirectURI = "http://" + addr + "/oauth/callback"
 	as.KeepRefreshToken = true
-	api := newGrantAPI(t, as)
+	api := newAPI(t, as)
 	configured := as.seed("ops", time.Now())
 	s := &gasSetup{t: t, as: as, api: api}
 	s.conf = gasSite(as, as.RedirectURI, fmt.Sprintf("oauth_bearer generic {\n\t\tgrant refresh_token\n\t\trefresh_token %s\n\t\t%s\n\t}",
@@ -700,8 +705,8 @@ func TestUnsavedRotationDoesNotOverwriteANewerConsent(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond) // poll the storage and the log
 	}
-	if status, body := s.c.get("/api/after"); status != 200 || s.api.last() != newer.AccessToken {
-		t.Errorf("after the storage came back: %d %q with %q, want the newer consent's token", status, body, s.api.last())
+	if status, body := s.c.get("/api/after"); status != 200 || s.api.lastToken() != newer.AccessToken {
+		t.Errorf("after the storage came back: %d %q with %q, want the newer consent's token", status, body, s.api.lastToken())
 	}
 }
 
@@ -712,15 +717,15 @@ func TestUnsavedRotationDoesNotOverwriteANewerConsent(t *testing.T) {
 // grant, across a refresh.
 func TestReconnectKeepsTheNewGrantWhereRevocationEndsTheUsersGrants(t *testing.T) {
 	clock := useFakeClock(t)
-	s := newGasSetup(t, "", "", func(as *grantAS) { as.RevocationEndsUser = true })
+	s := newGasSetup(t, "", "", func(as *fakeAS) { as.RevocationEndsUser = true })
 	s.connect("")
 	if status, body := s.c.get("/api/first"); status != 200 {
 		t.Fatalf("first grant: %d %q", status, body)
 	}
-	first := s.api.last()
+	first := s.api.lastToken()
 	s.connect("") // the same user consents again
-	if status, body := s.c.get("/api/second"); status != 200 || s.api.last() == first {
-		t.Fatalf("after the reconnect: %d %q with the first grant's token %v", status, body, s.api.last() == first)
+	if status, body := s.c.get("/api/second"); status != 200 || s.api.lastToken() == first {
+		t.Fatalf("after the reconnect: %d %q with the first grant's token %v", status, body, s.api.lastToken() == first)
 	}
 	clock.add(time.Hour + time.Minute)
 	if status, body := s.c.get("/api/refreshed"); status != 200 {
@@ -787,7 +792,7 @@ func TestUnknownAccountConnectedElsewhere(t *testing.T) {
 // taken and the request replayed at once, with no redemption.
 func TestGrant401OnAReplacedTokenTakesTheStoredOneAtOnce(t *testing.T) {
 	clock := useFakeClock(t)
-	s := newGasSetup(t, "", "", func(as *grantAS) {
+	s := newGasSetup(t, "", "", func(as *fakeAS) {
 		as.RevokeEarlierAccess = true
 		as.ReuseRevokesGrant = true
 	})
@@ -798,7 +803,7 @@ func TestGrant401OnAReplacedTokenTakesTheStoredOneAtOnce(t *testing.T) {
 	ge := grantEntry(t)
 	// Another instance redeems the grant and stores the rotation.
 	rec, _ := getRecord(t, ge, defaultAccount)
-	status, tok := casPost(t, s.as.tokenURL(), map[string]string{"grant_type": "refresh_token", "refresh_token": rec.RefreshToken,
+	status, tok := asPost(t, s.as.tokenURL(), map[string]string{"grant_type": "refresh_token", "refresh_token": rec.RefreshToken,
 		"client_id": s.as.ClientID, "client_secret": s.as.Secret})
 	if status != 200 {
 		t.Fatalf("the other instance's refresh: %d %v", status, tok)
@@ -810,10 +815,10 @@ func TestGrant401OnAReplacedTokenTakesTheStoredOneAtOnce(t *testing.T) {
 	if status, body := s.c.get("/api/b"); status != 200 {
 		t.Fatalf("request after the other instance's rotation: %d %q, want 200 from a replay with the stored token", status, body)
 	}
-	if s.api.last() != rec.AccessToken {
+	if s.api.lastToken() != rec.AccessToken {
 		t.Error("the replay did not carry the stored token")
 	}
-	if n := s.as.Redemptions.Load(); n != 1 {
+	if n := s.as.refreshes(); n != 1 {
 		t.Errorf("%d redemptions, want 1 (the other instance's)", n)
 	}
 }
@@ -850,7 +855,7 @@ func TestGrantUnloadIsBoundedWhenTheStorageHangs(t *testing.T) {
 // stored one, and stores it once the storage takes writes.
 func TestUnsavedRotationSurvivesAReloadThatReplacesTheGrant(t *testing.T) {
 	clock := useFakeClock(t)
-	s, faults, _ := flakyGasSetup(t, "", func(as *grantAS) { as.ReuseRevokesGrant = true })
+	s, faults, _ := flakyGasSetup(t, "", func(as *fakeAS) { as.ReuseRevokesGrant = true })
 	s.connect("")
 	faults.failStores(-1)
 	clock.add(time.Hour + time.Minute)
@@ -864,14 +869,14 @@ func TestUnsavedRotationSurvivesAReloadThatReplacesTheGrant(t *testing.T) {
 	if status, body := s.c.get("/api/next"); status != 200 {
 		t.Fatalf("after the reload: %d %q", status, body)
 	}
-	if n := s.as.InvalidGrants.Load(); n != 0 {
+	if n := s.as.invalidGrants(); n != 0 {
 		t.Errorf("%d invalid_grant: the rotation kept in memory was lost with the old configuration", n)
 	}
 	faults.clear()
 	ge := grantEntryWith(t, func(g *grant) bool { return g.cfg.Timeout == 11*time.Second })
 	waitFor(t, func() bool {
 		rec, found := getRecord(t, ge, defaultAccount)
-		return found && rec.AccessToken == s.api.last()
+		return found && rec.AccessToken == s.api.lastToken()
 	})
 }
 
@@ -885,8 +890,9 @@ func TestAdminSourcesDoesNotReadEveryGrant(t *testing.T) {
 	t.Cleanup(faults.reset)
 	root := filepath.Join(t.TempDir(), "storage")
 	addr := freeAddr(t)
-	as := newGrantAS(t, "http://"+addr+"/oauth/callback")
-	api := newGrantAPI(t, as)
+	as := newFakeAS(t)
+	as.RedirectURI = "http://" + addr + "/oauth/callback"
+	api := newAPI(t, as)
 	cs := gasCredentialSet(t, as, true)
 	other := grantOn(t, cs, &certmagic.FileStorage{Path: root})
 	const n = 120
@@ -968,7 +974,7 @@ func TestRotatedRefreshTokenKeptWhenTheAnswerIsRejected(t *testing.T) {
 	for _, quirk := range []string{"token_type", "bad_byte", "expired_jwt"} {
 		t.Run(quirk, func(t *testing.T) {
 			clock := useFakeClock(t)
-			s := newGasSetup(t, "", "", func(as *grantAS) { as.ReuseRevokesGrant = true })
+			s := newGasSetup(t, "", "", func(as *fakeAS) { as.ReuseRevokesGrant = true })
 			s.connect("")
 			s.as.quirkNext(quirk)
 			clock.add(time.Hour + time.Minute)
@@ -979,7 +985,7 @@ func TestRotatedRefreshTokenKeptWhenTheAnswerIsRejected(t *testing.T) {
 			if status, body := s.c.get("/api/next"); status != 200 {
 				t.Errorf("the next refresh: %d %q", status, body)
 			}
-			if n := s.as.InvalidGrants.Load(); n != 0 {
+			if n := s.as.invalidGrants(); n != 0 {
 				t.Errorf("%d invalid_grant: the rotated refresh token was thrown away", n)
 			}
 		})
@@ -1009,7 +1015,7 @@ func (s *vanishingListStorage) List(ctx context.Context, prefix string, recursiv
 // list (the schedule would forget the accounts missing from it, and no
 // instance would refresh them): it is tried again.
 func TestStoredAccountsAreNeverAPartialListing(t *testing.T) {
-	as := newGrantAS(t, "")
+	as := newFakeAS(t)
 	st := &vanishingListStorage{FileStorage: &certmagic.FileStorage{Path: t.TempDir()}}
 	g := grantOn(t, gasCredentialSet(t, as, false), st)
 	for i := range 10 {

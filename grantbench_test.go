@@ -250,8 +250,8 @@ func benchEnv(name string, def float64) float64 {
 // grantFleet is one run's fleet: the provider, the API, the processes.
 type grantFleet struct {
 	tb       testing.TB
-	as       *grantAS
-	api      *grantAPI
+	as       *fakeAS
+	api      *upstream
 	storage  string // the storage global option
 	site     string
 	procs    []*childCaddy
@@ -268,11 +268,11 @@ func newGrantFleet(tb testing.TB, kind string, n, m int) *grantFleet {
 	f := &grantFleet{tb: tb, life: time.Duration(benchEnv("OAB_BENCH_LIFETIME", 60)) * time.Second,
 		before: time.Duration(benchEnv("OAB_BENCH_BEFORE", 10)) * time.Second}
 	f.period = f.life - f.before - f.before/20
-	f.as = newGrantAS(tb, "")
-	f.as.AccessLifetime = f.life
+	f.as = newFakeAS(tb)
+	f.as.Lifetime = f.life
 	f.as.ReuseRevokesGrant = true
 	f.as.RevokeEarlierAccess = true
-	f.api = newGrantAPI(tb, f.as)
+	f.api = newAPI(tb, f.as)
 	var st certmagic.Storage
 	switch kind {
 	case "redis":
@@ -468,7 +468,7 @@ func (f *grantFleet) measure(d time.Duration, rate float64, hot int) fleetFigure
 	for i, p := range f.procs {
 		cpu0[i], _, _ = procStat(p.cmd.Process.Pid)
 	}
-	invalid0 := f.as.InvalidGrants.Load()
+	invalid0 := f.as.invalidGrants()
 	begin := time.Now()
 	stop := make(chan struct{})
 	done := make(chan []sample)
@@ -502,7 +502,7 @@ func (f *grantFleet) measure(d time.Duration, rate float64, hot int) fleetFigure
 			fig.redundant++
 		}
 	}
-	fig.invalid = f.as.InvalidGrants.Load() - invalid0
+	fig.invalid = f.as.invalidGrants() - invalid0
 	// Redemptions per second, and the latencies of the busiest seconds.
 	perSecond := make([]int, int(elapsed/time.Second)+1)
 	for _, r := range reds {
@@ -583,10 +583,10 @@ func (f *grantFleet) after(d time.Duration) (peak float64, allIn time.Duration) 
 		times := map[string][]int{}
 		var order []string
 		for _, r := range reds {
-			if _, ok := times[r.Grant]; !ok {
-				order = append(order, r.Grant)
+			if _, ok := times[r.GrantID]; !ok {
+				order = append(order, r.GrantID)
 			}
-			times[r.Grant] = append(times[r.Grant], int(r.At.Sub(begin)/time.Second))
+			times[r.GrantID] = append(times[r.GrantID], int(r.At.Sub(begin)/time.Second))
 		}
 		for _, g := range order[:min(15, len(order))] {
 			f.tb.Logf("grant %s redeemed at %v s", g, times[g])
@@ -610,8 +610,8 @@ func (f *grantFleet) after(d time.Duration) (peak float64, allIn time.Duration) 
 		if i := int(r.At.Sub(begin) / time.Second); i >= 0 && i < len(perSecond) {
 			perSecond[i]++
 		}
-		if !seen[r.Grant] {
-			seen[r.Grant] = true
+		if !seen[r.GrantID] {
+			seen[r.GrantID] = true
 			if len(seen) == len(f.accounts) {
 				allIn = r.At.Sub(begin)
 			}
@@ -676,7 +676,7 @@ func BenchmarkFleetGrants(b *testing.B) {
 		peak, allIn := f.after(time.Duration(f.life))
 		b.ReportMetric(peak, "peak/mean_redemptions")
 		b.ReportMetric(allIn.Seconds(), "s_until_all_refreshed")
-		b.ReportMetric(float64(f.as.InvalidGrants.Load()), "invalid_grant")
+		b.ReportMetric(float64(f.as.invalidGrants()), "invalid_grant")
 	})
 	b.Run(fmt.Sprintf("scenario=outage/storage=redis/processes=3/accounts=%d", sm), func(b *testing.B) {
 		f := newGrantFleet(b, "redis", 3, sm)
@@ -687,6 +687,6 @@ func BenchmarkFleetGrants(b *testing.B) {
 		peak, allIn := f.after(2 * time.Duration(f.life))
 		b.ReportMetric(peak, "peak/mean_redemptions")
 		b.ReportMetric(allIn.Seconds(), "s_until_all_refreshed")
-		b.ReportMetric(float64(f.as.InvalidGrants.Load()), "invalid_grant")
+		b.ReportMetric(float64(f.as.invalidGrants()), "invalid_grant")
 	})
 }

@@ -24,14 +24,14 @@ import (
 // the metrics all say so, and the token endpoint is not asked.
 func TestLocalFailureHasItsOwnCode(t *testing.T) {
 	key := clientAuthKeys().p384
-	s := newRecordingJWTServer(t)
+	s := newJWTAS(t)
 	s.register("workload", key.Public(), "")
 	path := writeTestFile(t, "token", []byte("e30.e30.c2ln")) // read (and checked) when the config loads
 	up := newUpstream(t)
 	sites := e2eSite("oauth_bearer", fmt.Sprintf(`		token_url   %s
 		client_id   workload
 		token_store memory
-		client_assertion_file %s`, s.url, path), up)
+		client_assertion_file %s`, s.tokenURL(), path), up)
 	c := startCaddyAdmin(t, sites)
 	initMetrics()
 	before := testutil.ToFloat64(metrics.tokenRequests.WithLabelValues("generic", codeLocalConfigError))
@@ -43,7 +43,7 @@ func TestLocalFailureHasItsOwnCode(t *testing.T) {
 	if status != http.StatusBadGateway || !strings.Contains(body, "(local_config_error)") {
 		t.Errorf("with the assertion file gone: %d %q; want 502 with the code local_config_error", status, body)
 	}
-	if n := s.requests.Load(); n != 0 {
+	if n := s.tokenRequests(); n != 0 {
 		t.Errorf("the token endpoint got %d requests; nothing can be sent without an assertion", n)
 	}
 	logs := c.logs()
@@ -79,10 +79,10 @@ func (failingJOSESigner) Sign([]byte) (*jose.JSONWebSignature, error) {
 func TestLocalSigningFailureNamesTheKey(t *testing.T) {
 	key := clientAuthKeys().rsa
 	keyPath := writeTestFile(t, "client.key", pkcs8PEM(t, key))
-	s := newJWTTokenServer(t)
+	s := newJWTAS(t)
 	for _, grant := range []string{grantClientCredentials, grantJWTBearer} {
 		t.Run(grant, func(t *testing.T) {
-			h := &Handler{Credentials: Credentials{TokenURL: s.tokenURL, ClientID: "signer-client", PrivateKey: keyPath}, Grant: grant}
+			h := &Handler{Credentials: Credentials{TokenURL: s.tokenURL(), ClientID: "signer-client", PrivateKey: keyPath}, Grant: grant}
 			cs, err := h.configure(provisionReplacer())
 			if err != nil {
 				t.Fatal(err)
@@ -90,7 +90,7 @@ func TestLocalSigningFailureNamesTheKey(t *testing.T) {
 			cs.signer.signer = failingJOSESigner{cs.signer.signer}
 			ep := newEndpoint(cs, &clock{})
 			defer ep.close()
-			before := s.requests.Load()
+			before := s.tokenRequests()
 			_, err = ep.clientCredentials(context.Background())
 			var te *TokenError
 			if !errors.As(err, &te) || te.Code != codeLocalConfigError || !strings.HasPrefix(te.Description, "private_key: ") ||
@@ -100,7 +100,7 @@ func TestLocalSigningFailureNamesTheKey(t *testing.T) {
 			if te != nil && (te.permanent() || resultClass(te) != codeLocalConfigError) {
 				t.Errorf("permanent %v, result class %q", te.permanent(), resultClass(te))
 			}
-			if s.requests.Load() != before {
+			if s.tokenRequests() != before {
 				t.Errorf("a request was sent")
 			}
 		})
@@ -114,19 +114,19 @@ func TestLocalSigningFailureNamesTheKey(t *testing.T) {
 func TestJWTBearerPrivateKeyDefaultSubject(t *testing.T) {
 	key := clientAuthKeys().rsa
 	keyPath := writeTestFile(t, "sf.key", pkcs8PEM(t, key))
-	s := newRecordingJWTServer(t)
+	s := newJWTAS(t)
 	s.register("3MVG9-consumer-key", key.Public(), "")
 	up := newUpstream(t)
 	c := startCaddy(t, e2eSite("oauth_bearer", fmt.Sprintf(`		grant       jwt_bearer
 		token_url   %s
 		client_id   3MVG9-consumer-key
 		private_key %s
-		scope       api`, s.url, keyPath), up))
+		scope       api`, s.tokenURL(), keyPath), up))
 	status, body := c.get("/")
 	if status != http.StatusOK {
 		t.Fatalf("GET /: %d %s (the server's last refusal: %q)", status, body, s.lastRefusal())
 	}
-	if g := s.issuedGrants(); len(g) != 1 || g[0].sub != "3MVG9-consumer-key" || g[0].clientID != "3MVG9-consumer-key" {
+	if g := s.issuedLog(); len(g) != 1 || g[0].Sub != "3MVG9-consumer-key" || g[0].Client != "3MVG9-consumer-key" {
 		t.Errorf("issued %+v; want one, with sub = iss = the client id", g)
 	}
 }

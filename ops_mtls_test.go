@@ -19,15 +19,15 @@ import (
 // connection, so each token request is a new handshake.
 func TestClientCertReloadFailureLogged(t *testing.T) {
 	serverCA, clientCA := newMTLSTestCA(t, "ops server CA"), newMTLSTestCA(t, "ops client CA")
-	s := newMTLSTokenServer(t, serverCA, clientCA)
-	s.srv.Config.SetKeepAlivesEnabled(false)
+	s := newMTLSAS(t, serverCA, clientCA)
+	s.Config.SetKeepAlivesEnabled(false)
 	files := writeMTLSClient(t, clientCA, "rotating-client", serverCA)
 	up := newUpstream(t)
 	c := startCaddyAdmin(t, e2eSite("oauth_bearer", fmt.Sprintf(`		token_url       %s
 		client_id       rotating-client
 		tls_client_cert %s %s
 		ca_file         %s
-		token_store     memory`, s.url, files.cert, files.key, files.ca), up))
+		token_store     memory`, s.tokenURL(), files.cert, files.key, files.ca), up))
 	wantInjected(t, c, up, "/", "at-mtls-rotating-client-1")
 	sources, _ := adminSources(t, c)
 	src := findSource(t, sources, "client_credentials")
@@ -48,7 +48,7 @@ func TestClientCertReloadFailureLogged(t *testing.T) {
 	for range 3 {
 		refresh()
 	}
-	if n := s.issued.Load(); n != 4 {
+	if n := s.issued(); n != 4 {
 		t.Errorf("%d tokens issued, want 4", n)
 	}
 	const failedMsg = "client certificate reload failed"

@@ -92,37 +92,38 @@ type recordSecrecyCase struct {
 func recordSecrecyCases() []recordSecrecyCase {
 	return []recordSecrecyCase{
 		{name: "client_secret", clientID: "client-1", setup: func(t *testing.T) (string, string) {
-			as := newFakeAS(t, "form", "basic")
-			t.Setenv("OAB_SECRECY_SECRET", as.secret)
+			as := newFakeAS(t)
+			as.Format, as.ClientAuth = "form", "basic"
+			t.Setenv("OAB_SECRECY_SECRET", as.Secret)
 			return fmt.Sprintf("\t\ttoken_url %s\n\t\tclient_id client-1\n\t\tclient_secret {env.OAB_SECRECY_SECRET}\n\t\tclient_auth basic", as.tokenURL()), "tok-1-"
 		}},
 		{name: "private_key_jwt", clientID: "secrecy-pkjwt", setup: func(t *testing.T) (string, string) {
 			key := clientAuthKeys().p256
-			s := newRecordingJWTServer(t)
+			s := newJWTAS(t)
 			s.register("secrecy-pkjwt", key.Public(), "")
 			path := writeTestFile(t, "client.key", pkcs8PEM(t, key))
-			return fmt.Sprintf("\t\ttoken_url %s\n\t\tclient_id secrecy-pkjwt\n\t\tprivate_key %s", s.url, path), "at-secrecy-pkjwt-1"
+			return fmt.Sprintf("\t\ttoken_url %s\n\t\tclient_id secrecy-pkjwt\n\t\tprivate_key %s", s.tokenURL(), path), "at-secrecy-pkjwt-1"
 		}},
 		{name: "tls", clientID: "secrecy-mtls", setup: func(t *testing.T) (string, string) {
 			serverCA, clientCA := newMTLSTestCA(t, "secrecy server CA"), newMTLSTestCA(t, "secrecy client CA")
-			s := newMTLSTokenServer(t, serverCA, clientCA)
+			s := newMTLSAS(t, serverCA, clientCA)
 			files := writeMTLSClient(t, clientCA, "secrecy-mtls", serverCA)
 			return fmt.Sprintf("\t\ttoken_url %s\n\t\tclient_id secrecy-mtls\n\t\tclient_auth tls\n\t\ttls_client_cert %s %s\n\t\tca_file %s",
-				s.url, files.cert, files.key, files.ca), "at-mtls-secrecy-mtls-1"
+				s.tokenURL(), files.cert, files.key, files.ca), "at-mtls-secrecy-mtls-1"
 		}},
 		{name: "jwt_bearer_private_key", clientID: "secrecy-bearer", setup: func(t *testing.T) (string, string) {
 			key := clientAuthKeys().rsa
-			s := newRecordingJWTServer(t)
+			s := newJWTAS(t)
 			s.register("secrecy-bearer", key.Public(), "")
 			path := writeTestFile(t, "bearer.key", pkcs8PEM(t, key))
 			return fmt.Sprintf("\t\tgrant jwt_bearer\n\t\ttoken_url %s\n\t\tclient_id secrecy-bearer\n\t\tprivate_key %s\n\t\tsubject someone@example.com\n\t\tscope api",
-				s.url, path), "at-secrecy-bearer-1"
+				s.tokenURL(), path), "at-secrecy-bearer-1"
 		}},
 		{name: "jwt_bearer_service_account", clientID: "robot@proj.iam.gserviceaccount.com", setup: func(t *testing.T) (string, string) {
 			key := clientAuthKeys().rsa2
-			s := newRecordingJWTServer(t)
+			s := newJWTAS(t)
 			s.register("robot@proj.iam.gserviceaccount.com", key.Public(), "")
-			path := writeTestFile(t, "sa.json", googleKeyJSON(t, key, s.url, nil))
+			path := writeTestFile(t, "sa.json", googleKeyJSON(t, key, s.tokenURL(), nil))
 			return fmt.Sprintf("\t\tservice_account_file %s\n\t\tscope https://www.googleapis.com/auth/cloud-platform", path),
 				"at-robot@proj.iam.gserviceaccount.com-1"
 		}},
@@ -322,7 +323,7 @@ func dropJSONField(t *testing.T, doc []byte, field string) ([]byte, int) {
 func TestConsentStateCookieNotForgeableFromPublicInputs(t *testing.T) {
 	key := clientAuthKeys().p256
 	keyPath := writeTestFile(t, "client.key", pkcs8PEM(t, key))
-	s := newRecordingJWTServer(t)
+	s := newJWTAS(t)
 	s.register("secrecy-consent", key.Public(), "")
 	addr := freeAddr(t)
 	sites := fmt.Sprintf(`http://LISTEN {
@@ -335,7 +336,7 @@ func TestConsentStateCookieNotForgeableFromPublicInputs(t *testing.T) {
 	}
 	respond "next"
 }
-`, s.url, keyPath, addr)
+`, s.tokenURL(), keyPath, addr)
 	c := startCaddyAt(t, addr, sites)
 	client := &http.Client{Timeout: 10 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	resp, err := client.PostForm(c.url("/oauth/connect"), url.Values{"account": {"alice"}})
@@ -364,7 +365,7 @@ func TestConsentStateCookieNotForgeableFromPublicInputs(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The grant's record id is what its storage keys hold.
-	id := grantID(&credentialSet{Provider: "generic", TokenURL: s.url, ClientID: "secrecy-consent"})
+	id := grantID(&credentialSet{Provider: "generic", TokenURL: s.tokenURL(), ClientID: "secrecy-consent"})
 	for _, public := range []string{"", "secrecy-consent"} {
 		if _, ok := publicOpen(publicAEAD(t, public, "caddy-oauth-bearer grant v1", id), "state", sealed); ok {
 			t.Fatalf("the consent state cookie opens with a key derived from public inputs (secret %q)", public)
@@ -387,7 +388,7 @@ func TestConsentStateCookieNotForgeableFromPublicInputs(t *testing.T) {
 	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, "state cookie is not valid") {
 		t.Fatalf("callback with a state cookie forged with a public key: %d %q; want 400 \"the state cookie is not valid\"", resp.StatusCode, body)
 	}
-	if n := len(s.sentForms()); n != 0 {
+	if n := s.tokenRequests(); n != 0 {
 		t.Fatalf("the forged callback reached the token endpoint (%d requests)", n)
 	}
 }
@@ -398,20 +399,20 @@ func TestConsentStateCookieNotForgeableFromPublicInputs(t *testing.T) {
 // restart, and the record written does not open with one.
 func TestEncryptionKeyAloneOpensRecords(t *testing.T) {
 	key := clientAuthKeys().p384
-	s := newRecordingJWTServer(t)
+	s := newJWTAS(t)
 	s.register("workload", key.Public(), "")
 	kubelet, err := newAssertionSigner(key, "", "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	assertion, err := kubelet.sign(time.Now(), assertionClaims{issuer: "workload", subject: "workload", audience: s.url, lifetime: 5 * time.Minute})
+	assertion, err := kubelet.sign(time.Now(), assertionClaims{issuer: "workload", subject: "workload", audience: s.tokenURL(), lifetime: 5 * time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
 	path := writeTestFile(t, "token", []byte(assertion))
 	t.Setenv("OAB_SECRECY_KEY", base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123456789abcdef")))
 	up := newUpstream(t)
-	sites := e2eSite("oauth_bearer", fmt.Sprintf("\t\ttoken_url %s\n\t\tclient_id workload\n\t\tclient_assertion_file %s\n\t\tencryption_key {env.OAB_SECRECY_KEY}", s.url, path), up)
+	sites := e2eSite("oauth_bearer", fmt.Sprintf("\t\ttoken_url %s\n\t\tclient_id workload\n\t\tclient_assertion_file %s\n\t\tencryption_key {env.OAB_SECRECY_KEY}", s.tokenURL(), path), up)
 	c := startCaddy(t, sites)
 	wantInjected(t, c, up, "/", "at-workload-1")
 
@@ -431,7 +432,7 @@ func TestEncryptionKeyAloneOpensRecords(t *testing.T) {
 	c.restart(sites)
 	// The assertion file is read again for the new token (its jti is
 	// refused twice by the server): a fresh one.
-	again, err := kubelet.sign(time.Now(), assertionClaims{issuer: "workload", subject: "workload", audience: s.url, lifetime: 5 * time.Minute})
+	again, err := kubelet.sign(time.Now(), assertionClaims{issuer: "workload", subject: "workload", audience: s.tokenURL(), lifetime: 5 * time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -462,11 +463,7 @@ func TestProviderDescriptionTokensRedacted(t *testing.T) {
 		return fmt.Sprintf("AADSTS70008: Trace ID: %s: refresh_token=%s has expired; the last access token was Bearer %s (%s, %s, %s)",
 			traceID, rt, opaque, jwtLike, hexRun, b64Run)
 	}
-	s.as.mu.Lock()
-	for _, rt := range s.as.refreshes {
-		rt.dead = true
-	}
-	s.as.mu.Unlock()
+	s.as.setRefreshTokensDead(true)
 	if _, err := grantEntry(t).refresh(t.Context(), "alice", fetchRequest{force: true}); err == nil {
 		t.Fatal("the refresh succeeded; want invalid_grant")
 	}

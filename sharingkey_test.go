@@ -341,11 +341,11 @@ func TestConfigSharingCertificateRenewedOnReload(t *testing.T) {
 	certA, certB := selfSignedCert(t, k.rsa, "renewed-a"), selfSignedCert(t, k.rsa, "renewed-b")
 	keyPath := writeTestFile(t, "client.key", pkcs8PEM(t, k.rsa))
 	certPath := writeTestFile(t, "client.crt", pemOf("CERTIFICATE", certA.Raw))
-	s := newRecordingJWTServer(t)
+	s := newJWTAS(t)
 	s.register("renewed", k.rsa.Public(), certThumbprint(certA))
 	up := newUpstream(t)
 	sites := e2eSite("oauth_bearer", fmt.Sprintf("\t\ttoken_url %s\n\t\tclient_id renewed\n\t\tprivate_key %s\n\t\tcertificate %s",
-		s.url, keyPath, certPath), up)
+		s.tokenURL(), keyPath, certPath), up)
 	c := startCaddy(t, sites)
 	wantInjected(t, c, up, "/before", "at-renewed-1")
 
@@ -358,7 +358,7 @@ func TestConfigSharingCertificateRenewedOnReload(t *testing.T) {
 	status, body := c.get("/after")
 	var thumbprints []string
 	for _, a := range s.assertions() {
-		tp, _ := a.header["x5t#S256"].(string)
+		tp, _ := a.JOSE["x5t#S256"].(string)
 		thumbprints = append(thumbprints, map[string]string{certThumbprint(certA): "A", certThumbprint(certB): "B"}[tp])
 	}
 	if status != 200 || strings.Join(thumbprints, ",") != "A,B" {
