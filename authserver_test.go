@@ -23,7 +23,7 @@ package oauthbearer
 // client_secret_jwt (register the client's key; go-jose verifies each
 // assertion: signature, alg, iss, sub, aud, exp, iat, nbf, jti once,
 // x5t#S256), a TLS client certificate (newFakeASTLS with a tls.Config that
-// asks for one) and none (PublicClient). Bodies are form or JSON (Format
+// asks for one), and none for the JWT bearer grant. Bodies are form or JSON (Format
 // allows one only, as IdentityServer and Event Temple do); Want names
 // parameters that must come with given values.
 //
@@ -107,8 +107,6 @@ type fakeAS struct {
 	// secret only; "" either (never both at once). Assertions and
 	// certificates are accepted whatever it says.
 	ClientAuth string
-	// PublicClient: client_id alone authenticates (client_auth none).
-	PublicClient bool
 	// Format: "json" or "form" accepts that body only (400
 	// invalid_request to the other); "" both.
 	Format string
@@ -155,7 +153,6 @@ type fakeAS struct {
 	delay   atomic.Int64  // ns every token answer waits
 	refusal atomic.Pointer[asRefusal]
 	canned  atomic.Pointer[http.HandlerFunc]
-	user    atomic.Pointer[string]
 
 	mu          sync.Mutex
 	holds       map[string]chan struct{} // path → the gate its requests wait on
@@ -230,7 +227,7 @@ type asRequest struct {
 	GrantType    string
 	// How the client authenticated ("client_secret_basic",
 	// "client_secret_post", "private_key_jwt", "client_secret_jwt",
-	// "tls_client_auth", "none"), and as whom.
+	// "tls_client_auth"; "" for none), and as whom.
 	Auth, Client string
 	// A verified assertion (client_assertion, or the JWT bearer grant's):
 	// its header and claims.
@@ -423,10 +420,6 @@ func (as *fakeAS) quirkNext(kind string) {
 	as.mu.Unlock()
 }
 
-// setUser names the user who consents at the next /authorize (default
-// "user-1").
-func (as *fakeAS) setUser(u string) { as.user.Store(&u) }
-
 // setMetadata makes the metadata endpoint answer doc, or status when it
 // is not 0 or 200.
 func (as *fakeAS) setMetadata(doc map[string]any, status int) {
@@ -492,16 +485,6 @@ func (as *fakeAS) last(t testing.TB) asRequest {
 
 func (r *asRequest) isToken() bool { return r.Path == "/oauth/token" || r.Path == "/oauth/refresh" }
 
-// lastParams returns the parameters of the last token request (nil when
-// none came).
-func (as *fakeAS) lastParams() map[string]string {
-	l := as.tokenLog()
-	if len(l) == 0 {
-		return nil
-	}
-	return l[len(l)-1].Params
-}
-
 // tokenRequests counts the token requests that arrived (in flight ones
 // too).
 func (as *fakeAS) tokenRequests() int64 { return as.count((*asRequest).isToken) }
@@ -525,17 +508,6 @@ func (as *fakeAS) lastRefusal() string {
 		}
 	}
 	return ""
-}
-
-// refusals returns the error_description of every refused token request.
-func (as *fakeAS) refusals() []string {
-	var out []string
-	for _, r := range as.tokenLog() {
-		if r.Error != "" {
-			out = append(out, r.Desc)
-		}
-	}
-	return out
 }
 
 func (as *fakeAS) countGrant(grantType string, ok bool) int64 {
@@ -642,17 +614,8 @@ func (as *fakeAS) sentAssertions() []string {
 	return out
 }
 
-// form returns the request's parameters as url.Values.
-func (r asRequest) form() url.Values {
-	if r.Values != nil {
-		return r.Values
-	}
-	v := url.Values{}
-	for k, p := range r.Params {
-		v.Set(k, p)
-	}
-	return v
-}
+// form returns the request's parameters, each with all its values.
+func (r asRequest) form() url.Values { return r.Values }
 
 // assertionParam names the parameter that carried the assertion.
 func (r asRequest) assertionParam() string {
@@ -1001,7 +964,7 @@ func (as *fakeAS) serveAuthorize(w http.ResponseWriter, r *http.Request) {
 	for k := range q {
 		params[k] = q.Get(k)
 	}
-	as.update(func() { rec.Params, rec.Client = params, q.Get("client_id") })
+	as.update(func() { rec.Params, rec.Values, rec.Client = params, q, q.Get("client_id") })
 	// Until client_id and redirect_uri are known good, nothing is sent to
 	// the redirect URI (RFC 6749 4.1.2.1).
 	if len(q["client_id"]) != 1 || q.Get("client_id") != as.ClientID {
@@ -1074,13 +1037,9 @@ func (as *fakeAS) serveAuthorize(w http.ResponseWriter, r *http.Request) {
 		fail("access_denied", "The user denied access")
 		return
 	}
-	user := "user-1"
-	if u := as.user.Load(); u != nil {
-		user = *u
-	}
 	code := "ac_" + asRandom(24)
 	as.mu.Lock()
-	as.codes[code] = &asCode{grant: as.newGrantLocked(user, scope), redirectURI: as.RedirectURI, challenge: challenge,
+	as.codes[code] = &asCode{grant: as.newGrantLocked("user-1", scope), redirectURI: as.RedirectURI, challenge: challenge,
 		scope: scope, expires: as.now().Add(asCodeLifetime)}
 	as.lastScope = slices.Clone(scope)
 	rec.Status = http.StatusFound
@@ -1519,8 +1478,6 @@ func (as *fakeAS) authenticate(w http.ResponseWriter, r *http.Request, rec *asRe
 		id, secret, method = p["client_id"], p["client_secret"], "client_secret_post"
 	case selfAuth:
 		return true
-	case as.PublicClient && p["client_id"] == as.ClientID:
-		return ok("none", as.ClientID)
 	default:
 		return deny(http.StatusUnauthorized, "invalid_client", "client authentication required")
 	}

@@ -35,9 +35,10 @@ func (c *testCaddy) loadWithStorage(storage, sites string) error {
 	return c.load(sites)
 }
 
-// newGrantSetupWithStorage is newGrantSetup on the given storage. With
-// tokenDelay, every answer of the token endpoint takes that long more, as a
-// distant provider's does.
+// newGrantSetupWithStorage is newGrantSetup on the given storage ("": the
+// test's own file_system directory). With tokenDelay, every answer of the
+// token endpoint takes that long more, as a distant provider's does. The
+// provider follows the test clock when there is one.
 func newGrantSetupWithStorage(t *testing.T, storage, extraProxy string, tokenDelay time.Duration) *grantSetup {
 	t.Helper()
 	addr := freeAddr(t)
@@ -45,6 +46,9 @@ func newGrantSetupWithStorage(t *testing.T, storage, extraProxy string, tokenDel
 	as := newFakeAS(t)
 	as.RedirectURI, as.CreatedAt = redirect, true
 	as.ScopeSep = ","
+	if testClock != nil {
+		as.Now = testClock.now
+	}
 	as.setDelay(tokenDelay)
 	api := newAPI(t, as)
 	t.Setenv("CAS_SECRET", as.Secret)

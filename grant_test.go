@@ -70,19 +70,7 @@ http://LISTEN {
 
 func newGrantSetup(t *testing.T, extraProxy string) *grantSetup {
 	t.Helper()
-	addr := freeAddr(t)
-	redirect := "http://" + addr + "/oauth/et/callback"
-	as := newFakeAS(t)
-	as.RedirectURI, as.CreatedAt = redirect, true
-	as.ScopeSep = ","
-	if testClock != nil {
-		as.Now = testClock.now
-	}
-	api := newAPI(t, as)
-	t.Setenv("CAS_SECRET", as.Secret)
-	g := &grantSetup{t: t, as: as, api: api, conf: grantConfig(as, redirect, extraProxy, api.hostport())}
-	g.c = startCaddyAt(t, addr, g.conf)
-	return g
+	return newGrantSetupWithStorage(t, "", extraProxy, 0)
 }
 
 // browser is a person's browser: it keeps cookies, follows redirects, knows

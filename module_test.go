@@ -140,7 +140,7 @@ func TestBookableSendsAudience(t *testing.T) {
 	if a := up.last(t).Get("Authorization"); !strings.HasPrefix(a, "Bearer tok-1-") {
 		t.Errorf("upstream Authorization = %q", a)
 	}
-	if p := as.lastParams(); p["audience"] != "api.bookabletech.com" {
+	if p := as.last(t).Params; p["audience"] != "api.bookabletech.com" {
 		t.Errorf("audience sent = %v", p["audience"])
 	}
 }
