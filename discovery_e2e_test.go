@@ -6,14 +6,12 @@ package oauthbearer
 // refused; an outage of the metadata URL is backed off and recovers.
 
 import (
+	"cmp"
 	"fmt"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig"
 )
 
 // discoveryE2E is an issuer whose metadata names a verifying token
@@ -85,19 +83,8 @@ func TestDiscoveryE2ENotAtValidate(t *testing.T) {
 // validates the result as caddy validate does: every module is
 // provisioned, and cleaned up, and nothing is started.
 func validateCaddyfile(t *testing.T, sites string) error {
-	t.Helper()
-	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte("{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n\tstorage file_system "+t.TempDir()+"\n}\n"+
-		strings.ReplaceAll(sites, "LISTEN", "127.0.0.1:0")), map[string]any{"filename": "Caddyfile"})
-	if err != nil {
-		return err
-	}
-	var c caddy.Config
-	if err := caddy.StrictUnmarshalJSON(cfg, &c); err != nil {
-		t.Fatal(err)
-	}
-	caddyMu.Lock()
-	defer caddyMu.Unlock()
-	return caddy.Validate(&c)
+	_, adaptErr, validateErr := loadCaddyfile(t, sites)
+	return cmp.Or(adaptErr, validateErr)
 }
 
 // A document whose issuer is not the configured one is refused: no token

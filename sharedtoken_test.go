@@ -2,7 +2,6 @@ package oauthbearer
 
 import (
 	"context"
-	"encoding/base64"
 	"fmt"
 	"net/http"
 	"os"
@@ -300,29 +299,5 @@ func TestEncryptionKeyRotation(t *testing.T) {
 	onlyKey1 := &recordStore{keys: &keyring{aeads: only1.aeads[:1]}}
 	if _, err := onlyKey1.open(f.key, raw); err != nil {
 		t.Errorf("the rewritten record is not encrypted with the configured key: %v", err)
-	}
-}
-
-func TestDecodeEncryptionKey(t *testing.T) {
-	k32 := make([]byte, 32)
-	for _, ok := range []string{base64.StdEncoding.EncodeToString(k32), base64.RawURLEncoding.EncodeToString(k32),
-		base64.StdEncoding.EncodeToString(make([]byte, 48))} {
-		if _, err := decodeEncryptionKey(0, ok); err != nil {
-			t.Errorf("%q refused: %v", ok, err)
-		}
-	}
-	short := base64.StdEncoding.EncodeToString(make([]byte, 16))
-	for _, bad := range []string{short, "not base64!", ""} {
-		_, err := decodeEncryptionKey(1, bad)
-		if err == nil {
-			t.Errorf("%q accepted", bad)
-			continue
-		}
-		if bad != "" && strings.Contains(err.Error(), bad) {
-			t.Errorf("the error echoes the key: %v", err)
-		}
-		if !strings.Contains(err.Error(), "key 2") || !strings.Contains(err.Error(), "openssl rand -base64 32") {
-			t.Errorf("error %q does not name the key or say how to make one", err)
-		}
 	}
 }
