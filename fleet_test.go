@@ -206,9 +206,34 @@ func TestFleetSurvivesALockHolderKilled(t *testing.T) {
 	holder.kill(os.Kill)
 	release()
 	<-loaded
+	loadEnd, atLoadEnd := time.Now(), as.issued()
+	first := as.issuedLog()[0].Token
 	if failed.Load() != 0 {
 		t.Errorf("%d requests to the surviving instances failed (%v)", failed.Load(), sample.Load())
 	}
+	// The survivors refresh once the dead holder's lock is stale: 10 s
+	// after it took it, noticed within file_system's 1 s poll, which can
+	// be after the load's end (the first token lives until 24 s). Wait
+	// until each survivor forwards a token newer than the first, every
+	// request still answered.
+	deadline := time.Now().Add(15 * time.Second)
+	for _, p := range others {
+		for {
+			n := len(up.log()) // the only request in flight: up.log()[n] is its
+			if status, _ := p.get(t, "/api"); status != 200 {
+				t.Fatalf("%s after the load: %d", p.addr, status)
+			}
+			if up.log()[n].Header.Get("Authorization") != "Bearer "+first {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s still forwards the first token 15 s after the load: the survivors never refreshed", p.addr)
+			}
+			time.Sleep(20 * time.Millisecond) // the polling's pace
+		}
+	}
+	t.Logf("token requests: %d at the load's end, %d once the survivors forward a new token (%s later)",
+		atLoadEnd, as.issued(), time.Since(loadEnd).Round(time.Millisecond))
 	for _, p := range others {
 		if strings.Contains(p.logs(), "the shared token store is not usable") {
 			t.Errorf("%s said the storage is not usable; a dead holder's lock goes stale", p.addr)
