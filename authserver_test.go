@@ -23,10 +23,10 @@ package oauthbearer
 // client_secret_jwt (register the client's key; go-jose verifies each
 // assertion: signature, alg, iss, sub, aud, exp, iat, nbf, jti once,
 // x5t#S256), a TLS client certificate (newFakeASTLS with a tls.Config that
-// asks for one), and none for the JWT bearer grant. Bodies are form or JSON (Format
-// allows one only, as IdentityServer and Event Temple do); Want names
-// parameters that must come with given values.
-//
+// asks for one), and none for the JWT bearer grant. Bodies are form or
+// JSON (Format allows one only, as IdentityServer and Event Temple do);
+// Want names parameters that must come with given values.
+
 // Tokens are named by Mint (default tok-<n>-<random>, n counting the
 // access tokens issued) and live Lifetime (default 1 h; NoExpiresIn,
 // JWTAccess). Misbehaviour on demand: refuse (an OAuth error for every
@@ -37,8 +37,8 @@ package oauthbearer
 // It answers a client that gets something wrong as a real server does (RFC
 // 6749 5.2 errors, logged with t.Logf); its choices where the RFCs leave
 // them open: parameters come in the body only (a query string, a repeated
-// parameter, a non-string JSON value are invalid_request; an empty one
-// counts as absent); a refused code exchange does not consume the code, a
+// parameter other than RFC 8707's resource, a non-string JSON value are
+// invalid_request; an empty one counts as absent); a refused code exchange does not consume the code, a
 // second use of a used one revokes what it gave; a refresh leaves the
 // previous access token valid until it expires (unless
 // RevokeEarlierAccess); revoking a refresh token revokes its grant's access
@@ -52,6 +52,14 @@ package oauthbearer
 // The API behind the proxy is upstream (newUpstream, or newAPI for one that
 // accepts only this server's live access tokens), the tests' clock
 // fakeClock (useFakeClock): both in harness_test.go.
+//
+// Servers that stay apart: the Caddy-free tests of the OAuth wire
+// (endpoint_test.go, jwtserver_test.go, discovery_test.go, mtls_test.go)
+// keep small servers of their own, as they move to internal/oauthclient,
+// which cannot use this package's test helpers; oidc_test.go runs a real
+// provider (oidc-provider) and dpop_rs_test.go a DPoP resource server; the
+// token endpoint of BenchmarkSourceMemory is a child process, so that its
+// memory is not counted with the token sources'.
 
 import (
 	"cmp"

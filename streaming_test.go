@@ -28,7 +28,8 @@ const streamDeadline = 5 * time.Second
 // echoUpstream answers each line of the request body, as it arrives, with
 // "<proto> <Authorization> <line>", flushing after each: a full-duplex
 // conversation over HTTP/1.1 or HTTP/2. With h2c it speaks cleartext
-// HTTP/2 as well as HTTP/1.1.
+// HTTP/2 as well as HTTP/1.1. It is not the tests' upstream (harness_test.go),
+// which reads a whole body before it answers.
 func echoUpstream(t testing.TB, h2c bool) *httptest.Server {
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rc := http.NewResponseController(w)
