@@ -313,6 +313,12 @@ func mintPrefixed(prefix string) func(string, int) string {
 	return func(_ string, n int) string { return fmt.Sprintf("%s-%d-%s", prefix, n, randomHex(8)) }
 }
 
+// credentials are the subdirectives that name its token endpoint and its
+// client, for an oauth_bearer block (e2eSite).
+func (as *fakeAS) credentials() string {
+	return fmt.Sprintf("\t\ttoken_url     %s\n\t\tclient_id     %s\n\t\tclient_secret \"%s\"", as.tokenURL(), as.ClientID, as.Secret)
+}
+
 // ---- settings that change at any time ----
 
 // register makes clientID a client that authenticates with assertions

@@ -208,14 +208,7 @@ func TestUpstream401BearerAfterBasicOnOneLineIsReplayedWithNewToken(t *testing.T
 	as := newFakeAS(t)
 	as.ClientAuth = "basic"
 	up := newUpstream(t)
-	c := startCaddy(t, fmt.Sprintf(`http://LISTEN {
-	oauth_bearer {
-		token_url     %s
-		client_id     %s
-		client_secret "%s"
-	}
-	reverse_proxy %s
-}`, as.tokenURL(), as.ClientID, as.Secret, strings.TrimPrefix(up.URL, "http://")))
+	c := startCaddy(t, e2eSite("oauth_bearer", as.credentials(), up))
 
 	if status, body := c.get("/warm"); status != 200 {
 		t.Fatalf("warm-up: %d %q", status, body)

@@ -183,15 +183,7 @@ func TestTokenHeaderWithoutPrefixRemovesClientAuthorization(t *testing.T) {
 	as := newFakeAS(t)
 	as.ClientAuth = "basic"
 	up := newUpstream(t)
-	c := startCaddy(t, fmt.Sprintf(`http://LISTEN {
-	oauth_bearer {
-		token_url     %s
-		client_id     %s
-		client_secret "%s"
-		token_header  X-Access-Token
-	}
-	reverse_proxy %s
-}`, as.tokenURL(), as.ClientID, as.Secret, up.hostport()))
+	c := startCaddy(t, e2eSite("oauth_bearer", as.credentials()+"\n\t\ttoken_header  X-Access-Token", up))
 	c.get("/", "Authorization", "Basic Zm9vOmJhcg==", "X-Access-Token", "forged")
 	got := up.last(t)
 	if v := got.Get("X-Access-Token"); !strings.HasPrefix(v, "tok-1-") {
@@ -411,14 +403,7 @@ func TestClientGivingUpStopsWaiting(t *testing.T) {
 	as.ClientAuth = "basic"
 	release := as.hold()
 	up := newUpstream(t)
-	c := startCaddy(t, fmt.Sprintf(`http://LISTEN {
-	oauth_bearer {
-		token_url     %s
-		client_id     %s
-		client_secret "%s"
-	}
-	reverse_proxy %s
-}`, as.tokenURL(), as.ClientID, as.Secret, up.hostport()))
+	c := startCaddy(t, e2eSite("oauth_bearer", as.credentials(), up))
 
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()

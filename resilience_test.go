@@ -287,15 +287,7 @@ func TestRefreshAheadUnderLoad(t *testing.T) {
 	as.ClientAuth = "basic"
 	as.Lifetime = 100 * time.Second
 	up := newUpstream(t)
-	c := startCaddy(t, fmt.Sprintf(`http://LISTEN {
-	oauth_bearer {
-		token_url      %s
-		client_id      %s
-		client_secret  "%s"
-		refresh_before 20s
-	}
-	reverse_proxy %s
-}`, as.tokenURL(), as.ClientID, as.Secret, up.hostport()))
+	c := startCaddy(t, e2eSite("oauth_bearer", as.credentials()+"\n\t\trefresh_before 20s", up))
 	if status, _ := c.get("/"); status != 200 {
 		t.Fatal("first request failed")
 	}
@@ -348,15 +340,7 @@ func TestUpstream401PurgesAndRetries(t *testing.T) {
 	as.ClientAuth = "basic"
 	up := newUpstream(t)
 	const expired = `Bearer realm="api", error="invalid_token", error_description="expired"`
-	c := startCaddy(t, fmt.Sprintf(`http://LISTEN {
-	oauth_bearer {
-		token_url       %s
-		client_id       %s
-		client_secret   "%s"
-		replay_max_body 1KiB
-	}
-	reverse_proxy %s
-}`, as.tokenURL(), as.ClientID, as.Secret, strings.TrimPrefix(up.URL, "http://")))
+	c := startCaddy(t, e2eSite("oauth_bearer", as.credentials()+"\n\t\treplay_max_body 1KiB", up))
 
 	post := func(body io.Reader, chunked bool) response {
 		req, _ := http.NewRequest(http.MethodPost, c.url("/items"), body)
