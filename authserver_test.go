@@ -300,6 +300,14 @@ func (as *fakeAS) authorizeURL() string { return as.URL + "/oauth/authorize" }
 func (as *fakeAS) revokeURL() string    { return as.URL + "/oauth/revoke" }
 func (as *fakeAS) refreshURL() string   { return as.URL + "/oauth/refresh" }
 
+// logf logs a refusal in a test; a benchmark prints every line it logs,
+// so there it says nothing.
+func (as *fakeAS) logf(format string, args ...any) {
+	if _, bench := as.t.(*testing.B); !bench {
+		as.t.Logf(format, args...)
+	}
+}
+
 func (as *fakeAS) now() time.Time {
 	if as.Now != nil {
 		return as.Now()
@@ -902,7 +910,7 @@ func (as *fakeAS) oauthError(w http.ResponseWriter, rec *asRequest, status int, 
 
 func (as *fakeAS) refuseWith(w http.ResponseWriter, rec *asRequest, status int, code, desc string, retryAfter int) {
 	as.update(func() { rec.Status, rec.Error, rec.Desc = status, code, desc })
-	as.t.Logf("fakeAS: %s %s: %d %s: %s", rec.Method, rec.Path, status, code, desc)
+	as.logf("fakeAS: %s %s: %d %s: %s", rec.Method, rec.Path, status, code, desc)
 	if retryAfter > 0 {
 		w.Header().Set("Retry-After", fmt.Sprint(retryAfter))
 	}
@@ -959,7 +967,7 @@ func (as *fakeAS) serveAuthorize(w http.ResponseWriter, r *http.Request) {
 	plain := func(status int, format string, args ...any) {
 		msg := fmt.Sprintf(format, args...)
 		as.update(func() { rec.Status, rec.Error, rec.Desc = status, "invalid_request", msg })
-		as.t.Logf("fakeAS: %s %s: %d %s", r.Method, r.URL.Path, status, msg)
+		as.logf("fakeAS: %s %s: %d %s", r.Method, r.URL.Path, status, msg)
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		w.WriteHeader(status)
 		io.WriteString(w, msg+"\n")
@@ -992,7 +1000,7 @@ func (as *fakeAS) serveAuthorize(w http.ResponseWriter, r *http.Request) {
 	state := q.Get("state")
 	fail := func(code, desc string) {
 		as.update(func() { rec.Status, rec.Error, rec.Desc = http.StatusFound, code, desc })
-		as.t.Logf("fakeAS: GET /oauth/authorize: redirecting with %s: %s", code, desc)
+		as.logf("fakeAS: GET /oauth/authorize: redirecting with %s: %s", code, desc)
 		v := url.Values{"error": {code}, "error_description": {desc}}
 		if state != "" {
 			v.Set("state", state)
