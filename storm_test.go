@@ -7,25 +7,12 @@ package oauthbearer
 // one is dropped later and later.
 
 import (
-	"fmt"
 	"net/http"
 	"os"
 	"strconv"
 	"testing"
 	"time"
 )
-
-func stormSite(as *fakeAS, upstream, mode string) string {
-	return fmt.Sprintf(`http://LISTEN {
-	oauth_bearer {
-		token_url     %s
-		client_id     %s
-		client_secret "%s"
-		upstream_401  %s
-	}
-	reverse_proxy %s
-}`, as.tokenURL(), as.ClientID, as.Secret, mode, upstream)
-}
 
 // Ten minutes of an upstream refusing every request, one request every
 // 5 s, on the source's clock (time-compressed: the run takes a second):
@@ -40,7 +27,7 @@ func TestUpstreamRefusingEveryTokenCostsAHandfulOfTokenRequests(t *testing.T) {
 			as := newFakeAS(t)
 			as.ClientAuth = "basic"
 			up := newUpstream(t)
-			c := startCaddy(t, stormSite(as, up.URL[len("http://"):], mode))
+			c := startCaddy(t, e2eSite("oauth_bearer", as.credentials()+"\n\t\tupstream_401  "+mode, up))
 
 			up.rejectAll(true)
 			const step, storm = 5 * time.Second, 10 * time.Minute
@@ -113,7 +100,7 @@ func TestUpstreamStormRealTime(t *testing.T) {
 	as := newFakeAS(t)
 	as.ClientAuth = "basic"
 	up := newUpstream(t)
-	c := startCaddy(t, stormSite(as, up.URL[len("http://"):], upstream401Retry))
+	c := startCaddy(t, e2eSite("oauth_bearer", as.credentials()+"\n\t\tupstream_401  "+upstream401Retry, up))
 	up.rejectAll(true)
 	start := time.Now()
 	end := start.Add(time.Duration(minutes) * time.Minute)
