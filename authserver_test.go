@@ -237,8 +237,8 @@ type asRequest struct {
 	// "client_secret_post", "private_key_jwt", "client_secret_jwt",
 	// "tls_client_auth"; "" for none), and as whom.
 	Auth, Client string
-	// A verified assertion (client_assertion, or the JWT bearer grant's):
-	// its header and claims.
+	// An assertion as sent (client_assertion, or the JWT bearer grant's),
+	// its header and, once verified, its claims.
 	Assertion      string
 	JOSE           map[string]any
 	JTI, Sub, KID  string
@@ -605,7 +605,8 @@ func (as *fakeAS) redundant(due time.Duration) []asRequest {
 	return out
 }
 
-// assertions returns the verified and refused assertions sent, in order.
+// assertions returns the token requests that carried an assertion
+// (verified or refused), in order.
 func (as *fakeAS) assertions() []asRequest {
 	var out []asRequest
 	for _, r := range as.tokenLog() {
