@@ -42,6 +42,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/oauthclient"
 	"github.com/oauthbearer/caddy-oauth-bearer/providers"
 )
 
@@ -684,13 +685,13 @@ func (sa *googleServiceAccount) signer() (*assertionSigner, error) {
 
 // checkFetchedURL checks an endpoint URL read from a file or a document
 // (not from the configuration): an absolute URL that credentials may be
-// sent to (secureEndpoint); name says which endpoint in errors.
+// sent to (oauthclient.SecureEndpoint); name says which endpoint in errors.
 func checkFetchedURL(name, raw string) error {
 	u, err := url.Parse(raw)
 	if err != nil || u.Host == "" || u.Opaque != "" {
 		return fmt.Errorf("%s %q is not an absolute URL", name, raw)
 	}
-	if !secureEndpoint(u) {
+	if !oauthclient.SecureEndpoint(u) {
 		return fmt.Errorf("%s %s must be https (http only on a loopback host)", name, raw)
 	}
 	return nil

@@ -17,6 +17,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/oauthclient"
 )
 
 const (
@@ -122,7 +124,7 @@ func discoveryURLs(issuer string) (oauthURL, openidURL string, err error) {
 	if err != nil || u.Host == "" || u.Opaque != "" {
 		return "", "", fmt.Errorf("discovery: issuer %q is not an absolute URL", issuer)
 	}
-	if !secureEndpoint(u) {
+	if !oauthclient.SecureEndpoint(u) {
 		return "", "", fmt.Errorf("discovery: issuer %s must be https (http only on a loopback host)", issuer)
 	}
 	if u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || u.User != nil {

@@ -599,16 +599,5 @@ func describeURL(raw string) string {
 	if err != nil {
 		return "(a value that does not parse as a URL)"
 	}
-	return strconv.Quote(truncate(u.Redacted(), 200))
-}
-
-// truncate shortens s for an error message.
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return s[:n] + "…"
+	return strconv.Quote(Truncate(u.Redacted(), 200))
 }
