@@ -12,7 +12,6 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"log"
@@ -24,6 +23,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/testkeys"
 )
 
 // sentAssertion is one assertion as it reached the token endpoint.
@@ -128,14 +129,14 @@ type mtlsTokenServer struct {
 	peers    []string // common names of the certificates of issued tokens
 }
 
-func newMTLSTokenServer(t *testing.T, serverCA, clientCA *mtlsTestCA) *mtlsTokenServer {
+func newMTLSTokenServer(t *testing.T, serverCA, clientCA *testkeys.CA) *mtlsTokenServer {
 	t.Helper()
 	s := &mtlsTokenServer{}
 	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(s.serve))
 	roots := x509.NewCertPool()
-	roots.AddCert(clientCA.cert)
+	roots.AddCert(clientCA.Cert)
 	s.srv.TLS = &tls.Config{
-		Certificates: []tls.Certificate{serverCA.issueServer(t)},
+		Certificates: []tls.Certificate{serverCA.IssueServer(t)},
 		ClientAuth:   tls.RequireAndVerifyClientCert,
 		ClientCAs:    roots,
 	}
@@ -240,26 +241,6 @@ func (s *issuerServer) setCacheControl(v string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.cacheControl = v
-}
-
-// assertNoKeyLeak fails if text holds PEM armour or any 16 characters of
-// the base64 body of a block of one of the PEM texts.
-func assertNoKeyLeak(t *testing.T, where, text string, pems ...[]byte) {
-	t.Helper()
-	if strings.Contains(text, "-----BEGIN") || strings.Contains(text, `-----\nBEGIN`) {
-		t.Errorf("%s holds PEM armour", where)
-	}
-	for _, p := range pems {
-		for block, rest := pem.Decode(p); block != nil; block, rest = pem.Decode(rest) {
-			b64 := base64.StdEncoding.EncodeToString(block.Bytes)
-			for i := 0; i+16 <= len(b64); i += 16 {
-				if strings.Contains(text, b64[i:i+16]) {
-					t.Errorf("%s holds the content of a %s block", where, block.Type)
-					break
-				}
-			}
-		}
-	}
 }
 
 // assertNoValueLeak fails if text holds one of the values (assertions,

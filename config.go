@@ -308,8 +308,8 @@ type credentialSet struct {
 	assertionIssuer   string // jwt_bearer: the iss claim (client_id, or a service account's email)
 	assertionSubject  string // jwt_bearer: the sub claim without Subject (client_id with private_key; "" omits it)
 	scopeInAssertion  bool   // jwt_bearer: the scope is a claim only (Google), not a parameter too
-	signer            *assertionSigner
-	tlsCert           *clientCertReloader
+	signer            *oauthclient.AssertionSigner
+	tlsCert           *oauthclient.ClientCert
 	keyDigest         []byte // of the key material, for the key
 
 	preset         providers.Provider

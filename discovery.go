@@ -279,7 +279,7 @@ func (d *discoveryDocument) check(issuer string) error {
 		if ep.value == "" {
 			continue
 		}
-		if err := checkFetchedURL(d.source+": "+ep.name, ep.value); err != nil {
+		if err := oauthclient.CheckFetchedURL(d.source+": "+ep.name, ep.value); err != nil {
 			return err
 		}
 	}

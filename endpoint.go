@@ -67,7 +67,7 @@ func newEndpoint(cfg *credentialSet, c *clock) *endpoint {
 	if cfg.tlsCert != nil {
 		// client_auth tls: the client certificate, read again when its
 		// files change (mtls.go).
-		transport.TLSClientConfig = cfg.tlsCert.tlsConfig()
+		transport.TLSClientConfig = cfg.tlsCert.TLSConfig()
 	}
 	if len(cfg.caPEM) > 0 {
 		// Validated in Provision: the system roots plus the extra CA.

@@ -5,16 +5,20 @@ package oauthbearer
 
 import (
 	"context"
+	"crypto"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"strings"
 	"testing"
 
-	jose "github.com/go-jose/go-jose/v4"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/oauthclient"
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/testkeys"
 )
 
 // A failure on this side, before anything is sent (the assertion file is
@@ -23,10 +27,10 @@ import (
 // code invalid_request. The client's answer, the log, the admin API and
 // the metrics all say so, and the token endpoint is not asked.
 func TestLocalFailureHasItsOwnCode(t *testing.T) {
-	key := clientAuthKeys().p384
+	key := testkeys.Keys().P384
 	s := newRecordingJWTServer(t)
 	s.register("workload", key.Public(), "")
-	path := writeTestFile(t, "token", []byte("e30.e30.c2ln")) // read (and checked) when the config loads
+	path := testkeys.WriteFile(t, "token", []byte("e30.e30.c2ln")) // read (and checked) when the config loads
 	up := newUpstream(t)
 	sites := e2eSite("oauth_bearer", fmt.Sprintf(`		token_url   %s
 		client_id   workload
@@ -66,19 +70,19 @@ func TestLocalFailureHasItsOwnCode(t *testing.T) {
 	}
 }
 
-// failingJOSESigner is a signer that cannot sign (a key in an HSM or KMS
-// that is unreachable, say).
-type failingJOSESigner struct{ jose.Signer }
+// failingKey is a key that cannot sign (a key in an HSM or KMS that is
+// unreachable, say).
+type failingKey struct{ crypto.Signer }
 
-func (failingJOSESigner) Sign([]byte) (*jose.JSONWebSignature, error) {
+func (failingKey) Sign(io.Reader, []byte, crypto.SignerOpts) ([]byte, error) {
 	return nil, errors.New("the key service is unreachable")
 }
 
 // A signing failure names the subdirective of the key that failed to sign:
 // private_key for client authentication and for the JWT bearer grant.
 func TestLocalSigningFailureNamesTheKey(t *testing.T) {
-	key := clientAuthKeys().rsa
-	keyPath := writeTestFile(t, "client.key", pkcs8PEM(t, key))
+	key := testkeys.Keys().RSA
+	keyPath := testkeys.WriteFile(t, "client.key", testkeys.PKCS8PEM(t, key))
 	s := newJWTTokenServer(t)
 	for _, grant := range []string{grantClientCredentials, grantJWTBearer} {
 		t.Run(grant, func(t *testing.T) {
@@ -87,7 +91,11 @@ func TestLocalSigningFailureNamesTheKey(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			cs.signer.signer = failingJOSESigner{cs.signer.signer}
+			failing, err := oauthclient.NewAssertionSigner(failingKey{key}, "", "", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			failing.Field, cs.signer = cs.signer.Field, failing
 			ep := newEndpoint(cs, &clock{})
 			defer ep.close()
 			before := s.requests.Load()
@@ -112,8 +120,8 @@ func TestLocalSigningFailureNamesTheKey(t *testing.T) {
 // = the client id. (A Google service account sends none unless subject is
 // set: TestClientAuthE2EJWTBearerGoogle.)
 func TestJWTBearerPrivateKeyDefaultSubject(t *testing.T) {
-	key := clientAuthKeys().rsa
-	keyPath := writeTestFile(t, "sf.key", pkcs8PEM(t, key))
+	key := testkeys.Keys().RSA
+	keyPath := testkeys.WriteFile(t, "sf.key", testkeys.PKCS8PEM(t, key))
 	s := newRecordingJWTServer(t)
 	s.register("3MVG9-consumer-key", key.Public(), "")
 	up := newUpstream(t)

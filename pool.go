@@ -160,7 +160,7 @@ type sourceEntry struct {
 func newSourceEntry(cs *credentialSet, key string, shared bool) (*sourceEntry, error) {
 	e := &sourceEntry{}
 	e.ep = newEndpoint(cs, &e.clock)
-	cs.tlsCert.logTo(e.env.logger) // a client certificate's reloads are logged
+	cs.tlsCert.LogTo(e.env.logger) // a client certificate's reloads are logged
 	var f fetcher = ccFetcher{e.ep}
 	if shared {
 		sf, err := newSharedFetcher(e.ep, &e.env, cs)

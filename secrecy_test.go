@@ -28,6 +28,9 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/oauthclient"
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/testkeys"
 )
 
 // publicAEAD is the AES-256-GCM of a key anyone can derive who reads the
@@ -97,32 +100,32 @@ func recordSecrecyCases() []recordSecrecyCase {
 			return fmt.Sprintf("\t\ttoken_url %s\n\t\tclient_id client-1\n\t\tclient_secret {env.OAB_SECRECY_SECRET}\n\t\tclient_auth basic", as.tokenURL()), "tok-1-"
 		}},
 		{name: "private_key_jwt", clientID: "secrecy-pkjwt", setup: func(t *testing.T) (string, string) {
-			key := clientAuthKeys().p256
+			key := testkeys.Keys().P256
 			s := newRecordingJWTServer(t)
 			s.register("secrecy-pkjwt", key.Public(), "")
-			path := writeTestFile(t, "client.key", pkcs8PEM(t, key))
+			path := testkeys.WriteFile(t, "client.key", testkeys.PKCS8PEM(t, key))
 			return fmt.Sprintf("\t\ttoken_url %s\n\t\tclient_id secrecy-pkjwt\n\t\tprivate_key %s", s.url, path), "at-secrecy-pkjwt-1"
 		}},
 		{name: "tls", clientID: "secrecy-mtls", setup: func(t *testing.T) (string, string) {
-			serverCA, clientCA := newMTLSTestCA(t, "secrecy server CA"), newMTLSTestCA(t, "secrecy client CA")
+			serverCA, clientCA := testkeys.NewCA(t, "secrecy server CA"), testkeys.NewCA(t, "secrecy client CA")
 			s := newMTLSTokenServer(t, serverCA, clientCA)
 			files := writeMTLSClient(t, clientCA, "secrecy-mtls", serverCA)
 			return fmt.Sprintf("\t\ttoken_url %s\n\t\tclient_id secrecy-mtls\n\t\tclient_auth tls\n\t\ttls_client_cert %s %s\n\t\tca_file %s",
 				s.url, files.cert, files.key, files.ca), "at-mtls-secrecy-mtls-1"
 		}},
 		{name: "jwt_bearer_private_key", clientID: "secrecy-bearer", setup: func(t *testing.T) (string, string) {
-			key := clientAuthKeys().rsa
+			key := testkeys.Keys().RSA
 			s := newRecordingJWTServer(t)
 			s.register("secrecy-bearer", key.Public(), "")
-			path := writeTestFile(t, "bearer.key", pkcs8PEM(t, key))
+			path := testkeys.WriteFile(t, "bearer.key", testkeys.PKCS8PEM(t, key))
 			return fmt.Sprintf("\t\tgrant jwt_bearer\n\t\ttoken_url %s\n\t\tclient_id secrecy-bearer\n\t\tprivate_key %s\n\t\tsubject someone@example.com\n\t\tscope api",
 				s.url, path), "at-secrecy-bearer-1"
 		}},
 		{name: "jwt_bearer_service_account", clientID: "robot@proj.iam.gserviceaccount.com", setup: func(t *testing.T) (string, string) {
-			key := clientAuthKeys().rsa2
+			key := testkeys.Keys().RSA2
 			s := newRecordingJWTServer(t)
 			s.register("robot@proj.iam.gserviceaccount.com", key.Public(), "")
-			path := writeTestFile(t, "sa.json", googleKeyJSON(t, key, s.url, nil))
+			path := testkeys.WriteFile(t, "sa.json", testkeys.GoogleKeyJSON(t, key, s.url, nil))
 			return fmt.Sprintf("\t\tservice_account_file %s\n\t\tscope https://www.googleapis.com/auth/cloud-platform", path),
 				"at-robot@proj.iam.gserviceaccount.com-1"
 		}},
@@ -197,7 +200,7 @@ func TestStoredTokenRecordNotOpenableFromPublicInputs(t *testing.T) {
 // loads with token_store memory (tokens only) or with encryption_key.
 func TestNoSecretNeedsEncryptionKey(t *testing.T) {
 	jwtShaped := "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ3b3JrbG9hZCJ9.c2lnbmF0dXJl"
-	assertion := writeTestFile(t, "assertion", []byte(jwtShaped))
+	assertion := testkeys.WriteFile(t, "assertion", []byte(jwtShaped))
 	key := base64.StdEncoding.EncodeToString(make([]byte, 32))
 	const tokenURL = "http://127.0.0.1:9/token"
 	consent := func(extra string) string {
@@ -320,8 +323,8 @@ func dropJSONField(t *testing.T, doc []byte, field string) ([]byte, int) {
 // does not open with a key derived from public inputs, and a cookie forged
 // with one is refused by the callback as not valid.
 func TestConsentStateCookieNotForgeableFromPublicInputs(t *testing.T) {
-	key := clientAuthKeys().p256
-	keyPath := writeTestFile(t, "client.key", pkcs8PEM(t, key))
+	key := testkeys.Keys().P256
+	keyPath := testkeys.WriteFile(t, "client.key", testkeys.PKCS8PEM(t, key))
 	s := newRecordingJWTServer(t)
 	s.register("secrecy-consent", key.Public(), "")
 	addr := freeAddr(t)
@@ -397,18 +400,18 @@ func TestConsentStateCookieNotForgeableFromPublicInputs(t *testing.T) {
 // record forged with a key derived from public inputs is not taken after a
 // restart, and the record written does not open with one.
 func TestEncryptionKeyAloneOpensRecords(t *testing.T) {
-	key := clientAuthKeys().p384
+	key := testkeys.Keys().P384
 	s := newRecordingJWTServer(t)
 	s.register("workload", key.Public(), "")
-	kubelet, err := newAssertionSigner(key, "", "", nil)
+	kubelet, err := oauthclient.NewAssertionSigner(key, "", "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	assertion, err := kubelet.sign(time.Now(), assertionClaims{issuer: "workload", subject: "workload", audience: s.url, lifetime: 5 * time.Minute})
+	assertion, err := kubelet.Sign(time.Now(), oauthclient.AssertionClaims{Issuer: "workload", Subject: "workload", Audience: s.url, Lifetime: 5 * time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := writeTestFile(t, "token", []byte(assertion))
+	path := testkeys.WriteFile(t, "token", []byte(assertion))
 	t.Setenv("OAB_SECRECY_KEY", base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123456789abcdef")))
 	up := newUpstream(t)
 	sites := e2eSite("oauth_bearer", fmt.Sprintf("\t\ttoken_url %s\n\t\tclient_id workload\n\t\tclient_assertion_file %s\n\t\tencryption_key {env.OAB_SECRECY_KEY}", s.url, path), up)
@@ -431,11 +434,11 @@ func TestEncryptionKeyAloneOpensRecords(t *testing.T) {
 	c.restart(sites)
 	// The assertion file is read again for the new token (its jti is
 	// refused twice by the server): a fresh one.
-	again, err := kubelet.sign(time.Now(), assertionClaims{issuer: "workload", subject: "workload", audience: s.url, lifetime: 5 * time.Minute})
+	again, err := kubelet.Sign(time.Now(), oauthclient.AssertionClaims{Issuer: "workload", Subject: "workload", Audience: s.url, Lifetime: 5 * time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
-	replaceFile(t, path, []byte(again))
+	testkeys.ReplaceFile(t, path, []byte(again))
 	wantInjected(t, c, up, "/after-forgery", "at-workload-2")
 }
 
