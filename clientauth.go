@@ -1,17 +1,14 @@
 package oauthbearer
 
-// clientauth.go: the configuration of client authentication (the rules of
-// its subdirectives, and their resolution into a credential set: keys,
+// clientauth.go: the configuration of client authentication: the rules of
+// its subdirectives, and their resolution into a credential set (keys,
 // signers, the assertion file, the client certificate, loaded with
-// internal/oauthclient), and its use on the wire.
+// internal/oauthclient, whose Client puts them on the wire).
 
 import (
 	"crypto/sha256"
 	"crypto/x509"
-	"encoding/base64"
-	"net/url"
 	"strings"
-	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
 
@@ -20,38 +17,6 @@ import (
 	"github.com/oauthbearer/caddy-oauth-bearer/internal/oauthclient"
 	"github.com/oauthbearer/caddy-oauth-bearer/providers"
 )
-
-// Wire constants of RFC 7521/7523.
-const (
-	// clientAssertionTypeJWT is the client_assertion_type of a JWT client
-	// assertion (RFC 7523 §2.2).
-	clientAssertionTypeJWT = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-	// grantTypeJWTBearer is the grant_type of the JWT bearer grant
-	// (RFC 7523 §2.1).
-	grantTypeJWTBearer = "urn:ietf:params:oauth:grant-type:jwt-bearer"
-)
-
-// ---------------------------------------------------------------------------
-// Form parameters
-
-// setClientAssertion puts a JWT client assertion into a token request's
-// form (RFC 7523 §2.2): client_assertion_type and client_assertion. The
-// caller decides whether to send client_id too (optional per RFC 7521 §4.2,
-// required by some providers) and sends no client_secret.
-func setClientAssertion(form url.Values, assertion string) {
-	form.Set("client_assertion_type", clientAssertionTypeJWT)
-	form.Set("client_assertion", assertion)
-}
-
-// setJWTBearerGrant makes a token request's form the JWT bearer grant
-// (RFC 7523 §2.1): grant_type and assertion.
-func setJWTBearerGrant(form url.Values, assertion string) {
-	form.Set("grant_type", grantTypeJWTBearer)
-	form.Set("assertion", assertion)
-}
-
-// ---------------------------------------------------------------------------
-// The configuration of client authentication, and its use on the wire
 
 // clientAuthMethod is the method a configuration uses: client_auth, else
 // what its credentials imply (with grant jwt_bearer the assertion is the
@@ -241,99 +206,6 @@ func (c *Credentials) resolveClientAuth(repl *caddy.Replacer, cs *credentialSet)
 	cs.keyDigest = digest.Sum(nil)
 	return nil
 }
-
-// authenticate adds the client's credentials to a request to target:
-// params for the body, or an Authorization header (Basic). A bearer
-// credential (Cal.com's refresh) goes in the header instead, the client
-// then authenticating in the body.
-func (cs *credentialSet) authenticate(params url.Values, target string, bearer bool) (header string, err error) {
-	if cs.ClientID != "" {
-		params.Set("client_id", cs.ClientID)
-	}
-	switch cs.ClientAuth {
-	case providers.AuthBasic:
-		if bearer {
-			params.Set("client_secret", cs.clientSecret)
-			return "", nil
-		}
-		params.Del("client_id")
-		// RFC 6749 2.3.1: form-encode id and secret before Basic encoding.
-		cred := url.QueryEscape(cs.ClientID) + ":" + url.QueryEscape(cs.clientSecret)
-		return "Basic " + base64.StdEncoding.EncodeToString([]byte(cred)), nil
-	case providers.AuthBody:
-		params.Set("client_secret", cs.clientSecret)
-	case providers.AuthClientSecretJWT, providers.AuthPrivateKeyJWT:
-		assertion, err := cs.clientAssertion(target)
-		if err != nil {
-			return "", err
-		}
-		setClientAssertion(params, assertion)
-	}
-	// tls: the certificate is the credential; none: nothing more.
-	return "", nil
-}
-
-// clientAssertion is a fresh client assertion for a request to target, or
-// the one the assertion file holds now. An error is a *fieldFailure.
-func (cs *credentialSet) clientAssertion(target string) (string, error) {
-	if cs.AssertionFile != "" {
-		return cs.assertionFromFile()
-	}
-	return cs.signAssertion(oauthclient.AssertionClaims{Issuer: cs.ClientID, Subject: cs.ClientID,
-		Audience: firstNonEmpty(cs.AssertionAudience, target)})
-}
-
-// bearerAssertion is the assertion of the JWT bearer grant (RFC 7523 2.1)
-// for a request to target: iss the client (or the service account), sub
-// the subject, else the client id when signed with private_key (none for
-// a Google service account), the scope as a claim. An error is a
-// *fieldFailure.
-func (cs *credentialSet) bearerAssertion(target string) (string, error) {
-	if cs.AssertionFile != "" {
-		return cs.assertionFromFile()
-	}
-	c := oauthclient.AssertionClaims{Issuer: cs.assertionIssuer, Subject: firstNonEmpty(cs.Subject, cs.assertionSubject),
-		Audience: firstNonEmpty(cs.AssertionAudience, target)}
-	if cs.Scope != "" {
-		// Google wants the scope as a claim; RFC 7523 servers take the
-		// parameter (grantParams), and claims they do not know are ignored.
-		c.Extra = map[string]any{"scope": cs.Scope}
-	}
-	return cs.signAssertion(c)
-}
-
-// assertionFromFile reads the assertion file for a token request.
-func (cs *credentialSet) assertionFromFile() (string, error) {
-	a, err := oauthclient.ReadAssertionFile(cs.AssertionFile)
-	if err != nil {
-		return "", &fieldFailure{field: "client_assertion_file", err: err}
-	}
-	return a, nil
-}
-
-// signAssertion signs an assertion for a token request.
-func (cs *credentialSet) signAssertion(c oauthclient.AssertionClaims) (string, error) {
-	a, err := cs.signer.Sign(time.Now(), c)
-	if err != nil {
-		return "", &fieldFailure{field: firstNonEmpty(cs.signer.Field, "private_key"), err: err}
-	}
-	return a, nil
-}
-
-// fieldFailure is a failure, met while a token request is built, of what a
-// subdirective gives: nothing is sent, and the token error
-// (local_config_error) names the subdirective. Its message never holds
-// key material or an assertion (the loaders and the signer see to that).
-type fieldFailure struct {
-	field string
-	err   error
-}
-
-func (f *fieldFailure) Error() string {
-	return f.field + ": " + strings.TrimPrefix(f.err.Error(), f.field+": ")
-}
-
-func (f *fieldFailure) Unwrap() error { return f.err }
 
 // fieldErr is a configuration error of field from an error that may name
 // the field already (the loaders above do), without saying it twice.

@@ -4,7 +4,11 @@ package oauthbearer
 // wire.
 
 import (
+	"context"
 	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"strings"
 	"testing"
@@ -13,24 +17,6 @@ import (
 
 	"github.com/oauthbearer/caddy-oauth-bearer/internal/testkeys"
 )
-
-// ---------------------------------------------------------------------------
-// Form parameters
-
-func TestAssertionFormParameters(t *testing.T) {
-	form := url.Values{"grant_type": {"client_credentials"}, "scope": {"read"}}
-	setClientAssertion(form, "h.p.s")
-	want := "client_assertion=h.p.s&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&grant_type=client_credentials&scope=read"
-	if got := form.Encode(); got != want {
-		t.Errorf("client assertion form\n got %s\nwant %s", got, want)
-	}
-	form = url.Values{"grant_type": {"client_credentials"}, "scope": {"read"}}
-	setJWTBearerGrant(form, "h.p.s")
-	want = "assertion=h.p.s&grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&scope=read"
-	if got := form.Encode(); got != want {
-		t.Errorf("JWT bearer form\n got %s\nwant %s", got, want)
-	}
-}
 
 // The JWT bearer grant's assertion the handler makes with a Google service
 // account key file (a path or the JSON): iss = client_email, aud =
@@ -72,7 +58,9 @@ func TestGoogleServiceAccountAssertion(t *testing.T) {
 }
 
 // googleAssertion is the JWT bearer grant's assertion the handler makes
-// with a service account key file (a path or the JSON), scopes and subject.
+// with a service account key file (a path or the JSON), scopes and subject:
+// the assertion of the token request it sends (to a server here rather
+// than the file's token_uri, which stays the audience).
 func googleAssertion(t *testing.T, serviceAccount, scopes, subject string) string {
 	t.Helper()
 	h := &Handler{Credentials: Credentials{Provider: "google", ServiceAccountFile: serviceAccount}, Scopes: strings.Fields(scopes), Subject: subject}
@@ -80,9 +68,23 @@ func googleAssertion(t *testing.T, serviceAccount, scopes, subject string) strin
 	if err != nil {
 		t.Fatal(err)
 	}
-	a, err := cs.bearerAssertion(cs.TokenURL)
-	if err != nil {
+	forms := make(chan url.Values, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.ParseForm()
+		forms <- r.PostForm
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"access_token":"at-google","expires_in":3600}`)
+	}))
+	defer srv.Close()
+	cs.TokenURL = srv.URL
+	ep := newEndpoint(cs, &clock{})
+	defer ep.Close()
+	if _, err := ep.ClientCredentials(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	return a
+	form := <-forms
+	if form.Get("grant_type") != "urn:ietf:params:oauth:grant-type:jwt-bearer" {
+		t.Fatalf("grant_type %q", form.Get("grant_type"))
+	}
+	return form.Get("assertion")
 }

@@ -52,14 +52,14 @@ func TestClientAuthJTINeverRepeatsConcurrentJWTBearer(t *testing.T) {
 		t.Fatal(err)
 	}
 	ep := newEndpoint(cs, &clock{})
-	defer ep.close()
+	defer ep.Close()
 	const workers, each = 4, 25
 	var wg sync.WaitGroup
 	errs := make(chan error, workers*each)
 	for range workers {
 		wg.Go(func() {
 			for range each {
-				if _, err := ep.clientCredentials(context.Background()); err != nil {
+				if _, err := ep.ClientCredentials(context.Background()); err != nil {
 					errs <- err
 				}
 			}

@@ -186,7 +186,7 @@ func (g *grant) Destruct() error {
 			zap.String("provider", g.cfg.Provider), zap.Duration("waited", destructWait))
 	}
 	g.accounts.stopAll()
-	g.ep.close()
+	g.ep.Close()
 	return nil
 }
 

@@ -273,6 +273,7 @@ type fakeAS struct {
 	mu       sync.Mutex
 	formats  []string // body format of each request, in order
 	lastBody map[string]any
+	lastUA   string // the User-Agent of the last request
 }
 
 func newFakeAS(t *testing.T, format, auth string) *fakeAS {
@@ -322,7 +323,7 @@ func (f *fakeAS) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	f.mu.Lock()
 	f.formats = append(f.formats, format)
-	f.lastBody = params
+	f.lastBody, f.lastUA = params, r.Header.Get("User-Agent")
 	f.mu.Unlock()
 	if f.format != "" && format != f.format {
 		// What IdentityServer does with a JSON body, and what a JSON-only

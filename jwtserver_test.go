@@ -2,7 +2,7 @@ package oauthbearer
 
 // A token endpoint that verifies JWT client assertions and JWT bearer grants
 // as a provider does (with go-jose, against registered keys), and the tests
-// that run clientauth.go's assertions against it.
+// that run internal/oauthclient's assertions against it.
 
 import (
 	"crypto"
@@ -124,7 +124,7 @@ func (s *jwtTokenServer) serve(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, http.StatusBadRequest, "invalid_request", "unparsable form")
 		return
 	}
-	// Literal strings, not clientauth.go's constants: a typo there fails.
+	// Literal strings, not the client's constants: a typo there fails.
 	switch gt := r.PostForm.Get("grant_type"); gt {
 	case "client_credentials":
 		if at := r.PostForm.Get("client_assertion_type"); at != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" {
@@ -315,9 +315,8 @@ func (s *jwtTokenServer) postToken(t *testing.T, form url.Values) jwtServerAnswe
 // clientAssertionForm is a client_credentials request authenticated with
 // assertion.
 func clientAssertionForm(assertion string) url.Values {
-	form := url.Values{"grant_type": {"client_credentials"}}
-	setClientAssertion(form, assertion)
-	return form
+	return url.Values{"grant_type": {"client_credentials"},
+		"client_assertion_type": {"urn:ietf:params:oauth:client-assertion-type:jwt-bearer"}, "client_assertion": {assertion}}
 }
 
 // wantIssued fails unless a is a token answer.
@@ -340,7 +339,7 @@ func wantRefused(t *testing.T, a jwtServerAnswer, status int, code, desc string)
 // ---------------------------------------------------------------------------
 // Tests
 
-// Every key type and algorithm, from a PEM file through loadPrivateKey, is
+// Every key type and algorithm, from a PEM file through LoadPrivateKey, is
 // accepted by a verifying server.
 func TestJWTServerAcceptsEachKeyAndAlg(t *testing.T) {
 	s := newJWTTokenServer(t)
@@ -637,9 +636,8 @@ func TestJWTServerGoogleServiceAccount(t *testing.T) {
 	path := testkeys.WriteFile(t, "sa.json", testkeys.GoogleKeyJSON(t, key, s.tokenURL, nil))
 	s.register("robot@proj.iam.gserviceaccount.com", key.Public(), "")
 	grant := func(scope, subject string) jwtServerAnswer {
-		form := url.Values{}
-		setJWTBearerGrant(form, googleAssertion(t, path, scope, subject))
-		return s.postToken(t, form)
+		return s.postToken(t, url.Values{"grant_type": {"urn:ietf:params:oauth:grant-type:jwt-bearer"},
+			"assertion": {googleAssertion(t, path, scope, subject)}})
 	}
 	ans := grant("https://www.googleapis.com/auth/cloud-platform", "")
 	wantIssued(t, ans, s)

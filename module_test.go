@@ -172,6 +172,12 @@ func TestGenericBasicAuthFormAndExtras(t *testing.T) {
 	if strings.Join(res, " ") != "https://api.example/a https://api.example/b" {
 		t.Errorf("resource params = %v", as.lastParams()["resource"])
 	}
+	as.mu.Lock()
+	ua := as.lastUA
+	as.mu.Unlock()
+	if ua != "caddy-oauth-bearer/"+version {
+		t.Errorf("token request User-Agent %q", ua)
+	}
 }
 
 func TestTokenHeaderWithoutPrefixRemovesClientAuthorization(t *testing.T) {

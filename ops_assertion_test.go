@@ -38,7 +38,7 @@ func TestLocalFailureHasItsOwnCode(t *testing.T) {
 		client_assertion_file %s`, s.url, path), up)
 	c := startCaddyAdmin(t, sites)
 	initMetrics()
-	before := testutil.ToFloat64(metrics.tokenRequests.WithLabelValues("generic", codeLocalConfigError))
+	before := testutil.ToFloat64(metrics.tokenRequests.WithLabelValues("generic", oauthclient.CodeLocalConfigError))
 
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
@@ -57,15 +57,15 @@ func TestLocalFailureHasItsOwnCode(t *testing.T) {
 			json.Unmarshal([]byte(l), &failed)
 		}
 	}
-	if failed["error"] != codeLocalConfigError || !strings.HasPrefix(fmt.Sprint(failed["error_description"]), "client_assertion_file: "+path+" does not exist") {
+	if failed["error"] != oauthclient.CodeLocalConfigError || !strings.HasPrefix(fmt.Sprint(failed["error_description"]), "client_assertion_file: "+path+" does not exist") {
 		t.Errorf("the log line of the failed token request: %v; want error local_config_error naming client_assertion_file and the file", failed)
 	}
 	sources, _ := adminSources(t, c)
 	last, _ := findSource(t, sources, "client_credentials")["last_error"].(map[string]any)
-	if last["code"] != codeLocalConfigError || !strings.HasPrefix(fmt.Sprint(last["description"]), "client_assertion_file: ") {
+	if last["code"] != oauthclient.CodeLocalConfigError || !strings.HasPrefix(fmt.Sprint(last["description"]), "client_assertion_file: ") {
 		t.Errorf("the admin API's last_error: %v", last)
 	}
-	if got := testutil.ToFloat64(metrics.tokenRequests.WithLabelValues("generic", codeLocalConfigError)) - before; got != 1 {
+	if got := testutil.ToFloat64(metrics.tokenRequests.WithLabelValues("generic", oauthclient.CodeLocalConfigError)) - before; got != 1 {
 		t.Errorf("caddy_oauth_bearer_token_requests_total{result=\"local_config_error\"} grew by %v, want 1", got)
 	}
 }
@@ -97,16 +97,16 @@ func TestLocalSigningFailureNamesTheKey(t *testing.T) {
 			}
 			failing.Field, cs.signer = cs.signer.Field, failing
 			ep := newEndpoint(cs, &clock{})
-			defer ep.close()
+			defer ep.Close()
 			before := s.requests.Load()
-			_, err = ep.clientCredentials(context.Background())
+			_, err = ep.ClientCredentials(context.Background())
 			var te *TokenError
-			if !errors.As(err, &te) || te.Code != codeLocalConfigError || !strings.HasPrefix(te.Description, "private_key: ") ||
+			if !errors.As(err, &te) || te.Code != oauthclient.CodeLocalConfigError || !strings.HasPrefix(te.Description, "private_key: ") ||
 				!strings.Contains(te.Description, "the key service is unreachable") {
 				t.Errorf("error %v; want local_config_error naming private_key and the cause", err)
 			}
-			if te != nil && (te.permanent() || resultClass(te) != codeLocalConfigError) {
-				t.Errorf("permanent %v, result class %q", te.permanent(), resultClass(te))
+			if te != nil && (te.Permanent() || resultClass(te) != oauthclient.CodeLocalConfigError) {
+				t.Errorf("permanent %v, result class %q", te.Permanent(), resultClass(te))
 			}
 			if s.requests.Load() != before {
 				t.Errorf("a request was sent")

@@ -178,7 +178,7 @@ func (s *sourceEntry) uses() *env { return &s.env }
 // Destruct implements caddy.Destructor: no configuration uses the entry.
 func (s *sourceEntry) Destruct() error {
 	s.src.stop()
-	s.ep.close()
+	s.ep.Close()
 	return nil
 }
 
@@ -187,5 +187,5 @@ func (s *sourceEntry) Destruct() error {
 type ccFetcher struct{ ep *endpoint }
 
 func (f ccFetcher) fetch(ctx context.Context, _ fetchRequest) (*token, error) {
-	return f.ep.clientCredentials(ctx)
+	return fetched(f.ep.ClientCredentials(ctx))
 }

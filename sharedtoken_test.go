@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -228,7 +229,24 @@ func TestSharedTokenFallsBackWhenALockOutlivesItsHolder(t *testing.T) {
 // with request_format auto, and a refusal that retrying cannot fix.
 func TestSharedTokenRemembersFacts(t *testing.T) {
 	t.Run("request format", func(t *testing.T) {
-		srv := epFormats(t, http.StatusBadRequest, "", "form")
+		// A token endpoint that takes form bodies only, and records the
+		// body format of each request.
+		var mu sync.Mutex
+		var seen []string
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			form := r.Header.Get("Content-Type") == "application/x-www-form-urlencoded"
+			mu.Lock()
+			seen = append(seen, map[bool]string{true: "form", false: "json"}[form])
+			mu.Unlock()
+			w.Header().Set("Content-Type", "application/json")
+			if !form {
+				w.WriteHeader(http.StatusBadRequest)
+				io.WriteString(w, `{"error":"invalid_request","error_description":"JSON bodies are not accepted"}`)
+				return
+			}
+			io.WriteString(w, `{"access_token":"tok-form","token_type":"Bearer","expires_in":3600}`)
+		}))
+		t.Cleanup(srv.Close)
 		cs := func() *credentialSet {
 			c := sharedSet(srv.URL + "/connect/token")
 			c.Format, c.PreferredFormat, c.ClientAuth = "auto", "json", "body"
@@ -244,7 +262,10 @@ func TestSharedTokenRemembersFacts(t *testing.T) {
 		b.e.src.clock.set(func() time.Time { return time.Now().Add(time.Hour) })
 		b.e.src.reject(old)
 		mustToken(t, b.e.src)
-		if got := strings.Join(srv.seen(), " "); got != "json form form" {
+		mu.Lock()
+		got := strings.Join(seen, " ")
+		mu.Unlock()
+		if got != "json form form" {
 			t.Errorf("request formats %q; want json then form, and form only after the restart", got)
 		}
 	})

@@ -1,19 +1,21 @@
 package oauthclient
 
-// Client authentication without a shared secret sent on the wire: the
-// choice of a JWS algorithm, signed client assertions (RFC 7523
-// private_key_jwt, OIDC client_secret_jwt), the JWT bearer grant (RFC 7523
-// §2.1), an externally made assertion read from a file, and Google service
-// account key files. The keys come from keys.go.
+// Client authentication (RFC 6749 §2.3): the client's credentials as a
+// token request carries them (Client.authenticate), and what authenticating
+// without a shared secret on the wire needs: the choice of a JWS algorithm,
+// signed client assertions (RFC 7523 private_key_jwt, OIDC
+// client_secret_jwt), the JWT bearer grant (RFC 7523 §2.1), an externally
+// made assertion read from a file, and Google service account key files.
+// The keys come from keys.go; the client certificate of tls from mtls.go.
 //
-// Nothing here reads configuration or performs a token request: the token
-// source calls these with values it resolved, and puts what they return into
-// its request. Errors name the configuration field and, when the value was a
+// Nothing here reads configuration: the caller resolves it and gives the
+// values. Errors name the configuration field and, when the value was a
 // path, the file; they never contain key material, PEM text, a secret or an
 // assertion.
 
 import (
 	"bytes"
+	"cmp"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -33,6 +35,8 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/cryptosigner"
 	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/providers"
 )
 
 // Assertion lifetimes: exp is iat plus the lifetime. Five minutes is the
@@ -46,6 +50,152 @@ const (
 // maxAssertionFileSize caps what ReadAssertionFile reads: a JWT is a few
 // KiB at most.
 const maxAssertionFileSize = 64 << 10
+
+// Wire constants of RFC 7521/7523.
+const (
+	// clientAssertionTypeJWT is the client_assertion_type of a JWT client
+	// assertion (RFC 7523 §2.2).
+	clientAssertionTypeJWT = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+	// grantTypeJWTBearer is the grant_type of the JWT bearer grant
+	// (RFC 7523 §2.1).
+	grantTypeJWTBearer = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+)
+
+// ---------------------------------------------------------------------------
+// The client and its credentials on the wire
+
+// Client is the OAuth client as a token endpoint knows it: its id and how
+// it authenticates. It holds the secret: it is never logged.
+type Client struct {
+	// ID is the client_id; "" sends none.
+	ID string
+	// Auth is the method: providers.AuthBasic (client_secret_basic),
+	// AuthBody (client_secret_post), AuthClientSecretJWT,
+	// AuthPrivateKeyJWT, AuthTLS (RFC 8705) or AuthNone (a public client).
+	Auth string
+	// Secret is the client secret of basic, body and client_secret_jwt.
+	Secret string
+	// Signer signs the assertions of private_key_jwt and
+	// client_secret_jwt, and of the JWT bearer grant.
+	Signer *AssertionSigner
+	// AssertionFile, when set, holds an assertion made elsewhere, read
+	// again for every request, instead of one that Signer signs.
+	AssertionFile string
+	// AssertionAudience is the aud of the assertions; "" means the URL of
+	// the endpoint they are sent to.
+	AssertionAudience string
+	// Certificate is the client certificate of tls.
+	Certificate *ClientCert
+}
+
+// authenticate adds the client's credentials to a request to target:
+// params for the body, or an Authorization header (Basic). A bearer
+// credential (Cal.com's refresh) goes in the header instead, the client
+// then authenticating in the body.
+func (c *Client) authenticate(params url.Values, target string, bearer bool) (header string, err error) {
+	if c.ID != "" {
+		params.Set("client_id", c.ID)
+	}
+	switch c.Auth {
+	case providers.AuthBasic:
+		if bearer {
+			params.Set("client_secret", c.Secret)
+			return "", nil
+		}
+		params.Del("client_id")
+		// RFC 6749 2.3.1: form-encode id and secret before Basic encoding.
+		cred := url.QueryEscape(c.ID) + ":" + url.QueryEscape(c.Secret)
+		return "Basic " + base64.StdEncoding.EncodeToString([]byte(cred)), nil
+	case providers.AuthBody:
+		params.Set("client_secret", c.Secret)
+	case providers.AuthClientSecretJWT, providers.AuthPrivateKeyJWT:
+		assertion, err := c.clientAssertion(target)
+		if err != nil {
+			return "", err
+		}
+		setClientAssertion(params, assertion)
+	}
+	// tls: the certificate is the credential; none: nothing more.
+	return "", nil
+}
+
+// clientAssertion is a fresh client assertion for a request to target, or
+// the one the assertion file holds now. An error is a *fieldError.
+func (c *Client) clientAssertion(target string) (string, error) {
+	if c.AssertionFile != "" {
+		return c.assertionFromFile()
+	}
+	return c.signAssertion(AssertionClaims{Issuer: c.ID, Subject: c.ID,
+		Audience: cmp.Or(c.AssertionAudience, target)})
+}
+
+// bearerAssertion is the assertion of the JWT bearer grant (RFC 7523 2.1)
+// for a request to target: iss the client (or the service account), sub
+// the subject, else the client id when signed with private_key (none for
+// a Google service account), the scope as a claim. An error is a
+// *fieldError.
+func (cfg *Config) bearerAssertion(target string) (string, error) {
+	if cfg.Client.AssertionFile != "" {
+		return cfg.Client.assertionFromFile()
+	}
+	c := AssertionClaims{Issuer: cfg.AssertionIssuer, Subject: cfg.AssertionSubject,
+		Audience: cmp.Or(cfg.Client.AssertionAudience, target)}
+	if cfg.Scope != "" {
+		// Google wants the scope as a claim; RFC 7523 servers take the
+		// parameter (grantParams), and claims they do not know are ignored.
+		c.Extra = map[string]any{"scope": cfg.Scope}
+	}
+	return cfg.Client.signAssertion(c)
+}
+
+// assertionFromFile reads the assertion file for a token request.
+func (c *Client) assertionFromFile() (string, error) {
+	a, err := ReadAssertionFile(c.AssertionFile)
+	if err != nil {
+		return "", &fieldError{field: "client_assertion_file", err: err}
+	}
+	return a, nil
+}
+
+// signAssertion signs an assertion for a token request.
+func (c *Client) signAssertion(claims AssertionClaims) (string, error) {
+	a, err := c.Signer.Sign(time.Now(), claims)
+	if err != nil {
+		return "", &fieldError{field: cmp.Or(c.Signer.Field, "private_key"), err: err}
+	}
+	return a, nil
+}
+
+// setClientAssertion puts a JWT client assertion into a token request's
+// form (RFC 7523 §2.2): client_assertion_type and client_assertion. The
+// caller decides whether to send client_id too (optional per RFC 7521 §4.2,
+// required by some providers) and sends no client_secret.
+func setClientAssertion(form url.Values, assertion string) {
+	form.Set("client_assertion_type", clientAssertionTypeJWT)
+	form.Set("client_assertion", assertion)
+}
+
+// setJWTBearerGrant makes a token request's form the JWT bearer grant
+// (RFC 7523 §2.1): grant_type and assertion.
+func setJWTBearerGrant(form url.Values, assertion string) {
+	form.Set("grant_type", grantTypeJWTBearer)
+	form.Set("assertion", assertion)
+}
+
+// fieldError is a failure, met while a token request is built, of what a
+// configuration field gives: nothing is sent, and the token error
+// (CodeLocalConfigError) names the field. Its message never holds key
+// material or an assertion (the loaders and the signer see to that).
+type fieldError struct {
+	field string
+	err   error
+}
+
+func (f *fieldError) Error() string {
+	return f.field + ": " + strings.TrimPrefix(f.err.Error(), f.field+": ")
+}
+
+func (f *fieldError) Unwrap() error { return f.err }
 
 // ---------------------------------------------------------------------------
 // Algorithms
@@ -368,7 +518,7 @@ func parseGoogleServiceAccount(data []byte, where string) (*GoogleServiceAccount
 	case f.TokenURI == "":
 		return nil, fmt.Errorf("%s: %s has no token_uri", field, where)
 	}
-	if err := CheckFetchedURL(field+": "+where+": token_uri", f.TokenURI); err != nil {
+	if err := checkFetchedURL(field+": "+where+": token_uri", f.TokenURI); err != nil {
 		return nil, err
 	}
 	key, err := parsePrivateKeyPEM([]byte(f.PrivateKey), field, where+" (its private_key)")
@@ -387,10 +537,10 @@ func (sa *GoogleServiceAccount) Signer() (*AssertionSigner, error) {
 // ---------------------------------------------------------------------------
 // Endpoint URLs
 
-// CheckFetchedURL checks an endpoint URL read from a file or a document
+// checkFetchedURL checks an endpoint URL read from a file or a document
 // (not from the configuration): an absolute URL that credentials may be
 // sent to (SecureEndpoint); name says which endpoint in errors.
-func CheckFetchedURL(name, raw string) error {
+func checkFetchedURL(name, raw string) error {
 	u, err := url.Parse(raw)
 	if err != nil || u.Host == "" || u.Opaque != "" {
 		return fmt.Errorf("%s %q is not an absolute URL", name, raw)

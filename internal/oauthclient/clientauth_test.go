@@ -17,6 +17,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -510,6 +511,24 @@ func TestAssertionSignerConcurrent(t *testing.T) {
 	wg.Wait()
 	if len(seen) != 200 {
 		t.Fatalf("%d distinct jti in 200 assertions", len(seen))
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Form parameters
+
+func TestAssertionFormParameters(t *testing.T) {
+	form := url.Values{"grant_type": {"client_credentials"}, "scope": {"read"}}
+	setClientAssertion(form, "h.p.s")
+	want := "client_assertion=h.p.s&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&grant_type=client_credentials&scope=read"
+	if got := form.Encode(); got != want {
+		t.Errorf("client assertion form\n got %s\nwant %s", got, want)
+	}
+	form = url.Values{"grant_type": {"client_credentials"}, "scope": {"read"}}
+	setJWTBearerGrant(form, "h.p.s")
+	want = "assertion=h.p.s&grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&scope=read"
+	if got := form.Encode(); got != want {
+		t.Errorf("JWT bearer form\n got %s\nwant %s", got, want)
 	}
 }
 

@@ -2,7 +2,8 @@ package oauthclient
 
 // RFC 8705 mutual-TLS client authentication: the client certificate comes
 // from a certificate file and a key file that their owner (cert-manager, a
-// Kubernetes secret volume, certbot, an operator) replaces while Caddy runs.
+// Kubernetes secret volume, certbot, an operator) replaces while the process
+// runs.
 
 import (
 	"crypto/sha256"
@@ -41,14 +42,13 @@ const clientCertRetry = time.Second
 //
 // A pair that fails to load (unreadable, mismatched because only one file
 // was replaced so far, malformed) never breaks handshakes: the previous
-// pair is kept, the error is kept (lastErr, which view shows), and the load
+// pair is kept, the error is kept (lastErr, which View shows), and the load
 // is tried again when a file changes or after clientCertRetry.
 //
-// Each change of state is logged once, to the logger of the pool entry
-// that owns the reloader (logTo): a failure at error level (again only
-// when the error changes, never per handshake), a successful reload and
-// the end of a failure at info level. The admin API shows the state
-// (view).
+// Each change of state is logged once, to the logger of its owner (LogTo):
+// a failure at error level (again only when the error changes, never per
+// handshake), a successful reload and the end of a failure at info level.
+// View describes the state (the admin API shows it).
 //
 // Rotation shows on new connections: kept-alive ones keep the identity
 // they were made with (generation tells a caller when to close idle

@@ -154,18 +154,17 @@ type CA struct {
 // NewCA makes a self-signed root CA.
 func NewCA(t testing.TB, name string) *CA {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := template(name)
-	tmpl.IsCA, tmpl.BasicConstraintsValid = true, true
-	tmpl.KeyUsage = x509.KeyUsageCertSign
-	return &CA{Key: key, Cert: create(t, tmpl, tmpl, key.Public(), key)}
+	return newCA(t, name, nil)
 }
 
 // Intermediate makes a CA signed by ca.
 func (ca *CA) Intermediate(t testing.TB, name string) *CA {
+	t.Helper()
+	return newCA(t, name, ca)
+}
+
+// newCA makes a CA signed by parent, or self-signed when parent is nil.
+func newCA(t testing.TB, name string, parent *CA) *CA {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -174,7 +173,10 @@ func (ca *CA) Intermediate(t testing.TB, name string) *CA {
 	tmpl := template(name)
 	tmpl.IsCA, tmpl.BasicConstraintsValid = true, true
 	tmpl.KeyUsage = x509.KeyUsageCertSign
-	return &CA{Key: key, Cert: create(t, tmpl, ca.Cert, key.Public(), ca.Key)}
+	if parent == nil {
+		return &CA{Key: key, Cert: create(t, tmpl, tmpl, key.Public(), key)}
+	}
+	return &CA{Key: key, Cert: create(t, tmpl, parent.Cert, key.Public(), parent.Key)}
 }
 
 // IssueClient makes a client certificate for key.
