@@ -16,7 +16,7 @@ MODULE        := github.com/oauthbearer/caddy-oauth-bearer
 GO            ?= go
 
 # What ./caddy is built from: the module's non-test sources and go.mod/go.sum.
-SOURCES := $(filter-out %_test.go,$(wildcard *.go */*.go)) go.mod go.sum
+SOURCES := $(filter-out %_test.go,$(wildcard *.go */*.go */*/*.go)) go.mod go.sum
 
 .PHONY: all build run test test-deps fmt-check vet fuzz clean
 .PHONY: bench bench-e2e bench-fleet

@@ -26,12 +26,12 @@ func Redact(secret, s string) string {
 			s = strings.ReplaceAll(s, v, "[REDACTED]")
 		}
 	}
-	return RedactText(s)
+	return redactText(s)
 }
 
-// RedactText removes anything token-shaped from text and makes it one
+// redactText removes anything token-shaped from text and makes it one
 // short printable line.
-func RedactText(s string) string {
+func redactText(s string) string {
 	return Truncate(strings.Map(func(r rune) rune {
 		if r < 0x20 || r == 0x7f {
 			return ' '
