@@ -114,8 +114,8 @@ type Endpoint struct {
 	// again when its lifetime ends or an endpoint it names fails.
 	discovered atomic.Pointer[Metadata]
 	discovery  sync.Mutex // one discovery at a time
-	// format is the request format in use; with FormatAuto it
-	// starts as the preferred one and switches once if the server refuses it.
+	// format is the request format in use; with FormatAuto it starts as
+	// the preferred one and switches once if the server refuses it.
 	format atomic.Value // string
 }
 
