@@ -17,7 +17,7 @@ MODULE        := github.com/oauthbearer/caddy-oauth-bearer
 GO            ?= go
 
 # What ./caddy is built from: the module's non-test sources and go.mod/go.sum.
-SOURCES := $(filter-out %_test.go,$(wildcard *.go */*.go)) go.mod go.sum
+SOURCES := $(filter-out %_test.go,$(wildcard *.go */*.go */*/*.go)) go.mod go.sum
 
 .PHONY: all build run test test-deps fmt-check vet fuzz clean
 .PHONY: bench bench-e2e bench-fleet bench-fleet-grants
@@ -55,13 +55,16 @@ fmt-check:
 vet:
 	$(GO) vet ./...
 
-# Each fuzz target for FUZZTIME; failing inputs land in testdata/fuzz/.
+# Each fuzz target (package:target) for FUZZTIME; failing inputs land in
+# the package's testdata/fuzz/.
 FUZZTIME ?= 10s
-FUZZ_TARGETS := FuzzTokenResponse FuzzCaddyfile
+FUZZ_TARGETS := .:FuzzCaddyfile .:FuzzTokenSchedule \
+	./internal/oauthclient:FuzzTokenResponse ./internal/oauthclient:FuzzAppendJSONString
 fuzz:
-	@for f in $(FUZZ_TARGETS); do \
-		echo "fuzzing $$f for $(FUZZTIME)"; \
-		$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) . || exit 1; \
+	@for t in $(FUZZ_TARGETS); do \
+		p=$${t%%:*}; f=$${t##*:}; \
+		echo "fuzzing $$f ($$p) for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$p || exit 1; \
 	done
 
 # Benchmarks: see BENCHMARKS.md. BENCH_COUNT runs of each at -cpu 1,2; the

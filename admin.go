@@ -14,6 +14,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/oauthclient"
 )
 
 // admin.go: admin.api.oauth_bearer, the module's part of Caddy's admin API
@@ -65,7 +67,7 @@ type sourceView struct {
 	Accounts               *int `json:"accounts,omitempty"`
 	AccountsNeedingConsent *int `json:"accounts_needing_consent,omitempty"`
 	// ClientCertificate is the client_auth tls certificate in use.
-	ClientCertificate *clientCertView `json:"client_certificate,omitempty"`
+	ClientCertificate *oauthclient.ClientCertView `json:"client_certificate,omitempty"`
 }
 
 // tokenView is a token source's state. Times are RFC 3339, in UTC.
@@ -215,10 +217,10 @@ func listSources(ctx context.Context) []sourceView {
 			// cs.Grant: client_credentials or jwt_bearer, each a token per set.
 			out = append(out, sourceView{ID: e.src.id, Kind: cs.Grant, Provider: cs.Provider, TokenURL: cs.TokenURL, Issuer: cs.Issuer,
 				ClientID: cs.ClientID, Grant: cs.Grant, Scope: cs.Scope, TokenStore: store, tokenView: e.src.view(),
-				ClientCertificate: cs.tlsCert.view()})
+				ClientCertificate: cs.tlsCert.View()})
 		case *grant:
 			sv := sourceView{ID: e.short, Kind: "grant", Provider: e.cfg.Provider, TokenURL: e.cfg.TokenURL, Issuer: e.cfg.Issuer,
-				ClientID: e.cfg.ClientID, Grant: grantAuthorizationCode, TokenStore: tokenStoreStorage, ClientCertificate: e.cfg.tlsCert.view()}
+				ClientID: e.cfg.ClientID, Grant: grantAuthorizationCode, TokenStore: tokenStoreStorage, ClientCertificate: e.cfg.tlsCert.View()}
 			if e.bootstrap != "" {
 				sv.Grant = grantRefreshToken
 			}

@@ -451,7 +451,7 @@ func measureSources(b *testing.B, tokenURL string, n int, variant string) (heap,
 						panic(err)
 					}
 					if variant == "with_token" {
-						srcs[i].ep.close()
+						srcs[i].ep.Close()
 					}
 				}
 			}()

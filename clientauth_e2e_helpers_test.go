@@ -7,11 +7,11 @@ package oauthbearer
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/base64"
-	"encoding/pem"
 	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/testkeys"
 )
 
 // newJWTAS is a fakeAS for clients that authenticate with assertions
@@ -28,37 +28,17 @@ func newJWTAS(t *testing.T) *fakeAS {
 // the client_id in the body must be the certificate's common name, and no
 // other client credential may come. It names its tokens
 // at-mtls-<common name>-<n>.
-func newMTLSAS(t *testing.T, serverCA, clientCA *mtlsTestCA) *fakeAS {
+func newMTLSAS(t *testing.T, serverCA, clientCA *testkeys.CA) *fakeAS {
 	t.Helper()
 	roots := x509.NewCertPool()
-	roots.AddCert(clientCA.cert)
+	roots.AddCert(clientCA.Cert)
 	as := newFakeASTLS(t, &tls.Config{
-		Certificates: []tls.Certificate{serverCA.issueServer(t)},
+		Certificates: []tls.Certificate{serverCA.IssueServer(t)},
 		ClientAuth:   tls.RequireAndVerifyClientCert,
 		ClientCAs:    roots,
 	})
 	as.Mint = func(client string, n int) string { return fmt.Sprintf("at-mtls-%s-%d", client, n) }
 	return as
-}
-
-// assertNoKeyLeak fails if text holds PEM armour or any 16 characters of
-// the base64 body of a block of one of the PEM texts.
-func assertNoKeyLeak(t *testing.T, where, text string, pems ...[]byte) {
-	t.Helper()
-	if strings.Contains(text, "-----BEGIN") || strings.Contains(text, `-----\nBEGIN`) {
-		t.Errorf("%s holds PEM armour", where)
-	}
-	for _, p := range pems {
-		for block, rest := pem.Decode(p); block != nil; block, rest = pem.Decode(rest) {
-			b64 := base64.StdEncoding.EncodeToString(block.Bytes)
-			for i := 0; i+16 <= len(b64); i += 16 {
-				if strings.Contains(text, b64[i:i+16]) {
-					t.Errorf("%s holds the content of a %s block", where, block.Type)
-					break
-				}
-			}
-		}
-	}
 }
 
 // assertNoValueLeak fails if text holds one of the values (assertions,

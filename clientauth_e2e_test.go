@@ -17,6 +17,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/oauthclient"
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/testkeys"
 )
 
 // e2eSite is a site block with one oauth_bearer handler (its
@@ -53,7 +56,7 @@ func assertNothingLeaked(t *testing.T, c *testCaddy, sites string, answers strin
 		t.Errorf("the log does not show the token being obtained; is it the right log?\n%s", logs)
 	}
 	for where, text := range map[string]string{"Caddy's log": logs, "the answer to the client": answers, "the adapted JSON": string(adapted)} {
-		assertNoKeyLeak(t, where, text, pems...)
+		testkeys.AssertNoKeyMaterial(t, where, text, pems...)
 		if len(values) > 0 {
 			assertNoValueLeak(t, where, text, values...)
 		}
@@ -67,11 +70,11 @@ func assertNothingLeaked(t *testing.T, c *testCaddy, sites string, answers strin
 // key and issues one token, which the upstream receives; the next request
 // uses the cached token.
 func TestClientAuthE2EPrivateKeyJWT(t *testing.T) {
-	k := clientAuthKeys()
-	rsaPEM := pemOf("RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(k.rsa))
-	rsaCert := selfSignedCert(t, k.rsa, "e2e-rsa-client")
-	p256PEM := sec1PEM(t, k.p256)
-	edPEM := pkcs8PEM(t, k.ed)
+	k := testkeys.Keys()
+	rsaPEM := testkeys.PEM("RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(k.RSA))
+	rsaCert := testkeys.SelfSignedCert(t, k.RSA, "e2e-rsa-client")
+	p256PEM := testkeys.SEC1PEM(t, k.P256)
+	edPEM := testkeys.PKCS8PEM(t, k.Ed)
 
 	cases := []struct {
 		name     string
@@ -87,20 +90,20 @@ func TestClientAuthE2EPrivateKeyJWT(t *testing.T) {
 		wantJSON string // what the adapted JSON holds instead of the key
 	}{
 		{
-			name: "rsa-file-certificate-ps256", clientID: "e2e-rsa", key: k.rsa,
+			name: "rsa-file-certificate-ps256", clientID: "e2e-rsa", key: k.RSA,
 			pems:     [][]byte{rsaPEM},
 			lines:    "\t\tprivate_key KEYFILE\n\t\tcertificate CERTFILE\n\t\tkey_id 2024-11\n\t\tsigning_alg PS256\n",
-			certS256: certThumbprint(rsaCert), alg: "PS256", kid: "2024-11",
+			certS256: oauthclient.CertThumbprint(rsaCert), alg: "PS256", kid: "2024-11",
 		},
 		{
-			name: "p256-inline-env", clientID: "e2e-p256", key: k.p256,
+			name: "p256-inline-env", clientID: "e2e-p256", key: k.P256,
 			pems:  [][]byte{p256PEM},
 			env:   map[string]string{"OAB_E2E_P256_KEY": string(p256PEM)},
 			lines: "\t\tprivate_key {env.OAB_E2E_P256_KEY}\n",
 			alg:   "ES256", wantJSON: "{env.OAB_E2E_P256_KEY}",
 		},
 		{
-			name: "ed25519-file-placeholder", clientID: "e2e-ed25519", key: k.ed,
+			name: "ed25519-file-placeholder", clientID: "e2e-ed25519", key: k.Ed,
 			pems:  [][]byte{edPEM},
 			lines: "\t\tprivate_key {file.KEYFILE}\n\t\tkey_id ed-1\n",
 			alg:   "EdDSA", kid: "ed-1", wantJSON: "{file.",
@@ -113,7 +116,7 @@ func TestClientAuthE2EPrivateKeyJWT(t *testing.T) {
 			if err := os.WriteFile(keyPath, tc.pems[0], 0o600); err != nil {
 				t.Fatal(err)
 			}
-			if err := os.WriteFile(certPath, pemOf("CERTIFICATE", rsaCert.Raw), 0o600); err != nil {
+			if err := os.WriteFile(certPath, testkeys.PEM("CERTIFICATE", rsaCert.Raw), 0o600); err != nil {
 				t.Fatal(err)
 			}
 			for k, v := range tc.env {
@@ -219,15 +222,15 @@ func TestClientAuthE2EClientSecretJWT(t *testing.T) {
 // assertion; the server would refuse the old one as a replay.
 func TestClientAuthE2EAssertionFile(t *testing.T) {
 	clock := useFakeClock(t)
-	key := clientAuthKeys().p384
+	key := testkeys.Keys().P384
 	s := newJWTAS(t)
 	s.register("workload", key.Public(), "")
-	kubelet, err := newAssertionSigner(key, "", "", nil)
+	kubelet, err := oauthclient.NewAssertionSigner(key, "", "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	mint := func() string {
-		a, err := kubelet.sign(time.Now(), assertionClaims{issuer: "workload", subject: "workload", audience: s.tokenURL()})
+		a, err := kubelet.Sign(time.Now(), oauthclient.AssertionClaims{Issuer: "workload", Subject: "workload", Audience: s.tokenURL()})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -250,7 +253,7 @@ func TestClientAuthE2EAssertionFile(t *testing.T) {
 
 	answers := wantInjected(t, c, up, "/one", "at-workload-1")
 	second := mint()
-	replaceFile(t, path, []byte(second+"\n"))
+	testkeys.ReplaceFile(t, path, []byte(second+"\n"))
 	clock.add(2 * time.Hour) // the first token (3600 s) has expired
 	answers += wantInjected(t, c, up, "/two", "at-workload-2")
 
@@ -265,14 +268,14 @@ func TestClientAuthE2EAssertionFile(t *testing.T) {
 	if a := s.assertions()[0]; a.assertionParam() != "client_assertion" {
 		t.Errorf("sent as %s", a.assertionParam())
 	}
-	assertNothingLeaked(t, c, sites, answers, [][]byte{pkcs8PEM(t, key)}, sent)
+	assertNothingLeaked(t, c, sites, answers, [][]byte{testkeys.PKCS8PEM(t, key)}, sent)
 }
 
 // client_auth tls (RFC 8705): the token endpoint is behind TLS that
 // requires a client certificate of its CA; tls_client_cert gives it, and
 // ca_file makes Caddy trust the server's CA.
 func TestClientAuthE2EMutualTLS(t *testing.T) {
-	serverCA, clientCA := newMTLSTestCA(t, "e2e server CA"), newMTLSTestCA(t, "e2e client CA")
+	serverCA, clientCA := testkeys.NewCA(t, "e2e server CA"), testkeys.NewCA(t, "e2e client CA")
 	s := newMTLSAS(t, serverCA, clientCA)
 	files := writeMTLSClient(t, clientCA, "mtls-client", serverCA)
 	up := newUpstream(t)
@@ -299,14 +302,14 @@ type mtlsClientFiles struct {
 
 // writeMTLSClient issues a client certificate for cn by clientCA with a
 // fresh key, and writes it, its key and serverCA's certificate to files.
-func writeMTLSClient(t *testing.T, clientCA *mtlsTestCA, cn string, serverCA *mtlsTestCA) mtlsClientFiles {
+func writeMTLSClient(t *testing.T, clientCA *testkeys.CA, cn string, serverCA *testkeys.CA) mtlsClientFiles {
 	t.Helper()
-	key := clientAuthKeys().p256b
-	cert := clientCA.issueClient(t, cn, key)
+	key := testkeys.Keys().P256b
+	cert := clientCA.IssueClient(t, cn, key)
 	dir := t.TempDir()
 	f := mtlsClientFiles{cert: filepath.Join(dir, "client.crt"), key: filepath.Join(dir, "client.key"), ca: filepath.Join(dir, "ca.pem"),
-		keyPEM: sec1PEM(t, key)}
-	for path, data := range map[string][]byte{f.cert: pemOf("CERTIFICATE", cert.Raw), f.key: f.keyPEM, f.ca: pemOf("CERTIFICATE", serverCA.cert.Raw)} {
+		keyPEM: testkeys.SEC1PEM(t, key)}
+	for path, data := range map[string][]byte{f.cert: testkeys.PEM("CERTIFICATE", cert.Raw), f.key: f.keyPEM, f.ca: testkeys.PEM("CERTIFICATE", serverCA.Cert.Raw)} {
 		if err := os.WriteFile(path, data, 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -318,7 +321,7 @@ func writeMTLSClient(t *testing.T, clientCA *mtlsTestCA, cn string, serverCA *mt
 // discovered mtls_endpoint_aliases.token_endpoint, not to token_endpoint.
 // client_auth is left out: tls_client_cert implies it.
 func TestClientAuthE2EMutualTLSDiscoveredAlias(t *testing.T) {
-	serverCA, clientCA := newMTLSTestCA(t, "e2e server CA"), newMTLSTestCA(t, "e2e client CA")
+	serverCA, clientCA := testkeys.NewCA(t, "e2e server CA"), testkeys.NewCA(t, "e2e client CA")
 	s := newMTLSAS(t, serverCA, clientCA)
 	plain := newJWTAS(t) // token_endpoint: must not be used
 	files := writeMTLSClient(t, clientCA, "alias-client", serverCA)
@@ -348,9 +351,9 @@ func TestClientAuthE2EMutualTLSDiscoveredAlias(t *testing.T) {
 // token_uri of the file as the endpoint and the audience, the scope as a
 // claim, the key id as kid.
 func TestClientAuthE2EJWTBearerGoogle(t *testing.T) {
-	key := clientAuthKeys().rsa2
+	key := testkeys.Keys().RSA2
 	s := newJWTAS(t)
-	saPath := writeTestFile(t, "sa.json", googleKeyJSON(t, key, s.tokenURL(), nil))
+	saPath := testkeys.WriteFile(t, "sa.json", testkeys.GoogleKeyJSON(t, key, s.tokenURL(), nil))
 	s.register("robot@proj.iam.gserviceaccount.com", key.Public(), "")
 	up := newUpstream(t)
 	sites := e2eSite("oauth_bearer google", fmt.Sprintf(`		service_account_file %s
@@ -374,7 +377,7 @@ func TestClientAuthE2EJWTBearerGoogle(t *testing.T) {
 	if a := s.tokenLog()[0].Header.Get("Authorization"); a != "" {
 		t.Errorf("token request had Authorization %q", a)
 	}
-	assertNothingLeaked(t, c, sites, answers, [][]byte{pkcs8PEM(t, key)}, s.sentAssertions())
+	assertNothingLeaked(t, c, sites, answers, [][]byte{testkeys.PKCS8PEM(t, key)}, s.sentAssertions())
 }
 
 // grant jwt_bearer with private_key and subject (Salesforce's shape),
@@ -396,9 +399,9 @@ func TestClientAuthE2EJWTBearerSubject(t *testing.T) {
 }
 
 func testJWTBearerSubject(t *testing.T, extra string) {
-	key := clientAuthKeys().rsa
-	keyPEM := pkcs8PEM(t, key)
-	keyPath := writeTestFile(t, "sf.key", keyPEM)
+	key := testkeys.Keys().RSA
+	keyPEM := testkeys.PKCS8PEM(t, key)
+	keyPath := testkeys.WriteFile(t, "sf.key", keyPEM)
 	s := newJWTAS(t)
 	s.register("3MVG9-consumer-key", key.Public(), "")
 	up := newUpstream(t)
@@ -430,18 +433,18 @@ func testJWTBearerSubject(t *testing.T, extra string) {
 // neither the log nor the answer repeats what the file holds.
 func TestClientAuthE2EAssertionFileGoesBad(t *testing.T) {
 	clock := useFakeClock(t)
-	key := clientAuthKeys().p384
+	key := testkeys.Keys().P384
 	s := newJWTAS(t)
 	s.register("workload", key.Public(), "")
-	kubelet, err := newAssertionSigner(key, "", "", nil)
+	kubelet, err := oauthclient.NewAssertionSigner(key, "", "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	good, err := kubelet.sign(time.Now(), assertionClaims{issuer: "workload", subject: "workload", audience: s.tokenURL()})
+	good, err := kubelet.Sign(time.Now(), oauthclient.AssertionClaims{Issuer: "workload", Subject: "workload", Audience: s.tokenURL()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := writeTestFile(t, "token", []byte(good))
+	path := testkeys.WriteFile(t, "token", []byte(good))
 	up := newUpstream(t)
 	sites := e2eSite("oauth_bearer", fmt.Sprintf(`		token_url %s
 		client_id workload
@@ -451,7 +454,7 @@ func TestClientAuthE2EAssertionFileGoesBad(t *testing.T) {
 	answers := wantInjected(t, c, up, "/", "at-workload-1")
 
 	const bad = "password=hunter2-not-a-jwt-at-all"
-	replaceFile(t, path, []byte(bad))
+	testkeys.ReplaceFile(t, path, []byte(bad))
 	clock.add(2 * time.Hour)
 	status, body := c.get("/bad")
 	if status != http.StatusBadGateway || !strings.Contains(body, "generic") {
@@ -469,8 +472,8 @@ func TestClientAuthE2EAssertionFileGoesBad(t *testing.T) {
 }
 
 // client_secret_jwt with signing_alg HS512: resolveClientAuth signs with
-// the configured HMAC algorithm (newSecretAssertionSigner takes HS256,
-// HS384 and HS512), and signingAlg's own error points users with an HS
+// the configured HMAC algorithm (NewSecretAssertionSigner takes HS256,
+// HS384 and HS512), and SigningAlg's own error points users with an HS
 // algorithm to client_secret_jwt; so signing_alg HS512 with
 // client_secret_jwt must load and sign HS512. (checkClientAuth once
 // refused signing_alg without private_key, so that path was unreachable.)

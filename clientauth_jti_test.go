@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/testkeys"
 )
 
 // 100 tokens through a real Caddy with private_key_jwt: the cached token
@@ -19,10 +21,10 @@ import (
 // their jti all differ.
 func TestClientAuthJTINeverRepeatsThroughCaddy(t *testing.T) {
 	clock := useFakeClock(t)
-	key := clientAuthKeys().p256
+	key := testkeys.Keys().P256
 	s := newJWTAS(t)
 	s.register("jti-client", key.Public(), "")
-	keyPath := writeTestFile(t, "client.key", pkcs8PEM(t, key))
+	keyPath := testkeys.WriteFile(t, "client.key", testkeys.PKCS8PEM(t, key))
 	up := newUpstream(t)
 	c := startCaddy(t, e2eSite("oauth_bearer", fmt.Sprintf(`		token_url %s
 		client_id jti-client
@@ -40,24 +42,24 @@ func TestClientAuthJTINeverRepeatsThroughCaddy(t *testing.T) {
 // a time: the signer is shared by concurrent token requests and still
 // never repeats a jti.
 func TestClientAuthJTINeverRepeatsConcurrentJWTBearer(t *testing.T) {
-	key := clientAuthKeys().rsa2
+	key := testkeys.Keys().RSA2
 	s := newJWTAS(t)
 	s.register("robot@proj.iam.gserviceaccount.com", key.Public(), "")
-	saPath := writeTestFile(t, "sa.json", googleKeyJSON(t, key, s.tokenURL(), nil))
+	saPath := testkeys.WriteFile(t, "sa.json", testkeys.GoogleKeyJSON(t, key, s.tokenURL(), nil))
 	h := &Handler{Credentials: Credentials{Provider: "google", ServiceAccountFile: saPath}, Scopes: []string{"scope-a"}}
 	cs, err := h.configure(provisionReplacer())
 	if err != nil {
 		t.Fatal(err)
 	}
 	ep := newEndpoint(cs, &clock{})
-	defer ep.close()
+	defer ep.Close()
 	const workers, each = 4, 25
 	var wg sync.WaitGroup
 	errs := make(chan error, workers*each)
 	for range workers {
 		wg.Go(func() {
 			for range each {
-				if _, err := ep.clientCredentials(context.Background()); err != nil {
+				if _, err := ep.ClientCredentials(context.Background()); err != nil {
 					errs <- err
 				}
 			}

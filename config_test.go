@@ -27,6 +27,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/testkeys"
 	"github.com/oauthbearer/caddy-oauth-bearer/providers"
 )
 
@@ -858,7 +860,7 @@ func lineOf(t *testing.T, text, prefix string) int {
 }
 
 func TestClientAuthLoadErrors(t *testing.T) {
-	k := clientAuthKeys()
+	k := testkeys.Keys()
 	dir := t.TempDir()
 	write := func(name string, data []byte) string {
 		p := filepath.Join(dir, name)
@@ -867,14 +869,14 @@ func TestClientAuthLoadErrors(t *testing.T) {
 		}
 		return p
 	}
-	rsaPEM := pkcs8PEM(t, k.rsa)
-	p256PEM := sec1PEM(t, k.p256)
+	rsaPEM := testkeys.PKCS8PEM(t, k.RSA)
+	p256PEM := testkeys.SEC1PEM(t, k.P256)
 	garbage := make([]byte, 300)
 	rand.Read(garbage)
-	garbagePEM := pemOf("PRIVATE KEY", garbage)
-	truncated := x509.MarshalPKCS1PrivateKey(k.rsa)
-	truncatedPEM := pemOf("RSA PRIVATE KEY", truncated[:len(truncated)/2])
-	otherCert := selfSignedCert(t, k.rsa2, "not-this-key")
+	garbagePEM := testkeys.PEM("PRIVATE KEY", garbage)
+	truncated := x509.MarshalPKCS1PrivateKey(k.RSA)
+	truncatedPEM := testkeys.PEM("RSA PRIVATE KEY", truncated[:len(truncated)/2])
+	otherCert := testkeys.SelfSignedCert(t, k.RSA2, "not-this-key")
 	const secret = "load-error-secret-0123456789abcdefghijklmnopqrstuv"
 	notJWT := "this-is-not-a-jwt-but-might-be-a-secret-4f2a9c"
 	pems := [][]byte{rsaPEM, p256PEM, garbagePEM, truncatedPEM}
@@ -884,12 +886,12 @@ func TestClientAuthLoadErrors(t *testing.T) {
 		"P256KEY":    write("p256.key", p256PEM),
 		"GARBAGEKEY": write("garbage.key", garbagePEM),
 		"TRUNCKEY":   write("truncated.key", truncatedPEM),
-		"OTHERCERT":  write("other.crt", pemOf("CERTIFICATE", otherCert.Raw)),
+		"OTHERCERT":  write("other.crt", testkeys.PEM("CERTIFICATE", otherCert.Raw)),
 		"NOTJWT":     write("not-a-jwt", []byte(notJWT+"\n")),
 		"EMPTYFILE":  write("empty", nil),
 		"MISSING":    filepath.Join(dir, "no-such-file"),
 		"ADIR":       dir,
-		"SAFILE":     write("sa.json", googleKeyJSON(t, k.rsa, "https://oauth2.googleapis.com/token", nil)),
+		"SAFILE":     write("sa.json", testkeys.GoogleKeyJSON(t, k.RSA, "https://oauth2.googleapis.com/token", nil)),
 		"NOTSA":      write("not-sa.json", []byte(`{"type":"authorized_user","client_secret":"`+secret+`"}`)),
 	}
 	t.Setenv("OAB_LE_BADKEY", string(garbagePEM))
@@ -980,7 +982,7 @@ func TestClientAuthLoadErrors(t *testing.T) {
 					t.Errorf("error does not contain %q:\n%s", w, msg)
 				}
 			}
-			assertNoKeyLeak(t, "the error", msg, pems...)
+			testkeys.AssertNoKeyMaterial(t, "the error", msg, pems...)
 			assertNoValueLeak(t, "the error", msg, secret, notJWT)
 		})
 	}
@@ -994,7 +996,7 @@ func TestClientAuthLoadErrors(t *testing.T) {
 // generic preset's basic applies and loading stops with "client_secret: is
 // required (client_auth basic)".
 func TestClientAuthPrivateKeyImpliesPrivateKeyJWT(t *testing.T) {
-	keyPath := writeTestFile(t, "client.key", pkcs8PEM(t, clientAuthKeys().p256))
+	keyPath := testkeys.WriteFile(t, "client.key", testkeys.PKCS8PEM(t, testkeys.Keys().P256))
 	h := &Handler{Credentials: Credentials{TokenURL: "https://idp.example.com/oauth2/token", ClientID: "my-client", PrivateKey: keyPath}}
 	cs, err := h.configure(provisionReplacer())
 	if err != nil {
@@ -1012,19 +1014,19 @@ func TestClientAuthPrivateKeyImpliesPrivateKeyJWT(t *testing.T) {
 // loading stops with "tls_client_cert: mtls client certificate: the
 // configured value: no such file or directory".
 func TestClientAuthTLSClientCertInlinePEM(t *testing.T) {
-	ca := newMTLSTestCA(t, "inline CA")
-	key := clientAuthKeys().p256
-	keyPEM := sec1PEM(t, key)
-	t.Setenv("OAB_INLINE_TLS_CERT", string(pemOf("CERTIFICATE", ca.issueClient(t, "inline", key).Raw)))
+	ca := testkeys.NewCA(t, "inline CA")
+	key := testkeys.Keys().P256
+	keyPEM := testkeys.SEC1PEM(t, key)
+	t.Setenv("OAB_INLINE_TLS_CERT", string(testkeys.PEM("CERTIFICATE", ca.IssueClient(t, "inline", key).Raw)))
 	t.Setenv("OAB_INLINE_TLS_KEY", string(keyPEM))
 	h := &Handler{Credentials: Credentials{TokenURL: "https://idp.example.com/oauth2/token", ClientID: "inline",
 		ClientAuth: "tls", TLSClientCert: "{env.OAB_INLINE_TLS_CERT}", TLSClientKey: "{env.OAB_INLINE_TLS_KEY}"}}
 	cs, err := h.configure(provisionReplacer())
 	if err != nil {
-		assertNoKeyLeak(t, "the error", err.Error(), keyPEM)
+		testkeys.AssertNoKeyMaterial(t, "the error", err.Error(), keyPEM)
 		t.Fatalf("configure: %v", err)
 	}
-	if cert, _ := cs.tlsCert.current(); cert == nil || cert.Leaf.Subject.CommonName != "inline" {
+	if cert, _ := cs.tlsCert.Current(); cert == nil || cert.Leaf.Subject.CommonName != "inline" {
 		t.Fatalf("client certificate %v", cert)
 	}
 }

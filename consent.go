@@ -22,6 +22,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/oauthclient"
 )
 
 // consent.go: the oauth_bearer_consent handler, the endpoints through which
@@ -183,7 +185,7 @@ func consentPathsFor(redirectURI, connect, status, disconnect string) (consentPa
 	if err != nil || !u.IsAbs() || u.Host == "" || u.Fragment != "" {
 		return consentPaths{}, errField("redirect_uri", "%q is not an absolute URL without a fragment", redirectURI)
 	}
-	if u.Scheme != "https" && !isLoopback(u.Hostname()) {
+	if u.Scheme != "https" && !oauthclient.IsLoopback(u.Hostname()) {
 		return consentPaths{}, errField("redirect_uri", "%q must use https (plain http only to a loopback host)", redirectURI)
 	}
 	cb := u.EscapedPath()

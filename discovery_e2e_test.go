@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/testkeys"
 )
 
 // discoveryE2E is an issuer whose metadata names a verifying token
@@ -26,11 +28,11 @@ type discoveryE2E struct {
 
 func newDiscoveryE2E(t *testing.T) *discoveryE2E {
 	t.Helper()
-	key := clientAuthKeys().p256
-	d := &discoveryE2E{is: newFakeAS(t), tokens: newJWTAS(t), up: newUpstream(t), keyPEM: sec1PEM(t, key)}
+	key := testkeys.Keys().P256
+	d := &discoveryE2E{is: newFakeAS(t), tokens: newJWTAS(t), up: newUpstream(t), keyPEM: testkeys.SEC1PEM(t, key)}
 	d.tokens.register("disco-client", key.Public(), "")
 	d.is.setMetadata(map[string]any{"issuer": d.is.URL, "token_endpoint": d.tokens.tokenURL()}, http.StatusOK)
-	keyPath := writeTestFile(t, "client.key", d.keyPEM)
+	keyPath := testkeys.WriteFile(t, "client.key", d.keyPEM)
 	d.sites = e2eSite("oauth_bearer", fmt.Sprintf(`		issuer %s
 		client_id disco-client
 		client_auth private_key_jwt
@@ -113,8 +115,8 @@ func TestDiscoveryE2EWrongIssuer(t *testing.T) {
 	if !strings.Contains(logs, impostor) || !strings.Contains(logs, d.is.URL) || !strings.Contains(logs, "must be identical") {
 		t.Errorf("the log does not name the mismatch (%s and %s):\n%s", impostor, d.is.URL, logs)
 	}
-	assertNoKeyLeak(t, "Caddy's log", logs, d.keyPEM)
-	assertNoKeyLeak(t, "the answer to the client", body, d.keyPEM)
+	testkeys.AssertNoKeyMaterial(t, "Caddy's log", logs, d.keyPEM)
+	testkeys.AssertNoKeyMaterial(t, "the answer to the client", body, d.keyPEM)
 }
 
 // An outage of the metadata URL (503) fails the request and is backed

@@ -166,27 +166,3 @@ func TestDiscoveryLifetimeAndRediscovery(t *testing.T) {
 	get("/7", "from-d")
 	hits(4)
 }
-
-// The lifetime of a discovered document, from its Cache-Control.
-func TestDiscoveryLifetime(t *testing.T) {
-	for cc, want := range map[string]time.Duration{
-		"":                          24 * time.Hour,
-		"max-age=600":               10 * time.Minute,
-		"public, max-age=3600":      time.Hour,
-		"max-age=0":                 time.Minute,
-		"no-cache":                  time.Minute,
-		"no-store, max-age=600":     time.Minute,
-		"max-age=31536000":          7 * 24 * time.Hour,
-		"max-age=banana":            24 * time.Hour,
-		`private, max-age="120"`:    2 * time.Minute,
-		"s-maxage=60, max-age=7200": 2 * time.Hour,
-	} {
-		h := http.Header{}
-		if cc != "" {
-			h.Set("Cache-Control", cc)
-		}
-		if got := discoveryLifetime(h); got != want {
-			t.Errorf("Cache-Control %q: lifetime %v, want %v", cc, got, want)
-		}
-	}
-}

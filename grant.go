@@ -149,7 +149,7 @@ func newGrant(cs *credentialSet, key, bootstrap string) (*grant, error) {
 	initMetrics()
 	g := &grant{id: grantID(cs), short: shortID(key), cfg: cs, bootstrap: bootstrap, done: make(chan struct{})}
 	g.ep = newEndpoint(cs, &g.clock)
-	cs.tlsCert.logTo(g.env.logger) // a client certificate's reloads are logged
+	cs.tlsCert.LogTo(g.env.logger) // a client certificate's reloads are logged
 	var err error
 	if g.store, err = newRecordStore(&g.env, cs, "caddy-oauth-bearer grant v1", g.id); err != nil {
 		return nil, err
@@ -186,7 +186,7 @@ func (g *grant) Destruct() error {
 			zap.String("provider", g.cfg.Provider), zap.Duration("waited", destructWait))
 	}
 	g.accounts.stopAll()
-	g.ep.close()
+	g.ep.Close()
 	return nil
 }
 

@@ -41,13 +41,13 @@ type accountStatus struct {
 
 // exchangeCode redeems an authorization code at the provider.
 func (g *grant) exchangeCode(ctx context.Context, code, verifier, redirectURI string) (*token, error) {
-	return g.ep.exchangeCode(ctx, code, verifier, redirectURI)
+	return fetched(g.ep.ExchangeCode(ctx, code, verifier, redirectURI))
 }
 
 // discoveredAuthorizeEndpoint is the issuer's authorization endpoint, from
 // its metadata ("" without an issuer).
 func (g *grant) discoveredAuthorizeEndpoint(ctx context.Context) (string, error) {
-	d, err := g.ep.discover(ctx)
+	d, err := g.ep.Discover(ctx)
 	if err != nil || d == nil {
 		return "", err
 	}
@@ -96,13 +96,13 @@ func (c *grantConsent) disconnect(ctx context.Context, account string) (revoked 
 	g := c.g
 	err = c.locked(ctx, account, func(ctx context.Context) error {
 		rec, _ := g.records.current(ctx, account)
-		if rec != nil && g.ep.canRevoke(ctx) {
+		if rec != nil && g.ep.CanRevoke(ctx) {
 			revoked = true
 			for _, t := range []struct{ v, hint string }{{rec.RefreshToken, "refresh_token"}, {rec.AccessToken, "access_token"}} {
 				if t.v == "" {
 					continue
 				}
-				if rerr := g.ep.revoke(ctx, t.v, t.hint); rerr != nil {
+				if rerr := g.ep.Revoke(ctx, t.v, t.hint); rerr != nil {
 					revoked = false
 					g.env.logger().Warn("revoking a token at the provider failed; deleting the grant anyway",
 						zap.String("provider", g.cfg.Provider), zap.String("account", account), zap.Error(rerr))
@@ -187,7 +187,7 @@ func (g *grant) hasGrant(ctx context.Context, account string) (bool, error) {
 
 // canRevoke reports whether disconnect revokes the grant at the provider
 // (a revocation endpoint, configured or discovered).
-func (g *grant) canRevoke(ctx context.Context) bool { return g.ep.canRevoke(ctx) }
+func (g *grant) canRevoke(ctx context.Context) bool { return g.ep.CanRevoke(ctx) }
 
 // useState marks a consent state as used; false if it already was.
 func (c *grantConsent) useState(state string, expires time.Time) bool {

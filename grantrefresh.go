@@ -263,15 +263,15 @@ func (f *grantRefresher) decide(account string, rec *grantRecord, r fetchRequest
 // have revoked the one sent.
 func (f *grantRefresher) redeem(ctx context.Context, rec *grantRecord) (*token, error) {
 	g := f.g
-	tok, err := g.ep.refresh(ctx, rec.RefreshToken)
+	tok, err := fetched(g.ep.Refresh(ctx, rec.RefreshToken))
 	now := g.now()
 	if err != nil {
 		var te *TokenError
 		switch {
 		case !errors.As(err, &te):
-		case te.rotated != "":
+		case te.Rotated() != "":
 			next := *rec
-			next.RefreshToken, next.AccessToken, next.Obtained, next.Expiry, next.LastRefresh = te.rotated, "", time.Time{}, time.Time{}, now
+			next.RefreshToken, next.AccessToken, next.Obtained, next.Expiry, next.LastRefresh = te.Rotated(), "", time.Time{}, time.Time{}, now
 			g.records.persist(ctx, &next)
 			if rec.seed {
 				f.noteSeeded(ctx)

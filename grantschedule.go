@@ -418,7 +418,7 @@ func (s *grantSchedule) finished(account string, tok *token, err error) {
 	wait := backoff(e.failures)
 	var te *TokenError
 	if errors.As(err, &te) {
-		if te.permanent() {
+		if te.Permanent() {
 			wait = maxBackoff
 		}
 		if te.RetryAfter > wait {

@@ -2,7 +2,7 @@ package oauthbearer
 
 // A token endpoint that verifies JWT client assertions and JWT bearer grants
 // as a provider does (with go-jose, against registered keys), and the tests
-// that run clientauth.go's assertions against it.
+// that run internal/oauthclient's assertions against it.
 
 import (
 	"crypto"
@@ -28,6 +28,9 @@ import (
 
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/oauthclient"
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/testkeys"
 )
 
 // jwtServerClient is a client registered with a jwtTokenServer.
@@ -121,7 +124,7 @@ func (s *jwtTokenServer) serve(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, http.StatusBadRequest, "invalid_request", "unparsable form")
 		return
 	}
-	// Literal strings, not clientauth.go's constants: a typo there fails.
+	// Literal strings, not the client's constants: a typo there fails.
 	switch gt := r.PostForm.Get("grant_type"); gt {
 	case "client_credentials":
 		if at := r.PostForm.Get("client_assertion_type"); at != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" {
@@ -247,7 +250,7 @@ func (s *jwtTokenServer) verify(assertion string, bearerGrant bool) (jwtServerGr
 func jwtAlgFitsKey(alg jose.SignatureAlgorithm, key any) bool {
 	switch k := key.(type) {
 	case *rsa.PublicKey:
-		return slices.Contains(rsaAlgs, alg)
+		return slices.Contains([]jose.SignatureAlgorithm{jose.RS256, jose.RS384, jose.RS512, jose.PS256, jose.PS384, jose.PS512}, alg)
 	case *ecdsa.PublicKey:
 		return alg == jose.ES256 && k.Curve.Params().Name == "P-256" || alg == jose.ES384 && k.Curve.Params().Name == "P-384"
 	case ed25519.PublicKey:
@@ -312,9 +315,8 @@ func (s *jwtTokenServer) postToken(t *testing.T, form url.Values) jwtServerAnswe
 // clientAssertionForm is a client_credentials request authenticated with
 // assertion.
 func clientAssertionForm(assertion string) url.Values {
-	form := url.Values{"grant_type": {"client_credentials"}}
-	setClientAssertion(form, assertion)
-	return form
+	return url.Values{"grant_type": {"client_credentials"},
+		"client_assertion_type": {"urn:ietf:params:oauth:client-assertion-type:jwt-bearer"}, "client_assertion": {assertion}}
 }
 
 // wantIssued fails unless a is a token answer.
@@ -337,37 +339,37 @@ func wantRefused(t *testing.T, a jwtServerAnswer, status int, code, desc string)
 // ---------------------------------------------------------------------------
 // Tests
 
-// Every key type and algorithm, from a PEM file through loadPrivateKey, is
+// Every key type and algorithm, from a PEM file through LoadPrivateKey, is
 // accepted by a verifying server.
 func TestJWTServerAcceptsEachKeyAndAlg(t *testing.T) {
 	s := newJWTTokenServer(t)
-	k := clientAuthKeys()
+	k := testkeys.Keys()
 	cases := []struct {
 		key crypto.Signer
 		alg string
 	}{
-		{k.rsa, ""}, {k.rsa, "RS256"}, {k.rsa, "RS384"}, {k.rsa, "RS512"},
-		{k.rsa, "PS256"}, {k.rsa, "PS384"}, {k.rsa, "PS512"},
-		{k.p256, ""}, {k.p256, "ES256"}, {k.p384, ""}, {k.p384, "ES384"},
-		{k.ed, ""}, {k.ed, "EdDSA"},
+		{k.RSA, ""}, {k.RSA, "RS256"}, {k.RSA, "RS384"}, {k.RSA, "RS512"},
+		{k.RSA, "PS256"}, {k.RSA, "PS384"}, {k.RSA, "PS512"},
+		{k.P256, ""}, {k.P256, "ES256"}, {k.P384, ""}, {k.P384, "ES384"},
+		{k.Ed, ""}, {k.Ed, "EdDSA"},
 	}
 	for i, c := range cases {
 		clientID := fmt.Sprintf("client-%d-%T-%s", i, c.key, c.alg)
 		t.Run(clientID, func(t *testing.T) {
-			key, err := loadPrivateKey(writeTestFile(t, "key.pem", pkcs8PEM(t, c.key)))
+			key, err := oauthclient.LoadPrivateKey(testkeys.WriteFile(t, "key.pem", testkeys.PKCS8PEM(t, c.key)))
 			if err != nil {
 				t.Fatal(err)
 			}
-			alg, err := signingAlg(key, c.alg)
+			alg, err := oauthclient.SigningAlg(key, c.alg)
 			if err != nil {
 				t.Fatal(err)
 			}
-			signer, err := newAssertionSigner(key, alg, "kid-"+clientID, nil)
+			signer, err := oauthclient.NewAssertionSigner(key, alg, "kid-"+clientID, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
 			s.register(clientID, c.key.Public(), "")
-			a, err := signer.sign(time.Now(), assertionClaims{issuer: clientID, subject: clientID, audience: s.tokenURL})
+			a, err := signer.Sign(time.Now(), oauthclient.AssertionClaims{Issuer: clientID, Subject: clientID, Audience: s.tokenURL})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -389,25 +391,25 @@ func TestJWTServerAcceptsEachKeyAndAlg(t *testing.T) {
 // whatever the other key's type.
 func TestJWTServerRefusesWrongKey(t *testing.T) {
 	s := newJWTTokenServer(t)
-	k := clientAuthKeys()
+	k := testkeys.Keys()
 	for i, c := range []struct {
 		registered crypto.PublicKey
 		signWith   crypto.Signer
 		want       string
 	}{
-		{k.rsa.Public(), k.rsa2, "signature does not verify"},
-		{k.p256.Public(), k.p256b, "signature does not verify"},
-		{k.ed.Public(), k.ed2, "signature does not verify"},
-		{k.rsa.Public(), k.p256, "alg ES256 does not fit the registered key"},
-		{k.p384.Public(), k.p256, "alg ES256 does not fit the registered key"},
+		{k.RSA.Public(), k.RSA2, "signature does not verify"},
+		{k.P256.Public(), k.P256b, "signature does not verify"},
+		{k.Ed.Public(), k.Ed2, "signature does not verify"},
+		{k.RSA.Public(), k.P256, "alg ES256 does not fit the registered key"},
+		{k.P384.Public(), k.P256, "alg ES256 does not fit the registered key"},
 	} {
 		id := fmt.Sprintf("wrong-%d", i)
 		s.register(id, c.registered, "")
-		signer, err := newAssertionSigner(c.signWith, "", "", nil)
+		signer, err := oauthclient.NewAssertionSigner(c.signWith, "", "", nil)
 		if err != nil {
 			t.Fatal(err)
 		}
-		a, err := signer.sign(time.Now(), assertionClaims{issuer: id, subject: id, audience: s.tokenURL})
+		a, err := signer.Sign(time.Now(), oauthclient.AssertionClaims{Issuer: id, Subject: id, Audience: s.tokenURL})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -419,10 +421,10 @@ func TestJWTServerRefusesWrongKey(t *testing.T) {
 }
 
 // rawTestAssertion signs arbitrary claims with go-jose directly, to make
-// the assertions that assertionSigner refuses to make.
+// the assertions that AssertionSigner refuses to make.
 func rawTestAssertion(t *testing.T, key crypto.Signer, claims map[string]any) string {
 	t.Helper()
-	alg, err := signingAlg(key, "")
+	alg, err := oauthclient.SigningAlg(key, "")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -441,25 +443,25 @@ func rawTestAssertion(t *testing.T, key crypto.Signer, claims map[string]any) st
 // refused with that claim named; the unchanged one is accepted.
 func TestJWTServerChecksEveryClaim(t *testing.T) {
 	s := newJWTTokenServer(t)
-	key := clientAuthKeys().p256
+	key := testkeys.Keys().P256
 	s.register("c1", key.Public(), "")
-	s.register("c2", clientAuthKeys().p384.Public(), "")
+	s.register("c2", testkeys.Keys().P384.Public(), "")
 	s.addAudience("https://idp.example/")
-	signer, err := newAssertionSigner(key, "", "", nil)
+	signer, err := oauthclient.NewAssertionSigner(key, "", "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	now := time.Now()
-	good := assertionClaims{issuer: "c1", subject: "c1", audience: s.tokenURL}
+	good := oauthclient.AssertionClaims{Issuer: "c1", Subject: "c1", Audience: s.tokenURL}
 	raw := func(mod func(m map[string]any)) string {
 		m := map[string]any{"iss": "c1", "sub": "c1", "aud": s.tokenURL, "iat": now.Unix(), "exp": now.Unix() + 60, "jti": rand.Text()}
 		mod(m)
 		return rawTestAssertion(t, key, m)
 	}
-	signed := func(at time.Time, mod func(c *assertionClaims)) string {
+	signed := func(at time.Time, mod func(c *oauthclient.AssertionClaims)) string {
 		c := good
 		mod(&c)
-		a, err := signer.sign(at, c)
+		a, err := signer.Sign(at, c)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -470,22 +472,22 @@ func TestJWTServerChecksEveryClaim(t *testing.T) {
 		assertion string
 		want      string // "" accepted
 	}{
-		{"good", signed(now, func(*assertionClaims) {}), ""},
-		{"configured-audience", signed(now, func(c *assertionClaims) { c.audience = "https://idp.example/" }), ""},
-		{"nbf-now", signed(now, func(c *assertionClaims) { c.notBefore = true }), ""},
+		{"good", signed(now, func(*oauthclient.AssertionClaims) {}), ""},
+		{"configured-audience", signed(now, func(c *oauthclient.AssertionClaims) { c.Audience = "https://idp.example/" }), ""},
+		{"nbf-now", signed(now, func(c *oauthclient.AssertionClaims) { c.NotBefore = true }), ""},
 		{"raw-good", raw(func(map[string]any) {}), ""},
-		{"unknown-iss", signed(now, func(c *assertionClaims) { c.issuer, c.subject = "c9", "c9" }), `unknown client (iss "c9")`},
-		{"iss-of-another-client", signed(now, func(c *assertionClaims) { c.issuer, c.subject = "c2", "c2" }), "alg ES256 does not fit"},
-		{"sub-differs", signed(now, func(c *assertionClaims) { c.subject = "someone" }), `sub "someone" is not the client id "c1"`},
-		{"sub-missing", signed(now, func(c *assertionClaims) { c.subject = "" }), `sub "" is not the client id`},
-		{"aud-other", signed(now, func(c *assertionClaims) { c.audience = "https://elsewhere/token" }), "aud [https://elsewhere/token] is not this token endpoint"},
+		{"unknown-iss", signed(now, func(c *oauthclient.AssertionClaims) { c.Issuer, c.Subject = "c9", "c9" }), `unknown client (iss "c9")`},
+		{"iss-of-another-client", signed(now, func(c *oauthclient.AssertionClaims) { c.Issuer, c.Subject = "c2", "c2" }), "alg ES256 does not fit"},
+		{"sub-differs", signed(now, func(c *oauthclient.AssertionClaims) { c.Subject = "someone" }), `sub "someone" is not the client id "c1"`},
+		{"sub-missing", signed(now, func(c *oauthclient.AssertionClaims) { c.Subject = "" }), `sub "" is not the client id`},
+		{"aud-other", signed(now, func(c *oauthclient.AssertionClaims) { c.Audience = "https://elsewhere/token" }), "aud [https://elsewhere/token] is not this token endpoint"},
 		{"aud-missing", raw(func(m map[string]any) { delete(m, "aud") }), "aud [] is not this token endpoint"},
-		{"expired", signed(now.Add(-2*time.Minute), func(*assertionClaims) {}), "expired at"},
+		{"expired", signed(now.Add(-2*time.Minute), func(*oauthclient.AssertionClaims) {}), "expired at"},
 		{"exp-now", raw(func(m map[string]any) { m["exp"] = now.Unix() - 1 }), "expired at"},
 		{"exp-missing", raw(func(m map[string]any) { delete(m, "exp") }), "no exp"},
 		{"iat-missing", raw(func(m map[string]any) { delete(m, "iat") }), "no iat"},
 		{"lifetime-too-long", raw(func(m map[string]any) { m["exp"] = now.Unix() + 301 }), "exp is more than 5 minutes after iat"},
-		{"iat-future", signed(now.Add(2*time.Minute), func(*assertionClaims) {}), "iat is in the future"},
+		{"iat-future", signed(now.Add(2*time.Minute), func(*oauthclient.AssertionClaims) {}), "iat is in the future"},
 		{"nbf-future", raw(func(m map[string]any) { m["nbf"] = now.Unix() + 120 }), "nbf is in the future"},
 		{"jti-missing", raw(func(m map[string]any) { delete(m, "jti") }), "no jti"},
 		{"garbage", "not.a.jwt", "malformed assertion"},
@@ -501,19 +503,19 @@ func TestJWTServerChecksEveryClaim(t *testing.T) {
 		if a.status != http.StatusUnauthorized || a.Error != "invalid_client" || !strings.Contains(a.ErrorDescription, c.want) {
 			t.Errorf("%s: answer %+v, want invalid_client %q", c.name, a, c.want)
 		}
-		assertNoKeyMaterial(t, a.ErrorDescription, pkcs8PEM(t, key))
+		testkeys.AssertNoKeyMaterial(t, "the refusal", a.ErrorDescription, testkeys.PKCS8PEM(t, key))
 	}
 
 	// Replay: the same assertion twice.
-	replay := signed(now, func(*assertionClaims) {})
+	replay := signed(now, func(*oauthclient.AssertionClaims) {})
 	wantIssued(t, s.postToken(t, clientAssertionForm(replay)), s)
 	wantRefused(t, s.postToken(t, clientAssertionForm(replay)), http.StatusUnauthorized, "invalid_client", "was used before")
 
 	// Form-level checks.
-	form := clientAssertionForm(signed(now, func(*assertionClaims) {}))
+	form := clientAssertionForm(signed(now, func(*oauthclient.AssertionClaims) {}))
 	form.Set("client_id", "c2")
 	wantRefused(t, s.postToken(t, form), http.StatusUnauthorized, "invalid_client", `client_id "c2" is not the assertion's iss "c1"`)
-	form = clientAssertionForm(signed(now, func(*assertionClaims) {}))
+	form = clientAssertionForm(signed(now, func(*oauthclient.AssertionClaims) {}))
 	form.Set("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:saml2-bearer")
 	wantRefused(t, s.postToken(t, form), http.StatusUnauthorized, "invalid_client", "is not jwt-bearer")
 
@@ -526,15 +528,15 @@ func TestJWTServerChecksEveryClaim(t *testing.T) {
 // seen, accepts them all, and all their jti differ.
 func TestJWTServerJTINeverRepeats(t *testing.T) {
 	s := newJWTTokenServer(t)
-	key := clientAuthKeys().ed
+	key := testkeys.Keys().Ed
 	s.register("c", key.Public(), "")
-	signer, err := newAssertionSigner(key, "", "", nil)
+	signer, err := oauthclient.NewAssertionSigner(key, "", "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	now := time.Now() // the same second for all: jti alone tells them apart
 	for range 100 {
-		a, err := signer.sign(now, assertionClaims{issuer: "c", subject: "c", audience: s.tokenURL})
+		a, err := signer.Sign(now, oauthclient.AssertionClaims{Issuer: "c", Subject: "c", Audience: s.tokenURL})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -553,12 +555,12 @@ func TestJWTServerJTINeverRepeats(t *testing.T) {
 // certificate and with another certificate for the same key.
 func TestJWTServerX5tS256(t *testing.T) {
 	s := newJWTTokenServer(t)
-	key := clientAuthKeys().rsa
-	cert := selfSignedCert(t, key, "app")
-	reissued := selfSignedCert(t, key, "app") // same key, another certificate
-	s.register("app", key.Public(), certThumbprint(cert))
-	certPath := writeTestFile(t, "cert.pem", pemOf("CERTIFICATE", cert.Raw))
-	certs, err := loadCertificates(certPath)
+	key := testkeys.Keys().RSA
+	cert := testkeys.SelfSignedCert(t, key, "app")
+	reissued := testkeys.SelfSignedCert(t, key, "app") // same key, another certificate
+	s.register("app", key.Public(), oauthclient.CertThumbprint(cert))
+	certPath := testkeys.WriteFile(t, "cert.pem", testkeys.PEM("CERTIFICATE", cert.Raw))
+	certs, err := oauthclient.LoadCertificates(certPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -571,11 +573,11 @@ func TestJWTServerX5tS256(t *testing.T) {
 		{"none", nil, `x5t#S256 "" does not match`},
 		{"reissued", reissued, "does not match the registered certificate"},
 	} {
-		signer, err := newAssertionSigner(key, jose.PS256, "", c.cert)
+		signer, err := oauthclient.NewAssertionSigner(key, jose.PS256, "", c.cert)
 		if err != nil {
 			t.Fatal(err)
 		}
-		a, err := signer.sign(time.Now(), assertionClaims{issuer: "app", subject: "app", audience: s.tokenURL})
+		a, err := signer.Sign(time.Now(), oauthclient.AssertionClaims{Issuer: "app", Subject: "app", Audience: s.tokenURL})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -600,11 +602,11 @@ func TestJWTServerClientSecretJWT(t *testing.T) {
 		{secret, "HS512", ""},
 		{secret + "x", "", "signature does not verify"},
 	} {
-		signer, err := newSecretAssertionSigner([]byte(c.secret), jose.SignatureAlgorithm(c.alg))
+		signer, err := oauthclient.NewSecretAssertionSigner([]byte(c.secret), jose.SignatureAlgorithm(c.alg))
 		if err != nil {
 			t.Fatal(err)
 		}
-		a, err := signer.sign(time.Now(), assertionClaims{issuer: "web", subject: "web", audience: s.tokenURL})
+		a, err := signer.Sign(time.Now(), oauthclient.AssertionClaims{Issuer: "web", Subject: "web", Audience: s.tokenURL})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -620,9 +622,9 @@ func TestJWTServerClientSecretJWT(t *testing.T) {
 	}
 	// An HMAC assertion for a client registered with a public key (the
 	// classic alg confusion) is refused.
-	s.register("rsa-client", clientAuthKeys().rsa.Public(), "")
-	signer, _ := newSecretAssertionSigner([]byte(secret), "")
-	a, _ := signer.sign(time.Now(), assertionClaims{issuer: "rsa-client", subject: "rsa-client", audience: s.tokenURL})
+	s.register("rsa-client", testkeys.Keys().RSA.Public(), "")
+	signer, _ := oauthclient.NewSecretAssertionSigner([]byte(secret), "")
+	a, _ := signer.Sign(time.Now(), oauthclient.AssertionClaims{Issuer: "rsa-client", Subject: "rsa-client", Audience: s.tokenURL})
 	wantRefused(t, s.postToken(t, clientAssertionForm(a)), http.StatusUnauthorized, "invalid_client", "alg HS256 does not fit")
 }
 
@@ -630,13 +632,12 @@ func TestJWTServerClientSecretJWT(t *testing.T) {
 // server accepts; without a scope claim the grant is refused.
 func TestJWTServerGoogleServiceAccount(t *testing.T) {
 	s := newJWTTokenServer(t)
-	key := clientAuthKeys().rsa2
-	path := writeTestFile(t, "sa.json", googleKeyJSON(t, key, s.tokenURL, nil))
+	key := testkeys.Keys().RSA2
+	path := testkeys.WriteFile(t, "sa.json", testkeys.GoogleKeyJSON(t, key, s.tokenURL, nil))
 	s.register("robot@proj.iam.gserviceaccount.com", key.Public(), "")
 	grant := func(scope, subject string) jwtServerAnswer {
-		form := url.Values{}
-		setJWTBearerGrant(form, googleAssertion(t, path, scope, subject))
-		return s.postToken(t, form)
+		return s.postToken(t, url.Values{"grant_type": {"urn:ietf:params:oauth:grant-type:jwt-bearer"},
+			"assertion": {googleAssertion(t, path, scope, subject)}})
 	}
 	ans := grant("https://www.googleapis.com/auth/cloud-platform", "")
 	wantIssued(t, ans, s)
@@ -657,30 +658,30 @@ func TestJWTServerGoogleServiceAccount(t *testing.T) {
 // replay.
 func TestJWTServerAssertionFile(t *testing.T) {
 	s := newJWTTokenServer(t)
-	key := clientAuthKeys().p384
+	key := testkeys.Keys().P384
 	s.register("workload", key.Public(), "")
 	// the other program: kubelet, say
-	issuer, err := newAssertionSigner(key, "", "", nil)
+	issuer, err := oauthclient.NewAssertionSigner(key, "", "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	path := filepath.Join(t.TempDir(), "token")
 	for range 3 {
-		a, err := issuer.sign(time.Now(), assertionClaims{issuer: "workload", subject: "workload", audience: s.tokenURL})
+		a, err := issuer.Sign(time.Now(), oauthclient.AssertionClaims{Issuer: "workload", Subject: "workload", Audience: s.tokenURL})
 		if err != nil {
 			t.Fatal(err)
 		}
 		if err := os.WriteFile(path, []byte(a+"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
-		got, err := readAssertionFile(path)
+		got, err := oauthclient.ReadAssertionFile(path)
 		if err != nil {
 			t.Fatal(err)
 		}
 		wantIssued(t, s.postToken(t, clientAssertionForm(got)), s)
 	}
 	// the file not rotated: its assertion was used
-	got, err := readAssertionFile(path)
+	got, err := oauthclient.ReadAssertionFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,9 +14,10 @@
 //     atomic load), refreshes it ahead of expiry in the background, and
 //     makes concurrent misses wait for one fetch, with backoff after
 //     failures. It gets tokens from a fetcher:
-//   - endpoint.go (client credentials: the token request and its answer),
-//     or grant.go (a stored grant: taken from the storage, or refreshed
-//     under the storage lock; store.go encrypts what is stored).
+//   - endpoint.go (client credentials: the token request and its answer,
+//     sent by internal/oauthclient, the OAuth client that knows nothing of
+//     Caddy), or grant.go (a stored grant: taken from the storage, or
+//     refreshed under the storage lock; store.go encrypts what is stored).
 //
 // The rest: config.go (the credential set and every configuration rule),
 // caddyfile.go (both directives), pool.go (what is shared across routes

@@ -177,6 +177,9 @@ func TestGenericBasicAuthFormAndExtras(t *testing.T) {
 	if strings.Join(res, " ") != "https://api.example/a https://api.example/b" {
 		t.Errorf("resource params = %v", res)
 	}
+	if ua := as.last(t).Header.Get("User-Agent"); ua != "caddy-oauth-bearer/"+version {
+		t.Errorf("token request User-Agent %q", ua)
+	}
 }
 
 func TestTokenHeaderWithoutPrefixRemovesClientAuthorization(t *testing.T) {

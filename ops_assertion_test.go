@@ -5,16 +5,20 @@ package oauthbearer
 
 import (
 	"context"
+	"crypto"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"strings"
 	"testing"
 
-	jose "github.com/go-jose/go-jose/v4"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/oauthclient"
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/testkeys"
 )
 
 // A failure on this side, before anything is sent (the assertion file is
@@ -23,10 +27,10 @@ import (
 // code invalid_request. The client's answer, the log, the admin API and
 // the metrics all say so, and the token endpoint is not asked.
 func TestLocalFailureHasItsOwnCode(t *testing.T) {
-	key := clientAuthKeys().p384
+	key := testkeys.Keys().P384
 	s := newJWTAS(t)
 	s.register("workload", key.Public(), "")
-	path := writeTestFile(t, "token", []byte("e30.e30.c2ln")) // read (and checked) when the config loads
+	path := testkeys.WriteFile(t, "token", []byte("e30.e30.c2ln")) // read (and checked) when the config loads
 	up := newUpstream(t)
 	sites := e2eSite("oauth_bearer", fmt.Sprintf(`		token_url   %s
 		client_id   workload
@@ -34,7 +38,7 @@ func TestLocalFailureHasItsOwnCode(t *testing.T) {
 		client_assertion_file %s`, s.tokenURL(), path), up)
 	c := startCaddyAdmin(t, sites)
 	initMetrics()
-	before := testutil.ToFloat64(metrics.tokenRequests.WithLabelValues("generic", codeLocalConfigError))
+	before := testutil.ToFloat64(metrics.tokenRequests.WithLabelValues("generic", oauthclient.CodeLocalConfigError))
 
 	if err := os.Remove(path); err != nil {
 		t.Fatal(err)
@@ -53,32 +57,32 @@ func TestLocalFailureHasItsOwnCode(t *testing.T) {
 			json.Unmarshal([]byte(l), &failed)
 		}
 	}
-	if failed["error"] != codeLocalConfigError || !strings.HasPrefix(fmt.Sprint(failed["error_description"]), "client_assertion_file: "+path+" does not exist") {
+	if failed["error"] != oauthclient.CodeLocalConfigError || !strings.HasPrefix(fmt.Sprint(failed["error_description"]), "client_assertion_file: "+path+" does not exist") {
 		t.Errorf("the log line of the failed token request: %v; want error local_config_error naming client_assertion_file and the file", failed)
 	}
 	sources, _ := adminSources(t, c)
 	last, _ := findSource(t, sources, "client_credentials")["last_error"].(map[string]any)
-	if last["code"] != codeLocalConfigError || !strings.HasPrefix(fmt.Sprint(last["description"]), "client_assertion_file: ") {
+	if last["code"] != oauthclient.CodeLocalConfigError || !strings.HasPrefix(fmt.Sprint(last["description"]), "client_assertion_file: ") {
 		t.Errorf("the admin API's last_error: %v", last)
 	}
-	if got := testutil.ToFloat64(metrics.tokenRequests.WithLabelValues("generic", codeLocalConfigError)) - before; got != 1 {
+	if got := testutil.ToFloat64(metrics.tokenRequests.WithLabelValues("generic", oauthclient.CodeLocalConfigError)) - before; got != 1 {
 		t.Errorf("caddy_oauth_bearer_token_requests_total{result=\"local_config_error\"} grew by %v, want 1", got)
 	}
 }
 
-// failingJOSESigner is a signer that cannot sign (a key in an HSM or KMS
-// that is unreachable, say).
-type failingJOSESigner struct{ jose.Signer }
+// failingKey is a key that cannot sign (a key in an HSM or KMS that is
+// unreachable, say).
+type failingKey struct{ crypto.Signer }
 
-func (failingJOSESigner) Sign([]byte) (*jose.JSONWebSignature, error) {
+func (failingKey) Sign(io.Reader, []byte, crypto.SignerOpts) ([]byte, error) {
 	return nil, errors.New("the key service is unreachable")
 }
 
 // A signing failure names the subdirective of the key that failed to sign:
 // private_key for client authentication and for the JWT bearer grant.
 func TestLocalSigningFailureNamesTheKey(t *testing.T) {
-	key := clientAuthKeys().rsa
-	keyPath := writeTestFile(t, "client.key", pkcs8PEM(t, key))
+	key := testkeys.Keys().RSA
+	keyPath := testkeys.WriteFile(t, "client.key", testkeys.PKCS8PEM(t, key))
 	s := newJWTAS(t)
 	for _, grant := range []string{grantClientCredentials, grantJWTBearer} {
 		t.Run(grant, func(t *testing.T) {
@@ -87,18 +91,22 @@ func TestLocalSigningFailureNamesTheKey(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			cs.signer.signer = failingJOSESigner{cs.signer.signer}
+			failing, err := oauthclient.NewAssertionSigner(failingKey{key}, "", "", nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			failing.Field, cs.signer = cs.signer.Field, failing
 			ep := newEndpoint(cs, &clock{})
-			defer ep.close()
+			defer ep.Close()
 			before := s.tokenRequests()
-			_, err = ep.clientCredentials(context.Background())
+			_, err = ep.ClientCredentials(context.Background())
 			var te *TokenError
-			if !errors.As(err, &te) || te.Code != codeLocalConfigError || !strings.HasPrefix(te.Description, "private_key: ") ||
+			if !errors.As(err, &te) || te.Code != oauthclient.CodeLocalConfigError || !strings.HasPrefix(te.Description, "private_key: ") ||
 				!strings.Contains(te.Description, "the key service is unreachable") {
 				t.Errorf("error %v; want local_config_error naming private_key and the cause", err)
 			}
-			if te != nil && (te.permanent() || resultClass(te) != codeLocalConfigError) {
-				t.Errorf("permanent %v, result class %q", te.permanent(), resultClass(te))
+			if te != nil && (te.Permanent() || resultClass(te) != oauthclient.CodeLocalConfigError) {
+				t.Errorf("permanent %v, result class %q", te.Permanent(), resultClass(te))
 			}
 			if s.tokenRequests() != before {
 				t.Errorf("a request was sent")
@@ -112,8 +120,8 @@ func TestLocalSigningFailureNamesTheKey(t *testing.T) {
 // = the client id. (A Google service account sends none unless subject is
 // set: TestClientAuthE2EJWTBearerGoogle.)
 func TestJWTBearerPrivateKeyDefaultSubject(t *testing.T) {
-	key := clientAuthKeys().rsa
-	keyPath := writeTestFile(t, "sf.key", pkcs8PEM(t, key))
+	key := testkeys.Keys().RSA
+	keyPath := testkeys.WriteFile(t, "sf.key", testkeys.PKCS8PEM(t, key))
 	s := newJWTAS(t)
 	s.register("3MVG9-consumer-key", key.Public(), "")
 	up := newUpstream(t)

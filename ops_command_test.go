@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/testkeys"
 )
 
 // jwtBearerSite is a site with an oauth_bearer block of grant jwt_bearer signed with
@@ -36,12 +38,12 @@ func jwtBearerSite(addr, tokenURL, clientID, keyPath, extra string) string {
 // providers do: a check that sent a placeholder refresh token would call
 // both sets ok.
 func TestCheckCommandJWTBearer(t *testing.T) {
-	k := clientAuthKeys()
+	k := testkeys.Keys()
 	s := newJWTAS(t)
-	s.register("jwt-client", k.rsa.Public(), "")
-	s.register("jwt-stranger", k.rsa.Public(), "") // but it signs with rsa2
-	goodPEM, wrongPEM := pkcs8PEM(t, k.rsa), pkcs8PEM(t, k.rsa2)
-	good, wrong := writeTestFile(t, "good.key", goodPEM), writeTestFile(t, "wrong.key", wrongPEM)
+	s.register("jwt-client", k.RSA.Public(), "")
+	s.register("jwt-stranger", k.RSA.Public(), "") // but it signs with rsa2
+	goodPEM, wrongPEM := testkeys.PKCS8PEM(t, k.RSA), testkeys.PKCS8PEM(t, k.RSA2)
+	good, wrong := testkeys.WriteFile(t, "good.key", goodPEM), testkeys.WriteFile(t, "wrong.key", wrongPEM)
 	const subject = "\t\tsubject     svc@example.com\n"
 	cfg := writeCaddyfile(t, jwtBearerSite("127.0.0.1:18021", s.tokenURL(), "jwt-client", good, subject)+
 		jwtBearerSite("127.0.0.1:18022", s.tokenURL(), "jwt-stranger", wrong, subject))
@@ -74,7 +76,7 @@ func TestCheckCommandJWTBearer(t *testing.T) {
 		t.Errorf("the token endpoint got %d requests, want 2 (one per set)", n)
 	}
 	assertNoSecrets(t, out+errOut, "at-jwt-client")
-	assertNoKeyLeak(t, "the check's output", out+errOut, goodPEM, wrongPEM)
+	testkeys.AssertNoKeyMaterial(t, "the check's output", out+errOut, goodPEM, wrongPEM)
 
 	// The table says the same.
 	out, _, code = runCaddyCommand(t, "oauth-bearer", "check", "--config",
@@ -90,10 +92,10 @@ func TestCheckCommandJWTBearer(t *testing.T) {
 // issuer-discovered set by its issuer's host.
 func TestStatusTellsSetsApart(t *testing.T) {
 	t.Setenv("OPS_BOOKABLE_SECRET", "ops-bookable-secret-0123456789")
-	key := clientAuthKeys().rsa
+	key := testkeys.Keys().RSA
 	s := newJWTAS(t)
 	s.register("jwt-client", key.Public(), "")
-	keyPath := writeTestFile(t, "jwt.key", pkcs8PEM(t, key))
+	keyPath := testkeys.WriteFile(t, "jwt.key", testkeys.PKCS8PEM(t, key))
 	up := newUpstream(t)
 	c := startCaddyAdmin(t, fmt.Sprintf(`http://LISTEN {
 	handle /sandbox/* {

@@ -183,7 +183,7 @@ type sourceEntry struct {
 func newSourceEntry(cs *credentialSet, key string, shared bool) (*sourceEntry, error) {
 	e := &sourceEntry{}
 	e.ep = newEndpoint(cs, &e.clock)
-	cs.tlsCert.logTo(e.env.logger) // a client certificate's reloads are logged
+	cs.tlsCert.LogTo(e.env.logger) // a client certificate's reloads are logged
 	var f fetcher = ccFetcher{e.ep}
 	if shared {
 		sf, err := newSharedFetcher(e.ep, &e.env, cs)
@@ -201,7 +201,7 @@ func (s *sourceEntry) uses() *env { return &s.env }
 // Destruct implements caddy.Destructor: no configuration uses the entry.
 func (s *sourceEntry) Destruct() error {
 	s.src.stop()
-	s.ep.close()
+	s.ep.Close()
 	return nil
 }
 
@@ -210,5 +210,5 @@ func (s *sourceEntry) Destruct() error {
 type ccFetcher struct{ ep *endpoint }
 
 func (f ccFetcher) fetch(ctx context.Context, _ fetchRequest) (*token, error) {
-	return f.ep.clientCredentials(ctx)
+	return fetched(f.ep.ClientCredentials(ctx))
 }

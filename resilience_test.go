@@ -100,7 +100,7 @@ func TestFaultInjection(t *testing.T) {
 		}, status: 502, code: "unexpected_redirect", requests: 1},
 		{name: "body over 1 MiB", handler: func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "application/json")
-			io.WriteString(w, `{"access_token":"`+strings.Repeat("a", maxTokenResponse)+`"}`)
+			io.WriteString(w, `{"access_token":"`+strings.Repeat("a", 1<<20)+`"}`)
 		}, status: 502, code: "response_too_large", requests: 1},
 		{name: "untrusted TLS certificate", tls: true, handler: tokenJSON(`,"expires_in":3600`), status: 502, code: "tls_error", requests: -1},
 	}

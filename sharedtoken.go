@@ -11,6 +11,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/oauthclient"
 	"github.com/oauthbearer/caddy-oauth-bearer/providers"
 )
 
@@ -54,7 +55,7 @@ type tokenRecord struct {
 	RefusedDesc string    `json:"refused_description,omitempty"`
 	RetryAt     time.Time `json:"retry_at,omitzero"`
 	// Discovery is the issuer's metadata, when the endpoints come from it.
-	Discovery *discoveryDocument `json:"discovery,omitempty"`
+	Discovery *oauthclient.Metadata `json:"discovery,omitempty"`
 }
 
 // sharedFetcher is the fetcher of a client-credentials source whose token
@@ -117,11 +118,9 @@ func (f *sharedFetcher) read(ctx context.Context) (*tokenRecord, error) {
 	if err != nil || !found {
 		return &tokenRecord{}, nil
 	}
-	if rec.Format != "" && f.ep.cfg.Format == providers.FormatAuto {
-		f.ep.format.Store(rec.Format)
-	}
+	f.ep.UseFormat(rec.Format)
 	if d := rec.Discovery; d != nil {
-		f.ep.adoptDiscovery(d)
+		f.ep.AdoptMetadata(d)
 	}
 	return &rec, nil
 }
@@ -153,20 +152,20 @@ func (f *sharedFetcher) decide(rec *tokenRecord, r fetchRequest) (*token, error)
 
 // fetchAndStore fetches a token and stores it, with what was learned.
 func (f *sharedFetcher) fetchAndStore(ctx context.Context, rec *tokenRecord) (*token, error) {
-	t, err := f.ep.clientCredentials(ctx)
+	t, err := fetched(f.ep.ClientCredentials(ctx))
 	next := *rec
 	next.Format = ""
 	if f.ep.cfg.Format == providers.FormatAuto {
-		next.Format = f.ep.format.Load().(string)
+		next.Format = f.ep.Format()
 	}
-	next.Discovery = f.ep.sharedDiscovery()
+	next.Discovery = f.ep.SharedMetadata()
 	var te *TokenError
 	switch {
 	case err == nil:
 		next.AccessToken, next.Scope, next.LifetimeFrom = t.value, t.scope, t.lifetimeFrom
 		next.Obtained, next.Expiry = t.obtained, t.expiry
 		next.RefusedCode, next.RefusedDesc, next.RetryAt = "", "", time.Time{}
-	case errors.As(err, &te) && te.permanent():
+	case errors.As(err, &te) && te.Permanent():
 		// The fleet does not hammer a provider that refuses the
 		// credentials: the others wait as this source will.
 		next.RefusedCode, next.RefusedDesc = te.Code, te.Description

@@ -20,8 +20,9 @@ import (
 // not its business: it asks a fetcher.
 
 // A fetcher obtains tokens for a token source: the client_credentials
-// request (endpoint.go), the same shared through the storage
-// (sharedtoken.go), or an account's stored grant (grant.go).
+// request (pool.go's ccFetcher, through endpoint.go), the same shared
+// through the storage (sharedtoken.go), or an account's stored grant
+// (grant.go).
 type fetcher interface {
 	// fetch returns a token to replace r.old. ctx ends when the source is
 	// stopped; a fetcher bounds its own requests. The token returned is new
@@ -477,7 +478,7 @@ func (s *tokenSource) failed(err error, took time.Duration) error {
 	s.failures++
 	wait := backoff(s.failures)
 	switch {
-	case te != nil && te.permanent():
+	case te != nil && te.Permanent():
 		wait = maxBackoff
 	case ce != nil:
 		wait = consentRecheck
@@ -514,7 +515,7 @@ func (s *tokenSource) failed(err error, took time.Duration) error {
 		log.Debug("consent still required", fields...)
 	case ce != nil:
 		log.Error("consent required: the grant is missing or was refused by the provider", fields...)
-	case te != nil && te.permanent():
+	case te != nil && te.Permanent():
 		log.Error("token request refused; retrying will not help until the configuration or the provider changes", fields...)
 	case cur != nil && s.now().Before(cur.expiry):
 		log.Warn("token refresh failed; the cached token is still valid", append(fields,

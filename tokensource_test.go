@@ -336,6 +336,36 @@ func TestTokenSourceSchedule(t *testing.T) {
 	}
 }
 
+// When a token of each lifetime a token endpoint gives is refreshed, with
+// the default refresh_before (60s): expiry-refreshBefore, or half its life
+// when it lives less than two minutes, moved earlier by a random jitter of
+// less than a tenth of that window. (The lifetimes themselves, from
+// expires_in, a JWT's exp or default_lifetime: internal/oauthclient's
+// TestEndpointTokenLifetime.)
+func TestTokenSourceScheduleRefreshWindow(t *testing.T) {
+	now := time.Date(2031, time.March, 4, 5, 6, 7, 0, time.UTC)
+	clk := &clock{}
+	clk.set(func() time.Time { return now })
+	s := &tokenSource{env: &env{}, clock: clk}
+	for _, c := range []struct{ lifetime, refreshIn time.Duration }{
+		{time.Hour, time.Hour - time.Minute},
+		{3600500 * time.Millisecond, 3540500 * time.Millisecond},
+		{90 * time.Second, 45 * time.Second},
+		{119 * time.Second, 59500 * time.Millisecond},
+		{120 * time.Second, 60 * time.Second},
+		{10 * time.Minute, 9 * time.Minute},
+		{7170 * time.Second, 7110 * time.Second},
+		{24 * time.Hour, 24*time.Hour - time.Minute},
+	} {
+		tok := &token{value: "a", obtained: now, expiry: now.Add(c.lifetime)}
+		s.schedule(tok)
+		window := c.lifetime - c.refreshIn
+		if got := tok.refreshAt.Sub(now); got > c.refreshIn || got <= c.refreshIn-window/10-time.Nanosecond {
+			t.Errorf("lifetime %v: refreshAt = now+%v, want now+%v minus a jitter under %v", c.lifetime, got, c.refreshIn, window/10)
+		}
+	}
+}
+
 // env: the newest configuration's storage and logger win; when it is
 // cleaned up (a reload that failed), the previous one's are used again.
 func TestEnvNewestUseWins(t *testing.T) {
