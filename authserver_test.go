@@ -54,9 +54,9 @@ package oauthbearer
 // fakeClock (useFakeClock): both in harness_test.go.
 //
 // Servers that stay apart: the Caddy-free tests of the OAuth wire
-// (endpoint_test.go, jwtserver_test.go, discovery_test.go, mtls_test.go)
-// keep small servers of their own, as they move to internal/oauthclient,
-// which cannot use this package's test helpers; oidc_test.go runs a real
+// (endpoint_test.go, discovery_test.go, mtls_test.go...) keep small
+// servers of their own in internal/oauthclient, which cannot use this
+// package's test helpers; oidc_test.go runs a real
 // provider (oidc-provider) and dpop_rs_test.go a DPoP resource server; the
 // token endpoint of BenchmarkSourceMemory is a child process, so that its
 // memory is not counted with the token sources'.
