@@ -6,14 +6,18 @@ package oauthbearer
 // line and subdirective, no error holding a secret. In order: the
 // client-credentials handler's parser and resolution; the grant
 // subdirectives of both directives; load-time errors of client
-// authentication; the table's rows and rules; encryption keys.
+// authentication, and the assertion a Google service account key resolves
+// to; the table's rows and rules; encryption keys.
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -27,6 +31,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
+	jose "github.com/go-jose/go-jose/v4"
 
 	"github.com/oauthbearer/caddy-oauth-bearer/internal/testkeys"
 	"github.com/oauthbearer/caddy-oauth-bearer/providers"
@@ -1029,6 +1034,76 @@ func TestClientAuthTLSClientCertInlinePEM(t *testing.T) {
 	if cert, _ := cs.tlsCert.Current(); cert == nil || cert.Leaf.Subject.CommonName != "inline" {
 		t.Fatalf("client certificate %v", cert)
 	}
+}
+
+// The JWT bearer grant's assertion the handler makes with a Google service
+// account key file (a path or the JSON): iss = client_email, aud =
+// token_uri, the scopes as a claim, and a sub only for domain-wide
+// delegation.
+func TestGoogleServiceAccountAssertion(t *testing.T) {
+	k := testkeys.Keys()
+	data := testkeys.GoogleKeyJSON(t, k.RSA, "https://oauth2.googleapis.com/token", nil)
+	path := testkeys.WriteFile(t, "sa.json", data)
+	for _, value := range []string{path, string(data)} {
+		assertion := func(subject string) (jose.Header, map[string]json.RawMessage) {
+			t.Helper()
+			return testkeys.ParseJWT(t, googleAssertion(t, value, "https://www.googleapis.com/auth/cloud-platform", subject), k.RSA.Public())
+		}
+		hdr, claims := assertion("")
+		if hdr.Algorithm != "RS256" || hdr.KeyID != "0123456789abcdef" {
+			t.Errorf("header alg %s kid %s", hdr.Algorithm, hdr.KeyID)
+		}
+		for name, v := range map[string]string{
+			"iss":   `"robot@proj.iam.gserviceaccount.com"`,
+			"aud":   `"https://oauth2.googleapis.com/token"`,
+			"scope": `"https://www.googleapis.com/auth/cloud-platform"`,
+		} {
+			if string(claims[name]) != v {
+				t.Errorf("claim %s = %s, want %s", name, claims[name], v)
+			}
+		}
+		var iat, exp int64
+		if json.Unmarshal(claims["iat"], &iat) != nil || json.Unmarshal(claims["exp"], &exp) != nil || exp-iat != 60 {
+			t.Errorf("iat %s exp %s, want a minute apart", claims["iat"], claims["exp"])
+		}
+		if claims["sub"] != nil {
+			t.Errorf("sub %s without delegation", claims["sub"])
+		}
+		if _, claims := assertion("user@example.com"); string(claims["sub"]) != `"user@example.com"` {
+			t.Errorf("delegation subject %s", claims["sub"])
+		}
+	}
+}
+
+// googleAssertion is the JWT bearer grant's assertion the handler makes
+// with a service account key file (a path or the JSON), scopes and subject:
+// the assertion of the token request it sends (to a server here rather
+// than the file's token_uri, which stays the audience).
+func googleAssertion(t *testing.T, serviceAccount, scopes, subject string) string {
+	t.Helper()
+	h := &Handler{Credentials: Credentials{Provider: "google", ServiceAccountFile: serviceAccount}, Scopes: strings.Fields(scopes), Subject: subject}
+	cs, err := h.configure(provisionReplacer())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A fakeAS that records the request and issues without verifying:
+	// the assertion is for the caller to check.
+	as := newFakeAS(t)
+	as.answerWith(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		io.WriteString(w, `{"access_token":"at-google","token_type":"Bearer","expires_in":3600}`)
+	})
+	cs.TokenURL = as.tokenURL()
+	ep := newEndpoint(cs, &clock{})
+	defer ep.Close()
+	if _, err := ep.ClientCredentials(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	sent := as.last(t)
+	if sent.GrantType != "urn:ietf:params:oauth:grant-type:jwt-bearer" {
+		t.Fatalf("grant_type %q", sent.GrantType)
+	}
+	return sent.Assertion
 }
 
 // ---------------------------------------------------------------------------
