@@ -60,19 +60,11 @@ func TestAccountsPage(t *testing.T) {
 	}
 	// bob's grant is refused at the provider: needs consent.
 	ge := grantEntry(t)
-	g.as.mu.Lock()
-	for _, rt := range g.as.refreshes {
-		rt.dead = true
-	}
-	g.as.mu.Unlock()
+	g.as.setRefreshTokensDead(true)
 	if _, err := ge.refresh(t.Context(), "bob", fetchRequest{force: true}); err == nil {
 		t.Fatal("bob's refresh succeeded")
 	}
-	g.as.mu.Lock()
-	for _, rt := range g.as.refreshes {
-		rt.dead = false // alice's grant is fine again; bob's record says consent is needed
-	}
-	g.as.mu.Unlock()
+	g.as.setRefreshTokensDead(false) // alice's grant is fine again; bob's record says consent is needed
 
 	browser := g.htmlBrowser()
 	page := g.c.url("/oauth/et/status")

@@ -5,15 +5,17 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io/fs"
 	"net/http"
-	"path"
+	"net/url"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/oauthclient"
 )
 
 // admin.go: admin.api.oauth_bearer, the module's part of Caddy's admin API
@@ -22,7 +24,7 @@ import (
 // answers with a token, a refresh token or a secret, not even a prefix.
 //
 //	GET  /oauth_bearer/sources                      every credential set
-//	GET  /oauth_bearer/sources/<id>/accounts        a grant's accounts
+//	GET  /oauth_bearer/sources/<id>/accounts[?limit=n&cursor=c]  a grant's accounts, a page at a time
 //	POST /oauth_bearer/sources/<id>/refresh[?account=a]  a new token now, skipping the backoff
 //	POST /oauth_bearer/sources/<id>/flush[?account=a]    drop the cached and stored token
 
@@ -65,7 +67,7 @@ type sourceView struct {
 	Accounts               *int `json:"accounts,omitempty"`
 	AccountsNeedingConsent *int `json:"accounts_needing_consent,omitempty"`
 	// ClientCertificate is the client_auth tls certificate in use.
-	ClientCertificate *clientCertView `json:"client_certificate,omitempty"`
+	ClientCertificate *oauthclient.ClientCertView `json:"client_certificate,omitempty"`
 }
 
 // tokenView is a token source's state. Times are RFC 3339, in UTC.
@@ -105,7 +107,8 @@ func (s *tokenSource) view() tokenView {
 	}
 	s.mu.Lock()
 	if s.lastErr != nil {
-		v.LastError = &errorView{Code: s.lastErr.Code, Status: s.lastErr.Status, Description: s.lastErr.Description, At: s.lastErrAt.UTC()}
+		code, status, desc := errorFacts(s.lastErr)
+		v.LastError = &errorView{Code: code, Status: status, Description: desc, At: s.lastErrAt.UTC()}
 	}
 	v.ConsecutiveFailures = s.failures
 	s.mu.Unlock()
@@ -173,9 +176,17 @@ func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
 			if !ok {
 				return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("credential set %s uses %s: it has no accounts", parts[1], e.(*sourceEntry).ep.cfg.Grant)}
 			}
-			accounts, err := g.accountViews(r.Context())
+			limit, cursor, err := pageOf(r)
+			if err != nil {
+				return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: err}
+			}
+			accounts, next, err := g.accountViews(r.Context(), cursor, limit)
 			if err != nil {
 				return caddy.APIError{HTTPStatus: http.StatusServiceUnavailable, Err: err}
+			}
+			if next != "" {
+				q := url.Values{"limit": {strconv.Itoa(limit)}, "cursor": {next}}
+				w.Header().Set("Link", "<"+r.URL.Path+"?"+q.Encode()+`>; rel="next"`)
 			}
 			return writeJSON(w, accounts)
 		case "refresh", "flush":
@@ -206,20 +217,16 @@ func listSources(ctx context.Context) []sourceView {
 			// cs.Grant: client_credentials or jwt_bearer, each a token per set.
 			out = append(out, sourceView{ID: e.src.id, Kind: cs.Grant, Provider: cs.Provider, TokenURL: cs.TokenURL, Issuer: cs.Issuer,
 				ClientID: cs.ClientID, Grant: cs.Grant, Scope: cs.Scope, TokenStore: store, tokenView: e.src.view(),
-				ClientCertificate: cs.tlsCert.view()})
+				ClientCertificate: cs.tlsCert.View()})
 		case *grant:
 			sv := sourceView{ID: e.short, Kind: "grant", Provider: e.cfg.Provider, TokenURL: e.cfg.TokenURL, Issuer: e.cfg.Issuer,
-				ClientID: e.cfg.ClientID, Grant: grantAuthorizationCode, TokenStore: tokenStoreStorage, ClientCertificate: e.cfg.tlsCert.view()}
+				ClientID: e.cfg.ClientID, Grant: grantAuthorizationCode, TokenStore: tokenStoreStorage, ClientCertificate: e.cfg.tlsCert.View()}
 			if e.bootstrap != "" {
 				sv.Grant = grantRefreshToken
 			}
-			if accounts, err := e.accountViews(ctx); err == nil {
-				n, consent := len(accounts), 0
-				for _, a := range accounts {
-					if a.NeedsConsent {
-						consent++
-					}
-				}
+			// Counted by the instances that look after the accounts
+			// (grantschedule.go), not by reading every record.
+			if n, consent, ok := e.schedule.counts(); ok {
 				sv.Accounts, sv.AccountsNeedingConsent = &n, &consent
 			}
 			out = append(out, sv)
@@ -235,46 +242,53 @@ func listSources(ctx context.Context) []sourceView {
 	return out
 }
 
-// storedAccounts lists the accounts that have a grant in the storage.
-func (g *grant) storedAccounts(ctx context.Context) ([]string, error) {
-	storage, err := g.store.storage()
-	if err != nil {
-		return nil, err
-	}
-	keys, err := storage.List(ctx, "oauth_bearer/grants/"+g.id, false)
-	if err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, err
-	}
-	var accounts []string
-	for _, key := range keys {
-		if account, ok := strings.CutSuffix(path.Base(key), ".json"); ok && checkAccount(account) == nil {
-			accounts = append(accounts, account)
+// Pages of …/accounts.
+const (
+	defaultAccountsPage = 100
+	maxAccountsPage     = 1000
+)
+
+// pageOf reads ?limit= and ?cursor= of a paged request.
+func pageOf(r *http.Request) (limit int, cursor string, err error) {
+	q := r.URL.Query()
+	limit = defaultAccountsPage
+	if v := q.Get("limit"); v != "" {
+		if limit, err = strconv.Atoi(v); err != nil || limit < 1 || limit > maxAccountsPage {
+			return 0, "", fmt.Errorf("limit must be a number from 1 to %d", maxAccountsPage)
 		}
 	}
-	sort.Strings(accounts)
-	return accounts, nil
+	return limit, q.Get("cursor"), nil
 }
 
-// accountViews describes every account with a stored grant, and those in
-// memory without one.
-func (g *grant) accountViews(ctx context.Context) ([]accountView, error) {
+// accountViews describes up to limit accounts with a stored grant, in
+// order of name, after cursor (an account name; "" for the first page).
+// next is the cursor of the next page, "" after the last.
+func (g *grant) accountViews(ctx context.Context, cursor string, limit int) (out []accountView, next string, err error) {
 	accounts, err := g.storedAccounts(ctx)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	var out []accountView
-	for _, a := range accounts {
+	start := sort.SearchStrings(accounts, cursor)
+	if start < len(accounts) && accounts[start] == cursor {
+		start++
+	}
+	page := accounts[start:]
+	if len(page) > limit {
+		page, next = page[:limit], page[limit-1]
+	}
+	out = []accountView{}
+	for _, a := range page {
 		st, err := g.status(ctx, a)
 		if err != nil {
-			return nil, err
+			return nil, "", err
 		}
 		av := accountView{accountStatus: st}
-		if v, ok := g.accounts.Load(a); ok {
-			av.tokenView, av.InMemory = v.(*tokenSource).view(), true
+		if s := g.accounts.loaded(a); s != nil {
+			av.tokenView, av.InMemory = s.view(), true
 		}
 		out = append(out, av)
 	}
-	return out, nil
+	return out, next, nil
 }
 
 // act refreshes or flushes a credential set's token (a grant's: one
@@ -338,15 +352,17 @@ func flushStored(ctx context.Context, e shared, account string) error {
 			return f.store.remove(ctx, f.key)
 		}
 	case *grant:
-		return e.locked(ctx, account, func() error {
-			rec, err := e.current(ctx, account)
+		return e.consent.locked(ctx, account, func(ctx context.Context) error {
+			rec, err := e.records.current(ctx, account)
 			if err != nil || rec == nil || rec.AccessToken == "" {
 				return err
 			}
-			rec.AccessToken, rec.Expiry = "", time.Time{}
-			if err := e.store.save(ctx, e.recordKey(account), rec); err != nil {
+			next := *rec
+			next.AccessToken, next.Expiry = "", time.Time{}
+			if err := e.records.save(ctx, &next); err != nil {
 				return err
 			}
+			e.records.dropUnsaved(account, nil)
 			return nil
 		})
 	}

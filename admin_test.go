@@ -82,13 +82,15 @@ func newAdminSetup(t *testing.T) *adminSetup {
 	t.Helper()
 	addr, ccAddr := freeAddr(t), freeAddr(t)
 	redirect := "http://" + addr + "/oauth/et/callback"
-	cas := newCodeAS(t, redirect)
+	cas := newFakeAS(t)
+	cas.RedirectURI, cas.CreatedAt = redirect, true
 	cas.ScopeSep = ","
-	api := newAPIUpstream(t, cas)
-	cc := newFakeAS(t, "", "basic")
+	api := newAPI(t, cas)
+	cc := newFakeAS(t)
+	cc.ClientAuth = "basic"
 	up := newUpstream(t)
 	t.Setenv("CAS_SECRET", cas.Secret)
-	t.Setenv("CC_SECRET", cc.secret)
+	t.Setenv("CC_SECRET", cc.Secret)
 	conf := grantConfig(cas, redirect, "account {http.request.header.X-Account}", api.hostport()) + fmt.Sprintf(`
 http://%s {
 	oauth_bearer {
@@ -98,7 +100,7 @@ http://%s {
 		scope         read
 	}
 	reverse_proxy %s
-}`, ccAddr, cc.tokenURL(), cc.clientID, up.hostport())
+}`, ccAddr, cc.tokenURL(), cc.ClientID, up.hostport())
 	g := &grantSetup{t: t, as: cas, api: api, conf: conf}
 	g.c = startCaddyOpts(t, &testCaddy{addr: addr, admin: freeAddr(t)}, conf)
 	return &adminSetup{grantSetup: g, cc: cc, ccAddr: ccAddr, up: up}
@@ -125,11 +127,7 @@ func TestAdminAPISourcesAndAccounts(t *testing.T) {
 	}
 	s.c.get("/api/x", "X-Account", "alice")
 	// bob's grant is refused at the provider: needs consent.
-	s.as.mu.Lock()
-	for _, rt := range s.as.refreshes {
-		rt.dead = true
-	}
-	s.as.mu.Unlock()
+	s.as.setRefreshTokensDead(true)
 	src := grantEntry(t)
 	src.source("bob") // in memory too
 	if _, err := src.refresh(t.Context(), "bob", fetchRequest{force: true}); err == nil {
@@ -145,7 +143,7 @@ func TestAdminAPISourcesAndAccounts(t *testing.T) {
 		t.Fatalf("%d sources, want 2:\n%s", len(sources), body)
 	}
 	cc := findSource(t, sources, "client_credentials")
-	for k, want := range map[string]any{"provider": "generic", "token_url": s.cc.tokenURL(), "client_id": s.cc.clientID,
+	for k, want := range map[string]any{"provider": "generic", "token_url": s.cc.tokenURL(), "client_id": s.cc.ClientID,
 		"grant": "client_credentials", "scope": "read", "token_store": "storage", "state": "valid",
 		"lifetime_from": "expires_in", "origin": "fetched"} {
 		if cc[k] != want {
@@ -193,19 +191,12 @@ func TestAdminAPISourcesAndAccounts(t *testing.T) {
 
 	// Nothing secret anywhere.
 	var secrets []string
-	secrets = append(secrets, s.as.Secret, s.cc.secret)
+	secrets = append(secrets, s.as.Secret, s.cc.Secret)
 	secrets = append(secrets, s.api.authorizations()...)
 	for _, h := range s.up.requests() {
 		secrets = append(secrets, h.Get("Authorization"))
 	}
-	s.as.mu.Lock()
-	for rt := range s.as.refreshes {
-		secrets = append(secrets, rt)
-	}
-	for at := range s.as.accesses {
-		secrets = append(secrets, at)
-	}
-	s.as.mu.Unlock()
+	secrets = append(secrets, s.as.secrets()...)
 	assertNoPrefixes(t, "the admin API's answers", body+accBody, secrets...)
 }
 
@@ -214,7 +205,7 @@ func TestAdminAPISourcesAndAccounts(t *testing.T) {
 // makes the next request fetch. Both are logged at info with who asked.
 func TestAdminAPIRefreshAndFlush(t *testing.T) {
 	s := newAdminSetup(t)
-	s.cc.want = map[string]string{"scope": "write"} // refuses "read"
+	s.cc.Want = map[string]string{"scope": "write"} // refuses "read"
 	if status := s.ccGet("/x"); status != 502 {
 		t.Fatalf("with the scope refused: %d, want 502", status)
 	}
@@ -229,13 +220,13 @@ func TestAdminAPIRefreshAndFlush(t *testing.T) {
 		t.Fatalf("during the backoff: %d, want 503", status)
 	}
 	// Fixed at the provider.
-	s.cc.want = map[string]string{"scope": "read"}
-	issued := s.cc.issued.Load()
+	s.cc.Want = map[string]string{"scope": "read"}
+	issued := s.cc.issued()
 	status, body := adminDo(t, s.c, http.MethodPost, fmt.Sprintf("/oauth_bearer/sources/%s/refresh", cc["id"]))
 	if status != 200 || !strings.Contains(body, `"ok": true`) || !strings.Contains(body, `"state": "valid"`) {
 		t.Fatalf("refresh: %d %s", status, body)
 	}
-	if s.cc.issued.Load() != issued+1 {
+	if s.cc.issued() != issued+1 {
 		t.Error("refresh made no token request")
 	}
 	if status := s.ccGet("/z"); status != 200 {
@@ -247,11 +238,11 @@ func TestAdminAPIRefreshAndFlush(t *testing.T) {
 	if status != 200 || !strings.Contains(body, `"state": "none"`) {
 		t.Fatalf("flush: %d %s", status, body)
 	}
-	if status := s.ccGet("/after-flush"); status != 200 || s.cc.issued.Load() != issued+2 {
-		t.Errorf("after flush: %d, %d token requests; want a new fetch", status, s.cc.issued.Load()-issued)
+	if status := s.ccGet("/after-flush"); status != 200 || s.cc.issued() != issued+2 {
+		t.Errorf("after flush: %d, %d token requests; want a new fetch", status, s.cc.issued()-issued)
 	}
 	// A refresh that fails says why.
-	s.cc.want = map[string]string{"scope": "write"}
+	s.cc.Want = map[string]string{"scope": "write"}
 	status, body = adminDo(t, s.c, http.MethodPost, fmt.Sprintf("/oauth_bearer/sources/%s/refresh", cc["id"]))
 	if status != 200 || !strings.Contains(body, `"ok": false`) || !strings.Contains(body, `"error": "invalid_request"`) {
 		t.Errorf("failed refresh: %d %s", status, body)
@@ -262,7 +253,7 @@ func TestAdminAPIRefreshAndFlush(t *testing.T) {
 			t.Errorf("the log lacks %q", want)
 		}
 	}
-	assertNoPrefixes(t, "the admin API's answers", body, s.cc.secret)
+	assertNoPrefixes(t, "the admin API's answers", body, s.cc.Secret)
 }
 
 // A grant account: refresh redeems the refresh token now; flush drops the
@@ -276,8 +267,8 @@ func TestAdminAPIGrantAccountRefreshAndFlush(t *testing.T) {
 	first := lastAuthorization(t, s.api)
 	gs := findSource(t, func() []map[string]any { x, _ := adminSources(t, s.c); return x }(), "grant")
 	status, body := adminDo(t, s.c, http.MethodPost, fmt.Sprintf("/oauth_bearer/sources/%s/refresh?account=alice", gs["id"]))
-	if status != 200 || !strings.Contains(body, `"ok": true`) || s.as.Refreshes.Load() != 1 {
-		t.Fatalf("refresh of alice: %d %s (refreshes %d)", status, body, s.as.Refreshes.Load())
+	if status != 200 || !strings.Contains(body, `"ok": true`) || s.as.refreshes() != 1 {
+		t.Fatalf("refresh of alice: %d %s (refreshes %d)", status, body, s.as.refreshes())
 	}
 	s.c.get("/api/b", "X-Account", "alice")
 	second := lastAuthorization(t, s.api)
@@ -288,8 +279,8 @@ func TestAdminAPIGrantAccountRefreshAndFlush(t *testing.T) {
 	if status != 200 {
 		t.Fatalf("flush: %d %s", status, body)
 	}
-	if status, _ := s.c.get("/api/c", "X-Account", "alice"); status != 200 || s.as.Refreshes.Load() != 2 {
-		t.Errorf("after flush: %d, refreshes %d; want a refresh with the kept refresh token", status, s.as.Refreshes.Load())
+	if status, _ := s.c.get("/api/c", "X-Account", "alice"); status != 200 || s.as.refreshes() != 2 {
+		t.Errorf("after flush: %d, refreshes %d; want a refresh with the kept refresh token", status, s.as.refreshes())
 	}
 	assertNoPrefixes(t, "the admin API's answers", body, first, second, s.as.Secret)
 }

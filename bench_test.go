@@ -9,9 +9,10 @@ package oauthbearer
 // correctness checks (the stampede must cause exactly one token request).
 //
 // Every server these benchmarks start listens on 127.0.0.1 and is closed
-// when the benchmark ends; the helper token server of BenchmarkSourceMemory
-// is a child process (this test binary, re-executed) that exits when its
-// standard input closes.
+// when the benchmark ends. The token endpoint is the tests' fakeAS, except
+// for BenchmarkSourceMemory, whose helper token server is a child process
+// (this test binary, re-executed) that exits when its standard input
+// closes: its memory must not be counted with the token sources'.
 
 import (
 	"bufio"
@@ -44,41 +45,20 @@ import (
 // "Bearer " and the token on every request; JWTs are 20 times longer.
 const benchTokenValue = "2YotnFZFEjr1zCsicMWpAA-benchmark-0123456789"
 
-// benchAS is a token endpoint for the benchmarks. It counts token
-// requests, answers each with a new token living `life` seconds, and calls
-// beforeAnswer (if set) before answering.
-type benchAS struct {
-	*httptest.Server
-	requests     atomic.Int64
-	life         int
-	beforeAnswer func()
-	issuedAt     atomic.Int64 // unix nanoseconds of the last answer
-}
-
-func newBenchAS(tb testing.TB, life int) *benchAS {
-	as := &benchAS{life: life}
-	as.Server = httptest.NewServer(http.HandlerFunc(as.serve))
-	tb.Cleanup(as.Close)
+// newBenchAS is the fakeAS of the benchmarks: its tokens are as long as
+// Doorkeeper's (benchTokenValue-<n>).
+func newBenchAS(tb testing.TB) *fakeAS {
+	as := newFakeAS(tb)
+	as.Mint = func(_ string, n int) string { return fmt.Sprintf("%s-%d", benchTokenValue, n) }
 	return as
 }
 
-func (as *benchAS) serve(w http.ResponseWriter, r *http.Request) {
-	n := as.requests.Add(1)
-	io.Copy(io.Discard, r.Body)
-	if as.beforeAnswer != nil {
-		as.beforeAnswer()
-	}
-	as.issuedAt.Store(time.Now().UnixNano())
-	w.Header().Set("Content-Type", "application/json")
-	fmt.Fprintf(w, `{"access_token":"%s-%d","token_type":"Bearer","expires_in":%d}`, benchTokenValue, n, as.life)
-}
-
 // benchHandler returns a provisioned Handler for the generic provider
-// against tokenURL. configure may set fields before Provision.
-func benchHandler(tb testing.TB, tokenURL, clientID string, configure func(*Handler)) *Handler {
+// against as. configure may set fields before Provision.
+func benchHandler(tb testing.TB, as *fakeAS, configure func(*Handler)) *Handler {
 	tb.Helper()
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	h := &Handler{Credentials: Credentials{TokenURL: tokenURL, ClientID: clientID, ClientSecret: "bench-secret"},
+	h := &Handler{Credentials: Credentials{TokenURL: as.tokenURL(), ClientID: as.ClientID, ClientSecret: as.Secret},
 		TokenStore: tokenStoreMemory}
 	if configure != nil {
 		configure(h)
@@ -125,8 +105,8 @@ type benchImpl struct {
 // before calling the next handler) and the x/oauth2 equivalent, each with a
 // valid token cached an hour ahead.
 func cachedTokenImpls(b *testing.B) []benchImpl {
-	as := newBenchAS(b, 3600)
-	h := benchHandler(b, as.URL, "bench-hot", nil)
+	as := newBenchAS(b)
+	h := benchHandler(b, as, nil)
 	ctx := context.Background()
 	if _, err := h.source.Token(ctx); err != nil {
 		b.Fatal(err)
@@ -261,13 +241,13 @@ var nopNext = caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request)
 //	                         Authorization: what the e2e comparison's
 //	                         config (b) runs instead
 func BenchmarkServeHTTP(b *testing.B) {
-	as := newBenchAS(b, 3600)
+	as := newBenchAS(b)
 	handlers := []struct {
 		name string
 		h    caddyhttp.MiddlewareHandler
 	}{}
 	for _, mode := range []string{upstream401Retry, upstream401Invalidate, upstream401Off} {
-		h := benchHandler(b, as.URL, "bench-serve", func(h *Handler) { h.Upstream401 = mode })
+		h := benchHandler(b, as, func(h *Handler) { h.Upstream401 = mode })
 		if _, err := h.source.Token(context.Background()); err != nil {
 			b.Fatal(err)
 		}
@@ -322,21 +302,15 @@ func BenchmarkServeHTTP(b *testing.B) {
 // the 1,000 goroutines to the last answer.
 //
 // So that every request really arrives before the token exists, the token
-// endpoint holds its answer until all 1,000 have called ServeHTTP (at most
-// 5 s); arrived_before_token counts the requests that started before the
-// token was issued, and must be 1,000. A real provider takes 50-300 ms, far
-// longer than this hold.
+// endpoint holds the token request until all 1,000 have called ServeHTTP
+// (at most 5 s); arrived_before_token counts the requests that started
+// before the token was issued, and must be 1,000. A real provider takes
+// 50-300 ms, far longer than this hold.
 func BenchmarkStampede(b *testing.B) {
 	const n = 1000
-	var arrived atomic.Int64
-	as := newBenchAS(b, 3600)
-	as.beforeAnswer = func() {
-		deadline := time.Now().Add(5 * time.Second)
-		for arrived.Load() < n && time.Now().Before(deadline) {
-			time.Sleep(100 * time.Microsecond)
-		}
-	}
-	h := benchHandler(b, as.URL, "bench-stampede", nil)
+	var arrived, issued atomic.Int64
+	as := newBenchAS(b)
+	h := benchHandler(b, as, nil)
 
 	type slot struct {
 		w       *benchWriter
@@ -353,12 +327,21 @@ func BenchmarkStampede(b *testing.B) {
 		old := h.source
 		fresh, _ := newSourceEntry(h.entry.(*sourceEntry).ep.cfg, h.poolKey, false)
 		h.source = fresh.src
-		as.requests.Store(0)
+		requestsBefore := as.tokenRequests()
 		arrived.Store(0)
+		release := as.hold()
+		go func() {
+			deadline := time.Now().Add(5 * time.Second)
+			for arrived.Load() < n && time.Now().Before(deadline) {
+				time.Sleep(100 * time.Microsecond)
+			}
+			issued.Store(time.Now().UnixNano())
+			release()
+		}()
 		for j := range slots {
 			slots[j] = slot{w: newBenchWriter(), r: benchRequest()}
 		}
-		release := make(chan struct{})
+		start := make(chan struct{})
 		var ready, done sync.WaitGroup
 		ready.Add(n)
 		done.Add(n)
@@ -366,7 +349,7 @@ func BenchmarkStampede(b *testing.B) {
 			go func(s *slot) {
 				defer done.Done()
 				ready.Done()
-				<-release
+				<-start
 				s.started = time.Now().UnixNano()
 				arrived.Add(1)
 				s.err = h.ServeHTTP(s.w, s.r, nopNext)
@@ -374,20 +357,20 @@ func BenchmarkStampede(b *testing.B) {
 		}
 		ready.Wait()
 		b.StartTimer()
-		start := time.Now()
-		close(release)
+		began := time.Now()
+		close(start)
 		done.Wait()
 		b.StopTimer()
-		allAnswered += time.Since(start).Nanoseconds()
+		allAnswered += time.Since(began).Nanoseconds()
 
-		got := as.requests.Load()
-		issued := as.issuedAt.Load()
+		got := as.tokenRequests() - requestsBefore
+		tokenAt := issued.Load()
 		for j := range slots {
 			s := &slots[j]
 			if s.err != nil || s.w.status != http.StatusOK {
 				b.Fatalf("request %d: status %d, error %v", j, s.w.status, s.err)
 			}
-			if s.started < issued {
+			if s.started < tokenAt {
 				before++
 			}
 		}
@@ -468,7 +451,7 @@ func measureSources(b *testing.B, tokenURL string, n int, variant string) (heap,
 						panic(err)
 					}
 					if variant == "with_token" {
-						srcs[i].ep.close()
+						srcs[i].ep.Close()
 					}
 				}
 			}()
@@ -601,11 +584,7 @@ func BenchmarkGrantAccounts(b *testing.B) {
 			}
 		}
 	}
-	count := func() int {
-		c := 0
-		g.accounts.Range(func(_, _ any) bool { c++; return true })
-		return c
-	}
+	count := g.accounts.count
 
 	b.Run("memory", func(b *testing.B) {
 		var heap, after float64

@@ -2,150 +2,16 @@ package oauthbearer
 
 import (
 	"fmt"
-	"io"
 	"net/http"
-	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
 
-// WWW-Authenticate parsing (RFC 9110 §11.6.1) and the decision it feeds:
-// whether an upstream 401 refuses the token (RFC 6750 §3.1), so that the
-// injector replaces the token and replays the request.
-
-// chlWant is an expected challenge: the scheme compares case-insensitively
-// (RFC 9110 §11.1), parameter names must come back in lower case.
-type chlWant struct {
-	scheme  string
-	token68 string
-	params  map[string]string
-}
-
-func chlString(cs []challenge) string {
-	var parts []string
-	for _, c := range cs {
-		parts = append(parts, fmt.Sprintf("{%s t68=%q %v}", c.scheme, c.token68, c.params))
-	}
-	return "[" + strings.Join(parts, " ") + "]"
-}
-
-func chlEqual(got challenge, want chlWant) bool {
-	if !strings.EqualFold(got.scheme, want.scheme) || got.token68 != want.token68 || len(got.params) != len(want.params) {
-		return false
-	}
-	for k, v := range want.params {
-		if gv, ok := got.params[k]; !ok || gv != v {
-			return false
-		}
-	}
-	return true
-}
-
-func TestParseChallengesRFC9110Lists(t *testing.T) {
-	type p = map[string]string
-	for _, tc := range []struct {
-		name string
-		in   string
-		want []chlWant
-		// prefix: the input is malformed inside a challenge; only the
-		// challenges before the fault are required, and none after it
-		// may appear beyond one for the faulty challenge itself.
-		prefix bool
-	}{
-		{"empty", "", nil, false},
-		{"blanks", "  \t ", nil, false},
-		{"only empty list elements", ", ,,\t,", nil, false},
-		{"bare scheme", "Bearer", []chlWant{{"Bearer", "", nil}}, false},
-		{"one param", `Bearer realm="api"`, []chlWant{{"Bearer", "", p{"realm": "api"}}}, false},
-		{"RFC 9110 example: params of one challenge and the next challenge share commas",
-			`Newauth realm="apps", type=1, title="Login to \"apps\"", Basic realm="simple"`,
-			[]chlWant{{"Newauth", "", p{"realm": "apps", "type": "1", "title": `Login to "apps"`}}, {"Basic", "", p{"realm": "simple"}}}, false},
-		{"Bearer after Basic on one line",
-			`Basic realm="api", Bearer realm="api", error="invalid_token"`,
-			[]chlWant{{"Basic", "", p{"realm": "api"}}, {"Bearer", "", p{"realm": "api", "error": "invalid_token"}}}, false},
-		{"commas and escaped quotes inside quoted strings",
-			`Bearer realm="a, b", error_description="say \"no\", twice", error="invalid_token"`,
-			[]chlWant{{"Bearer", "", p{"realm": "a, b", "error_description": `say "no", twice`, "error": "invalid_token"}}}, false},
-		{"a quoted string that looks like a challenge",
-			`Bearer realm="x, Bearer error=\"invalid_token\"", error="invalid_request"`,
-			[]chlWant{{"Bearer", "", p{"realm": `x, Bearer error="invalid_token"`, "error": "invalid_request"}}}, false},
-		{"quoted-pair of an ordinary character", `Bearer realm="a\b\\c"`, []chlWant{{"Bearer", "", p{"realm": `ab\c`}}}, false},
-		{"empty quoted string", `Bearer realm=""`, []chlWant{{"Bearer", "", p{"realm": ""}}}, false},
-		{"token68 Basic", `Basic dXNlcjpwYXNz`, []chlWant{{"Basic", "dXNlcjpwYXNz", nil}}, false},
-		{"token68 with padding", `Negotiate abc==`, []chlWant{{"Negotiate", "abc==", nil}}, false},
-		{"token68 of every allowed character", `X a-._~+/Z9=`, []chlWant{{"X", "a-._~+/Z9=", nil}}, false},
-		{"token68 then a challenge",
-			`Negotiate abc==, Bearer error="invalid_token"`,
-			[]chlWant{{"Negotiate", "abc==", nil}, {"Bearer", "", p{"error": "invalid_token"}}}, false},
-		{"token68 with trailing blanks then a challenge",
-			"Basic dXNlcjpwYXNz \t , Bearer",
-			[]chlWant{{"Basic", "dXNlcjpwYXNz", nil}, {"Bearer", "", nil}}, false},
-		{"BWS around =",
-			`Bearer realm = "api" , error =invalid_token`,
-			[]chlWant{{"Bearer", "", p{"realm": "api", "error": "invalid_token"}}}, false},
-		{"no blanks after the commas",
-			`Basic realm="a",charset=UTF-8,Bearer error="invalid_token",realm="b"`,
-			[]chlWant{{"Basic", "", p{"realm": "a", "charset": "UTF-8"}}, {"Bearer", "", p{"error": "invalid_token", "realm": "b"}}}, false},
-		{"tabs as BWS", "Bearer realm\t=\t\"api\"", []chlWant{{"Bearer", "", p{"realm": "api"}}}, false},
-		{"empty list elements everywhere",
-			`, , Bearer realm="x", , error="invalid_token", ,Basic realm="y",`,
-			[]chlWant{{"Bearer", "", p{"realm": "x", "error": "invalid_token"}}, {"Basic", "", p{"realm": "y"}}}, false},
-		{"scheme and param names case-insensitive; values as sent",
-			`bEaReR ERROR="invalid_token", Realm=API`,
-			[]chlWant{{"Bearer", "", p{"error": "invalid_token", "realm": "API"}}}, false},
-		{"scheme with no params followed by a challenge",
-			`Bearer, Basic realm="x"`,
-			[]chlWant{{"Bearer", "", nil}, {"Basic", "", p{"realm": "x"}}}, false},
-		{"malformed: missing comma between challenges",
-			`Basic realm="x" Bearer error="invalid_token"`,
-			[]chlWant{{"Basic", "", p{"realm": "x"}}}, false},
-		{"malformed: garbage list element",
-			`Bearer error="invalid_token", @@@, Basic realm="x"`,
-			[]chlWant{{"Bearer", "", p{"error": "invalid_token"}}}, false},
-		{"malformed: no scheme", `="x", Bearer`, nil, false},
-		{"malformed: garbage after a token68", `Negotiate abc==def, Bearer`, []chlWant{{"Negotiate", "abc==", nil}}, false},
-		{"malformed: unterminated quoted string in a later challenge",
-			`Basic realm="x", Bearer realm="unterminated, error=invalid_token`,
-			[]chlWant{{"Basic", "", p{"realm": "x"}}}, true},
-		{"malformed: backslash at the end of a quoted string",
-			`Basic realm="x", Bearer realm="unterminated\`,
-			[]chlWant{{"Basic", "", p{"realm": "x"}}}, true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			got := parseChallenges(tc.in)
-			ok := len(got) == len(tc.want)
-			if tc.prefix {
-				ok = len(got) >= len(tc.want) && len(got) <= len(tc.want)+1
-			}
-			for i := 0; ok && i < len(tc.want); i++ {
-				ok = chlEqual(got[i], tc.want[i])
-			}
-			if ok && tc.prefix {
-				// Whatever is returned for the faulty challenge carries
-				// nothing read from beyond the fault.
-				for _, c := range got[len(tc.want):] {
-					for _, v := range c.params {
-						if strings.Contains(v, "unterminated") || strings.Contains(v, "invalid_token") {
-							ok = false
-						}
-					}
-				}
-			}
-			for _, c := range got {
-				for k := range c.params {
-					if k != strings.ToLower(k) {
-						ok = false
-					}
-				}
-			}
-			if !ok {
-				t.Errorf("parseChallenges(%q)\n got  %s\n want %v (prefix only: %v)", tc.in, chlString(got), tc.want, tc.prefix)
-			}
-		})
-	}
-}
+// The decision WWW-Authenticate parsing (RFC 9110 §11.6.1, tested in
+// internal/oauthclient) feeds: whether an upstream 401 refuses the token
+// (RFC 6750 §3.1), so that the injector replaces the token and replays the
+// request.
 
 func TestTokenRejectedOnlyForBearerInvalidTokenOrNoChallenge(t *testing.T) {
 	for _, tc := range []struct {
@@ -194,44 +60,6 @@ func TestTokenRejectedOnlyForBearerInvalidTokenOrNoChallenge(t *testing.T) {
 	}
 }
 
-// chlUpstream answers 401 with a settable WWW-Authenticate line to the
-// Authorization values it was told to reject, 200 otherwise, and records
-// the Authorization of every request.
-type chlUpstream struct {
-	*httptest.Server
-	mu        sync.Mutex
-	challenge string
-	reject    map[string]bool
-	seen      []string
-}
-
-func newChlUpstream(t *testing.T) *chlUpstream {
-	u := &chlUpstream{reject: map[string]bool{}}
-	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		auth := r.Header.Get("Authorization")
-		u.mu.Lock()
-		u.seen = append(u.seen, auth)
-		rejected, challenge := u.reject[auth], u.challenge
-		u.mu.Unlock()
-		if rejected {
-			w.Header().Set("WWW-Authenticate", challenge)
-			w.WriteHeader(http.StatusUnauthorized)
-			io.WriteString(w, "refused")
-			return
-		}
-		io.WriteString(w, "ok "+r.URL.Path)
-	}))
-	t.Cleanup(u.Close)
-	return u
-}
-
-func (u *chlUpstream) set(challenge string, rejectAuth string) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	u.challenge = challenge
-	u.reject[rejectAuth] = true
-}
-
 // chlTokName is the public part of a fakeAS token ("Bearer tok-2"), for
 // messages.
 func chlTokName(auth string) string {
@@ -241,32 +69,20 @@ func chlTokName(auth string) string {
 	return "(" + fmt.Sprint(len(auth)) + " characters)"
 }
 
-func (u *chlUpstream) requests() []string {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return append([]string(nil), u.seen...)
-}
-
 // An upstream that names Basic first and Bearer invalid_token second on
 // one WWW-Authenticate line refuses the token: the injector replaces an
 // old token and replays the request. Basic alone does not.
 func TestUpstream401BearerAfterBasicOnOneLineIsReplayedWithNewToken(t *testing.T) {
 	clock := useFakeClock(t)
-	as := newFakeAS(t, "", "basic")
-	up := newChlUpstream(t)
-	c := startCaddy(t, fmt.Sprintf(`http://LISTEN {
-	oauth_bearer {
-		token_url     %s
-		client_id     %s
-		client_secret "%s"
-	}
-	reverse_proxy %s
-}`, as.tokenURL(), as.clientID, as.secret, strings.TrimPrefix(up.URL, "http://")))
+	as := newFakeAS(t)
+	as.ClientAuth = "basic"
+	up := newUpstream(t)
+	c := startCaddy(t, e2eSite("oauth_bearer", as.credentials(), up))
 
 	if status, body := c.get("/warm"); status != 200 {
 		t.Fatalf("warm-up: %d %q", status, body)
 	}
-	tok1 := up.requests()[0]
+	tok1 := up.authorizations()[0]
 	if !strings.HasPrefix(tok1, "Bearer tok-1-") {
 		t.Fatalf("first token %q…, want one from the token endpoint", chlTokName(tok1))
 	}
@@ -274,26 +90,26 @@ func TestUpstream401BearerAfterBasicOnOneLineIsReplayedWithNewToken(t *testing.T
 
 	// Control: Basic alone is not about the token; the 401 is passed on
 	// and the token kept.
-	up.set(`Basic realm="api"`, tok1)
+	up.reject(`Basic realm="api"`, tok1)
 	if status, _ := c.get("/basic-only"); status != http.StatusUnauthorized {
 		t.Errorf("Basic-only 401: status %d, want the upstream's 401 passed on", status)
 	}
-	if n := as.issued.Load(); n != 1 {
+	if n := as.issued(); n != 1 {
 		t.Errorf("Basic-only 401: %d tokens issued, want 1 (token kept)", n)
 	}
 
 	// Basic first, Bearer invalid_token second, one line: replayed once
 	// with a new token.
-	up.set(`Basic realm="api", Bearer error="invalid_token"`, tok1)
-	before := len(up.requests())
+	up.reject(`Basic realm="api", Bearer error="invalid_token"`, tok1)
+	before := len(up.authorizations())
 	status, body := c.get("/items")
 	if status != 200 || body != "ok /items" {
 		t.Fatalf("GET /items: %d %q, want 200 from a replay with a new token", status, body)
 	}
-	if n := as.issued.Load(); n != 2 {
+	if n := as.issued(); n != 2 {
 		t.Errorf("%d tokens issued, want 2", n)
 	}
-	got := up.requests()[before:]
+	got := up.authorizations()[before:]
 	if len(got) != 2 || got[0] != tok1 || got[1] == tok1 || !strings.HasPrefix(got[1], "Bearer tok-2-") {
 		names := make([]string, len(got))
 		for i, a := range got {

@@ -17,6 +17,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/oauthclient"
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/testkeys"
 )
 
 // e2eSite is a site block with one oauth_bearer handler (its
@@ -53,7 +56,7 @@ func assertNothingLeaked(t *testing.T, c *testCaddy, sites string, answers strin
 		t.Errorf("the log does not show the token being obtained; is it the right log?\n%s", logs)
 	}
 	for where, text := range map[string]string{"Caddy's log": logs, "the answer to the client": answers, "the adapted JSON": string(adapted)} {
-		assertNoKeyLeak(t, where, text, pems...)
+		testkeys.AssertNoKeyMaterial(t, where, text, pems...)
 		if len(values) > 0 {
 			assertNoValueLeak(t, where, text, values...)
 		}
@@ -67,11 +70,11 @@ func assertNothingLeaked(t *testing.T, c *testCaddy, sites string, answers strin
 // key and issues one token, which the upstream receives; the next request
 // uses the cached token.
 func TestClientAuthE2EPrivateKeyJWT(t *testing.T) {
-	k := clientAuthKeys()
-	rsaPEM := pemOf("RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(k.rsa))
-	rsaCert := selfSignedCert(t, k.rsa, "e2e-rsa-client")
-	p256PEM := sec1PEM(t, k.p256)
-	edPEM := pkcs8PEM(t, k.ed)
+	k := testkeys.Keys()
+	rsaPEM := testkeys.PEM("RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(k.RSA))
+	rsaCert := testkeys.SelfSignedCert(t, k.RSA, "e2e-rsa-client")
+	p256PEM := testkeys.SEC1PEM(t, k.P256)
+	edPEM := testkeys.PKCS8PEM(t, k.Ed)
 
 	cases := []struct {
 		name     string
@@ -87,20 +90,20 @@ func TestClientAuthE2EPrivateKeyJWT(t *testing.T) {
 		wantJSON string // what the adapted JSON holds instead of the key
 	}{
 		{
-			name: "rsa-file-certificate-ps256", clientID: "e2e-rsa", key: k.rsa,
+			name: "rsa-file-certificate-ps256", clientID: "e2e-rsa", key: k.RSA,
 			pems:     [][]byte{rsaPEM},
 			lines:    "\t\tprivate_key KEYFILE\n\t\tcertificate CERTFILE\n\t\tkey_id 2024-11\n\t\tsigning_alg PS256\n",
-			certS256: certThumbprint(rsaCert), alg: "PS256", kid: "2024-11",
+			certS256: oauthclient.CertThumbprint(rsaCert), alg: "PS256", kid: "2024-11",
 		},
 		{
-			name: "p256-inline-env", clientID: "e2e-p256", key: k.p256,
+			name: "p256-inline-env", clientID: "e2e-p256", key: k.P256,
 			pems:  [][]byte{p256PEM},
 			env:   map[string]string{"OAB_E2E_P256_KEY": string(p256PEM)},
 			lines: "\t\tprivate_key {env.OAB_E2E_P256_KEY}\n",
 			alg:   "ES256", wantJSON: "{env.OAB_E2E_P256_KEY}",
 		},
 		{
-			name: "ed25519-file-placeholder", clientID: "e2e-ed25519", key: k.ed,
+			name: "ed25519-file-placeholder", clientID: "e2e-ed25519", key: k.Ed,
 			pems:  [][]byte{edPEM},
 			lines: "\t\tprivate_key {file.KEYFILE}\n\t\tkey_id ed-1\n",
 			alg:   "EdDSA", kid: "ed-1", wantJSON: "{file.",
@@ -113,35 +116,35 @@ func TestClientAuthE2EPrivateKeyJWT(t *testing.T) {
 			if err := os.WriteFile(keyPath, tc.pems[0], 0o600); err != nil {
 				t.Fatal(err)
 			}
-			if err := os.WriteFile(certPath, pemOf("CERTIFICATE", rsaCert.Raw), 0o600); err != nil {
+			if err := os.WriteFile(certPath, testkeys.PEM("CERTIFICATE", rsaCert.Raw), 0o600); err != nil {
 				t.Fatal(err)
 			}
 			for k, v := range tc.env {
 				t.Setenv(k, v)
 			}
-			s := newRecordingJWTServer(t)
+			s := newJWTAS(t)
 			s.register(tc.clientID, tc.key.Public(), tc.certS256)
 			up := newUpstream(t)
-			sites := e2eSite("oauth_bearer", fmt.Sprintf("\t\ttoken_url %s\n\t\tclient_id %s\n\t\tclient_auth private_key_jwt\n", s.url, tc.clientID)+
+			sites := e2eSite("oauth_bearer", fmt.Sprintf("\t\ttoken_url %s\n\t\tclient_id %s\n\t\tclient_auth private_key_jwt\n", s.tokenURL(), tc.clientID)+
 				strings.NewReplacer("KEYFILE", keyPath, "CERTFILE", certPath).Replace(tc.lines)+"\t\tscope read write", up)
 			c := startCaddy(t, sites)
 
 			want := "at-" + tc.clientID + "-1"
 			answers := wantInjected(t, c, up, "/first", want)
 			answers += wantInjected(t, c, up, "/second", want)
-			if s.issued.Load() != 1 || s.refused.Load() != 0 || s.requests.Load() != 1 {
+			if s.issued() != 1 || s.refused() != 0 || s.tokenRequests() != 1 {
 				t.Fatalf("server: %d requests, %d issued, %d refused (%q); want one token for both requests",
-					s.requests.Load(), s.issued.Load(), s.refused.Load(), s.lastRefusal())
+					s.tokenRequests(), s.issued(), s.refused(), s.lastRefusal())
 			}
-			g := s.issuedGrants()[0]
-			if g.clientID != tc.clientID || g.grantType != "client_credentials" || g.scope != "read write" || g.kid != tc.kid {
+			g := s.issuedLog()[0]
+			if g.Client != tc.clientID || g.GrantType != "client_credentials" || g.Scope != "read write" || g.KID != tc.kid {
 				t.Errorf("issued %+v", g)
 			}
 			sent := s.assertions()
-			if len(sent) != 1 || sent[0].param != "client_assertion" {
+			if len(sent) != 1 || sent[0].assertionParam() != "client_assertion" {
 				t.Fatalf("assertions sent: %+v", sent)
 			}
-			h := sent[0].header
+			h := sent[0].JOSE
 			if h["alg"] != tc.alg || h["typ"] != "JWT" {
 				t.Errorf("header %v, want alg %s and typ JWT", h, tc.alg)
 			}
@@ -154,11 +157,11 @@ func TestClientAuthE2EPrivateKeyJWT(t *testing.T) {
 			if _, has := h["x5t"]; has != (tc.certS256 != "") {
 				t.Errorf("x5t present: %v, want %v", has, tc.certS256 != "")
 			}
-			f := s.sentForms()[0]
+			f := s.tokenLog()[0].form()
 			if f.Get("client_id") != tc.clientID || f.Has("client_secret") || f.Get("grant_type") != "client_credentials" {
 				t.Errorf("token request form: %v", f)
 			}
-			if a := s.authorizations()[0]; a != "" {
+			if a := s.tokenLog()[0].Header.Get("Authorization"); a != "" {
 				t.Errorf("token request had Authorization %q; the assertion is the only credential", a)
 			}
 			if tc.wantJSON != "" {
@@ -170,7 +173,7 @@ func TestClientAuthE2EPrivateKeyJWT(t *testing.T) {
 					t.Errorf("adapted JSON does not hold the placeholder %s", tc.wantJSON)
 				}
 			}
-			assertNothingLeaked(t, c, sites, answers, tc.pems, s.values())
+			assertNothingLeaked(t, c, sites, answers, tc.pems, s.sentAssertions())
 		})
 	}
 }
@@ -180,25 +183,25 @@ func TestClientAuthE2EPrivateKeyJWT(t *testing.T) {
 func TestClientAuthE2EClientSecretJWT(t *testing.T) {
 	const secret = "e2e-client-secret-jwt-0123456789-abcdefghijklmnop"
 	t.Setenv("OAB_E2E_CSJ_SECRET", secret)
-	s := newRecordingJWTServer(t)
+	s := newJWTAS(t)
 	s.register("web-app", []byte(secret), "")
 	up := newUpstream(t)
 	sites := e2eSite("oauth_bearer", fmt.Sprintf(`		token_url %s
 		client_id web-app
 		client_secret {env.OAB_E2E_CSJ_SECRET}
-		client_auth client_secret_jwt`, s.url), up)
+		client_auth client_secret_jwt`, s.tokenURL()), up)
 	c := startCaddy(t, sites)
 
 	answers := wantInjected(t, c, up, "/", "at-web-app-1")
-	if s.issued.Load() != 1 || s.refused.Load() != 0 {
-		t.Fatalf("issued %d refused %d (%q)", s.issued.Load(), s.refused.Load(), s.lastRefusal())
+	if s.issued() != 1 || s.refused() != 0 {
+		t.Fatalf("issued %d refused %d (%q)", s.issued(), s.refused(), s.lastRefusal())
 	}
 	sent := s.assertions()
-	if len(sent) != 1 || sent[0].header["alg"] != "HS256" {
+	if len(sent) != 1 || sent[0].JOSE["alg"] != "HS256" {
 		t.Fatalf("assertions: %+v", sent)
 	}
-	for _, f := range s.sentForms() {
-		for name, vs := range f {
+	for _, r := range s.tokenLog() {
+		for name, vs := range r.form() {
 			for _, v := range vs {
 				if strings.Contains(v, secret) {
 					t.Errorf("the token request's %s carries the secret", name)
@@ -206,10 +209,10 @@ func TestClientAuthE2EClientSecretJWT(t *testing.T) {
 			}
 		}
 	}
-	if a := s.authorizations()[0]; a != "" {
+	if a := s.tokenLog()[0].Header.Get("Authorization"); a != "" {
 		t.Errorf("token request had Authorization %q", a)
 	}
-	assertNothingLeaked(t, c, sites, answers, nil, append(s.values(), secret))
+	assertNothingLeaked(t, c, sites, answers, nil, append(s.sentAssertions(), secret))
 }
 
 // client_assertion_file: the assertion another program keeps in a file (a
@@ -219,15 +222,15 @@ func TestClientAuthE2EClientSecretJWT(t *testing.T) {
 // assertion; the server would refuse the old one as a replay.
 func TestClientAuthE2EAssertionFile(t *testing.T) {
 	clock := useFakeClock(t)
-	key := clientAuthKeys().p384
-	s := newRecordingJWTServer(t)
+	key := testkeys.Keys().P384
+	s := newJWTAS(t)
 	s.register("workload", key.Public(), "")
-	kubelet, err := newAssertionSigner(key, "", "", nil)
+	kubelet, err := oauthclient.NewAssertionSigner(key, "", "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	mint := func() string {
-		a, err := kubelet.sign(time.Now(), assertionClaims{issuer: "workload", subject: "workload", audience: s.url})
+		a, err := kubelet.Sign(time.Now(), oauthclient.AssertionClaims{Issuer: "workload", Subject: "workload", Audience: s.tokenURL()})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -245,47 +248,47 @@ func TestClientAuthE2EAssertionFile(t *testing.T) {
 	sites := e2eSite("oauth_bearer", fmt.Sprintf(`		token_url %s
 		client_id workload
 		client_assertion_file %s
-		encryption_key {env.OAB_E2E_RECORD_KEY}`, s.url, path), up)
+		encryption_key {env.OAB_E2E_RECORD_KEY}`, s.tokenURL(), path), up)
 	c := startCaddy(t, sites)
 
 	answers := wantInjected(t, c, up, "/one", "at-workload-1")
 	second := mint()
-	replaceFile(t, path, []byte(second+"\n"))
+	testkeys.ReplaceFile(t, path, []byte(second+"\n"))
 	clock.add(2 * time.Hour) // the first token (3600 s) has expired
 	answers += wantInjected(t, c, up, "/two", "at-workload-2")
 
-	sent := s.values()
+	sent := s.sentAssertions()
 	if len(sent) != 2 || sent[0] != first || sent[1] != second {
 		t.Fatalf("assertions sent: %d, first is the file's first: %v, second is the rewritten one: %v",
 			len(sent), len(sent) > 0 && sent[0] == first, len(sent) > 1 && sent[1] == second)
 	}
-	if s.issued.Load() != 2 || s.refused.Load() != 0 {
-		t.Fatalf("issued %d refused %d (%q)", s.issued.Load(), s.refused.Load(), s.lastRefusal())
+	if s.issued() != 2 || s.refused() != 0 {
+		t.Fatalf("issued %d refused %d (%q)", s.issued(), s.refused(), s.lastRefusal())
 	}
-	if a := s.assertions()[0]; a.param != "client_assertion" {
-		t.Errorf("sent as %s", a.param)
+	if a := s.assertions()[0]; a.assertionParam() != "client_assertion" {
+		t.Errorf("sent as %s", a.assertionParam())
 	}
-	assertNothingLeaked(t, c, sites, answers, [][]byte{pkcs8PEM(t, key)}, sent)
+	assertNothingLeaked(t, c, sites, answers, [][]byte{testkeys.PKCS8PEM(t, key)}, sent)
 }
 
 // client_auth tls (RFC 8705): the token endpoint is behind TLS that
 // requires a client certificate of its CA; tls_client_cert gives it, and
 // ca_file makes Caddy trust the server's CA.
 func TestClientAuthE2EMutualTLS(t *testing.T) {
-	serverCA, clientCA := newMTLSTestCA(t, "e2e server CA"), newMTLSTestCA(t, "e2e client CA")
-	s := newMTLSTokenServer(t, serverCA, clientCA)
+	serverCA, clientCA := testkeys.NewCA(t, "e2e server CA"), testkeys.NewCA(t, "e2e client CA")
+	s := newMTLSAS(t, serverCA, clientCA)
 	files := writeMTLSClient(t, clientCA, "mtls-client", serverCA)
 	up := newUpstream(t)
 	sites := e2eSite("oauth_bearer", fmt.Sprintf(`		token_url %s
 		client_id mtls-client
 		client_auth tls
 		tls_client_cert %s %s
-		ca_file %s`, s.url, files.cert, files.key, files.ca), up)
+		ca_file %s`, s.tokenURL(), files.cert, files.key, files.ca), up)
 	c := startCaddy(t, sites)
 
 	answers := wantInjected(t, c, up, "/", "at-mtls-mtls-client-1")
-	if s.issued.Load() != 1 || s.requests.Load() != 1 {
-		t.Fatalf("server: %d requests, %d issued; refusals %q", s.requests.Load(), s.issued.Load(), s.refused())
+	if s.issued() != 1 || s.tokenRequests() != 1 {
+		t.Fatalf("server: %d requests, %d issued; last refusal %q", s.tokenRequests(), s.issued(), s.lastRefusal())
 	}
 	assertNothingLeaked(t, c, sites, answers, [][]byte{files.keyPEM}, nil)
 }
@@ -299,14 +302,14 @@ type mtlsClientFiles struct {
 
 // writeMTLSClient issues a client certificate for cn by clientCA with a
 // fresh key, and writes it, its key and serverCA's certificate to files.
-func writeMTLSClient(t *testing.T, clientCA *mtlsTestCA, cn string, serverCA *mtlsTestCA) mtlsClientFiles {
+func writeMTLSClient(t *testing.T, clientCA *testkeys.CA, cn string, serverCA *testkeys.CA) mtlsClientFiles {
 	t.Helper()
-	key := clientAuthKeys().p256b
-	cert := clientCA.issueClient(t, cn, key)
+	key := testkeys.Keys().P256b
+	cert := clientCA.IssueClient(t, cn, key)
 	dir := t.TempDir()
 	f := mtlsClientFiles{cert: filepath.Join(dir, "client.crt"), key: filepath.Join(dir, "client.key"), ca: filepath.Join(dir, "ca.pem"),
-		keyPEM: sec1PEM(t, key)}
-	for path, data := range map[string][]byte{f.cert: pemOf("CERTIFICATE", cert.Raw), f.key: f.keyPEM, f.ca: pemOf("CERTIFICATE", serverCA.cert.Raw)} {
+		keyPEM: testkeys.SEC1PEM(t, key)}
+	for path, data := range map[string][]byte{f.cert: testkeys.PEM("CERTIFICATE", cert.Raw), f.key: f.keyPEM, f.ca: testkeys.PEM("CERTIFICATE", serverCA.Cert.Raw)} {
 		if err := os.WriteFile(path, data, 0o600); err != nil {
 			t.Fatal(err)
 		}
@@ -318,27 +321,27 @@ func writeMTLSClient(t *testing.T, clientCA *mtlsTestCA, cn string, serverCA *mt
 // discovered mtls_endpoint_aliases.token_endpoint, not to token_endpoint.
 // client_auth is left out: tls_client_cert implies it.
 func TestClientAuthE2EMutualTLSDiscoveredAlias(t *testing.T) {
-	serverCA, clientCA := newMTLSTestCA(t, "e2e server CA"), newMTLSTestCA(t, "e2e client CA")
-	s := newMTLSTokenServer(t, serverCA, clientCA)
-	plain := newRecordingJWTServer(t) // token_endpoint: must not be used
+	serverCA, clientCA := testkeys.NewCA(t, "e2e server CA"), testkeys.NewCA(t, "e2e client CA")
+	s := newMTLSAS(t, serverCA, clientCA)
+	plain := newJWTAS(t) // token_endpoint: must not be used
 	files := writeMTLSClient(t, clientCA, "alias-client", serverCA)
-	is := newIssuerServer(t)
-	is.set(map[string]any{
-		"issuer":                is.issuer,
-		"token_endpoint":        plain.url,
-		"mtls_endpoint_aliases": map[string]any{"token_endpoint": s.url},
+	is := newFakeAS(t)
+	is.setMetadata(map[string]any{
+		"issuer":                is.URL,
+		"token_endpoint":        plain.tokenURL(),
+		"mtls_endpoint_aliases": map[string]any{"token_endpoint": s.tokenURL()},
 	}, http.StatusOK)
 	up := newUpstream(t)
 	sites := e2eSite("oauth_bearer", fmt.Sprintf(`		issuer %s
 		client_id alias-client
 		tls_client_cert %s %s
-		ca_file %s`, is.issuer, files.cert, files.key, files.ca), up)
+		ca_file %s`, is.URL, files.cert, files.key, files.ca), up)
 	c := startCaddy(t, sites)
 
 	answers := wantInjected(t, c, up, "/", "at-mtls-alias-client-1")
-	if s.issued.Load() != 1 || plain.requests.Load() != 0 || is.hits.Load() != 1 {
+	if s.issued() != 1 || plain.tokenRequests() != 0 || is.metadataReads() != 1 {
 		t.Fatalf("mTLS alias issued %d, token_endpoint got %d requests, discovery %d; want 1, 0, 1",
-			s.issued.Load(), plain.requests.Load(), is.hits.Load())
+			s.issued(), plain.tokenRequests(), is.metadataReads())
 	}
 	assertNothingLeaked(t, c, sites, answers, [][]byte{files.keyPEM}, nil)
 }
@@ -348,9 +351,9 @@ func TestClientAuthE2EMutualTLSDiscoveredAlias(t *testing.T) {
 // token_uri of the file as the endpoint and the audience, the scope as a
 // claim, the key id as kid.
 func TestClientAuthE2EJWTBearerGoogle(t *testing.T) {
-	key := clientAuthKeys().rsa2
-	s := newRecordingJWTServer(t)
-	saPath := writeTestFile(t, "sa.json", googleKeyJSON(t, key, s.url, nil))
+	key := testkeys.Keys().RSA2
+	s := newJWTAS(t)
+	saPath := testkeys.WriteFile(t, "sa.json", testkeys.GoogleKeyJSON(t, key, s.tokenURL(), nil))
 	s.register("robot@proj.iam.gserviceaccount.com", key.Public(), "")
 	up := newUpstream(t)
 	sites := e2eSite("oauth_bearer google", fmt.Sprintf(`		service_account_file %s
@@ -359,22 +362,22 @@ func TestClientAuthE2EJWTBearerGoogle(t *testing.T) {
 
 	answers := wantInjected(t, c, up, "/", "at-robot@proj.iam.gserviceaccount.com-1")
 	answers += wantInjected(t, c, up, "/again", "at-robot@proj.iam.gserviceaccount.com-1")
-	if s.issued.Load() != 1 || s.refused.Load() != 0 {
-		t.Fatalf("issued %d refused %d (%q)", s.issued.Load(), s.refused.Load(), s.lastRefusal())
+	if s.issued() != 1 || s.refused() != 0 {
+		t.Fatalf("issued %d refused %d (%q)", s.issued(), s.refused(), s.lastRefusal())
 	}
-	g := s.issuedGrants()[0]
-	if g.grantType != "urn:ietf:params:oauth:grant-type:jwt-bearer" || g.scope != "https://www.googleapis.com/auth/cloud-platform" ||
-		g.kid != "0123456789abcdef" || g.sub != "" {
+	g := s.issuedLog()[0]
+	if g.GrantType != "urn:ietf:params:oauth:grant-type:jwt-bearer" || g.Scope != "https://www.googleapis.com/auth/cloud-platform" ||
+		g.KID != "0123456789abcdef" || g.Sub != "" {
 		t.Errorf("issued %+v", g)
 	}
-	f := s.sentForms()[0]
+	f := s.tokenLog()[0].form()
 	if f.Has("client_assertion") || f.Has("client_secret") || f.Get("assertion") == "" {
 		t.Errorf("token request form: %v", f)
 	}
-	if a := s.authorizations()[0]; a != "" {
+	if a := s.tokenLog()[0].Header.Get("Authorization"); a != "" {
 		t.Errorf("token request had Authorization %q", a)
 	}
-	assertNothingLeaked(t, c, sites, answers, [][]byte{pkcs8PEM(t, key)}, s.values())
+	assertNothingLeaked(t, c, sites, answers, [][]byte{testkeys.PKCS8PEM(t, key)}, s.sentAssertions())
 }
 
 // grant jwt_bearer with private_key and subject (Salesforce's shape),
@@ -396,10 +399,10 @@ func TestClientAuthE2EJWTBearerSubject(t *testing.T) {
 }
 
 func testJWTBearerSubject(t *testing.T, extra string) {
-	key := clientAuthKeys().rsa
-	keyPEM := pkcs8PEM(t, key)
-	keyPath := writeTestFile(t, "sf.key", keyPEM)
-	s := newRecordingJWTServer(t)
+	key := testkeys.Keys().RSA
+	keyPEM := testkeys.PKCS8PEM(t, key)
+	keyPath := testkeys.WriteFile(t, "sf.key", keyPEM)
+	s := newJWTAS(t)
 	s.register("3MVG9-consumer-key", key.Public(), "")
 	up := newUpstream(t)
 	sites := e2eSite("oauth_bearer", fmt.Sprintf(`		grant jwt_bearer
@@ -407,22 +410,22 @@ func testJWTBearerSubject(t *testing.T, extra string) {
 		client_id 3MVG9-consumer-key
 		private_key %s
 		subject integration@example.com
-%s		scope api`, s.url, keyPath, extra), up)
+%s		scope api`, s.tokenURL(), keyPath, extra), up)
 	c := startCaddy(t, sites)
 
 	answers := wantInjected(t, c, up, "/", "at-3MVG9-consumer-key-1")
-	if s.issued.Load() != 1 || s.refused.Load() != 0 {
-		t.Fatalf("issued %d refused %d (%q)", s.issued.Load(), s.refused.Load(), s.lastRefusal())
+	if s.issued() != 1 || s.refused() != 0 {
+		t.Fatalf("issued %d refused %d (%q)", s.issued(), s.refused(), s.lastRefusal())
 	}
-	g := s.issuedGrants()[0]
-	if g.grantType != "urn:ietf:params:oauth:grant-type:jwt-bearer" || g.sub != "integration@example.com" ||
-		g.clientID != "3MVG9-consumer-key" || g.scope != "api" {
+	g := s.issuedLog()[0]
+	if g.GrantType != "urn:ietf:params:oauth:grant-type:jwt-bearer" || g.Sub != "integration@example.com" ||
+		g.Client != "3MVG9-consumer-key" || g.Scope != "api" {
 		t.Errorf("issued %+v", g)
 	}
-	if f := s.sentForms()[0]; f.Has("client_assertion") || f.Has("client_secret") {
+	if f := s.tokenLog()[0].form(); f.Has("client_assertion") || f.Has("client_secret") {
 		t.Errorf("token request form: %v", f)
 	}
-	assertNothingLeaked(t, c, sites, answers, [][]byte{keyPEM}, s.values())
+	assertNothingLeaked(t, c, sites, answers, [][]byte{keyPEM}, s.sentAssertions())
 }
 
 // An assertion file that goes bad after loading (its owner wrote
@@ -430,34 +433,34 @@ func testJWTBearerSubject(t *testing.T, extra string) {
 // neither the log nor the answer repeats what the file holds.
 func TestClientAuthE2EAssertionFileGoesBad(t *testing.T) {
 	clock := useFakeClock(t)
-	key := clientAuthKeys().p384
-	s := newRecordingJWTServer(t)
+	key := testkeys.Keys().P384
+	s := newJWTAS(t)
 	s.register("workload", key.Public(), "")
-	kubelet, err := newAssertionSigner(key, "", "", nil)
+	kubelet, err := oauthclient.NewAssertionSigner(key, "", "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	good, err := kubelet.sign(time.Now(), assertionClaims{issuer: "workload", subject: "workload", audience: s.url})
+	good, err := kubelet.Sign(time.Now(), oauthclient.AssertionClaims{Issuer: "workload", Subject: "workload", Audience: s.tokenURL()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := writeTestFile(t, "token", []byte(good))
+	path := testkeys.WriteFile(t, "token", []byte(good))
 	up := newUpstream(t)
 	sites := e2eSite("oauth_bearer", fmt.Sprintf(`		token_url %s
 		client_id workload
 		client_assertion_file %s
-		token_store memory`, s.url, path), up)
+		token_store memory`, s.tokenURL(), path), up)
 	c := startCaddy(t, sites)
 	answers := wantInjected(t, c, up, "/", "at-workload-1")
 
 	const bad = "password=hunter2-not-a-jwt-at-all"
-	replaceFile(t, path, []byte(bad))
+	testkeys.ReplaceFile(t, path, []byte(bad))
 	clock.add(2 * time.Hour)
 	status, body := c.get("/bad")
 	if status != http.StatusBadGateway || !strings.Contains(body, "generic") {
 		t.Fatalf("with a bad assertion file: %d %q, want 502 naming the provider", status, body)
 	}
-	if n := s.requests.Load(); n != 1 {
+	if n := s.tokenRequests(); n != 1 {
 		t.Errorf("the token endpoint got %d requests; a bad assertion file must not be sent", n)
 	}
 	logs := c.logs()
@@ -469,25 +472,25 @@ func TestClientAuthE2EAssertionFileGoesBad(t *testing.T) {
 }
 
 // client_secret_jwt with signing_alg HS512: resolveClientAuth signs with
-// the configured HMAC algorithm (newSecretAssertionSigner takes HS256,
-// HS384 and HS512), and signingAlg's own error points users with an HS
+// the configured HMAC algorithm (NewSecretAssertionSigner takes HS256,
+// HS384 and HS512), and SigningAlg's own error points users with an HS
 // algorithm to client_secret_jwt; so signing_alg HS512 with
 // client_secret_jwt must load and sign HS512. (checkClientAuth once
 // refused signing_alg without private_key, so that path was unreachable.)
 func TestClientAuthE2EClientSecretJWTHS512(t *testing.T) {
 	const secret = "e2e-client-secret-jwt-hs512-0123456789-abcdefghijklmnopqrstuvwxyz-0123"
 	t.Setenv("OAB_E2E_CSJ512_SECRET", secret)
-	s := newRecordingJWTServer(t)
+	s := newJWTAS(t)
 	s.register("web-app-512", []byte(secret), "")
 	up := newUpstream(t)
 	sites := e2eSite("oauth_bearer", fmt.Sprintf(`		token_url %s
 		client_id web-app-512
 		client_secret {env.OAB_E2E_CSJ512_SECRET}
 		client_auth client_secret_jwt
-		signing_alg HS512`, s.url), up)
+		signing_alg HS512`, s.tokenURL()), up)
 	c := startCaddy(t, sites)
 	wantInjected(t, c, up, "/", "at-web-app-512-1")
-	if sent := s.assertions(); len(sent) != 1 || sent[0].header["alg"] != "HS512" {
+	if sent := s.assertions(); len(sent) != 1 || sent[0].JOSE["alg"] != "HS512" {
 		t.Fatalf("assertions: %+v", sent)
 	}
 }

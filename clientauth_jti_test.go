@@ -11,6 +11,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/testkeys"
 )
 
 // 100 tokens through a real Caddy with private_key_jwt: the cached token
@@ -19,15 +21,15 @@ import (
 // their jti all differ.
 func TestClientAuthJTINeverRepeatsThroughCaddy(t *testing.T) {
 	clock := useFakeClock(t)
-	key := clientAuthKeys().p256
-	s := newRecordingJWTServer(t)
+	key := testkeys.Keys().P256
+	s := newJWTAS(t)
 	s.register("jti-client", key.Public(), "")
-	keyPath := writeTestFile(t, "client.key", pkcs8PEM(t, key))
+	keyPath := testkeys.WriteFile(t, "client.key", testkeys.PKCS8PEM(t, key))
 	up := newUpstream(t)
 	c := startCaddy(t, e2eSite("oauth_bearer", fmt.Sprintf(`		token_url %s
 		client_id jti-client
 		client_auth private_key_jwt
-		private_key %s`, s.url, keyPath), up))
+		private_key %s`, s.tokenURL(), keyPath), up))
 	const n = 100
 	for i := 1; i <= n; i++ {
 		clock.add(2 * time.Hour) // the last token (3600 s) has expired
@@ -40,24 +42,24 @@ func TestClientAuthJTINeverRepeatsThroughCaddy(t *testing.T) {
 // a time: the signer is shared by concurrent token requests and still
 // never repeats a jti.
 func TestClientAuthJTINeverRepeatsConcurrentJWTBearer(t *testing.T) {
-	key := clientAuthKeys().rsa2
-	s := newRecordingJWTServer(t)
+	key := testkeys.Keys().RSA2
+	s := newJWTAS(t)
 	s.register("robot@proj.iam.gserviceaccount.com", key.Public(), "")
-	saPath := writeTestFile(t, "sa.json", googleKeyJSON(t, key, s.url, nil))
+	saPath := testkeys.WriteFile(t, "sa.json", testkeys.GoogleKeyJSON(t, key, s.tokenURL(), nil))
 	h := &Handler{Credentials: Credentials{Provider: "google", ServiceAccountFile: saPath}, Scopes: []string{"scope-a"}}
 	cs, err := h.configure(provisionReplacer())
 	if err != nil {
 		t.Fatal(err)
 	}
 	ep := newEndpoint(cs, &clock{})
-	defer ep.close()
+	defer ep.Close()
 	const workers, each = 4, 25
 	var wg sync.WaitGroup
 	errs := make(chan error, workers*each)
 	for range workers {
 		wg.Go(func() {
 			for range each {
-				if _, err := ep.clientCredentials(context.Background()); err != nil {
+				if _, err := ep.ClientCredentials(context.Background()); err != nil {
 					errs <- err
 				}
 			}
@@ -73,19 +75,19 @@ func TestClientAuthJTINeverRepeatsConcurrentJWTBearer(t *testing.T) {
 
 // wantDistinctJTI fails unless the server issued n tokens, refused none,
 // and saw n distinct jti and n distinct assertions.
-func wantDistinctJTI(t *testing.T, s *recordingJWTServer, n int) {
+func wantDistinctJTI(t *testing.T, s *fakeAS, n int) {
 	t.Helper()
-	if s.issued.Load() != int64(n) || s.refused.Load() != 0 {
-		t.Fatalf("issued %d, refused %d (last refusal: %q); want %d and 0", s.issued.Load(), s.refused.Load(), s.lastRefusal(), n)
+	if s.issued() != int64(n) || s.refused() != 0 {
+		t.Fatalf("issued %d, refused %d (last refusal: %q); want %d and 0", s.issued(), s.refused(), s.lastRefusal(), n)
 	}
 	jtis, assertions := map[string]bool{}, map[string]bool{}
-	for _, g := range s.issuedGrants() {
-		if strings.TrimSpace(g.jti) == "" {
+	for _, g := range s.issuedLog() {
+		if strings.TrimSpace(g.JTI) == "" {
 			t.Fatal("a grant without jti")
 		}
-		jtis[g.jti] = true
+		jtis[g.JTI] = true
 	}
-	for _, a := range s.values() {
+	for _, a := range s.sentAssertions() {
 		assertions[a] = true
 	}
 	if len(jtis) != n || len(assertions) != n {

@@ -22,7 +22,7 @@ func TestTwoInstancesShareARotatingGrant(t *testing.T) {
 		t.Skip("runs for about 12 s")
 	}
 	g := newGrantSetup(t, "refresh_before 2s")
-	g.as.AccessLifetime = 4 // a rotation every ~2 s
+	g.as.Lifetime = 4 * time.Second // a rotation every ~2 s
 	if status, body := g.connect(""); status != 200 {
 		t.Fatalf("consent: %d %q", status, body)
 	}
@@ -103,14 +103,14 @@ http://%s {
 
 	childLogs, _ := os.ReadFile(childLog)
 	t.Logf("requests ok %d, failed %d; refreshes %d; invalid_grant %d", ok.Load(), bad.Load(),
-		g.as.Refreshes.Load(), g.as.InvalidGrants.Load())
-	if g.as.InvalidGrants.Load() != 0 {
-		t.Errorf("the provider answered invalid_grant %d times: a rotated refresh token was reused", g.as.InvalidGrants.Load())
+		g.as.refreshes(), g.as.invalidGrants())
+	if g.as.invalidGrants() != 0 {
+		t.Errorf("the provider answered invalid_grant %d times: a rotated refresh token was reused", g.as.invalidGrants())
 	}
 	if bad.Load() != 0 {
 		t.Errorf("%d requests failed (e.g. %v)", bad.Load(), badSample.Load())
 	}
-	if r := g.as.Refreshes.Load(); r < 4 {
+	if r := g.as.refreshes(); r < 4 {
 		t.Errorf("only %d refreshes in 12 s of 4 s tokens", r)
 	}
 	if g.as.liveRefreshTokens() != 1 {

@@ -10,9 +10,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -38,43 +35,27 @@ func (c *testCaddy) loadWithStorage(storage, sites string) error {
 	return c.load(sites)
 }
 
-// newGrantSetupWithStorage is newGrantSetup on the given storage. With
-// tokenDelay, every request to the token endpoint takes that long more
-// (slowTokenEndpoint), as a distant provider's does.
+// newGrantSetupWithStorage is newGrantSetup on the given storage ("": the
+// test's own file_system directory). With tokenDelay, every answer of the
+// token endpoint takes that long more, as a distant provider's does. The
+// provider follows the test clock when there is one.
 func newGrantSetupWithStorage(t *testing.T, storage, extraProxy string, tokenDelay time.Duration) *grantSetup {
 	t.Helper()
 	addr := freeAddr(t)
 	redirect := "http://" + addr + "/oauth/et/callback"
-	as := newCodeAS(t, redirect)
+	as := newFakeAS(t)
+	as.RedirectURI, as.CreatedAt = redirect, true
 	as.ScopeSep = ","
-	api := newAPIUpstream(t, as)
+	if testClock != nil {
+		as.Now = testClock.now
+	}
+	as.setDelay(tokenDelay)
+	api := newAPI(t, as)
 	t.Setenv("CAS_SECRET", as.Secret)
 	conf := grantConfig(as, redirect, extraProxy, api.hostport())
-	if tokenDelay > 0 {
-		conf = strings.ReplaceAll(conf, as.tokenURL(), slowTokenEndpoint(t, as, tokenDelay))
-	}
 	g := &grantSetup{t: t, as: as, api: api, conf: conf}
 	g.c = startCaddyWith(t, addr, storage, g.conf)
 	return g
-}
-
-// slowTokenEndpoint returns the URL of a token endpoint that passes every
-// request on to as's after delay. Use the same URL on every instance: it
-// names the grant in storage.
-func slowTokenEndpoint(t *testing.T, as *codeAS, delay time.Duration) string {
-	t.Helper()
-	target, _ := url.Parse(as.URL)
-	proxy := httputil.NewSingleHostReverseProxy(target)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		select {
-		case <-time.After(delay):
-		case <-r.Context().Done():
-			return
-		}
-		proxy.ServeHTTP(w, r)
-	}))
-	t.Cleanup(srv.Close)
-	return srv.URL + "/oauth/token"
 }
 
 // tokenURLOf returns the token URL a setup's configuration names.
@@ -107,7 +88,7 @@ type childCaddy struct {
 // injectorSite is a site with only the injecting handler of the grant of
 // as, at tokenURL (the consent endpoints live on the other instance),
 // proxying to upstream.
-func injectorSite(as *codeAS, tokenURL, extra, upstream string) string {
+func injectorSite(as *fakeAS, tokenURL, extra, upstream string) string {
 	return fmt.Sprintf(`http://LISTEN {
 	oauth_bearer eventtemple {
 		grant         authorization_code

@@ -222,17 +222,17 @@ func checkSet(ctx context.Context, s *foundSet) checkResult {
 	cs := s.cs
 	r := checkResult{Provider: cs.Provider, TokenURL: cs.TokenURL, ClientID: cs.ClientID, Grant: s.grant, Handlers: s.handlers}
 	ep := newEndpoint(cs, &clock{})
-	defer ep.close()
+	defer ep.Close()
 	var tok *token
 	var err error
 	if machineGrant(s.grant) {
 		// client_credentials, or the JWT bearer grant with a fresh
 		// assertion: the very request a running Caddy makes.
-		tok, err = ep.clientCredentials(ctx)
+		tok, err = fetched(ep.ClientCredentials(ctx))
 	} else {
-		tok, err = ep.refresh(ctx, checkPlaceholderRefreshToken)
+		tok, err = fetched(ep.Refresh(ctx, checkPlaceholderRefreshToken))
 	}
-	r.Format = ep.format.Load().(string)
+	r.Format = ep.Format()
 	var te *TokenError
 	switch {
 	case err == nil && machineGrant(s.grant):

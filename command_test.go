@@ -51,24 +51,28 @@ func writeCaddyfile(t *testing.T, sites string) string {
 }
 
 func TestCheckCommand(t *testing.T) {
-	good := newFakeAS(t, "", "basic")
-	good.want = map[string]string{"scope": "read"}
-	wrongSecret := newFakeAS(t, "", "basic")
-	wrongSecret.secret = "another-secret"
-	refusing := newFakeAS(t, "json", "body") // the eventtemple preset sends JSON; this one wants a scope it is not sent
-	refusing.want = map[string]string{"scope": "crm_admin"}
+	good := newFakeAS(t)
+	good.ClientAuth = "basic"
+	good.Want = map[string]string{"scope": "read"}
+	wrongSecret := newFakeAS(t)
+	wrongSecret.ClientAuth = "basic"
+	wrongSecret.Secret = "another-secret"
+	refusing := newFakeAS(t) // the eventtemple preset sends JSON; this one wants a scope it is not sent
+	refusing.Format, refusing.ClientAuth = "json", "body"
+	refusing.Want = map[string]string{"scope": "crm_admin"}
 	unreachable := "http://" + freeAddr(t) + "/token"
-	cas := newCodeAS(t, "https://proxy.example.com/cb")
-	t.Setenv("CHK_SECRET", good.secret)
+	cas := newFakeAS(t)
+	cas.RedirectURI, cas.CreatedAt = "https://proxy.example.com/cb", true
+	t.Setenv("CHK_SECRET", good.Secret)
 	t.Setenv("CAS_SECRET", cas.Secret)
 	site := func(port int, block string) string {
 		return fmt.Sprintf("http://127.0.0.1:%d {\n\t%s\n\trespond ok\n}\n", port, block)
 	}
 	goodBlock := fmt.Sprintf("oauth_bearer {\n\t\ttoken_url %s\n\t\tclient_id %s\n\t\tclient_secret {env.CHK_SECRET}\n\t\tscope read\n\t}",
-		good.tokenURL(), good.clientID)
+		good.tokenURL(), good.ClientID)
 	all := site(18001, goodBlock) + site(18002, goodBlock) + // one set, two handlers
-		site(18003, fmt.Sprintf("oauth_bearer {\n\t\ttoken_url %s\n\t\tclient_id %s\n\t\tclient_secret {env.CHK_SECRET}\n\t}", wrongSecret.tokenURL(), wrongSecret.clientID)) +
-		site(18004, fmt.Sprintf("oauth_bearer eventtemple {\n\t\ttoken_url %s\n\t\tclient_id %s\n\t\tclient_secret {env.CHK_SECRET}\n\t\tscope crm_read\n\t}", refusing.tokenURL(), refusing.clientID)) +
+		site(18003, fmt.Sprintf("oauth_bearer {\n\t\ttoken_url %s\n\t\tclient_id %s\n\t\tclient_secret {env.CHK_SECRET}\n\t}", wrongSecret.tokenURL(), wrongSecret.ClientID)) +
+		site(18004, fmt.Sprintf("oauth_bearer eventtemple {\n\t\ttoken_url %s\n\t\tclient_id %s\n\t\tclient_secret {env.CHK_SECRET}\n\t\tscope crm_read\n\t}", refusing.tokenURL(), refusing.ClientID)) +
 		site(18005, fmt.Sprintf("oauth_bearer {\n\t\ttoken_url %s\n\t\tclient_id unreachable-client\n\t\tclient_secret {env.CHK_SECRET}\n\t\ttimeout 2s\n\t}", unreachable)) +
 		site(18006, fmt.Sprintf("oauth_bearer_consent eventtemple {\n\t\ttoken_url %s\n\t\tclient_id %s\n\t\tclient_secret {env.CAS_SECRET}\n\t\tredirect_uri https://proxy.example.com/cb\n\t}", cas.tokenURL(), cas.ClientID))
 
@@ -88,7 +92,7 @@ func TestCheckCommand(t *testing.T) {
 		return ""
 	}
 	for url, want := range map[string][]string{
-		good.tokenURL():        {"generic", good.clientID, "client_credentials", " ok ", "1h0m0s", "form"},
+		good.tokenURL():        {"generic", good.ClientID, "client_credentials", " ok ", "1h0m0s", "form"},
 		wrongSecret.tokenURL(): {"invalid_client", "client authentication failed"},
 		refusing.tokenURL():    {"eventtemple", "invalid_request", "scope must be", "json"},
 		unreachable:            {"unreachable"},
@@ -104,10 +108,10 @@ func TestCheckCommand(t *testing.T) {
 	if !strings.Contains(out, "5 credential set(s), 2 ok, 3 failed") {
 		t.Errorf("no summary line of 5 sets, 2 ok, 3 failed")
 	}
-	if good.issued.Load() != 1 || cas.InvalidGrants.Load() != 1 {
-		t.Errorf("token requests: good %d, grant %d invalid_grant; want one each", good.issued.Load(), cas.InvalidGrants.Load())
+	if good.issued() != 1 || cas.invalidGrants() != 1 {
+		t.Errorf("token requests: good %d, grant %d invalid_grant; want one each", good.issued(), cas.invalidGrants())
 	}
-	assertNoSecrets(t, out+errOut, good.secret, cas.Secret, "tok-")
+	assertNoSecrets(t, out+errOut, good.Secret, cas.Secret, "tok-")
 
 	// All good: exit 0; --json for machines.
 	out, errOut, code = runCaddyCommand(t, "oauth-bearer", "check", "--config", writeCaddyfile(t, site(18001, goodBlock)), "--json")
@@ -121,7 +125,7 @@ func TestCheckCommand(t *testing.T) {
 	if r := results[0]; r["ok"] != true || r["provider"] != "generic" || r["lifetime_seconds"] != 3600.0 || r["request_format"] != "form" || r["handlers"] != 1.0 {
 		t.Errorf("--json result: %v", r)
 	}
-	assertNoSecrets(t, out, good.secret, "tok-")
+	assertNoSecrets(t, out, good.Secret, "tok-")
 
 	// A configuration mistake is reported as the loader reports it.
 	_, errOut, code = runCaddyCommand(t, "oauth-bearer", "check", "--config", writeCaddyfile(t, site(18001, "oauth_bearer {\n\t\tclient_id x\n\t}")))
@@ -131,9 +135,10 @@ func TestCheckCommand(t *testing.T) {
 }
 
 func TestStatusCommand(t *testing.T) {
-	as := newFakeAS(t, "", "basic")
+	as := newFakeAS(t)
+	as.ClientAuth = "basic"
 	up := newUpstream(t)
-	t.Setenv("ST_SECRET", as.secret)
+	t.Setenv("ST_SECRET", as.Secret)
 	c := startCaddyAdmin(t, fmt.Sprintf(`http://LISTEN {
 	oauth_bearer {
 		token_url     %s
@@ -141,7 +146,7 @@ func TestStatusCommand(t *testing.T) {
 		client_secret {env.ST_SECRET}
 	}
 	reverse_proxy %s
-}`, as.tokenURL(), as.clientID, up.hostport()))
+}`, as.tokenURL(), as.ClientID, up.hostport()))
 	if status, _ := c.get("/x"); status != 200 {
 		t.Fatal("request failed")
 	}
@@ -150,7 +155,7 @@ func TestStatusCommand(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit status %d: %s", code, errOut)
 	}
-	for _, want := range []string{"PROVIDER", "generic", as.clientID, "client_credentials", "valid", "fetched"} {
+	for _, want := range []string{"PROVIDER", "generic", as.ClientID, "client_credentials", "valid", "fetched"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status output lacks %q", want)
 		}
@@ -158,5 +163,5 @@ func TestStatusCommand(t *testing.T) {
 	if !strings.Contains(out, "in 1h0m0s") && !strings.Contains(out, "in 59m5") {
 		t.Errorf("status output does not say the token expires in an hour")
 	}
-	assertNoSecrets(t, out, as.secret, "tok-")
+	assertNoSecrets(t, out, as.Secret, "tok-")
 }

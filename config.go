@@ -9,15 +9,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/url"
 	"os"
-	"regexp"
 	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/oauthclient"
 	"github.com/oauthbearer/caddy-oauth-bearer/providers"
 )
 
@@ -309,8 +308,8 @@ type credentialSet struct {
 	assertionIssuer   string // jwt_bearer: the iss claim (client_id, or a service account's email)
 	assertionSubject  string // jwt_bearer: the sub claim without Subject (client_id with private_key; "" omits it)
 	scopeInAssertion  bool   // jwt_bearer: the scope is a claim only (Google), not a parameter too
-	signer            *assertionSigner
-	tlsCert           *clientCertReloader
+	signer            *oauthclient.AssertionSigner
+	tlsCert           *oauthclient.ClientCert
 	keyDigest         []byte // of the key material, for the key
 
 	preset         providers.Provider
@@ -544,114 +543,12 @@ func decodeEncryptionKey(i int, v string) ([]byte, error) {
 
 // redact removes the client secret and anything token-shaped from text
 // that came from elsewhere (a provider's error description, a transport
-// error, a discovery document) and makes it one short printable line. It
-// runs where such text enters: what it returns may be logged, stored (a
-// grant's reason, a remembered refusal) and shown (status, the accounts
-// page, the admin API).
+// error, a discovery document) and makes it one short printable line
+// (oauthclient.Redact). It runs where such text enters: what it returns
+// may be logged, stored (a grant's reason, a remembered refusal) and shown
+// (status, the accounts page, the admin API).
 func (cs *credentialSet) redact(s string) string {
-	if len(cs.clientSecret) >= 4 {
-		// As sent, and as a form or a JSON body would echo it back.
-		for _, v := range []string{cs.clientSecret, url.QueryEscape(cs.clientSecret), jsonEscape(cs.clientSecret)} {
-			s = strings.ReplaceAll(s, v, "[REDACTED]")
-		}
-	}
-	return redactText(s)
-}
-
-// redactText removes anything token-shaped from text and makes it one
-// short printable line.
-func redactText(s string) string {
-	return truncate(strings.Map(func(r rune) rune {
-		if r < 0x20 || r == 0x7f {
-			return ' '
-		}
-		return r
-	}, redactTokens(s)), 300)
-}
-
-const redacted = "[REDACTED]"
-
-var (
-	// credentialValue: the value after a credential's name (access_token=,
-	// "refresh_token": "…", client_secret: …) or an Authorization scheme.
-	credentialValue = regexp.MustCompile(`(?i)(\b(?:access_token|refresh_token|id_token|client_secret|client_assertion|assertion|code_verifier|password)["']?\s*[=:]\s*["']?|\b(?:bearer|basic|dpop)\s+)([^\s"'&,;()<>\[\]{}]+)`)
-	// jwtLike: a compact JWS or JWE (its header is base64url JSON).
-	jwtLike = regexp.MustCompile(`\beyJ[A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]*){2,4}`)
-	// tokenRun: a run of base64, base64url or hex characters.
-	tokenRun = regexp.MustCompile(`[A-Za-z0-9_\-+/=~]{20,}`)
-)
-
-// redactTokens replaces what looks like a token, a key or a secret with
-// [REDACTED]: the value after access_token=, refresh_token=, Bearer and the
-// like; a JWT; a run of 20 or more base64 or hex characters that mixes
-// upper and lower case letters and digits (random material; words,
-// paths, URLs and UUIDs do not), or holds 32 or more hex digits in a row
-// (a hash, a key). Short error codes, UUIDs (trace and correlation ids),
-// file paths and the paths of URLs stay.
-func redactTokens(s string) string {
-	s = credentialValue.ReplaceAllStringFunc(s, func(m string) string {
-		sub := credentialValue.FindStringSubmatch(m)
-		v := sub[2]
-		if strings.HasPrefix(strings.ToLower(sub[1]), "b") || strings.HasPrefix(strings.ToLower(sub[1]), "d") {
-			// After an Authorization scheme: only a value, not a word of
-			// prose ("Bearer token required").
-			if len(v) < 8 || strings.ToLower(v) == v && !strings.ContainsAny(v, "0123456789-._~+/=") {
-				return m
-			}
-		}
-		return sub[1] + redacted
-	})
-	s = jwtLike.ReplaceAllString(s, redacted)
-	return tokenRun.ReplaceAllStringFunc(s, func(run string) string {
-		if run == redacted {
-			return run
-		}
-		if !strings.Contains(run, "/") || strings.ContainsAny(run, "+=") {
-			if randomLooking(run) {
-				return redacted
-			}
-			return run
-		}
-		// With slashes and nothing else of base64: a path (an absolute
-		// file path, as local errors name files, stays whole), unless a
-		// part of it is long random material (Google's 1//0g… refresh
-		// tokens, a token in a URL's path).
-		if strings.HasPrefix(run, "/") && !strings.HasPrefix(run, "//") {
-			return run
-		}
-		for part := range strings.SplitSeq(run, "/") {
-			if len(part) >= 16 && randomLooking(part) {
-				return redacted
-			}
-		}
-		return run
-	})
-}
-
-// randomLooking reports whether a run of token characters looks like
-// random material: upper and lower case letters and digits mixed, or 32 or
-// more hex digits in a row.
-func randomLooking(run string) bool {
-	var upper, lower, digit bool
-	hexRun, maxHex := 0, 0
-	for i := 0; i < len(run); i++ {
-		c := run[i]
-		switch {
-		case 'A' <= c && c <= 'Z':
-			upper = true
-		case 'a' <= c && c <= 'z':
-			lower = true
-		case '0' <= c && c <= '9':
-			digit = true
-		}
-		if '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F' {
-			hexRun++
-			maxHex = max(maxHex, hexRun)
-		} else {
-			hexRun = 0
-		}
-	}
-	return upper && lower && digit || maxHex >= 32
+	return oauthclient.Redact(cs.clientSecret, s)
 }
 
 // ---- rules shared by several fields ----
@@ -672,22 +569,10 @@ func checkEndpointURL(field, raw string) error {
 		return errField(field, "%q is not an absolute http(s) URL", raw)
 	case u.User != nil:
 		return errField(field, "the URL must not carry credentials; use client_id and client_secret")
-	case !secureEndpoint(u):
+	case !oauthclient.SecureEndpoint(u):
 		return errField(field, "%q uses plain http to a non-loopback host; use https", raw)
 	}
 	return nil
-}
-
-// secureEndpoint reports whether u may carry credentials: https, or http to
-// a loopback host (a test server, or a sidecar on this machine).
-func secureEndpoint(u *url.URL) bool {
-	switch strings.ToLower(u.Scheme) {
-	case "https":
-		return true
-	case "http":
-		return isLoopback(u.Hostname())
-	}
-	return false
 }
 
 // resolveURL resolves a URL's placeholders and checks the result.
@@ -760,17 +645,6 @@ func placeholderOnly(s string) string {
 	return "(literal value)"
 }
 
-func isLoopback(host string) bool {
-	host = strings.ToLower(host)
-	if host == "localhost" || strings.HasSuffix(host, ".localhost") {
-		return true
-	}
-	if ip := net.ParseIP(host); ip != nil {
-		return ip.IsLoopback()
-	}
-	return false
-}
-
 func orDefault(d, def time.Duration) time.Duration {
 	if d > 0 {
 		return d
@@ -787,7 +661,6 @@ func firstNonEmpty(s ...string) string {
 	return ""
 }
 
-func jsonEscape(s string) string {
-	b, _ := json.Marshal(s)
-	return string(b[1 : len(b)-1])
-}
+// truncate shortens s to at most n bytes, on a rune boundary
+// (oauthclient.Truncate).
+func truncate(s string, n int) string { return oauthclient.Truncate(s, n) }

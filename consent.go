@@ -22,6 +22,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/oauthclient"
 )
 
 // consent.go: the oauth_bearer_consent handler, the endpoints through which
@@ -183,7 +185,7 @@ func consentPathsFor(redirectURI, connect, status, disconnect string) (consentPa
 	if err != nil || !u.IsAbs() || u.Host == "" || u.Fragment != "" {
 		return consentPaths{}, errField("redirect_uri", "%q is not an absolute URL without a fragment", redirectURI)
 	}
-	if u.Scheme != "https" && !isLoopback(u.Hostname()) {
+	if u.Scheme != "https" && !oauthclient.IsLoopback(u.Hostname()) {
 		return consentPaths{}, errField("redirect_uri", "%q must use https (plain http only to a loopback host)", redirectURI)
 	}
 	cb := u.EscapedPath()
@@ -494,14 +496,14 @@ func (h *ConsentHandler) authorizeEndpoint(ctx context.Context) (string, error) 
 	if h.authorizeURL != "" {
 		return h.authorizeURL, nil
 	}
-	d, err := h.grant.ep.discover(ctx)
+	u, err := h.grant.discoveredAuthorizeEndpoint(ctx)
 	if err != nil {
 		return "", err
 	}
-	if d == nil || d.AuthorizationEndpoint == "" {
+	if u == "" {
 		return "", fmt.Errorf("the issuer's metadata names no authorization_endpoint")
 	}
-	return d.AuthorizationEndpoint, nil
+	return u, nil
 }
 
 // formActionOf is the origin the pages' forms may be sent on to (the
@@ -533,7 +535,7 @@ type pendingState struct {
 // sealState is the state cookie's value: st, encrypted.
 func (h *ConsentHandler) sealState(st pendingState) string {
 	plain, _ := json.Marshal(st)
-	return base64.RawURLEncoding.EncodeToString(h.grant.store.seal("state", plain))
+	return base64.RawURLEncoding.EncodeToString(h.grant.sealState(plain))
 }
 
 // openState reads a state cookie's value.
@@ -542,7 +544,7 @@ func (h *ConsentHandler) openState(value string) (pendingState, error) {
 	sealed, err := base64.RawURLEncoding.DecodeString(value)
 	if err == nil {
 		var plain []byte
-		if plain, err = h.grant.store.open("state", sealed); err == nil {
+		if plain, err = h.grant.openState(sealed); err == nil {
 			err = json.Unmarshal(plain, &st)
 		}
 	}
@@ -572,7 +574,7 @@ func (h *ConsentHandler) stateCookie(state, value string, maxAge int) *http.Cook
 // (their own timeout each), two lock waits (the account's, the event
 // log's) and a few storage operations.
 func (h *ConsentHandler) workBound() time.Duration {
-	return 2*h.grant.cfg.Timeout + 2*lockWait + 4*storageTimeout
+	return 2*h.grant.cfg.Timeout + 2*lockWait(h.grant.cfg.Timeout) + 4*storageTimeout
 }
 
 func (h *ConsentHandler) callback(w http.ResponseWriter, r *http.Request) error {
@@ -619,7 +621,7 @@ func (h *ConsentHandler) callback(w http.ResponseWriter, r *http.Request) error 
 	switch {
 	case h.grant.now().After(st.Expires):
 		return fail(http.StatusBadRequest, "The sign-in took too long and expired.")
-	case !h.grant.useState(st.State, st.Expires):
+	case !h.grant.consent.useState(st.State, st.Expires):
 		return fail(http.StatusBadRequest, "This sign-in was already completed; a callback is used once.")
 	}
 	if e := q.Get("error"); e != "" {
@@ -638,11 +640,11 @@ func (h *ConsentHandler) callback(w http.ResponseWriter, r *http.Request) error 
 	// stored is lost.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), h.workBound())
 	defer cancel()
-	tok, err := h.grant.ep.exchangeCode(ctx, code, st.Verifier, h.paths.redirect)
+	tok, err := h.grant.exchangeCode(ctx, code, st.Verifier, h.paths.redirect)
 	if err != nil {
-		te, _ := err.(*TokenError)
+		var te *TokenError
 		code := "error"
-		if te != nil {
+		if errors.As(err, &te) {
 			code = te.Code
 			h.logger.Error("authorization code exchange failed", zap.String("provider", provider),
 				zap.String("account", st.Account), zap.String("error", te.Code), zap.Int("status", te.Status),
@@ -656,7 +658,7 @@ func (h *ConsentHandler) callback(w http.ResponseWriter, r *http.Request) error 
 		h.logger.Warn("the provider returned no refresh token: consent will be needed again when the access token expires",
 			zap.String("provider", provider), zap.String("account", st.Account))
 	}
-	if err := h.grant.connect(ctx, st.Account, tok); err != nil {
+	if err := h.grant.consent.connect(ctx, st.Account, tok); err != nil {
 		h.logger.Error("storing the grant failed", zap.String("provider", provider), zap.String("account", st.Account), zap.Error(err))
 		return h.render(w, r, http.StatusInternalServerError, "message", &view{Title: "Not connected", User: user,
 			Message: "The grant could not be stored; see the server log.", Links: h.startAgainLinks(user, account)})
@@ -761,7 +763,7 @@ func (h *ConsentHandler) disconnect(w http.ResponseWriter, r *http.Request) erro
 	// browser does.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), h.workBound())
 	defer cancel()
-	revoked, err := h.grant.disconnect(ctx, account)
+	revoked, err := h.grant.consent.disconnect(ctx, account)
 	if err != nil {
 		h.logger.Error("disconnect failed", zap.String("account", account), zap.Error(err))
 		return h.failPage(w, r, user, "oauth_bearer: the grant could not be deleted; see the server log")

@@ -6,21 +6,21 @@ package oauthbearer
 // refused; an outage of the metadata URL is backed off and recovers.
 
 import (
+	"cmp"
 	"fmt"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/testkeys"
 )
 
 // discoveryE2E is an issuer whose metadata names a verifying token
 // server, a client registered there with a P-256 key, and an upstream.
 type discoveryE2E struct {
-	is     *issuerServer
-	tokens *recordingJWTServer
+	is     *fakeAS
+	tokens *fakeAS
 	up     *upstream
 	keyPEM []byte
 	sites  string
@@ -28,15 +28,15 @@ type discoveryE2E struct {
 
 func newDiscoveryE2E(t *testing.T) *discoveryE2E {
 	t.Helper()
-	key := clientAuthKeys().p256
-	d := &discoveryE2E{is: newIssuerServer(t), tokens: newRecordingJWTServer(t), up: newUpstream(t), keyPEM: sec1PEM(t, key)}
+	key := testkeys.Keys().P256
+	d := &discoveryE2E{is: newFakeAS(t), tokens: newJWTAS(t), up: newUpstream(t), keyPEM: testkeys.SEC1PEM(t, key)}
 	d.tokens.register("disco-client", key.Public(), "")
-	d.is.set(map[string]any{"issuer": d.is.issuer, "token_endpoint": d.tokens.url}, http.StatusOK)
-	keyPath := writeTestFile(t, "client.key", d.keyPEM)
+	d.is.setMetadata(map[string]any{"issuer": d.is.URL, "token_endpoint": d.tokens.tokenURL()}, http.StatusOK)
+	keyPath := testkeys.WriteFile(t, "client.key", d.keyPEM)
 	d.sites = e2eSite("oauth_bearer", fmt.Sprintf(`		issuer %s
 		client_id disco-client
 		client_auth private_key_jwt
-		private_key %s`, d.is.issuer, keyPath), d.up)
+		private_key %s`, d.is.URL, keyPath), d.up)
 	return d
 }
 
@@ -48,19 +48,19 @@ func TestDiscoveryE2EIssuer(t *testing.T) {
 	clock := useFakeClock(t)
 	d := newDiscoveryE2E(t)
 	c := startCaddy(t, d.sites)
-	if n := d.is.hits.Load(); n != 0 {
+	if n := d.is.metadataReads(); n != 0 {
 		t.Fatalf("the discovery server got %d requests while the configuration loaded; want none", n)
 	}
 	answers := wantInjected(t, c, d.up, "/", "at-disco-client-1")
-	if n := d.is.hits.Load(); n != 1 {
+	if n := d.is.metadataReads(); n != 1 {
 		t.Fatalf("discovery requests after the first token: %d, want 1", n)
 	}
 	clock.add(2 * time.Hour)
 	answers += wantInjected(t, c, d.up, "/later", "at-disco-client-2")
-	if n, issued := d.is.hits.Load(), d.tokens.issued.Load(); n != 1 || issued != 2 {
+	if n, issued := d.is.metadataReads(), d.tokens.issued(); n != 1 || issued != 2 {
 		t.Fatalf("after a second token: %d discovery requests (want 1), %d tokens (want 2)", n, issued)
 	}
-	assertNothingLeaked(t, c, d.sites, answers, [][]byte{d.keyPEM}, d.tokens.values())
+	assertNothingLeaked(t, c, d.sites, answers, [][]byte{d.keyPEM}, d.tokens.sentAssertions())
 }
 
 // Validating the configuration (provisioning every module, as caddy
@@ -70,7 +70,7 @@ func TestDiscoveryE2ENotAtValidate(t *testing.T) {
 	if err := validateCaddyfile(t, d.sites); err != nil {
 		t.Fatalf("validate: %v", err)
 	}
-	if n, m := d.is.hits.Load(), d.tokens.requests.Load(); n != 0 || m != 0 {
+	if n, m := d.is.metadataReads(), d.tokens.tokenRequests(); n != 0 || m != 0 {
 		t.Fatalf("validating made %d discovery and %d token requests; want none", n, m)
 	}
 	// Validation did provision the handler: a key file that is not there
@@ -85,19 +85,8 @@ func TestDiscoveryE2ENotAtValidate(t *testing.T) {
 // validates the result as caddy validate does: every module is
 // provisioned, and cleaned up, and nothing is started.
 func validateCaddyfile(t *testing.T, sites string) error {
-	t.Helper()
-	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte("{\n\tadmin off\n\tauto_https off\n\tpersist_config off\n\tstorage file_system "+t.TempDir()+"\n}\n"+
-		strings.ReplaceAll(sites, "LISTEN", "127.0.0.1:0")), map[string]any{"filename": "Caddyfile"})
-	if err != nil {
-		return err
-	}
-	var c caddy.Config
-	if err := caddy.StrictUnmarshalJSON(cfg, &c); err != nil {
-		t.Fatal(err)
-	}
-	caddyMu.Lock()
-	defer caddyMu.Unlock()
-	return caddy.Validate(&c)
+	_, adaptErr, validateErr := loadCaddyfile(t, sites)
+	return cmp.Or(adaptErr, validateErr)
 }
 
 // A document whose issuer is not the configured one is refused: no token
@@ -106,7 +95,7 @@ func validateCaddyfile(t *testing.T, sites string) error {
 func TestDiscoveryE2EWrongIssuer(t *testing.T) {
 	d := newDiscoveryE2E(t)
 	const impostor = "https://impostor.example"
-	d.is.set(map[string]any{"issuer": impostor, "token_endpoint": d.tokens.url}, http.StatusOK)
+	d.is.setMetadata(map[string]any{"issuer": impostor, "token_endpoint": d.tokens.tokenURL()}, http.StatusOK)
 	c := startCaddy(t, d.sites)
 
 	status, body := c.get("/")
@@ -119,15 +108,15 @@ func TestDiscoveryE2EWrongIssuer(t *testing.T) {
 	if n := len(d.up.requests()); n != 0 {
 		t.Errorf("the upstream got %d requests", n)
 	}
-	if n := d.tokens.requests.Load(); n != 0 {
+	if n := d.tokens.tokenRequests(); n != 0 {
 		t.Errorf("the token endpoint of the refused document got %d requests", n)
 	}
 	logs := c.logs()
-	if !strings.Contains(logs, impostor) || !strings.Contains(logs, d.is.issuer) || !strings.Contains(logs, "must be identical") {
-		t.Errorf("the log does not name the mismatch (%s and %s):\n%s", impostor, d.is.issuer, logs)
+	if !strings.Contains(logs, impostor) || !strings.Contains(logs, d.is.URL) || !strings.Contains(logs, "must be identical") {
+		t.Errorf("the log does not name the mismatch (%s and %s):\n%s", impostor, d.is.URL, logs)
 	}
-	assertNoKeyLeak(t, "Caddy's log", logs, d.keyPEM)
-	assertNoKeyLeak(t, "the answer to the client", body, d.keyPEM)
+	testkeys.AssertNoKeyMaterial(t, "Caddy's log", logs, d.keyPEM)
+	testkeys.AssertNoKeyMaterial(t, "the answer to the client", body, d.keyPEM)
 }
 
 // An outage of the metadata URL (503) fails the request and is backed
@@ -138,15 +127,15 @@ func TestDiscoveryE2EWrongIssuer(t *testing.T) {
 func TestDiscoveryE2EOutageBackoff(t *testing.T) {
 	clock := useFakeClock(t)
 	d := newDiscoveryE2E(t)
-	doc := map[string]any{"issuer": d.is.issuer, "token_endpoint": d.tokens.url}
-	d.is.set(doc, http.StatusServiceUnavailable)
+	doc := map[string]any{"issuer": d.is.URL, "token_endpoint": d.tokens.tokenURL()}
+	d.is.setMetadata(doc, http.StatusServiceUnavailable)
 	c := startCaddy(t, d.sites)
 
 	status, body := c.get("/one")
 	if status != http.StatusBadGateway || !strings.Contains(body, "discovery_failed") {
 		t.Fatalf("during the outage: %d %q, want 502 discovery_failed", status, body)
 	}
-	if n := d.is.hits.Load(); n != 1 {
+	if n := d.is.metadataReads(); n != 1 {
 		t.Fatalf("discovery requests: %d, want 1", n)
 	}
 	if !strings.Contains(c.logs(), "answered 503") {
@@ -162,14 +151,14 @@ func TestDiscoveryE2EOutageBackoff(t *testing.T) {
 	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
 		t.Errorf("during the backoff: %d, Retry-After %q; want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
 	}
-	if n := d.is.hits.Load(); n != 1 {
+	if n := d.is.metadataReads(); n != 1 {
 		t.Fatalf("a request during the backoff asked the issuer again (%d requests)", n)
 	}
 
-	d.is.set(doc, http.StatusOK)
+	d.is.setMetadata(doc, http.StatusOK)
 	clock.add(maxBackoff + time.Second)
 	wantInjected(t, c, d.up, "/three", "at-disco-client-1")
-	if n, issued := d.is.hits.Load(), d.tokens.issued.Load(); n != 2 || issued != 1 {
+	if n, issued := d.is.metadataReads(), d.tokens.issued(); n != 2 || issued != 1 {
 		t.Fatalf("after recovery: %d discovery requests (want 2), %d tokens (want 1)", n, issued)
 	}
 }
@@ -185,7 +174,7 @@ func TestDiscoveryE2EDocumentSurvivesRestart(t *testing.T) {
 	c.restart(d.sites)
 	clock.add(2 * time.Hour) // the stored token has expired: a token request follows
 	wantInjected(t, c, d.up, "/after-restart", "at-disco-client-2")
-	if n := d.is.hits.Load(); n != 1 {
+	if n := d.is.metadataReads(); n != 1 {
 		t.Fatalf("discovery requests: %d, want 1 (the stored document used after the restart)", n)
 	}
 }

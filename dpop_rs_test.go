@@ -24,6 +24,8 @@ import (
 
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/oauthclient"
 )
 
 // A resource server for the tests that accepts only DPoP-bound access
@@ -638,9 +640,9 @@ func TestDPoPResourceServerVerifiesEveryProof(t *testing.T) {
 // package's parser.
 func dpopChallengeCode(h http.Header) (string, bool) {
 	for _, v := range h.Values("WWW-Authenticate") {
-		for _, c := range parseChallenges(v) {
-			if strings.EqualFold(c.scheme, "DPoP") {
-				return c.params["error"], true
+		for _, c := range oauthclient.ParseChallenges(v) {
+			if strings.EqualFold(c.Scheme, "DPoP") {
+				return c.Params["error"], true
 			}
 		}
 	}

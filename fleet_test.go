@@ -2,9 +2,6 @@ package oauthbearer
 
 import (
 	"fmt"
-	"io"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,81 +18,18 @@ import (
 // restart, and no failed request when an instance dies holding the lock or
 // the storage fails.
 
-// fleetAS is a token endpoint that issues tokens living life seconds,
-// remembers them, and can hold requests.
-type fleetAS struct {
-	*httptest.Server
-	life    int
-	issued  atomic.Int64
-	hold    atomic.Pointer[chan struct{}]
-	arrived chan struct{}
-	mu      sync.Mutex
-	expiry  map[string]time.Time // token → when it expires
-}
-
-func newFleetAS(t testing.TB, life int) *fleetAS {
-	as := &fleetAS{life: life, arrived: make(chan struct{}, 16), expiry: map[string]time.Time{}}
-	as.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		if h := as.hold.Load(); h != nil {
-			select {
-			case as.arrived <- struct{}{}:
-			default:
-			}
-			<-*h
-		}
-		n := as.issued.Add(1)
-		tok := fmt.Sprintf("fleet-%d-%s", n, randomHex(6))
-		as.mu.Lock()
-		as.expiry[tok] = time.Now().Add(time.Duration(as.life) * time.Second)
-		as.mu.Unlock()
-		w.Header().Set("Content-Type", "application/json")
-		fmt.Fprintf(w, `{"access_token":%q,"token_type":"Bearer","expires_in":%d}`, tok, as.life)
-	}))
-	t.Cleanup(as.Close)
-	return as
-}
-
-// holdRequests makes token requests wait until release is called.
-func (as *fleetAS) holdRequests() (release func()) {
-	ch := make(chan struct{})
-	as.hold.Store(&ch)
-	return func() { as.hold.Store(nil); close(ch) }
-}
-
-// valid reports whether tok was issued here and has not expired.
-func (as *fleetAS) valid(tok string) bool {
-	as.mu.Lock()
-	defer as.mu.Unlock()
-	exp, ok := as.expiry[tok]
-	return ok && time.Now().Before(exp)
-}
-
-// fleetUpstream accepts only the valid tokens of as.
-func fleetUpstream(t testing.TB, as *fleetAS) *httptest.Server {
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); !ok || !as.valid(tok) {
-			w.WriteHeader(http.StatusUnauthorized)
-			return
-		}
-		io.WriteString(w, "ok")
-	}))
-	t.Cleanup(srv.Close)
-	return srv
-}
-
 // fleetSite is the site every process runs.
-func fleetSite(as *fleetAS, upstream, store, refreshBefore string) string {
+func fleetSite(as *fakeAS, upstream, store, refreshBefore string) string {
 	return fmt.Sprintf(`http://LISTEN {
 	oauth_bearer {
-		token_url      %s/token
-		client_id      fleet-client
-		client_secret  fleet-secret
+		token_url      %s
+		client_id      %s
+		client_secret  "%s"
 		refresh_before %s
 		token_store    %s
 	}
 	reverse_proxy %s
-}`, as.URL, refreshBefore, store, strings.TrimPrefix(upstream, "http://"))
+}`, as.tokenURL(), as.ClientID, as.Secret, refreshBefore, store, strings.TrimPrefix(upstream, "http://"))
 }
 
 // fleetLoad sends a request to each process every 20 ms for d and
@@ -139,17 +73,18 @@ func fleetLoad(procs []*childCaddy, d time.Duration) (ok, failed int64, sample s
 // replaced 1 s (refresh_before) before they expire: a process alone makes
 // one request per life-1 seconds, which is what "a lifetime" counts here.
 func fleetRun(t testing.TB, n int, storage, store string, life int, d time.Duration) (perLifetime float64, failed int64) {
-	as := newFleetAS(t, life)
-	up := fleetUpstream(t, as)
+	as := newFakeAS(t)
+	as.Lifetime = time.Duration(life) * time.Second
+	up := newAPI(t, as)
 	var procs []*childCaddy
 	for i := 0; i < n; i++ {
 		procs = append(procs, startChildCaddy(t, storage, fleetSite(as, up.URL, store, "1s")))
 	}
 	// Warm up: every process has its first token.
 	fleetLoad(procs, 200*time.Millisecond)
-	start := as.issued.Load()
+	start := as.issued()
 	ok, failed, sample := fleetLoad(procs, d)
-	requests := as.issued.Load() - start
+	requests := as.issued() - start
 	perLifetime = float64(requests) / (d.Seconds() / float64(life-1))
 	t.Logf("%d processes, token_store %s: %d token requests in %v of %ds tokens replaced 1 s early = %.2f per lifetime; %d requests ok, %d failed %s",
 		n, store, requests, d, life, perLifetime, ok, failed, sample)
@@ -191,8 +126,9 @@ func TestFleetMakesOneTokenRequestPerLifetimeOnRedis(t *testing.T) {
 // token is valid.
 func TestFleetRestartMakesNoTokenRequest(t *testing.T) {
 	storage := fileSystemStorage(filepath.Join(t.TempDir(), "storage"))
-	as := newFleetAS(t, 3600)
-	up := fleetUpstream(t, as)
+	as := newFakeAS(t)
+	as.Lifetime = 3600 * time.Second
+	up := newAPI(t, as)
 	var procs []*childCaddy
 	for i := 0; i < 3; i++ {
 		procs = append(procs, startChildCaddy(t, storage, fleetSite(as, up.URL, tokenStoreStorage, "60s")))
@@ -202,7 +138,7 @@ func TestFleetRestartMakesNoTokenRequest(t *testing.T) {
 			t.Fatalf("%s: %d", p.addr, status)
 		}
 	}
-	if n := as.issued.Load(); n != 1 {
+	if n := as.issued(); n != 1 {
 		t.Fatalf("3 processes made %d token requests, want 1", n)
 	}
 	for _, p := range procs {
@@ -217,44 +153,47 @@ func TestFleetRestartMakesNoTokenRequest(t *testing.T) {
 			t.Errorf("%s did not start from the stored token", p.addr)
 		}
 	}
-	if n := as.issued.Load(); n != 1 {
+	if n := as.issued(); n != 1 {
 		t.Errorf("the restart made %d token requests, want 0", n-1)
 	}
 }
 
 // An instance killed (SIGKILL) while it holds the lock and waits for the
-// provider: the others wait at most the lock bound, fetch on their own,
-// and no request fails.
+// provider: the others wait for its lock until the storage declares it
+// stale (10 s for file_system), take it, and one of them fetches; no
+// request fails, and nobody calls the storage unusable (it is not).
 func TestFleetSurvivesALockHolderKilled(t *testing.T) {
 	storage := fileSystemStorage(filepath.Join(t.TempDir(), "storage"))
-	as := newFleetAS(t, 16)
-	up := fleetUpstream(t, as)
-	// The first process refreshes first (refresh_before 8s, half the
-	// lifetime: at ~7.2-8 s), the others at ~11.6-12 s: after waiting 2 s
-	// for the dead holder's lock, they have a token well before 16 s.
-	holder := startChildCaddy(t, storage, fleetSite(as, up.URL, tokenStoreStorage, "8s"))
+	as := newFakeAS(t)
+	as.Lifetime = 24 * time.Second
+	up := newAPI(t, as)
+	// The first process refreshes first (refresh_before 16s: half the
+	// lifetime, at ~10.8-12 s), the others at ~17.4-18 s: the dead
+	// holder's lock goes stale about 10 s after it took it, before their
+	// tokens expire at 24 s.
+	holder := startChildCaddy(t, storage, fleetSite(as, up.URL, tokenStoreStorage, "16s"))
 	others := []*childCaddy{
-		startChildCaddy(t, storage, fleetSite(as, up.URL, tokenStoreStorage, "4s")),
-		startChildCaddy(t, storage, fleetSite(as, up.URL, tokenStoreStorage, "4s")),
+		startChildCaddy(t, storage, fleetSite(as, up.URL, tokenStoreStorage, "6s")),
+		startChildCaddy(t, storage, fleetSite(as, up.URL, tokenStoreStorage, "6s")),
 	}
 	for _, p := range append([]*childCaddy{holder}, others...) {
 		if status, _ := p.get(t, "/api"); status != 200 {
 			t.Fatalf("%s: %d", p.addr, status)
 		}
 	}
-	release := as.holdRequests()
+	release := as.hold()
 	// Load the others throughout; the holder starts its refresh.
 	var failed atomic.Int64
 	var sample atomic.Value
 	loaded := make(chan struct{})
 	go func() {
 		defer close(loaded)
-		_, bad, s := fleetLoad(others, 15*time.Second)
+		_, bad, s := fleetLoad(others, 22*time.Second)
 		failed.Store(bad)
 		sample.Store(s)
 	}()
 	go func() {
-		for i := 0; i < 600; i++ { // keeps the holder's refresh-ahead going
+		for i := 0; i < 900; i++ { // keeps the holder's refresh-ahead going
 			resp, err := testClient.Get(holder.url("/api"))
 			if err != nil {
 				return
@@ -263,36 +202,47 @@ func TestFleetSurvivesALockHolderKilled(t *testing.T) {
 			time.Sleep(20 * time.Millisecond) // the load's pace
 		}
 	}()
-	select {
-	case <-as.arrived: // the holder's refresh, under the lock
-	case <-time.After(10 * time.Second):
-		t.Fatal("no refresh reached the provider")
-	}
+	as.waitArrived(t) // the holder's refresh, under the lock
 	holder.kill(os.Kill)
 	release()
 	<-loaded
+	loadEnd, atLoadEnd := time.Now(), as.issued()
+	first := as.issuedLog()[0].Token
 	if failed.Load() != 0 {
 		t.Errorf("%d requests to the surviving instances failed (%v)", failed.Load(), sample.Load())
 	}
-	fellBack := 0
+	// The survivors refresh once the dead holder's lock is stale: 10 s
+	// after it took it, noticed within file_system's 1 s poll, which can
+	// be after the load's end (the first token lives until 24 s). Wait
+	// until each survivor forwards a token newer than the first, every
+	// request still answered.
+	deadline := time.Now().Add(15 * time.Second)
+	for _, p := range others {
+		for {
+			n := len(up.log()) // the only request in flight: up.log()[n] is its
+			if status, _ := p.get(t, "/api"); status != 200 {
+				t.Fatalf("%s after the load: %d", p.addr, status)
+			}
+			if up.log()[n].Header.Get("Authorization") != "Bearer "+first {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s still forwards the first token 15 s after the load: the survivors never refreshed", p.addr)
+			}
+			time.Sleep(20 * time.Millisecond) // the polling's pace
+		}
+	}
+	t.Logf("token requests: %d at the load's end, %d once the survivors forward a new token (%s later)",
+		atLoadEnd, as.issued(), time.Since(loadEnd).Round(time.Millisecond))
 	for _, p := range others {
 		if strings.Contains(p.logs(), "the shared token store is not usable") {
-			fellBack++
+			t.Errorf("%s said the storage is not usable; a dead holder's lock goes stale", p.addr)
 		}
 	}
-	if fellBack == 0 {
-		for _, p := range append([]*childCaddy{holder}, others...) {
-			var lines []string
-			for _, l := range strings.Split(p.logs(), "\n") {
-				if strings.Contains(l, "oauth_bearer") {
-					lines = append(lines, l)
-				}
-			}
-			t.Logf("%s:\n%s", p.addr, strings.Join(lines, "\n"))
-		}
-		t.Error("no surviving instance logged that it fetched without the store")
+	// The first token, the dead holder's refresh, and one for the survivors.
+	if n := as.tokenRequests(); n != 3 {
+		t.Errorf("%d token requests, want 3 (the survivors share one)", n)
 	}
-	t.Logf("token requests: %d; instances that fell back: %d", as.issued.Load(), fellBack)
 }
 
 // A failing storage: requests keep succeeding, each process fetches on its
@@ -302,8 +252,9 @@ func TestFleetKeepsServingWhenTheStorageFails(t *testing.T) {
 	control := filepath.Join(dir, "faults.json")
 	setFlakyControl(t, control, map[string]string{"load": "fail", "store": "fail", "lock": "fail"})
 	storage := fmt.Sprintf("oab_flaky {\n\t\troot %s\n\t\tcontrol %s\n\t}", filepath.Join(dir, "storage"), control)
-	as := newFleetAS(t, 4)
-	up := fleetUpstream(t, as)
+	as := newFakeAS(t)
+	as.Lifetime = 4 * time.Second
+	up := newAPI(t, as)
 	var procs []*childCaddy
 	for i := 0; i < 3; i++ {
 		procs = append(procs, startChildCaddy(t, storage, fleetSite(as, up.URL, tokenStoreStorage, "1s")))
@@ -317,7 +268,7 @@ func TestFleetKeepsServingWhenTheStorageFails(t *testing.T) {
 			t.Errorf("%s logged the fallback %d times, want once", p.addr, n)
 		}
 	}
-	t.Logf("token requests with the storage failing: %d for 3 processes over 9 s of 4 s tokens", as.issued.Load())
+	t.Logf("token requests with the storage failing: %d for 3 processes over 9 s of 4 s tokens", as.issued())
 }
 
 // Grants with no traffic: an idle connected grant is refreshed in the
@@ -328,20 +279,20 @@ func TestFleetRefreshesAnIdleGrantOnce(t *testing.T) {
 	storage := fileSystemStorage(filepath.Join(t.TempDir(), "storage"))
 	g := newGrantSetupWithStorage(t, storage, "refresh_before 2s", 0)
 	g.as.ReuseRevokesGrant = true
-	g.as.AccessLifetime = 4
+	g.as.Lifetime = 4 * time.Second
 	if status, body := g.connect(""); status != 200 {
 		t.Fatalf("consent: %d %q", status, body)
 	}
 	startChildCaddy(t, storage, injectorSite(g.as, g.as.tokenURL(), "refresh_before 2s", g.api.hostport()))
 	deadline := time.Now().Add(20 * time.Second)
-	for g.as.Refreshes.Load() < 3 && time.Now().Before(deadline) {
+	for g.as.refreshes() < 3 && time.Now().Before(deadline) {
 		time.Sleep(50 * time.Millisecond) // poll the provider's counter; no request is made
 	}
-	if r := g.as.Refreshes.Load(); r < 3 {
+	if r := g.as.refreshes(); r < 3 {
 		t.Fatalf("%d background refreshes in 20 s of 4 s tokens with no traffic", r)
 	}
-	if g.as.InvalidGrants.Load() != 0 || g.as.liveRefreshTokens() != 1 {
-		t.Errorf("invalid_grant %d, live refresh tokens %d: a refresh token was redeemed twice", g.as.InvalidGrants.Load(), g.as.liveRefreshTokens())
+	if g.as.invalidGrants() != 0 || g.as.liveRefreshTokens() != 1 {
+		t.Errorf("invalid_grant %d, live refresh tokens %d: a refresh token was redeemed twice", g.as.invalidGrants(), g.as.liveRefreshTokens())
 	}
 	if st := g.status("default"); st["connected"] != true {
 		t.Errorf("status after idle rotations: %v", st)

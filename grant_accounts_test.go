@@ -23,7 +23,7 @@ func TestForgettingAnAccountKeepsTheSharedConnections(t *testing.T) {
 		t.Fatal("alice's first request failed")
 	}
 	ge := grantEntry(t)
-	if _, ok := ge.accounts.Load("alice"); !ok {
+	if _, ok := ge.accounts.sources.Load("alice"); !ok {
 		t.Fatal("alice has no source")
 	}
 	// Requests for an account that does not exist: 503, nothing kept.
@@ -32,7 +32,7 @@ func TestForgettingAnAccountKeepsTheSharedConnections(t *testing.T) {
 			t.Fatalf("unknown account: %d %q", status, body)
 		}
 	}
-	if _, ok := ge.accounts.Load("nobody"); ok {
+	if _, ok := ge.accounts.sources.Load("nobody"); ok {
 		t.Error("an account with no grant left a source behind")
 	}
 	before := g.as.tokenClients()
@@ -40,8 +40,8 @@ func TestForgettingAnAccountKeepsTheSharedConnections(t *testing.T) {
 	if status, _ := g.c.get("/api/b", "X-Account", "alice"); status != 200 {
 		t.Fatal("alice's refresh failed")
 	}
-	if g.as.Refreshes.Load() != 1 {
-		t.Fatalf("refreshes = %d, want 1", g.as.Refreshes.Load())
+	if g.as.refreshes() != 1 {
+		t.Fatalf("refreshes = %d, want 1", g.as.refreshes())
 	}
 	if after := g.as.tokenClients(); after != before {
 		t.Errorf("the refresh opened a new connection (%d client addresses, was %d): the shared ones were closed", after, before)
@@ -71,17 +71,17 @@ func TestIdleAccountsAreEvicted(t *testing.T) {
 	if n := ge.sweep(); n != 1 {
 		t.Fatalf("second sweep evicted %d, want 1 (bob)", n)
 	}
-	if _, ok := ge.accounts.Load("bob"); ok {
+	if _, ok := ge.accounts.sources.Load("bob"); ok {
 		t.Error("bob is still in memory")
 	}
-	if _, ok := ge.accounts.Load("alice"); !ok {
+	if _, ok := ge.accounts.sources.Load("alice"); !ok {
 		t.Error("alice, in use, was evicted")
 	}
-	exchanges := g.as.CodeExchanges.Load()
+	exchanges := g.as.codeExchanges()
 	if status, body := g.c.get("/api/bob-again", "X-Account", "bob"); status != 200 {
 		t.Fatalf("bob after eviction: %d %q", status, body)
 	}
-	if g.as.Refreshes.Load() != 0 || g.as.CodeExchanges.Load() != exchanges {
+	if g.as.refreshes() != 0 || g.as.codeExchanges() != exchanges {
 		t.Errorf("bob's grant was fetched again instead of read from the storage")
 	}
 }
@@ -101,11 +101,7 @@ func TestManyIdleAccountsLeaveNothingBehind(t *testing.T) {
 		}
 	}
 	ge := grantEntry(t)
-	count := func() int {
-		c := 0
-		ge.accounts.Range(func(_, _ any) bool { c++; return true })
-		return c
-	}
+	count := ge.accounts.count
 	if got := count(); got != n {
 		t.Fatalf("%d account sources, want %d", got, n)
 	}

@@ -43,7 +43,7 @@ func storedGrant(t *testing.T, g *grant, account string) *grantRecord {
 	return &rec
 }
 
-func lastAuthorization(t *testing.T, api *apiUpstream) string {
+func lastAuthorization(t *testing.T, api *upstream) string {
 	t.Helper()
 	a := api.authorizations()
 	if len(a) == 0 {
@@ -79,12 +79,12 @@ func TestGrant401RefreshesInsteadOfReplayingTheRefusedToken(t *testing.T) {
 	if auths[len(auths)-2] != "Bearer "+refused || replayed == refused {
 		t.Errorf("the request went out with %q then %q; want the refused token, then a new one", auths[len(auths)-2], auths[len(auths)-1])
 	}
-	if g.as.Refreshes.Load() != 1 || g.as.InvalidGrants.Load() != 0 {
-		t.Errorf("refreshes %d, invalid_grant %d; want 1 and 0", g.as.Refreshes.Load(), g.as.InvalidGrants.Load())
+	if g.as.refreshes() != 1 || g.as.invalidGrants() != 0 {
+		t.Errorf("refreshes %d, invalid_grant %d; want 1 and 0", g.as.refreshes(), g.as.invalidGrants())
 	}
 	// Later requests use the new token without refreshing again.
-	if status, _ := g.c.get("/api/c"); status != 200 || lastAuthorization(t, g.api) != replayed || g.as.Refreshes.Load() != 1 {
-		t.Errorf("next request: %d with %q, refreshes %d", status, lastAuthorization(t, g.api), g.as.Refreshes.Load())
+	if status, _ := g.c.get("/api/c"); status != 200 || lastAuthorization(t, g.api) != replayed || g.as.refreshes() != 1 {
+		t.Errorf("next request: %d with %q, refreshes %d", status, lastAuthorization(t, g.api), g.as.refreshes())
 	}
 }
 
@@ -105,7 +105,7 @@ func TestGrant401TakesTheTokenAnotherInstanceStored(t *testing.T) {
 	// provider and stores the rotated grant.
 	ge := grantEntry(t)
 	rec := storedGrant(t, ge, defaultAccount)
-	status, tok := casPost(t, g.as.tokenURL(), map[string]string{"grant_type": "refresh_token", "refresh_token": rec.RefreshToken,
+	status, tok := asPost(t, g.as.tokenURL(), map[string]string{"grant_type": "refresh_token", "refresh_token": rec.RefreshToken,
 		"client_id": g.as.ClientID, "client_secret": g.as.Secret})
 	if status != 200 {
 		t.Fatalf("refresh by the other instance: %d %v", status, tok)
@@ -124,8 +124,8 @@ func TestGrant401TakesTheTokenAnotherInstanceStored(t *testing.T) {
 	if got := lastAuthorization(t, g.api); got != rec.AccessToken {
 		t.Errorf("the replay carried %q, want the token the other instance stored", got)
 	}
-	if g.as.Refreshes.Load() != 1 || g.as.InvalidGrants.Load() != 0 {
-		t.Errorf("refreshes %d (the other instance's only), invalid_grant %d; want 1 and 0", g.as.Refreshes.Load(), g.as.InvalidGrants.Load())
+	if g.as.refreshes() != 1 || g.as.invalidGrants() != 0 {
+		t.Errorf("refreshes %d (the other instance's only), invalid_grant %d; want 1 and 0", g.as.refreshes(), g.as.invalidGrants())
 	}
 }
 
@@ -135,13 +135,14 @@ func flakyGrantSetup(t *testing.T, name string) (*grantSetup, *storageFaults) {
 	t.Helper()
 	addr := freeAddr(t)
 	redirect := "http://" + addr + "/oauth/et/callback"
-	as := newCodeAS(t, redirect)
+	as := newFakeAS(t)
+	as.RedirectURI, as.CreatedAt = redirect, true
 	as.ScopeSep = ","
 	as.ReuseRevokesGrant = true
 	if testClock != nil {
 		as.Now = testClock.now
 	}
-	api := newAPIUpstream(t, as)
+	api := newAPI(t, as)
 	t.Setenv("CAS_SECRET", as.Secret)
 	faults := flakyFaults(name)
 	faults.reset()
@@ -168,8 +169,8 @@ func TestRotatedGrantStoredAfterTheStorageRefusesItAFewTimes(t *testing.T) {
 	if rec.AccessToken != lastAuthorization(t, g.api) {
 		t.Error("the stored grant is not the rotated one the request used")
 	}
-	if g.as.Refreshes.Load() != 1 || g.as.liveRefreshTokens() != 1 {
-		t.Errorf("refreshes %d, live refresh tokens %d", g.as.Refreshes.Load(), g.as.liveRefreshTokens())
+	if g.as.refreshes() != 1 || g.as.liveRefreshTokens() != 1 {
+		t.Errorf("refreshes %d, live refresh tokens %d", g.as.refreshes(), g.as.liveRefreshTokens())
 	}
 }
 
@@ -191,9 +192,9 @@ func TestRotatedGrantKeptInMemoryUntilTheStorageTakesIt(t *testing.T) {
 			t.Fatalf("refresh %d with the storage down: %d %q", i, status, body)
 		}
 	}
-	if g.as.Refreshes.Load() != 2 || g.as.InvalidGrants.Load() != 0 || g.as.liveRefreshTokens() != 1 {
+	if g.as.refreshes() != 2 || g.as.invalidGrants() != 0 || g.as.liveRefreshTokens() != 1 {
 		t.Fatalf("refreshes %d, invalid_grant %d, live refresh tokens %d; want 2, 0, 1",
-			g.as.Refreshes.Load(), g.as.InvalidGrants.Load(), g.as.liveRefreshTokens())
+			g.as.refreshes(), g.as.invalidGrants(), g.as.liveRefreshTokens())
 	}
 	if !strings.Contains(g.c.logs(), "storing the refreshed grant failed") {
 		t.Error("no error logged for the grant the storage refused")
@@ -245,9 +246,9 @@ func TestRotatedGrantStoredWhenTheClientGivesUp(t *testing.T) {
 	if status, body := g.c.get("/api/next"); status != 200 {
 		t.Fatalf("next request: %d %q", status, body)
 	}
-	if g.as.Refreshes.Load() != 1 || g.as.InvalidGrants.Load() != 0 || g.as.liveRefreshTokens() != 1 {
+	if g.as.refreshes() != 1 || g.as.invalidGrants() != 0 || g.as.liveRefreshTokens() != 1 {
 		t.Errorf("refreshes %d, invalid_grant %d, live refresh tokens %d; want 1, 0, 1",
-			g.as.Refreshes.Load(), g.as.InvalidGrants.Load(), g.as.liveRefreshTokens())
+			g.as.refreshes(), g.as.invalidGrants(), g.as.liveRefreshTokens())
 	}
 }
 
@@ -292,9 +293,9 @@ func TestRotatedGrantStoredWhenTheConfigIsUnloaded(t *testing.T) {
 	if status, body := g.c.get("/api/after"); status != 200 {
 		t.Fatalf("after the reload: %d %q", status, body)
 	}
-	if g.as.Refreshes.Load() != 1 || g.as.InvalidGrants.Load() != 0 || g.as.liveRefreshTokens() != 1 {
+	if g.as.refreshes() != 1 || g.as.invalidGrants() != 0 || g.as.liveRefreshTokens() != 1 {
 		t.Errorf("refreshes %d, invalid_grant %d, live refresh tokens %d; want 1, 0, 1",
-			g.as.Refreshes.Load(), g.as.InvalidGrants.Load(), g.as.liveRefreshTokens())
+			g.as.refreshes(), g.as.invalidGrants(), g.as.liveRefreshTokens())
 	}
 }
 

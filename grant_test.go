@@ -30,14 +30,14 @@ const (
 type grantSetup struct {
 	t    *testing.T
 	c    *testCaddy
-	as   *codeAS
-	api  *apiUpstream
+	as   *fakeAS
+	api  *upstream
 	conf string
 }
 
 // grantConfig is the site: the consent handler and the injector share the
 // credentials through a snippet, as the README shows.
-func grantConfig(as *codeAS, redirect, extraProxy, apiHostport string) string {
+func grantConfig(as *fakeAS, redirect, extraProxy, apiHostport string) string {
 	hash, err := bcrypt.GenerateFromPassword([]byte(adminPass), bcrypt.MinCost)
 	if err != nil {
 		panic(err)
@@ -70,18 +70,7 @@ http://LISTEN {
 
 func newGrantSetup(t *testing.T, extraProxy string) *grantSetup {
 	t.Helper()
-	addr := freeAddr(t)
-	redirect := "http://" + addr + "/oauth/et/callback"
-	as := newCodeAS(t, redirect)
-	as.ScopeSep = ","
-	if testClock != nil {
-		as.Now = testClock.now
-	}
-	api := newAPIUpstream(t, as)
-	t.Setenv("CAS_SECRET", as.Secret)
-	g := &grantSetup{t: t, as: as, api: api, conf: grantConfig(as, redirect, extraProxy, api.hostport())}
-	g.c = startCaddyAt(t, addr, g.conf)
-	return g
+	return newGrantSetupWithStorage(t, "", extraProxy, 0)
 }
 
 // browser is a person's browser: it keeps cookies, follows redirects, knows
@@ -202,9 +191,9 @@ func TestAuthorizationCodeFlowEndToEnd(t *testing.T) {
 			t.Fatalf("after rotation %d: %d %q", i, status, body)
 		}
 	}
-	if g.as.Refreshes.Load() != 3 || g.as.InvalidGrants.Load() != 0 || g.as.liveRefreshTokens() != 1 {
+	if g.as.refreshes() != 3 || g.as.invalidGrants() != 0 || g.as.liveRefreshTokens() != 1 {
 		t.Errorf("refreshes %d, invalid_grant %d, live refresh tokens %d; want 3, 0, 1",
-			g.as.Refreshes.Load(), g.as.InvalidGrants.Load(), g.as.liveRefreshTokens())
+			g.as.refreshes(), g.as.invalidGrants(), g.as.liveRefreshTokens())
 	}
 
 	// Restart: a new process's worth of state (every handler and pool
@@ -214,8 +203,8 @@ func TestAuthorizationCodeFlowEndToEnd(t *testing.T) {
 	if status, body := g.c.get("/api/after-restart"); status != 200 {
 		t.Fatalf("after restart: %d %q", status, body)
 	}
-	if g.as.Refreshes.Load() != 4 || g.as.CodeExchanges.Load() != 1 {
-		t.Errorf("after restart: refreshes %d, code exchanges %d; want 4 and still 1", g.as.Refreshes.Load(), g.as.CodeExchanges.Load())
+	if g.as.refreshes() != 4 || g.as.codeExchanges() != 1 {
+		t.Errorf("after restart: refreshes %d, code exchanges %d; want 4 and still 1", g.as.refreshes(), g.as.codeExchanges())
 	}
 
 	// Disconnect: revoked at the provider, deleted, and requests stop.
@@ -229,8 +218,8 @@ func TestAuthorizationCodeFlowEndToEnd(t *testing.T) {
 	if resp.StatusCode != 200 || !strings.Contains(string(b), `"revoked":true`) {
 		t.Errorf("disconnect: %d %s", resp.StatusCode, b)
 	}
-	if g.as.Revocations.Load() == 0 || g.as.liveRefreshTokens() != 0 {
-		t.Errorf("revocations %d, live refresh tokens %d", g.as.Revocations.Load(), g.as.liveRefreshTokens())
+	if g.as.revocations() == 0 || g.as.liveRefreshTokens() != 0 {
+		t.Errorf("revocations %d, live refresh tokens %d", g.as.revocations(), g.as.liveRefreshTokens())
 	}
 	if status, _ := g.c.get("/api/after-disconnect"); status != http.StatusServiceUnavailable {
 		t.Errorf("after disconnect: %d, want 503", status)
@@ -291,7 +280,7 @@ func TestConsentCallbackRefusesForgeryAndReplay(t *testing.T) {
 	if status, body := do(t, noFollow, http.MethodGet, forged); status != 400 || !strings.Contains(body, "did not start it") {
 		t.Errorf("forged state: %d %q", status, body)
 	}
-	if g.as.CodeExchanges.Load() != 0 {
+	if g.as.codeExchanges() != 0 {
 		t.Fatal("a refused callback exchanged the code")
 	}
 
@@ -313,8 +302,8 @@ func TestConsentCallbackRefusesForgeryAndReplay(t *testing.T) {
 	if status, body := do(t, noFollow, http.MethodGet, callback); status != 200 || !strings.Contains(body, "default is connected") {
 		t.Errorf("reloaded success page: %d %q", status, body)
 	}
-	if g.as.CodeExchanges.Load() != 1 {
-		t.Errorf("code exchanges = %d, want 1", g.as.CodeExchanges.Load())
+	if g.as.codeExchanges() != 1 {
+		t.Errorf("code exchanges = %d, want 1", g.as.codeExchanges())
 	}
 }
 
@@ -420,7 +409,7 @@ func TestManyAccountsAndHostileNames(t *testing.T) {
 	}
 	g.c.get("/api/e", "X-Account", "alice")
 	g.c.get("/api/f", "X-Account", "bob")
-	if n := g.as.Refreshes.Load() + g.as.CodeExchanges.Load(); n != 2 {
+	if n := g.as.refreshes() + g.as.codeExchanges(); n != 2 {
 		t.Errorf("token requests = %d, want the 2 code exchanges only", n)
 	}
 }
@@ -434,11 +423,7 @@ func TestInvalidGrantMarksConsentNeeded(t *testing.T) {
 		t.Fatal("consent failed")
 	}
 	// The person revokes the app at the provider.
-	g.as.mu.Lock()
-	for _, rt := range g.as.refreshes {
-		rt.dead = true
-	}
-	g.as.mu.Unlock()
+	g.as.setRefreshTokensDead(true)
 	clock.add(3601 * time.Second)
 	status, body := g.c.get("/api/x")
 	if status != 503 || !strings.Contains(body, "needs consent") || !strings.Contains(body, "/oauth/et/connect") {
@@ -473,8 +458,9 @@ func mustURL(s string) *url.URL {
 // configured (now dead) one, across a restart.
 func TestRefreshTokenBootstrap(t *testing.T) {
 	clock := useFakeClock(t)
-	as := newCodeAS(t, "http://127.0.0.1/unused")
-	api := newAPIUpstream(t, as)
+	as := newFakeAS(t)
+	as.RedirectURI, as.CreatedAt = "http://127.0.0.1/unused", true
+	api := newAPI(t, as)
 	t.Setenv("BOOT_RT", as.issueRefreshToken())
 	t.Setenv("CAS_SECRET", as.Secret)
 	conf := fmt.Sprintf(`http://LISTEN {
@@ -501,8 +487,8 @@ func TestRefreshTokenBootstrap(t *testing.T) {
 	if status, body := c.get("/c"); status != 200 {
 		t.Fatalf("after restart: %d %q", status, body)
 	}
-	if as.Refreshes.Load() != 3 || as.InvalidGrants.Load() != 0 {
-		t.Errorf("refreshes %d, invalid_grant %d; want 3 and 0 (the stored token won)", as.Refreshes.Load(), as.InvalidGrants.Load())
+	if as.refreshes() != 3 || as.invalidGrants() != 0 {
+		t.Errorf("refreshes %d, invalid_grant %d; want 3 and 0 (the stored token won)", as.refreshes(), as.invalidGrants())
 	}
 	assertNoSecrets(t, c.logs(), os.Getenv("BOOT_RT"), as.Secret)
 }
@@ -514,11 +500,12 @@ func TestCalcomCodeGrant(t *testing.T) {
 	clock := useFakeClock(t)
 	addr := freeAddr(t)
 	redirect := "http://" + addr + "/cal/callback"
-	as := newCodeAS(t, redirect)
-	as.AccessLifetime = 0 // JWT with exp, no expires_in
+	as := newFakeAS(t)
+	as.RedirectURI, as.CreatedAt = redirect, true
+	as.JWTAccess, as.Lifetime = true, 1800*time.Second // a JWT with exp (30 minutes), no expires_in
 	as.SeparateRefresh = true
 	as.Now = clock.now
-	api := newAPIUpstream(t, as)
+	api := newAPI(t, as)
 	t.Setenv("CAL_SECRET", as.Secret)
 	common := fmt.Sprintf(`client_id     %s
 		client_secret {env.CAL_SECRET}
@@ -555,11 +542,11 @@ func TestCalcomCodeGrant(t *testing.T) {
 	// separate refresh endpoint (the token endpoint would refuse it).
 	clock.add(20 * time.Minute)
 	c.get("/v2/bookings")
-	if as.Refreshes.Load() != 0 {
-		t.Errorf("refreshed %d times within the JWT's lifetime", as.Refreshes.Load())
+	if as.refreshes() != 0 {
+		t.Errorf("refreshed %d times within the JWT's lifetime", as.refreshes())
 	}
 	clock.add(11 * time.Minute)
-	if status, body := c.get("/v2/bookings"); status != 200 || as.Refreshes.Load() != 1 {
-		t.Errorf("past exp: %d %q, refreshes %d", status, body, as.Refreshes.Load())
+	if status, body := c.get("/v2/bookings"); status != 200 || as.refreshes() != 1 {
+		t.Errorf("past exp: %d %q, refreshes %d", status, body, as.refreshes())
 	}
 }

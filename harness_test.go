@@ -1,12 +1,11 @@
 package oauthbearer
 
-// Test harness: a real Caddy running in this process, a stand-in OAuth
-// token endpoint that enforces a provider's wire format, and an upstream
-// that records what it received.
+// Test harness: a real Caddy running in this process, the upstream it
+// proxies to (which records what it received) and the tests' clock. The
+// authorization server is fakeAS (authserver_test.go).
 
 import (
 	"crypto/rand"
-	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
@@ -16,9 +15,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -253,176 +252,213 @@ func freeAddr(t testing.TB) string {
 	return addr
 }
 
-// fakeAS is a token endpoint standing in for a provider. It enforces the
-// wire format it is configured with and answers like the real server does
-// when a client gets it wrong.
-type fakeAS struct {
-	*httptest.Server
-	t *testing.T
-
-	clientID, secret string
-	format           string            // "json" or "form": the only body it accepts; "" accepts both
-	auth             string            // "body" or "basic"
-	want             map[string]string // parameters that must be present with these values
-	expiresIn        int               // 0: omit expires_in
-	tokenPrefix      string
-
-	hold     chan struct{} // when set, each request waits for it to close
-	requests atomic.Int64  // every request
-	issued   atomic.Int64  // successful token requests
-	mu       sync.Mutex
-	formats  []string // body format of each request, in order
-	lastBody map[string]any
-}
-
-func newFakeAS(t *testing.T, format, auth string) *fakeAS {
-	f := &fakeAS{t: t, clientID: "client-1", secret: "s3cr3t:+/%-value", format: format, auth: auth,
-		expiresIn: 3600, tokenPrefix: "tok"}
-	f.Server = httptest.NewServer(http.HandlerFunc(f.serve))
-	t.Cleanup(f.Close)
-	return f
-}
-
-func (f *fakeAS) tokenURL() string { return f.URL + "/oauth/token" }
-
-func (f *fakeAS) serve(w http.ResponseWriter, r *http.Request) {
-	f.requests.Add(1)
-	if f.hold != nil {
-		<-f.hold
-	}
-	oauthErr := func(status int, code, desc string) {
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(status)
-		json.NewEncoder(w).Encode(map[string]string{"error": code, "error_description": desc})
-	}
-	if r.Method != http.MethodPost || r.URL.Path != "/oauth/token" {
-		oauthErr(http.StatusNotFound, "not_found", r.Method+" "+r.URL.Path)
-		return
-	}
-	params := map[string]any{}
-	ct := r.Header.Get("Content-Type")
-	format := ""
-	switch {
-	case strings.HasPrefix(ct, "application/json"):
-		format = "json"
-		if err := json.NewDecoder(r.Body).Decode(&params); err != nil {
-			oauthErr(400, "invalid_request", "bad JSON")
-			return
-		}
-	case strings.HasPrefix(ct, "application/x-www-form-urlencoded"):
-		format = "form"
-		r.ParseForm()
-		for k, v := range r.PostForm {
-			if len(v) == 1 {
-				params[k] = v[0]
-			} else {
-				params[k] = v
-			}
-		}
-	}
-	f.mu.Lock()
-	f.formats = append(f.formats, format)
-	f.lastBody = params
-	f.mu.Unlock()
-	if f.format != "" && format != f.format {
-		// What IdentityServer does with a JSON body, and what a JSON-only
-		// API does with a form.
-		oauthErr(400, "invalid_request", "unsupported content type "+ct)
-		return
-	}
-	id, secret := "", ""
-	switch f.auth {
-	case "basic":
-		if _, inBody := params["client_secret"]; inBody {
-			oauthErr(400, "invalid_request", "client authentication must use Basic")
-			return
-		}
-		raw, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Basic ")
-		dec, err := base64.StdEncoding.DecodeString(raw)
-		u, p, ok2 := strings.Cut(string(dec), ":")
-		if !ok || err != nil || !ok2 {
-			oauthErr(401, "invalid_client", "no Basic credentials")
-			return
-		}
-		id, _ = url.QueryUnescape(u)
-		secret, _ = url.QueryUnescape(p)
-	default:
-		if r.Header.Get("Authorization") != "" {
-			oauthErr(400, "invalid_request", "unexpected Authorization header")
-			return
-		}
-		id, _ = params["client_id"].(string)
-		secret, _ = params["client_secret"].(string)
-	}
-	if id != f.clientID || secret != f.secret {
-		oauthErr(401, "invalid_client", "client authentication failed")
-		return
-	}
-	if params["grant_type"] != "client_credentials" {
-		oauthErr(400, "unsupported_grant_type", fmt.Sprint(params["grant_type"]))
-		return
-	}
-	for k, v := range f.want {
-		if params[k] != v {
-			oauthErr(400, "invalid_request", fmt.Sprintf("%s must be %q, got %v", k, v, params[k]))
-			return
-		}
-	}
-	n := f.issued.Add(1)
-	resp := map[string]any{"access_token": fmt.Sprintf("%s-%d-%s", f.tokenPrefix, n, randomHex(8)), "token_type": "Bearer"}
-	if f.expiresIn != 0 {
-		resp["expires_in"] = f.expiresIn
-	}
-	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(resp)
-}
-
-func (f *fakeAS) bodyFormats() []string {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return append([]string(nil), f.formats...)
-}
-
-func (f *fakeAS) lastParams() map[string]any {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.lastBody
-}
-
-// upstream records the headers of every request it receives.
+// upstream is the API behind the proxy, the one of every test. It records
+// every request (log: the path, headers and body) and answers 200 "ok
+// <path>", followed by " <body>" when the request had one, with
+// X-Upstream: yes. It refuses on demand: the Authorization values given to
+// reject and, with rejectAll, every request (401 with the challenge given,
+// or none), or everything with 403 insufficient_scope (forbid). newAPI's
+// accepts only the live access tokens of its authorization server and
+// answers 401 invalid_token (RFC 6750 3.1) to anything else.
 type upstream struct {
 	*httptest.Server
-	mu   sync.Mutex
-	seen []http.Header
+	as *fakeAS // newAPI's
+
+	mu        sync.Mutex
+	seen      []upstreamRequest
+	challenge string          // WWW-Authenticate of a refusal; "" none
+	refuse    map[string]bool // Authorization values refused
+	refuseAll bool
+	forbid    bool
 }
 
-func newUpstream(t *testing.T) *upstream {
-	u := &upstream{}
-	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		u.mu.Lock()
-		u.seen = append(u.seen, r.Header.Clone())
-		u.mu.Unlock()
-		fmt.Fprintf(w, "upstream got Authorization=%q\n", r.Header.Get("Authorization"))
-	}))
+// upstreamRequest is one request the upstream received, and its answer.
+type upstreamRequest struct {
+	Path   string
+	Header http.Header
+	Body   string
+	Status int
+}
+
+func newUpstream(t testing.TB) *upstream {
+	u := &upstream{refuse: map[string]bool{}}
+	u.Server = httptest.NewServer(http.HandlerFunc(u.serve))
 	t.Cleanup(u.Close)
 	return u
 }
 
-func (u *upstream) hostport() string { return strings.TrimPrefix(u.URL, "http://") }
-
-func (u *upstream) requests() []http.Header {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return append([]http.Header(nil), u.seen...)
+// newAPI is an upstream that accepts exactly "Bearer <token>" with a token
+// as.validAccess accepts.
+func newAPI(t testing.TB, as *fakeAS) *upstream {
+	u := newUpstream(t)
+	u.as = as
+	u.challenge = `Bearer realm="api", error="invalid_token", error_description="The access token is missing, invalid, expired or revoked"`
+	return u
 }
 
-func (u *upstream) last(t *testing.T) http.Header {
+func (u *upstream) serve(w http.ResponseWriter, r *http.Request) {
+	b, _ := io.ReadAll(r.Body)
+	auth := r.Header.Get("Authorization")
+	u.mu.Lock()
+	status := http.StatusOK
+	switch {
+	case u.forbid:
+		status = http.StatusForbidden
+	case u.refuseAll || u.refuse[auth]:
+		status = http.StatusUnauthorized
+	case u.as != nil:
+		if tok, ok := strings.CutPrefix(auth, "Bearer "); !ok || !u.as.validAccess(tok) {
+			status = http.StatusUnauthorized
+		}
+	}
+	u.seen = append(u.seen, upstreamRequest{Path: r.URL.Path, Header: r.Header.Clone(), Body: string(b), Status: status})
+	challenge := u.challenge
+	u.mu.Unlock()
+	switch status {
+	case http.StatusForbidden:
+		w.Header().Set("WWW-Authenticate", `Bearer error="insufficient_scope"`)
+		w.WriteHeader(status)
+	case http.StatusUnauthorized:
+		if challenge != "" {
+			w.Header().Set("WWW-Authenticate", challenge)
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(status)
+		io.WriteString(w, `{"error":"invalid_token"}`)
+	default:
+		w.Header().Set("X-Upstream", "yes")
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		io.WriteString(w, "ok "+r.URL.Path)
+		if len(b) > 0 {
+			io.WriteString(w, " "+string(b))
+		}
+	}
+}
+
+// reject makes the upstream answer 401 with challenge ("" none) to the
+// Authorization values auths (and sets the challenge of every refusal).
+func (u *upstream) reject(challenge string, auths ...string) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.challenge = challenge
+	for _, a := range auths {
+		u.refuse[a] = true
+	}
+}
+
+// rejectAll makes it answer 401 to every request (or stop).
+func (u *upstream) rejectAll(on bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.refuseAll = on
+}
+
+// setForbid makes it answer 403 insufficient_scope to every request.
+func (u *upstream) setForbid(on bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.forbid = on
+}
+
+func (u *upstream) hostport() string { return strings.TrimPrefix(u.URL, "http://") }
+
+// log returns every request received, in order.
+func (u *upstream) log() []upstreamRequest {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return slices.Clone(u.seen)
+}
+
+// requests returns the headers of every request, in order.
+func (u *upstream) requests() []http.Header {
+	var out []http.Header
+	for _, r := range u.log() {
+		out = append(out, r.Header)
+	}
+	return out
+}
+
+// authorizations returns the Authorization of every request, in order
+// ("" when there was none).
+func (u *upstream) authorizations() []string {
+	var out []string
+	for _, r := range u.log() {
+		out = append(out, r.Header.Get("Authorization"))
+	}
+	return out
+}
+
+// answered counts the requests answered with status.
+func (u *upstream) answered(status int) int64 {
+	var n int64
+	for _, r := range u.log() {
+		if r.Status == status {
+			n++
+		}
+	}
+	return n
+}
+
+// last returns the headers of the last request; it fails the test when
+// there was none.
+func (u *upstream) last(t testing.TB) http.Header {
 	t.Helper()
 	r := u.requests()
 	if len(r) == 0 {
 		t.Fatal("upstream received no request")
 	}
 	return r[len(r)-1]
+}
+
+// lastToken returns the bearer token of the last request ("" when none).
+func (u *upstream) lastToken() string {
+	a := u.authorizations()
+	if len(a) == 0 {
+		return ""
+	}
+	return strings.TrimPrefix(a[len(a)-1], "Bearer ")
+}
+
+// fakeClock is the tests' clock: it stands still until moved. useFakeClock
+// gives it to the Caddy a test runs (every token source and grant of each
+// configuration it loads); a test of a token source alone sets it itself.
+type fakeClock struct {
+	mu    sync.Mutex
+	t     time.Time
+	start time.Time
+}
+
+func (c *fakeClock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *fakeClock) add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// testClock, when set, is given to every token source and grant of the
+// Caddy the tests run, each time it loads a configuration.
+var testClock *fakeClock
+
+// useFakeClock makes the test's Caddy run on a fake clock, starting now.
+func useFakeClock(t *testing.T) *fakeClock {
+	c := &fakeClock{start: time.Now()}
+	c.t = c.start
+	testClock = c
+	t.Cleanup(func() { testClock = nil })
+	return c
+}
+
+// setPoolClocks sets the clock of every entry in the pool.
+func setPoolClocks(f clockFunc) {
+	pool.Range(func(_, v any) bool {
+		switch e := v.(type) {
+		case *sourceEntry:
+			e.clock.set(f)
+		case *grant:
+			e.clock.set(f)
+		}
+		return true
+	})
 }
 
 func randomHex(n int) string {

@@ -17,11 +17,11 @@ import (
 )
 
 // issuerFor is a discovery server publishing as's endpoints.
-func issuerFor(t *testing.T, as *codeAS) *issuerServer {
+func issuerFor(t *testing.T, as *fakeAS) *fakeAS {
 	t.Helper()
-	is := newIssuerServer(t)
-	is.set(map[string]any{
-		"issuer":                 is.issuer,
+	is := newFakeAS(t)
+	is.setMetadata(map[string]any{
+		"issuer":                 is.URL,
 		"token_endpoint":         as.tokenURL(),
 		"authorization_endpoint": as.authorizeURL(),
 		"revocation_endpoint":    as.revokeURL(),
@@ -35,16 +35,18 @@ func issuerFor(t *testing.T, as *codeAS) *issuerServer {
 // keeps its grants under its own id in the storage.
 func TestTwoIssuersOneClientIDAreTwoGrants(t *testing.T) {
 	addr := freeAddr(t)
-	stgAS := newCodeAS(t, "http://"+addr+"/stg/oauth/callback")
-	prodAS := newCodeAS(t, "http://"+addr+"/prod/oauth/callback")
-	stgAPI, prodAPI := newAPIUpstream(t, stgAS), newAPIUpstream(t, prodAS)
+	stgAS := newFakeAS(t)
+	stgAS.RedirectURI, stgAS.CreatedAt = "http://"+addr+"/stg/oauth/callback", true
+	prodAS := newFakeAS(t)
+	prodAS.RedirectURI, prodAS.CreatedAt = "http://"+addr+"/prod/oauth/callback", true
+	stgAPI, prodAPI := newAPI(t, stgAS), newAPI(t, prodAS)
 	stgIssuer, prodIssuer := issuerFor(t, stgAS), issuerFor(t, prodAS)
-	t.Setenv("CAS_SECRET", stgAS.Secret) // both servers know client app-1 by the same secret
-	site := func(name string, is *issuerServer, api *apiUpstream) string {
+	t.Setenv("CAS_SECRET", stgAS.Secret) // both servers know client client-1 by the same secret
+	site := func(name string, is *fakeAS, api *upstream) string {
 		return fmt.Sprintf(`	handle /%[1]s/* {
 		oauth_bearer_consent /%[1]s/oauth/* {
 			issuer        %[2]s
-			client_id     app-1
+			client_id     client-1
 			client_secret {env.CAS_SECRET}
 			redirect_uri  http://%[3]s/%[1]s/oauth/callback
 			scope         read
@@ -52,13 +54,13 @@ func TestTwoIssuersOneClientIDAreTwoGrants(t *testing.T) {
 		oauth_bearer {
 			grant         authorization_code
 			issuer        %[2]s
-			client_id     app-1
+			client_id     client-1
 			client_secret {env.CAS_SECRET}
 			account       {http.request.header.X-Account}
 		}
 		reverse_proxy %[4]s
 	}
-`, name, is.issuer, addr, api.hostport())
+`, name, is.URL, addr, api.hostport())
 	}
 	c := startCaddyAt(t, addr, "http://LISTEN {\n"+site("stg", stgIssuer, stgAPI)+site("prod", prodIssuer, prodAPI)+"}\n")
 	jar, _ := cookiejar.New(nil)
@@ -95,8 +97,8 @@ func TestTwoIssuersOneClientIDAreTwoGrants(t *testing.T) {
 	if len(dirs) != 2 {
 		t.Errorf("the storage holds %d grant ids, want one per issuer", len(dirs))
 	}
-	if stgAPI.Unauthorized.Load() != 0 || prodAPI.Unauthorized.Load() != 0 {
-		t.Errorf("an API refused a token: staging %d, production %d", stgAPI.Unauthorized.Load(), prodAPI.Unauthorized.Load())
+	if stgAPI.answered(401) != 0 || prodAPI.answered(401) != 0 {
+		t.Errorf("an API refused a token: staging %d, production %d", stgAPI.answered(401), prodAPI.answered(401))
 	}
 }
 
@@ -137,9 +139,10 @@ func TestGrantIDIssuer(t *testing.T) {
 // succeeds (a duplicate series fails it with 500). The admin API lists
 // both under distinct ids.
 func TestSameCredentialsTwoTokenStoresScrape(t *testing.T) {
-	as := newFakeAS(t, "", "basic")
+	as := newFakeAS(t)
+	as.ClientAuth = "basic"
 	up := newUpstream(t)
-	t.Setenv("OAB_SCRAPE_SECRET", as.secret)
+	t.Setenv("OAB_SCRAPE_SECRET", as.Secret)
 	handler := func(path, store string) string {
 		return fmt.Sprintf(`	handle /%s/* {
 		oauth_bearer {
@@ -150,7 +153,7 @@ func TestSameCredentialsTwoTokenStoresScrape(t *testing.T) {
 		}
 		reverse_proxy %s
 	}
-`, path, as.tokenURL(), as.clientID, store, up.hostport())
+`, path, as.tokenURL(), as.ClientID, store, up.hostport())
 	}
 	c := startCaddyAdmin(t, "http://LISTEN {\n\thandle /metrics {\n\t\tmetrics\n\t}\n"+handler("mem", "memory")+handler("shared", "storage")+"}\n")
 	for _, p := range []string{"/mem/1", "/shared/1"} {

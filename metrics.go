@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/oauthclient"
 )
 
 // Metrics live in Caddy's registry (served on /metrics when the user enables
@@ -81,6 +83,14 @@ func resultClass(err error) string {
 	if err == nil {
 		return "success"
 	}
+	var ce *ConsentError
+	var se *StorageError
+	switch {
+	case errors.As(err, &ce):
+		return codeConsentRequired
+	case errors.As(err, &se):
+		return "storage_error"
+	}
 	var te *TokenError
 	if !errors.As(err, &te) {
 		return "error"
@@ -88,14 +98,14 @@ func resultClass(err error) string {
 	if te.Backoff {
 		return "backing_off"
 	}
-	if te.rateLimited() {
+	if te.RateLimited() {
 		return "rate_limited"
 	}
 	switch te.Code {
 	case "invalid_request", "invalid_client", "invalid_grant", "unauthorized_client",
 		"unsupported_grant_type", "invalid_scope", "access_denied", "temporarily_unavailable",
 		"server_error", "unreachable", "timeout", "tls_error", "invalid_response", "response_too_large",
-		"unexpected_redirect", "unsupported_token_type", "backing_off", codeLocalConfigError:
+		"unexpected_redirect", "unsupported_token_type", "backing_off", oauthclient.CodeLocalConfigError:
 		return te.Code
 	}
 	if te.Status >= 500 {

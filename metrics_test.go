@@ -21,7 +21,8 @@ func histogramCount(t *testing.T, provider string) float64 {
 // Metrics appear on a real Caddy's /metrics with bounded labels, and carry
 // no secret, token or client id.
 func TestMetricsExposed(t *testing.T) {
-	as := newFakeAS(t, "", "basic")
+	as := newFakeAS(t)
+	as.ClientAuth = "basic"
 	up := newUpstream(t)
 	c := startCaddy(t, fmt.Sprintf(`http://LISTEN {
 	handle /metrics {
@@ -44,7 +45,7 @@ func TestMetricsExposed(t *testing.T) {
 		}
 		reverse_proxy %s
 	}
-}`, as.tokenURL(), as.clientID, as.secret, up.hostport(), as.tokenURL(), up.hostport()))
+}`, as.tokenURL(), as.ClientID, as.Secret, up.hostport(), as.tokenURL(), up.hostport()))
 
 	// Counters are process-wide and other tests add to them: compare with
 	// what they held before.
@@ -76,7 +77,7 @@ func TestMetricsExposed(t *testing.T) {
 	if expiry == nil || expiry[1] < "3500" || len(expiry[1]) != 4 {
 		t.Errorf("token expiry gauge missing or wrong: %v", expiry)
 	}
-	assertNoSecrets(t, body, as.secret, "wrong-secret", "metrics-client-id", as.clientID)
+	assertNoSecrets(t, body, as.Secret, "wrong-secret", "metrics-client-id", as.ClientID)
 	for _, h := range up.requests() {
 		assertNoSecrets(t, body, h.Get("Authorization"))
 	}

@@ -14,9 +14,10 @@
 //     atomic load), refreshes it ahead of expiry in the background, and
 //     makes concurrent misses wait for one fetch, with backoff after
 //     failures. It gets tokens from a fetcher:
-//   - endpoint.go (client credentials: the token request and its answer),
-//     or grant.go (a stored grant: taken from the storage, or refreshed
-//     under the storage lock; store.go encrypts what is stored).
+//   - endpoint.go (client credentials: the token request and its answer,
+//     sent by internal/oauthclient, the OAuth client that knows nothing of
+//     Caddy), or grant.go (a stored grant: taken from the storage, or
+//     refreshed under the storage lock; store.go encrypts what is stored).
 //
 // The rest: config.go (the credential set and every configuration rule),
 // caddyfile.go (both directives), pool.go (what is shared across routes
@@ -510,7 +511,7 @@ func (h *Handler) sourceFor(r *http.Request) (*tokenSource, error) {
 			return nil, accountError{err}
 		}
 	}
-	return h.grant.source(account), nil
+	return h.grant.sourceFor(account)
 }
 
 // accountError is a request that names no valid account.
@@ -622,16 +623,21 @@ func (h *Handler) refusal(r *http.Request, err error) (int, int64, string) {
 		return http.StatusBadRequest, 0, fmt.Sprintf("oauth_bearer: %s; the request was not forwarded", ae.Error())
 	}
 	metrics.failedRequests.WithLabelValues(h.provider, resultClass(err)).Inc()
-	var te *TokenError
-	if errors.As(err, &te) && te.Code == codeConsentRequired {
+	var ce *ConsentError
+	if errors.As(err, &ce) {
 		where := "an administrator must connect it (no oauth_bearer_consent handler with these credentials is loaded)"
-		if te.connect != "" {
-			where = "connect it at " + te.connect
+		if ce.Connect != "" {
+			where = "connect it at " + ce.Connect
 		}
-		return http.StatusServiceUnavailable, 0, fmt.Sprintf("oauth_bearer: %s account %q needs consent (%s): %s; the request was not forwarded", h.provider, te.account, codeConsentRequired, where)
+		return http.StatusServiceUnavailable, 0, fmt.Sprintf("oauth_bearer: %s account %q needs consent (%s): %s; the request was not forwarded", h.provider, ce.Account, codeConsentRequired, where)
 	}
+	var te *TokenError
+	var se *StorageError
 	code, status, secs, retryIn := "token_unavailable", http.StatusBadGateway, int64(0), ""
-	if te != nil {
+	if errors.As(err, &se) {
+		code = "storage_error"
+	}
+	if errors.As(err, &te) {
 		code = te.Code
 		if te.RetryAfter > 0 {
 			secs = int64((min(te.RetryAfter, maxRetryAfter) + time.Second - 1) / time.Second)

@@ -17,11 +17,12 @@ import (
 // format, through a real Caddy and a real upstream.
 
 func TestEventTempleInjectsBearerAndOrg(t *testing.T) {
-	as := newFakeAS(t, "json", "body")
-	as.want = map[string]string{"scope": "crm_read crm_manage"}
+	as := newFakeAS(t)
+	as.Format, as.ClientAuth = "json", "body"
+	as.Want = map[string]string{"scope": "crm_read crm_manage"}
 	up := newUpstream(t)
-	t.Setenv("ET_CLIENT_ID", as.clientID)
-	t.Setenv("ET_CLIENT_SECRET", as.secret)
+	t.Setenv("ET_CLIENT_ID", as.ClientID)
+	t.Setenv("ET_CLIENT_SECRET", as.Secret)
 	t.Setenv("ET_ORG_ID", "4711")
 	c := startCaddy(t, fmt.Sprintf(`http://LISTEN {
 	oauth_bearer eventtemple {
@@ -48,25 +49,26 @@ func TestEventTempleInjectsBearerAndOrg(t *testing.T) {
 	if o := got.Get("X-Api-Org"); o != "4711" {
 		t.Errorf("X-API-ORG = %q, want 4711", o)
 	}
-	if f := as.bodyFormats(); len(f) != 1 || f[0] != "json" {
+	if f := as.formats(); len(f) != 1 || f[0] != "json" {
 		t.Errorf("token request formats = %v, want one JSON request", f)
 	}
 	// Further requests reuse the cached token.
 	for i := 0; i < 5; i++ {
 		c.get("/again")
 	}
-	if n := as.requests.Load(); n != 1 {
+	if n := as.tokenRequests(); n != 1 {
 		t.Errorf("token requests = %d, want 1", n)
 	}
-	assertNoSecrets(t, c.logs(), as.secret, got.Get("Authorization"))
+	assertNoSecrets(t, c.logs(), as.Secret, got.Get("Authorization"))
 }
 
 func TestEventBookingsFallsBackToFormOnceAndRemembers(t *testing.T) {
 	// Stock IdentityServer: form bodies only, 400 invalid_request to JSON.
-	as := newFakeAS(t, "form", "body")
-	as.expiresIn = 2 // short-lived, so a second token request happens
+	as := newFakeAS(t)
+	as.Format, as.ClientAuth = "form", "body"
+	as.Lifetime = 2 * time.Second // short-lived, so a second token request happens
 	up := newUpstream(t)
-	t.Setenv("EB_SECRET", as.secret)
+	t.Setenv("EB_SECRET", as.Secret)
 	c := startCaddy(t, fmt.Sprintf(`http://LISTEN {
 	oauth_bearer eventbookings {
 		client_id     %s
@@ -75,12 +77,12 @@ func TestEventBookingsFallsBackToFormOnceAndRemembers(t *testing.T) {
 		refresh_before 1s
 	}
 	reverse_proxy %s
-}`, as.clientID, as.tokenURL(), up.hostport()))
+}`, as.ClientID, as.tokenURL(), up.hostport()))
 
 	if status, body := c.get("/events"); status != 200 {
 		t.Fatalf("status %d: %s", status, body)
 	}
-	if f := as.bodyFormats(); strings.Join(f, ",") != "json,form" {
+	if f := as.formats(); strings.Join(f, ",") != "json,form" {
 		t.Fatalf("first token fetch sent %v, want JSON (documented) then form", f)
 	}
 	// Wait for the token to expire; the next fetch goes straight to form.
@@ -88,8 +90,8 @@ func TestEventBookingsFallsBackToFormOnceAndRemembers(t *testing.T) {
 	if status, body := c.get("/events"); status != 200 {
 		t.Fatalf("status %d: %s", status, body)
 	}
-	waitFor(t, func() bool { return as.issued.Load() == 2 })
-	if f := as.bodyFormats(); strings.Join(f, ",") != "json,form,form" {
+	waitFor(t, func() bool { return as.issued() == 2 })
+	if f := as.formats(); strings.Join(f, ",") != "json,form,form" {
 		t.Errorf("token requests sent %v, want the form format remembered", f)
 	}
 	if a := up.last(t).Get("Authorization"); !strings.HasPrefix(a, "Bearer tok-") {
@@ -98,7 +100,8 @@ func TestEventBookingsFallsBackToFormOnceAndRemembers(t *testing.T) {
 }
 
 func TestEventBookingsJSONServer(t *testing.T) {
-	as := newFakeAS(t, "json", "body")
+	as := newFakeAS(t)
+	as.Format, as.ClientAuth = "json", "body"
 	up := newUpstream(t)
 	c := startCaddy(t, fmt.Sprintf(`http://LISTEN {
 	oauth_bearer eventbookings {
@@ -107,20 +110,21 @@ func TestEventBookingsJSONServer(t *testing.T) {
 		token_url     %s
 	}
 	reverse_proxy %s
-}`, as.clientID, as.secret, as.tokenURL(), up.hostport()))
+}`, as.ClientID, as.Secret, as.tokenURL(), up.hostport()))
 	if status, body := c.get("/events"); status != 200 {
 		t.Fatalf("status %d: %s", status, body)
 	}
-	if f := as.bodyFormats(); strings.Join(f, ",") != "json" {
+	if f := as.formats(); strings.Join(f, ",") != "json" {
 		t.Errorf("token requests sent %v, want JSON only", f)
 	}
 }
 
 func TestBookableSendsAudience(t *testing.T) {
-	as := newFakeAS(t, "json", "body")
-	as.want = map[string]string{"audience": "api.bookabletech.com"}
+	as := newFakeAS(t)
+	as.Format, as.ClientAuth = "json", "body"
+	as.Want = map[string]string{"audience": "api.bookabletech.com"}
 	up := newUpstream(t)
-	t.Setenv("BK_SECRET", as.secret)
+	t.Setenv("BK_SECRET", as.Secret)
 	c := startCaddy(t, fmt.Sprintf(`http://LISTEN {
 	oauth_bearer bookable {
 		environment   sandbox
@@ -129,23 +133,24 @@ func TestBookableSendsAudience(t *testing.T) {
 		client_secret {env.BK_SECRET}
 	}
 	reverse_proxy %s
-}`, as.tokenURL(), as.clientID, up.hostport()))
+}`, as.tokenURL(), as.ClientID, up.hostport()))
 	if status, body := c.get("/venues"); status != 200 {
 		t.Fatalf("status %d: %s", status, body)
 	}
 	if a := up.last(t).Get("Authorization"); !strings.HasPrefix(a, "Bearer tok-1-") {
 		t.Errorf("upstream Authorization = %q", a)
 	}
-	if p := as.lastParams(); p["audience"] != "api.bookabletech.com" {
+	if p := as.last(t).Params; p["audience"] != "api.bookabletech.com" {
 		t.Errorf("audience sent = %v", p["audience"])
 	}
 }
 
 func TestGenericBasicAuthFormAndExtras(t *testing.T) {
-	as := newFakeAS(t, "form", "basic")
-	as.want = map[string]string{"scope": "read write", "tenant": "acme", "audience": "https://api.example"}
+	as := newFakeAS(t)
+	as.Format, as.ClientAuth = "form", "basic"
+	as.Want = map[string]string{"scope": "read write", "tenant": "acme", "audience": "https://api.example"}
 	up := newUpstream(t)
-	t.Setenv("G_SECRET", as.secret)
+	t.Setenv("G_SECRET", as.Secret)
 	c := startCaddy(t, fmt.Sprintf(`http://LISTEN {
 	oauth_bearer {
 		token_url     %s
@@ -160,7 +165,7 @@ func TestGenericBasicAuthFormAndExtras(t *testing.T) {
 		header        X-Static fixed
 	}
 	reverse_proxy %s
-}`, as.tokenURL(), as.clientID, up.hostport()))
+}`, as.tokenURL(), as.ClientID, up.hostport()))
 	if status, body := c.get("/x", "X-User", "alice"); status != 200 {
 		t.Fatalf("status %d: %s", status, body)
 	}
@@ -168,24 +173,20 @@ func TestGenericBasicAuthFormAndExtras(t *testing.T) {
 	if got.Get("X-Caller") != "alice" || got.Get("X-Static") != "fixed" {
 		t.Errorf("extra headers: X-Caller=%q X-Static=%q", got.Get("X-Caller"), got.Get("X-Static"))
 	}
-	res, _ := as.lastParams()["resource"].([]string)
+	res := as.last(t).form()["resource"]
 	if strings.Join(res, " ") != "https://api.example/a https://api.example/b" {
-		t.Errorf("resource params = %v", as.lastParams()["resource"])
+		t.Errorf("resource params = %v", res)
+	}
+	if ua := as.last(t).Header.Get("User-Agent"); ua != "caddy-oauth-bearer/"+version {
+		t.Errorf("token request User-Agent %q", ua)
 	}
 }
 
 func TestTokenHeaderWithoutPrefixRemovesClientAuthorization(t *testing.T) {
-	as := newFakeAS(t, "", "basic")
+	as := newFakeAS(t)
+	as.ClientAuth = "basic"
 	up := newUpstream(t)
-	c := startCaddy(t, fmt.Sprintf(`http://LISTEN {
-	oauth_bearer {
-		token_url     %s
-		client_id     %s
-		client_secret "%s"
-		token_header  X-Access-Token
-	}
-	reverse_proxy %s
-}`, as.tokenURL(), as.clientID, as.secret, up.hostport()))
+	c := startCaddy(t, e2eSite("oauth_bearer", as.credentials()+"\n\t\ttoken_header  X-Access-Token", up))
 	c.get("/", "Authorization", "Basic Zm9vOmJhcg==", "X-Access-Token", "forged")
 	got := up.last(t)
 	if v := got.Get("X-Access-Token"); !strings.HasPrefix(v, "tok-1-") {
@@ -197,7 +198,8 @@ func TestTokenHeaderWithoutPrefixRemovesClientAuthorization(t *testing.T) {
 }
 
 func TestWorksInsideHandleAndRoute(t *testing.T) {
-	as := newFakeAS(t, "", "basic")
+	as := newFakeAS(t)
+	as.ClientAuth = "basic"
 	up := newUpstream(t)
 	c := startCaddy(t, fmt.Sprintf(`http://LISTEN {
 	oauth_bearer {
@@ -212,7 +214,7 @@ func TestWorksInsideHandleAndRoute(t *testing.T) {
 		reverse_proxy %[4]s
 	}
 	respond "no proxy here" 404
-}`, as.tokenURL(), as.clientID, as.secret, up.hostport()))
+}`, as.tokenURL(), as.ClientID, as.Secret, up.hostport()))
 	for _, p := range []string{"/api/a", "/route/b"} {
 		if status, body := c.get(p); status != 200 {
 			t.Fatalf("%s: status %d: %s", p, status, body)
@@ -227,8 +229,9 @@ func TestWorksInsideHandleAndRoute(t *testing.T) {
 // provider and the OAuth code, the log has the description, nobody sees
 // the secret.
 func TestProviderErrorIs502AndNotForwarded(t *testing.T) {
-	as := newFakeAS(t, "json", "body")
-	as.secret = "the-real-secret-value"
+	as := newFakeAS(t)
+	as.Format, as.ClientAuth = "json", "body"
+	as.Secret = "the-real-secret-value"
 	up := newUpstream(t)
 	c := startCaddy(t, fmt.Sprintf(`http://LISTEN {
 	oauth_bearer eventtemple {
@@ -237,7 +240,7 @@ func TestProviderErrorIs502AndNotForwarded(t *testing.T) {
 		token_url     %s
 	}
 	reverse_proxy %s
-}`, as.clientID, as.tokenURL(), up.hostport()))
+}`, as.ClientID, as.tokenURL(), up.hostport()))
 	status, body := c.get("/x", "Authorization", "Bearer client-token-must-not-leak")
 	if status != http.StatusBadGateway {
 		t.Errorf("status = %d, want 502", status)
@@ -284,16 +287,17 @@ func TestUnreachableProviderIs502(t *testing.T) {
 // reload with the same credentials makes none; other credentials get their
 // own token.
 func TestSharedSourceStampedeAndReload(t *testing.T) {
-	as := newFakeAS(t, "", "basic")
-	as.hold = make(chan struct{})
+	as := newFakeAS(t)
+	as.ClientAuth = "basic"
+	release := as.hold()
 	up := newUpstream(t)
-	t.Setenv("S_SECRET", as.secret)
+	t.Setenv("S_SECRET", as.Secret)
 	block := fmt.Sprintf(`oab_arrivals stampede-%s
 	oauth_bearer {
 		token_url     %s
 		client_id     %s
 		client_secret {env.S_SECRET}
-	}`, t.Name(), as.tokenURL(), as.clientID)
+	}`, t.Name(), as.tokenURL(), as.ClientID)
 	arrived := arrivalsOf("stampede-" + t.Name())
 	arrived.Store(0)
 	second := freeAddr(t)
@@ -333,8 +337,8 @@ http://%[3]s {
 	// Every request is inside Caddy, past the counter in front of
 	// oauth_bearer, while the one token request is held: none can have
 	// found a token.
-	waitFor(t, func() bool { return arrived.Load() == n && as.requests.Load() >= 1 })
-	close(as.hold)
+	waitFor(t, func() bool { return arrived.Load() == n && as.tokenRequests() >= 1 })
+	release()
 	wg.Wait()
 	close(statuses)
 	for s := range statuses {
@@ -342,7 +346,7 @@ http://%[3]s {
 			t.Errorf("status %d", s)
 		}
 	}
-	if got := as.requests.Load(); got != 1 {
+	if got := as.tokenRequests(); got != 1 {
 		t.Fatalf("%d concurrent first requests over 3 routes caused %d token requests, want 1", n, got)
 	}
 	tokens := map[string]bool{}
@@ -358,13 +362,14 @@ http://%[3]s {
 		t.Fatal(err)
 	}
 	c.get("/a/after-reload")
-	if got := as.requests.Load(); got != 1 {
+	if got := as.tokenRequests(); got != 1 {
 		t.Errorf("reload with unchanged credentials caused %d token requests in all, want 1", got)
 	}
 
 	// Other credentials: their own source and token.
-	other := newFakeAS(t, "", "basic")
-	other.tokenPrefix = "other"
+	other := newFakeAS(t)
+	other.ClientAuth = "basic"
+	other.Mint = mintPrefixed("other")
 	if err := c.load(fmt.Sprintf(`http://LISTEN {
 	route /a/* {
 		%[1]s
@@ -378,7 +383,7 @@ http://%[3]s {
 		}
 		reverse_proxy %[2]s
 	}
-}`, block, up.hostport(), other.tokenURL(), other.clientID, other.secret)); err != nil {
+}`, block, up.hostport(), other.tokenURL(), other.ClientID, other.Secret)); err != nil {
 		t.Fatal(err)
 	}
 	c.get("/c/1")
@@ -389,25 +394,19 @@ http://%[3]s {
 	if a := up.last(t).Get("Authorization"); !strings.HasPrefix(a, "Bearer tok-1-") {
 		t.Errorf("route with the first credentials got %q after reload", a)
 	}
-	if as.requests.Load() != 1 || other.requests.Load() != 1 {
-		t.Errorf("token requests: first %d, other %d; want 1 each", as.requests.Load(), other.requests.Load())
+	if as.tokenRequests() != 1 || other.tokenRequests() != 1 {
+		t.Errorf("token requests: first %d, other %d; want 1 each", as.tokenRequests(), other.tokenRequests())
 	}
 }
 
 // A client that gives up stops waiting; the fetch goes on and serves the
 // next request.
 func TestClientGivingUpStopsWaiting(t *testing.T) {
-	as := newFakeAS(t, "", "basic")
-	as.hold = make(chan struct{})
+	as := newFakeAS(t)
+	as.ClientAuth = "basic"
+	release := as.hold()
 	up := newUpstream(t)
-	c := startCaddy(t, fmt.Sprintf(`http://LISTEN {
-	oauth_bearer {
-		token_url     %s
-		client_id     %s
-		client_secret "%s"
-	}
-	reverse_proxy %s
-}`, as.tokenURL(), as.clientID, as.secret, up.hostport()))
+	c := startCaddy(t, e2eSite("oauth_bearer", as.credentials(), up))
 
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
@@ -420,11 +419,11 @@ func TestClientGivingUpStopsWaiting(t *testing.T) {
 	if waited := time.Since(start); waited > 5*time.Second {
 		t.Errorf("client waited %v", waited)
 	}
-	close(as.hold)
+	release()
 	if status, body := c.get("/next"); status != 200 {
 		t.Fatalf("next request: %d %s", status, body)
 	}
-	if n := as.requests.Load(); n != 1 {
+	if n := as.tokenRequests(); n != 1 {
 		t.Errorf("token requests = %d, want 1 (the abandoned fetch served the next request)", n)
 	}
 	if len(up.requests()) != 1 {

@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/testkeys"
 )
 
 // jwtBearerSite is a site with an oauth_bearer block of grant jwt_bearer signed with
@@ -36,15 +38,15 @@ func jwtBearerSite(addr, tokenURL, clientID, keyPath, extra string) string {
 // providers do: a check that sent a placeholder refresh token would call
 // both sets ok.
 func TestCheckCommandJWTBearer(t *testing.T) {
-	k := clientAuthKeys()
-	s := newJWTTokenServer(t)
-	s.register("jwt-client", k.rsa.Public(), "")
-	s.register("jwt-stranger", k.rsa.Public(), "") // but it signs with rsa2
-	goodPEM, wrongPEM := pkcs8PEM(t, k.rsa), pkcs8PEM(t, k.rsa2)
-	good, wrong := writeTestFile(t, "good.key", goodPEM), writeTestFile(t, "wrong.key", wrongPEM)
+	k := testkeys.Keys()
+	s := newJWTAS(t)
+	s.register("jwt-client", k.RSA.Public(), "")
+	s.register("jwt-stranger", k.RSA.Public(), "") // but it signs with rsa2
+	goodPEM, wrongPEM := testkeys.PKCS8PEM(t, k.RSA), testkeys.PKCS8PEM(t, k.RSA2)
+	good, wrong := testkeys.WriteFile(t, "good.key", goodPEM), testkeys.WriteFile(t, "wrong.key", wrongPEM)
 	const subject = "\t\tsubject     svc@example.com\n"
-	cfg := writeCaddyfile(t, jwtBearerSite("127.0.0.1:18021", s.tokenURL, "jwt-client", good, subject)+
-		jwtBearerSite("127.0.0.1:18022", s.tokenURL, "jwt-stranger", wrong, subject))
+	cfg := writeCaddyfile(t, jwtBearerSite("127.0.0.1:18021", s.tokenURL(), "jwt-client", good, subject)+
+		jwtBearerSite("127.0.0.1:18022", s.tokenURL(), "jwt-stranger", wrong, subject))
 
 	out, errOut, code := runCaddyCommand(t, "oauth-bearer", "check", "--json", "--config", cfg)
 	t.Logf("caddy oauth-bearer check --json:\n%s", out)
@@ -66,19 +68,19 @@ func TestCheckCommandJWTBearer(t *testing.T) {
 		!strings.Contains(fmt.Sprint(r["error_description"]), "signature does not verify") {
 		t.Errorf("the set signed with a key the provider does not know: %v; want invalid_grant, signature does not verify", r)
 	}
-	grants := s.issuedGrants()
-	if len(grants) != 1 || grants[0].grantType != "urn:ietf:params:oauth:grant-type:jwt-bearer" || grants[0].clientID != "jwt-client" {
+	grants := s.issuedLog()
+	if len(grants) != 1 || grants[0].GrantType != "urn:ietf:params:oauth:grant-type:jwt-bearer" || grants[0].Client != "jwt-client" {
 		t.Errorf("tokens issued: %+v; want one, to the JWT bearer grant of jwt-client", grants)
 	}
-	if n := s.requests.Load(); n != 2 {
+	if n := s.tokenRequests(); n != 2 {
 		t.Errorf("the token endpoint got %d requests, want 2 (one per set)", n)
 	}
 	assertNoSecrets(t, out+errOut, "at-jwt-client")
-	assertNoKeyLeak(t, "the check's output", out+errOut, goodPEM, wrongPEM)
+	testkeys.AssertNoKeyMaterial(t, "the check's output", out+errOut, goodPEM, wrongPEM)
 
 	// The table says the same.
 	out, _, code = runCaddyCommand(t, "oauth-bearer", "check", "--config",
-		writeCaddyfile(t, jwtBearerSite("127.0.0.1:18021", s.tokenURL, "jwt-client", good, subject)))
+		writeCaddyfile(t, jwtBearerSite("127.0.0.1:18021", s.tokenURL(), "jwt-client", good, subject)))
 	if code != 0 || !strings.Contains(out, "jwt_bearer") || !strings.Contains(out, "1h0m0s") || !strings.Contains(out, "1 credential set(s), 1 ok, 0 failed") {
 		t.Errorf("check of a good jwt_bearer set: exit %d\n%s", code, out)
 	}
@@ -90,10 +92,10 @@ func TestCheckCommandJWTBearer(t *testing.T) {
 // issuer-discovered set by its issuer's host.
 func TestStatusTellsSetsApart(t *testing.T) {
 	t.Setenv("OPS_BOOKABLE_SECRET", "ops-bookable-secret-0123456789")
-	key := clientAuthKeys().rsa
-	s := newJWTTokenServer(t)
+	key := testkeys.Keys().RSA
+	s := newJWTAS(t)
 	s.register("jwt-client", key.Public(), "")
-	keyPath := writeTestFile(t, "jwt.key", pkcs8PEM(t, key))
+	keyPath := testkeys.WriteFile(t, "jwt.key", testkeys.PKCS8PEM(t, key))
 	up := newUpstream(t)
 	c := startCaddyAdmin(t, fmt.Sprintf(`http://LISTEN {
 	handle /sandbox/* {
@@ -130,7 +132,7 @@ func TestStatusTellsSetsApart(t *testing.T) {
 		}
 		reverse_proxy %[1]s
 	}
-}`, up.hostport(), s.tokenURL, keyPath))
+}`, up.hostport(), s.tokenURL(), keyPath))
 	if status, body := c.get("/jwt/x"); status != http.StatusOK {
 		t.Fatalf("GET /jwt/x: %d %s", status, body)
 	}
@@ -166,10 +168,10 @@ func TestStatusTellsSetsApart(t *testing.T) {
 		t.Errorf("no TOKEN HOST column")
 	}
 	for host, want := range map[string][]string{
-		"auth.bookabletech.com":                  {"bookable", "same-client", "client_credentials"},
-		"auth-sandbox.bookabletech.com":          {"bookable", "same-client", "client_credentials"},
-		"login.issuer.example":                   {"generic", "same-client", "client_credentials"},
-		strings.TrimPrefix(s.srv.URL, "http://"): {"generic", "jwt-client", "jwt_bearer", "valid"},
+		"auth.bookabletech.com":              {"bookable", "same-client", "client_credentials"},
+		"auth-sandbox.bookabletech.com":      {"bookable", "same-client", "client_credentials"},
+		"login.issuer.example":               {"generic", "same-client", "client_credentials"},
+		strings.TrimPrefix(s.URL, "http://"): {"generic", "jwt-client", "jwt_bearer", "valid"},
 	} {
 		r := row(host)
 		for _, w := range want {

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/testkeys"
 )
 
 // A client certificate whose file is replaced by something that does not
@@ -18,16 +20,16 @@ import (
 // real TLS server that requires the client certificate and closes every
 // connection, so each token request is a new handshake.
 func TestClientCertReloadFailureLogged(t *testing.T) {
-	serverCA, clientCA := newMTLSTestCA(t, "ops server CA"), newMTLSTestCA(t, "ops client CA")
-	s := newMTLSTokenServer(t, serverCA, clientCA)
-	s.srv.Config.SetKeepAlivesEnabled(false)
+	serverCA, clientCA := testkeys.NewCA(t, "ops server CA"), testkeys.NewCA(t, "ops client CA")
+	s := newMTLSAS(t, serverCA, clientCA)
+	s.Config.SetKeepAlivesEnabled(false)
 	files := writeMTLSClient(t, clientCA, "rotating-client", serverCA)
 	up := newUpstream(t)
 	c := startCaddyAdmin(t, e2eSite("oauth_bearer", fmt.Sprintf(`		token_url       %s
 		client_id       rotating-client
 		tls_client_cert %s %s
 		ca_file         %s
-		token_store     memory`, s.url, files.cert, files.key, files.ca), up))
+		token_store     memory`, s.tokenURL(), files.cert, files.key, files.ca), up))
 	wantInjected(t, c, up, "/", "at-mtls-rotating-client-1")
 	sources, _ := adminSources(t, c)
 	src := findSource(t, sources, "client_credentials")
@@ -37,7 +39,7 @@ func TestClientCertReloadFailureLogged(t *testing.T) {
 	}
 
 	const garbage = "-----BEGIN CERTIFICATE-----\nZ2FyYmFnZS1ub3QtYS1jZXJ0aWZpY2F0ZQ==\n-----END CERTIFICATE-----\n"
-	replaceFile(t, files.cert, []byte(garbage))
+	testkeys.ReplaceFile(t, files.cert, []byte(garbage))
 	refresh := func() {
 		t.Helper()
 		status, body := adminDo(t, c, http.MethodPost, "/oauth_bearer/sources/"+id+"/refresh")
@@ -48,7 +50,7 @@ func TestClientCertReloadFailureLogged(t *testing.T) {
 	for range 3 {
 		refresh()
 	}
-	if n := s.issued.Load(); n != 4 {
+	if n := s.issued(); n != 4 {
 		t.Errorf("%d tokens issued, want 4", n)
 	}
 	const failedMsg = "client certificate reload failed"
@@ -72,7 +74,7 @@ func TestClientCertReloadFailureLogged(t *testing.T) {
 		t.Errorf("status does not show the reload failure (exit %d, %s):\n%s", code, errOut, out)
 	}
 	for where, text := range map[string]string{"Caddy's log": logs, "the admin API": body, "status": out} {
-		assertNoKeyLeak(t, where, text, files.keyPEM)
+		testkeys.AssertNoKeyMaterial(t, where, text, files.keyPEM)
 		if strings.Contains(text, "Z2FyYmFnZS") {
 			t.Errorf("%s repeats the file's content", where)
 		}
@@ -80,7 +82,7 @@ func TestClientCertReloadFailureLogged(t *testing.T) {
 
 	// A good certificate again: loaded at the next handshake, logged, the
 	// failure cleared.
-	replaceFile(t, files.cert, pemOf("CERTIFICATE", clientCA.issueClient(t, "rotating-client", clientAuthKeys().p256b).Raw))
+	testkeys.ReplaceFile(t, files.cert, testkeys.PEM("CERTIFICATE", clientCA.IssueClient(t, "rotating-client", testkeys.Keys().P256b).Raw))
 	refresh()
 	logs = c.logs()
 	if !strings.Contains(logs, "client certificate reloaded") || strings.Count(logs, failedMsg) != 1 {

@@ -64,19 +64,11 @@ func connectAccounts(t *testing.T, refused string, accounts ...string) *grantSet
 			t.Fatalf("connect %s: %d %q", a, status, body)
 		}
 	}
-	g.as.mu.Lock()
-	for _, rt := range g.as.refreshes {
-		rt.dead = true
-	}
-	g.as.mu.Unlock()
+	g.as.setRefreshTokensDead(true)
 	if _, err := grantEntry(t).refresh(t.Context(), refused, fetchRequest{force: true}); err == nil {
 		t.Fatalf("%s's refresh succeeded", refused)
 	}
-	g.as.mu.Lock()
-	for _, rt := range g.as.refreshes {
-		rt.dead = false
-	}
-	g.as.mu.Unlock()
+	g.as.setRefreshTokensDead(false)
 	return g
 }
 

@@ -11,13 +11,15 @@ import (
 	"testing"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/testkeys"
 )
 
 func TestPresetEndpointsAndDefaults(t *testing.T) {
-	k := clientAuthKeys()
-	saPath := writeTestFile(t, "sa.json", googleKeyJSON(t, k.rsa, "https://oauth2.token-uri-from-the-file.example/token", nil))
-	keyPath := writeTestFile(t, "client.key", pkcs8PEM(t, k.rsa))
-	certPath := writeTestFile(t, "client.crt", pemOf("CERTIFICATE", selfSignedCert(t, k.rsa, "entra-app").Raw))
+	k := testkeys.Keys()
+	saPath := testkeys.WriteFile(t, "sa.json", testkeys.GoogleKeyJSON(t, k.RSA, "https://oauth2.token-uri-from-the-file.example/token", nil))
+	keyPath := testkeys.WriteFile(t, "client.key", testkeys.PKCS8PEM(t, k.RSA))
+	certPath := testkeys.WriteFile(t, "client.crt", testkeys.PEM("CERTIFICATE", testkeys.SelfSignedCert(t, k.RSA, "entra-app").Raw))
 	t.Setenv("OAB_PRESET_TENANT", "11111111-2222-3333-4444-555555555555")
 	const sec = "preset-secret"
 	params := func(kv ...string) map[string]string {
@@ -51,7 +53,7 @@ func TestPresetEndpointsAndDefaults(t *testing.T) {
 			clientAuth: "private_key_jwt", format: "form",
 			authorize: "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/oauth2/v2.0/authorize",
 			check: func(t *testing.T, cs *credentialSet) {
-				if cs.signer == nil || cs.signer.alg != "RS256" {
+				if cs.signer == nil || cs.signer.Alg() != "RS256" {
 					t.Errorf("signer %+v", cs.signer)
 				}
 			},
@@ -117,7 +119,7 @@ func TestPresetEndpointsAndDefaults(t *testing.T) {
 				if cs.AssertionAudience != "https://oauth2.token-uri-from-the-file.example/token" {
 					t.Errorf("assertion audience %q, want the file's token_uri", cs.AssertionAudience)
 				}
-				if cs.signer == nil || cs.signer.alg != "RS256" || cs.Scope != "https://www.googleapis.com/auth/cloud-platform" {
+				if cs.signer == nil || cs.signer.Alg() != "RS256" || cs.Scope != "https://www.googleapis.com/auth/cloud-platform" {
 					t.Errorf("signer %+v, scope %q", cs.signer, cs.Scope)
 				}
 			},

@@ -547,7 +547,7 @@ func (s *redisCertStorage) String() string {
 // startRedis runs a redis-server for the test on a free loopback port, with
 // no persistence, and returns its address once it answers PING. It is
 // stopped when the test ends.
-func startRedis(t *testing.T) string {
+func startRedis(t testing.TB) string {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -595,7 +595,7 @@ func startRedis(t *testing.T) string {
 // redisTestStorage returns a storage over the server at addr with its own
 // client (closed when the test ends), as another process would have. Keys
 // are under prefix; ttl 0 is the default lock TTL.
-func redisTestStorage(t *testing.T, addr, prefix string, ttl time.Duration) *redisCertStorage {
+func redisTestStorage(t testing.TB, addr, prefix string, ttl time.Duration) *redisCertStorage {
 	t.Helper()
 	if ttl == 0 {
 		ttl = redisDefaultLockTTL
@@ -618,7 +618,7 @@ func redisTestStorage(t *testing.T, addr, prefix string, ttl time.Duration) *red
 }
 
 // redisPrefixOf is a fresh key namespace for a test.
-func redisPrefixOf(t *testing.T) string {
+func redisPrefixOf(t testing.TB) string {
 	return strings.NewReplacer("/", "-", " ", "_").Replace(t.Name()) + "-" + randomHex(4)
 }
 

@@ -37,7 +37,8 @@ func hostGet(t *testing.T, c *testCaddy, host, path string) response {
 // others today's plain text; all get Retry-After while the source backs
 // off.
 func TestRefusalIsShapedByHandleErrors(t *testing.T) {
-	as := newFakeAS(t, "", "basic")
+	as := newFakeAS(t)
+	as.ClientAuth = "basic"
 	up := newUpstream(t)
 	_, port, _ := net.SplitHostPort(freeAddr(t))
 	block := fmt.Sprintf(`bind 127.0.0.1
@@ -46,7 +47,7 @@ func TestRefusalIsShapedByHandleErrors(t *testing.T) {
 		client_id     %s
 		client_secret wrong-secret
 	}
-	reverse_proxy %s`, as.tokenURL(), as.clientID, up.hostport())
+	reverse_proxy %s`, as.tokenURL(), as.ClientID, up.hostport())
 	c := startCaddyAt(t, "127.0.0.1:"+port, fmt.Sprintf(`http://json.test:%[1]s {
 	%[2]s
 	handle_errors {
@@ -103,8 +104,9 @@ http://plain.test:%[1]s {
 // handle_errors: Caddy logs the 499 at debug level, the error route runs
 // for nobody, and the fetch serves the next request.
 func TestClientGivingUpWithHandleErrors(t *testing.T) {
-	as := newFakeAS(t, "", "basic")
-	as.hold = make(chan struct{})
+	as := newFakeAS(t)
+	as.ClientAuth = "basic"
+	release := as.hold()
 	up := newUpstream(t)
 	c := startCaddy(t, fmt.Sprintf(`http://LISTEN {
 	oauth_bearer {
@@ -116,7 +118,7 @@ func TestClientGivingUpWithHandleErrors(t *testing.T) {
 	handle_errors {
 		respond "{err.status_code} {err.message}"
 	}
-}`, as.tokenURL(), as.clientID, as.secret, up.hostport()))
+}`, as.tokenURL(), as.ClientID, as.Secret, up.hostport()))
 
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
@@ -126,7 +128,7 @@ func TestClientGivingUpWithHandleErrors(t *testing.T) {
 		t.Fatalf("answered %d while the token endpoint was held", resp.StatusCode)
 	}
 	waitFor(t, func() bool { return strings.Contains(c.logs(), "client gave up waiting for a generic token") })
-	close(as.hold)
+	release()
 	if status, body := c.get("/next"); status != 200 {
 		t.Fatalf("next request: %d %q", status, body)
 	}
@@ -148,8 +150,9 @@ func TestClientGivingUpWithHandleErrors(t *testing.T) {
 func TestInjectorAnsweringAConsentPathSaysWhatIsWrong(t *testing.T) {
 	addr := freeAddr(t)
 	redirect := "http://" + addr + "/oauth/callback"
-	as := newCodeAS(t, redirect)
-	api := newAPIUpstream(t, as)
+	as := newFakeAS(t)
+	as.RedirectURI, as.CreatedAt = redirect, true
+	api := newAPI(t, as)
 	t.Setenv("CAS_SECRET", as.Secret)
 	creds := fmt.Sprintf("client_id     %s\n\t\tclient_secret {env.CAS_SECRET}\n\t\ttoken_url     %s", as.ClientID, as.tokenURL())
 	c := startCaddyAt(t, addr, fmt.Sprintf(`http://LISTEN {

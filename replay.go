@@ -10,6 +10,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/oauthclient"
 )
 
 // replay.go: what the injector does when the upstream answers 401 to a
@@ -51,8 +53,9 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 		return err
 	}
 
-	// The upstream refused the token.
-	retry := src.reject(tok)
+	// The upstream refused the token. A grant's source first takes a newer
+	// stored token, whatever the refused one's age (tokensource.go).
+	retry := src.takeNewer(r.Context(), tok) || src.reject(tok)
 	log := h.logger.With(zap.String("provider", h.provider), zap.Duration("token_age", src.now().Sub(tok.obtained)))
 	if !retry || !replayable {
 		action := "passed"
@@ -162,185 +165,12 @@ func tokenRejected(status int, hdr http.Header) bool {
 	values := hdr.Values("Www-Authenticate")
 	found := false
 	for _, v := range values {
-		for _, c := range parseChallenges(v) {
+		for _, c := range oauthclient.ParseChallenges(v) {
 			found = true
-			if strings.EqualFold(c.scheme, "Bearer") && c.params["error"] == "invalid_token" {
+			if strings.EqualFold(c.Scheme, "Bearer") && c.Params["error"] == "invalid_token" {
 				return true
 			}
 		}
 	}
 	return !found
-}
-
-// challenge is one challenge of a WWW-Authenticate field.
-type challenge struct {
-	scheme  string
-	token68 string
-	params  map[string]string // names in lower case; quoted values unquoted
-}
-
-// parseChallenges parses a WWW-Authenticate field value (RFC 9110
-// §11.6.1), a comma-separated list in which commas separate both
-// challenges and the parameters of one:
-//
-//	challenge  = auth-scheme [ 1*SP ( token68 / #auth-param ) ]
-//	auth-param = token BWS "=" BWS ( token / quoted-string )
-//
-// It returns the challenges parsed before anything malformed.
-func parseChallenges(v string) []challenge {
-	p := &challengeParser{s: v}
-	var out []challenge
-	for {
-		p.skipListSeparators()
-		if p.done() {
-			return out
-		}
-		scheme := p.token()
-		if scheme == "" {
-			return out
-		}
-		c := challenge{scheme: scheme, params: map[string]string{}}
-		if p.skipSpaces() > 0 && !p.done() && p.peek() != ',' {
-			if name, val, ok := p.authParam(); ok {
-				c.params[strings.ToLower(name)] = val
-				p.moreParams(c.params)
-			} else if t68 := p.token68(); t68 != "" {
-				c.token68 = t68
-			} else {
-				return append(out, c)
-			}
-		}
-		out = append(out, c)
-		p.skipSpaces()
-		if !p.done() && p.peek() != ',' {
-			return out // malformed
-		}
-	}
-}
-
-type challengeParser struct {
-	s string
-	i int
-}
-
-func (p *challengeParser) done() bool { return p.i >= len(p.s) }
-func (p *challengeParser) peek() byte { return p.s[p.i] }
-
-func (p *challengeParser) skipSpaces() int {
-	n := 0
-	for !p.done() && (p.peek() == ' ' || p.peek() == '\t') {
-		p.i++
-		n++
-	}
-	return n
-}
-
-func (p *challengeParser) skipListSeparators() {
-	for !p.done() && (p.peek() == ' ' || p.peek() == '\t' || p.peek() == ',') {
-		p.i++
-	}
-}
-
-// token reads an RFC 9110 token.
-func (p *challengeParser) token() string {
-	start := p.i
-	for !p.done() && isTokenChar(p.peek()) {
-		p.i++
-	}
-	return p.s[start:p.i]
-}
-
-// authParam reads name BWS "=" BWS value; on failure nothing is consumed.
-func (p *challengeParser) authParam() (string, string, bool) {
-	start := p.i
-	name := p.token()
-	p.skipSpaces()
-	if name == "" || p.done() || p.peek() != '=' {
-		p.i = start
-		return "", "", false
-	}
-	p.i++
-	p.skipSpaces()
-	if p.done() {
-		p.i = start
-		return "", "", false
-	}
-	if p.peek() == '"' {
-		if val, ok := p.quoted(); ok {
-			return name, val, true
-		}
-	} else if val := p.token(); val != "" {
-		return name, val, true
-	}
-	p.i = start // token68 such as "abc==" ends up here
-	return "", "", false
-}
-
-// moreParams reads the auth-params after the first one: each follows a
-// comma; a comma followed by something that is not name= starts the next
-// challenge.
-func (p *challengeParser) moreParams(params map[string]string) {
-	for {
-		save := p.i
-		p.skipSpaces()
-		if p.done() || p.peek() != ',' {
-			p.i = save
-			return
-		}
-		p.skipListSeparators()
-		name, val, ok := p.authParam()
-		if !ok {
-			p.i = save
-			return
-		}
-		params[strings.ToLower(name)] = val
-	}
-}
-
-// quoted reads a quoted-string, undoing quoted-pairs.
-func (p *challengeParser) quoted() (string, bool) {
-	var b strings.Builder
-	for p.i++; !p.done(); p.i++ {
-		switch c := p.peek(); c {
-		case '"':
-			p.i++
-			return b.String(), true
-		case '\\':
-			p.i++
-			if p.done() {
-				return "", false
-			}
-			b.WriteByte(p.peek())
-		default:
-			b.WriteByte(c)
-		}
-	}
-	return "", false
-}
-
-// token68 reads 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"=".
-func (p *challengeParser) token68() string {
-	start := p.i
-	for !p.done() {
-		c := p.peek()
-		if !(isAlnum(c) || strings.IndexByte("-._~+/", c) >= 0) {
-			break
-		}
-		p.i++
-	}
-	if p.i == start {
-		return ""
-	}
-	for !p.done() && p.peek() == '=' {
-		p.i++
-	}
-	return p.s[start:p.i]
-}
-
-func isAlnum(c byte) bool {
-	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
-}
-
-func isTokenChar(c byte) bool {
-	return isAlnum(c) || strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
 }

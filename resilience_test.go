@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -54,12 +53,7 @@ func answer(status int, contentType, body string, hdr ...string) http.HandlerFun
 }
 
 func TestFaultInjection(t *testing.T) {
-	var redirectTarget atomic.Int64
-	target := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		redirectTarget.Add(1)
-		tokenJSON(`,"expires_in":3600`)(w, r)
-	}))
-	defer target.Close()
+	target := newFakeAS(t) // where a redirect points: nothing may reach it
 
 	cases := []faultCase{
 		{name: "connection refused", status: 502, code: "unreachable", requests: -1},
@@ -102,11 +96,11 @@ func TestFaultInjection(t *testing.T) {
 		{name: "expires_in negative", handler: tokenJSON(`,"expires_in":-5`), status: 200, forwarded: true, requests: 1},
 		{name: "expires_in huge", handler: tokenJSON(`,"expires_in":99999999999999999999`), status: 200, forwarded: true, requests: 1},
 		{name: "redirect to another host", handler: func(w http.ResponseWriter, r *http.Request) {
-			http.Redirect(w, r, target.URL+"/steal?x=1", http.StatusTemporaryRedirect)
+			http.Redirect(w, r, target.tokenURL()+"?steal=1", http.StatusTemporaryRedirect)
 		}, status: 502, code: "unexpected_redirect", requests: 1},
 		{name: "body over 1 MiB", handler: func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "application/json")
-			io.WriteString(w, `{"access_token":"`+strings.Repeat("a", maxTokenResponse)+`"}`)
+			io.WriteString(w, `{"access_token":"`+strings.Repeat("a", 1<<20)+`"}`)
 		}, status: 502, code: "response_too_large", requests: 1},
 		{name: "untrusted TLS certificate", tls: true, handler: tokenJSON(`,"expires_in":3600`), status: 502, code: "tls_error", requests: -1},
 	}
@@ -117,18 +111,14 @@ func TestFaultInjection(t *testing.T) {
 			// during the first backoff (at least 1 s), however slow the
 			// machine is.
 			useFakeClock(t)
-			var n atomic.Int64
-			tokenURL := "http://" + freeAddr(t) + "/token"
+			tokenURL, requests := "http://"+freeAddr(t)+"/token", func() int64 { return 0 }
 			if tc.handler != nil {
-				h := func(w http.ResponseWriter, r *http.Request) { n.Add(1); tc.handler(w, r) }
-				var srv *httptest.Server
+				as := newFakeAS(t)
 				if tc.tls {
-					srv = httptest.NewTLSServer(http.HandlerFunc(h))
-				} else {
-					srv = httptest.NewServer(http.HandlerFunc(h))
+					as = newFakeASTLS(t, nil)
 				}
-				defer srv.Close()
-				tokenURL = srv.URL + "/token"
+				as.answerWith(tc.handler)
+				tokenURL, requests = as.tokenURL(), as.tokenRequests
 			}
 			up := newUpstream(t)
 			timeout := tc.timeout
@@ -161,8 +151,8 @@ func TestFaultInjection(t *testing.T) {
 			if forwarded := len(up.requests()) > 0; forwarded != tc.forwarded {
 				t.Errorf("forwarded = %v, want %v", forwarded, tc.forwarded)
 			}
-			if tc.requests >= 0 && n.Load() != tc.requests {
-				t.Errorf("token requests = %d, want %d", n.Load(), tc.requests)
+			if tc.requests >= 0 && requests() != tc.requests {
+				t.Errorf("token requests = %d, want %d", requests(), tc.requests)
 			}
 			if tc.forwarded && up.last(t).Get("Authorization") != "Bearer fault-token-abc" {
 				t.Errorf("upstream Authorization = %q", up.last(t).Get("Authorization"))
@@ -170,20 +160,20 @@ func TestFaultInjection(t *testing.T) {
 			if !tc.forwarded {
 				// A second request during the backoff: answered at once
 				// with 503 and Retry-After, no new token request.
-				before := n.Load()
+				before := requests()
 				again := getResp(t, c.url("/y"))
 				if again.status != 503 || again.header.Get("Retry-After") == "" {
 					t.Errorf("during backoff: %d Retry-After=%q, want 503 with Retry-After", again.status, again.header.Get("Retry-After"))
 				}
-				if n.Load() != before {
+				if requests() != before {
 					t.Errorf("a request during backoff reached the token endpoint")
 				}
 				if len(up.requests()) != 0 {
 					t.Error("forwarded during backoff")
 				}
 			}
-			if redirectTarget.Load() != 0 {
-				t.Errorf("the redirect target received %d requests", redirectTarget.Load())
+			if n := len(target.log()); n != 0 {
+				t.Errorf("the redirect target received %d requests", n)
 			}
 			assertNoSecrets(t, c.logs()+resp.body, faultSecret)
 			if tc.forwarded {
@@ -213,31 +203,26 @@ func getResp(t *testing.T, url string) response {
 // A CA file makes a corporate certificate trusted, and only for the token
 // endpoint.
 func TestCAFileTrustsTokenEndpoint(t *testing.T) {
-	var n atomic.Int64
-	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		n.Add(1)
-		tokenJSON(`,"expires_in":3600`)(w, r)
-	}))
-	defer srv.Close()
+	as := newFakeASTLS(t, nil)
 	caFile := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(caFile, certPEM(srv), 0o600); err != nil {
+	if err := os.WriteFile(caFile, certPEM(as.Server), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	up := newUpstream(t)
 	c := startCaddy(t, fmt.Sprintf(`http://LISTEN {
 	oauth_bearer {
-		token_url     %s/token
-		client_id     id
-		client_secret secret
+		token_url     %s
+		client_id     %s
+		client_secret "%s"
 		ca_file       %s
 	}
 	reverse_proxy %s
-}`, srv.URL, caFile, up.hostport()))
+}`, as.tokenURL(), as.ClientID, as.Secret, caFile, up.hostport()))
 	if status, body := c.get("/"); status != 200 {
 		t.Fatalf("status %d: %s", status, body)
 	}
-	if up.last(t).Get("Authorization") != "Bearer fault-token-abc" {
-		t.Errorf("upstream got %q", up.last(t).Get("Authorization"))
+	if got := up.last(t).Get("Authorization"); as.issued() != 1 || got != "Bearer "+as.last(t).Token {
+		t.Errorf("upstream got %q", got)
 	}
 }
 
@@ -245,31 +230,23 @@ func TestCAFileTrustsTokenEndpoint(t *testing.T) {
 // no client request fails, and the retries are spaced out by the backoff.
 func TestProviderDownWhileTokenCached(t *testing.T) {
 	clock := useFakeClock(t)
-	var down atomic.Bool
-	var n atomic.Int64
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		n.Add(1)
-		if down.Load() {
-			answer(503, "text/html", "<h1>maintenance</h1>")(w, r)
-			return
-		}
-		tokenJSON(`,"expires_in":3600`)(w, r)
-	}))
-	defer srv.Close()
+	as := newFakeAS(t)
+	as.Secret = faultSecret
 	up := newUpstream(t)
 	c := startCaddy(t, fmt.Sprintf(`http://LISTEN {
 	oauth_bearer {
-		token_url      %s/token
-		client_id      id
+		token_url      %s
+		client_id      %s
 		client_secret  %s
 		refresh_before 30m
 	}
 	reverse_proxy %s
-}`, srv.URL, faultSecret, up.hostport()))
+}`, as.tokenURL(), as.ClientID, faultSecret, up.hostport()))
 	if status, _ := c.get("/"); status != 200 {
 		t.Fatal("first request failed")
 	}
-	down.Store(true)
+	token := as.last(t).Token
+	as.answerWith(answer(503, "text/html", "<h1>maintenance</h1>"))
 	// From minute 27 (the refresh window opens at ~30m before expiry, with
 	// jitter) to a second before expiry, a request every 10 s of fake time.
 	clock.add(27 * time.Minute)
@@ -291,7 +268,7 @@ func TestProviderDownWhileTokenCached(t *testing.T) {
 	}
 	// ~33 minutes of outage with a 5 min backoff cap: a handful of
 	// attempts, not one per request.
-	if got := n.Load() - 1; got < 2 || got > 30 {
+	if got := as.tokenRequests() - 1; got < 2 || got > 30 {
 		t.Errorf("%d refresh attempts during the outage over %d requests, want a backoff-spaced handful", got, steps)
 	}
 	// Past expiry the cached token is never used.
@@ -299,25 +276,18 @@ func TestProviderDownWhileTokenCached(t *testing.T) {
 	if status, body := c.get("/"); status < 500 || len(up.requests()) != steps+1 {
 		t.Errorf("after expiry: %d %q, upstream requests %d (want no forwarding)", status, body, len(up.requests()))
 	}
-	assertNoSecrets(t, c.logs(), faultSecret, "fault-token-abc")
+	assertNoSecrets(t, c.logs(), faultSecret, token)
 }
 
 // Under concurrent load, across several rotations, no request waits for a
 // token and there is exactly one token request per rotation.
 func TestRefreshAheadUnderLoad(t *testing.T) {
 	clock := useFakeClock(t)
-	as := newFakeAS(t, "", "basic")
-	as.expiresIn = 100
+	as := newFakeAS(t)
+	as.ClientAuth = "basic"
+	as.Lifetime = 100 * time.Second
 	up := newUpstream(t)
-	c := startCaddy(t, fmt.Sprintf(`http://LISTEN {
-	oauth_bearer {
-		token_url      %s
-		client_id      %s
-		client_secret  "%s"
-		refresh_before 20s
-	}
-	reverse_proxy %s
-}`, as.tokenURL(), as.clientID, as.secret, up.hostport()))
+	c := startCaddy(t, e2eSite("oauth_bearer", as.credentials()+"\n\t\trefresh_before 20s", up))
 	if status, _ := c.get("/"); status != 200 {
 		t.Fatal("first request failed")
 	}
@@ -326,7 +296,7 @@ func TestRefreshAheadUnderLoad(t *testing.T) {
 		clock.add(95 * time.Second) // inside the refresh window, before expiry
 		// Hold the token endpoint: if any request waited on it, the load
 		// below would not finish.
-		as.hold = make(chan struct{})
+		release := as.hold()
 		var wg sync.WaitGroup
 		var bad atomic.Int64
 		for j := 0; j < 40; j++ {
@@ -347,85 +317,30 @@ func TestRefreshAheadUnderLoad(t *testing.T) {
 		select {
 		case <-done:
 		case <-time.After(8 * time.Second):
-			close(as.hold)
+			release()
 			t.Fatalf("rotation %d: requests waited on the token endpoint", i)
 		}
-		close(as.hold)
+		release()
 		// The token is issued, and the source has stored it (and its
 		// refresh has ended) before the clock moves on.
 		src := ccSource(t)
-		waitFor(t, func() bool { return as.issued.Load() == int64(i+1) && !src.refreshing.Load() })
-		as.hold = nil
+		waitFor(t, func() bool { return as.issued() == int64(i+1) && !src.refreshing.Load() })
 		if bad.Load() != 0 {
 			t.Errorf("rotation %d: %d requests failed", i, bad.Load())
 		}
 	}
-	if got := as.requests.Load(); got != rotations+1 {
+	if got := as.tokenRequests(); got != rotations+1 {
 		t.Errorf("token requests = %d, want %d (one per rotation)", got, rotations+1)
 	}
 }
 
-// rejectingUpstream answers 401 invalid_token to the tokens in reject and
-// 403 insufficient_scope to those in forbid, and records bodies.
-type rejectingUpstream struct {
-	*httptest.Server
-	mu     sync.Mutex
-	reject map[string]bool
-	forbid bool
-	seen   []string // "Authorization|body"
-}
-
-func newRejectingUpstream(t *testing.T) *rejectingUpstream {
-	u := &rejectingUpstream{reject: map[string]bool{}}
-	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		b, _ := io.ReadAll(r.Body)
-		auth := r.Header.Get("Authorization")
-		u.mu.Lock()
-		u.seen = append(u.seen, auth+"|"+string(b))
-		rejected, forbid := u.reject[auth], u.forbid
-		u.mu.Unlock()
-		switch {
-		case forbid:
-			w.Header().Set("WWW-Authenticate", `Bearer error="insufficient_scope"`)
-			w.WriteHeader(403)
-		case rejected:
-			w.Header().Set("WWW-Authenticate", `Bearer realm="api", error="invalid_token", error_description="expired"`)
-			w.WriteHeader(401)
-			io.WriteString(w, "token expired")
-		default:
-			w.Header().Set("X-Upstream", "yes")
-			fmt.Fprintf(w, "ok %s", b)
-		}
-	}))
-	t.Cleanup(u.Close)
-	return u
-}
-
-func (u *rejectingUpstream) requests() []string {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return append([]string(nil), u.seen...)
-}
-
-func (u *rejectingUpstream) rejectToken(auth string) {
-	u.mu.Lock()
-	u.reject[auth] = true
-	u.mu.Unlock()
-}
-
 func TestUpstream401PurgesAndRetries(t *testing.T) {
 	clock := useFakeClock(t)
-	as := newFakeAS(t, "", "basic")
-	up := newRejectingUpstream(t)
-	c := startCaddy(t, fmt.Sprintf(`http://LISTEN {
-	oauth_bearer {
-		token_url       %s
-		client_id       %s
-		client_secret   "%s"
-		replay_max_body 1KiB
-	}
-	reverse_proxy %s
-}`, as.tokenURL(), as.clientID, as.secret, strings.TrimPrefix(up.URL, "http://")))
+	as := newFakeAS(t)
+	as.ClientAuth = "basic"
+	up := newUpstream(t)
+	const expired = `Bearer realm="api", error="invalid_token", error_description="expired"`
+	c := startCaddy(t, e2eSite("oauth_bearer", as.credentials()+"\n\t\treplay_max_body 1KiB", up))
 
 	post := func(body io.Reader, chunked bool) response {
 		req, _ := http.NewRequest(http.MethodPost, c.url("/items"), body)
@@ -440,29 +355,26 @@ func TestUpstream401PurgesAndRetries(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return response{resp.StatusCode, resp.Header, string(b)}
 	}
-	lastAuth := func() string {
-		r := up.requests()
-		return strings.SplitN(r[len(r)-1], "|", 2)[0]
-	}
+	lastAuth := func() string { return up.last(t).Get("Authorization") }
 
 	// A fresh token refused: a configuration problem, not the token's;
 	// passed on, not purged.
 	c.get("/warm")
 	tok1 := lastAuth()
-	up.rejectToken(tok1)
+	up.reject(expired, tok1)
 	if status, _ := c.get("/fresh"); status != 401 {
 		t.Errorf("fresh token refused: status %d, want the upstream's 401 passed on", status)
 	}
-	if as.issued.Load() != 1 {
-		t.Errorf("a fresh token was purged: %d token requests", as.issued.Load())
+	if as.issued() != 1 {
+		t.Errorf("a fresh token was purged: %d token requests", as.issued())
 	}
 
 	// GET with an old, revoked token: purged, one retry with a new token.
 	clock.add(time.Minute)
 	n := len(up.requests())
 	status, body := c.get("/items")
-	if status != 200 || as.issued.Load() != 2 {
-		t.Fatalf("GET: %d %q after %d token requests, want 200 via a second token", status, body, as.issued.Load())
+	if status != 200 || as.issued() != 2 {
+		t.Fatalf("GET: %d %q after %d token requests, want 200 via a second token", status, body, as.issued())
 	}
 	if got := len(up.requests()) - n; got != 2 {
 		t.Errorf("GET reached the upstream %d times, want 2 (original and one retry)", got)
@@ -471,15 +383,15 @@ func TestUpstream401PurgesAndRetries(t *testing.T) {
 
 	// Small POST: replayed with the same body.
 	clock.add(time.Minute)
-	up.rejectToken(tok2)
+	up.reject(expired, tok2)
 	n = len(up.requests())
 	r := post(strings.NewReader(`{"name":"x"}`), false)
-	if r.status != 200 || r.body != `ok {"name":"x"}` {
+	if r.status != 200 || r.body != `ok /items {"name":"x"}` {
 		t.Errorf("small POST: %d %q", r.status, r.body)
 	}
-	reqs := up.requests()[n:]
-	if len(reqs) != 2 || !strings.HasSuffix(reqs[0], `|{"name":"x"}`) || !strings.HasSuffix(reqs[1], `|{"name":"x"}`) {
-		t.Errorf("small POST upstream saw %q, want the same body twice", reqs)
+	reqs := up.log()[n:]
+	if len(reqs) != 2 || reqs[0].Body != `{"name":"x"}` || reqs[1].Body != `{"name":"x"}` {
+		t.Errorf("small POST upstream saw %+v, want the same body twice", reqs)
 	}
 	if r.header.Values("X-Upstream") == nil || len(r.header.Values("Www-Authenticate")) != 0 {
 		t.Errorf("retried response headers leak the 401's: %v", r.header)
@@ -489,32 +401,30 @@ func TestUpstream401PurgesAndRetries(t *testing.T) {
 	// Large streaming body: not buffered, not replayed; the token is
 	// still dropped so the next request gets a new one.
 	clock.add(time.Minute)
-	up.rejectToken(tok3)
+	up.reject(expired, tok3)
 	n = len(up.requests())
 	big := bytes.Repeat([]byte("b"), 4096)
 	r = post(bytes.NewReader(big), true)
 	if r.status != 401 {
 		t.Errorf("large streaming POST: status %d, want the 401 passed on", r.status)
 	}
-	reqs = up.requests()[n:]
-	if len(reqs) != 1 || !strings.HasSuffix(reqs[0], "|"+string(big)) {
+	reqs = up.log()[n:]
+	if len(reqs) != 1 || reqs[0].Body != string(big) {
 		t.Errorf("large POST reached the upstream %d times (want once, whole body)", len(reqs))
 	}
-	if status, _ := c.get("/after"); status != 200 || as.issued.Load() != 4 {
-		t.Errorf("after the large POST: %d with %d token requests, want 200 with a 4th token", status, as.issued.Load())
+	if status, _ := c.get("/after"); status != 200 || as.issued() != 4 {
+		t.Errorf("after the large POST: %d with %d token requests, want 200 with a 4th token", status, as.issued())
 	}
 
 	// 403 insufficient_scope: never a retry, never a purge.
 	clock.add(time.Minute)
-	up.mu.Lock()
-	up.forbid = true
-	up.mu.Unlock()
+	up.setForbid(true)
 	n = len(up.requests())
 	if status, _ := c.get("/scoped"); status != 403 {
 		t.Errorf("403: status %d", status)
 	}
-	if len(up.requests())-n != 1 || as.issued.Load() != 4 {
-		t.Errorf("403 caused %d upstream requests and %d token requests", len(up.requests())-n, as.issued.Load())
+	if len(up.requests())-n != 1 || as.issued() != 4 {
+		t.Errorf("403 caused %d upstream requests and %d token requests", len(up.requests())-n, as.issued())
 	}
 }
 
@@ -533,36 +443,4 @@ func ccSource(t *testing.T) *tokenSource {
 		t.Fatal("no client-credentials source in the pool")
 	}
 	return src
-}
-
-// fakeTime is a settable clock shared by the token sources of one test.
-type fakeTime struct {
-	fakeClock
-	start time.Time
-}
-
-// testClock, when set, is given to every token source and grant of the
-// Caddy the tests run, each time it loads a configuration.
-var testClock *fakeTime
-
-// useFakeClock makes the test's Caddy run on a fake clock, starting now.
-func useFakeClock(t *testing.T) *fakeTime {
-	c := &fakeTime{start: time.Now()}
-	c.t = c.start
-	testClock = c
-	t.Cleanup(func() { testClock = nil })
-	return c
-}
-
-// setPoolClocks sets the clock of every entry in the pool.
-func setPoolClocks(f clockFunc) {
-	pool.Range(func(_, v any) bool {
-		switch e := v.(type) {
-		case *sourceEntry:
-			e.clock.set(f)
-		case *grant:
-			e.clock.set(f)
-		}
-		return true
-	})
 }

@@ -28,6 +28,9 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/oauthclient"
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/testkeys"
 )
 
 // publicAEAD is the AES-256-GCM of a key anyone can derive who reads the
@@ -92,37 +95,38 @@ type recordSecrecyCase struct {
 func recordSecrecyCases() []recordSecrecyCase {
 	return []recordSecrecyCase{
 		{name: "client_secret", clientID: "client-1", setup: func(t *testing.T) (string, string) {
-			as := newFakeAS(t, "form", "basic")
-			t.Setenv("OAB_SECRECY_SECRET", as.secret)
+			as := newFakeAS(t)
+			as.Format, as.ClientAuth = "form", "basic"
+			t.Setenv("OAB_SECRECY_SECRET", as.Secret)
 			return fmt.Sprintf("\t\ttoken_url %s\n\t\tclient_id client-1\n\t\tclient_secret {env.OAB_SECRECY_SECRET}\n\t\tclient_auth basic", as.tokenURL()), "tok-1-"
 		}},
 		{name: "private_key_jwt", clientID: "secrecy-pkjwt", setup: func(t *testing.T) (string, string) {
-			key := clientAuthKeys().p256
-			s := newRecordingJWTServer(t)
+			key := testkeys.Keys().P256
+			s := newJWTAS(t)
 			s.register("secrecy-pkjwt", key.Public(), "")
-			path := writeTestFile(t, "client.key", pkcs8PEM(t, key))
-			return fmt.Sprintf("\t\ttoken_url %s\n\t\tclient_id secrecy-pkjwt\n\t\tprivate_key %s", s.url, path), "at-secrecy-pkjwt-1"
+			path := testkeys.WriteFile(t, "client.key", testkeys.PKCS8PEM(t, key))
+			return fmt.Sprintf("\t\ttoken_url %s\n\t\tclient_id secrecy-pkjwt\n\t\tprivate_key %s", s.tokenURL(), path), "at-secrecy-pkjwt-1"
 		}},
 		{name: "tls", clientID: "secrecy-mtls", setup: func(t *testing.T) (string, string) {
-			serverCA, clientCA := newMTLSTestCA(t, "secrecy server CA"), newMTLSTestCA(t, "secrecy client CA")
-			s := newMTLSTokenServer(t, serverCA, clientCA)
+			serverCA, clientCA := testkeys.NewCA(t, "secrecy server CA"), testkeys.NewCA(t, "secrecy client CA")
+			s := newMTLSAS(t, serverCA, clientCA)
 			files := writeMTLSClient(t, clientCA, "secrecy-mtls", serverCA)
 			return fmt.Sprintf("\t\ttoken_url %s\n\t\tclient_id secrecy-mtls\n\t\tclient_auth tls\n\t\ttls_client_cert %s %s\n\t\tca_file %s",
-				s.url, files.cert, files.key, files.ca), "at-mtls-secrecy-mtls-1"
+				s.tokenURL(), files.cert, files.key, files.ca), "at-mtls-secrecy-mtls-1"
 		}},
 		{name: "jwt_bearer_private_key", clientID: "secrecy-bearer", setup: func(t *testing.T) (string, string) {
-			key := clientAuthKeys().rsa
-			s := newRecordingJWTServer(t)
+			key := testkeys.Keys().RSA
+			s := newJWTAS(t)
 			s.register("secrecy-bearer", key.Public(), "")
-			path := writeTestFile(t, "bearer.key", pkcs8PEM(t, key))
+			path := testkeys.WriteFile(t, "bearer.key", testkeys.PKCS8PEM(t, key))
 			return fmt.Sprintf("\t\tgrant jwt_bearer\n\t\ttoken_url %s\n\t\tclient_id secrecy-bearer\n\t\tprivate_key %s\n\t\tsubject someone@example.com\n\t\tscope api",
-				s.url, path), "at-secrecy-bearer-1"
+				s.tokenURL(), path), "at-secrecy-bearer-1"
 		}},
 		{name: "jwt_bearer_service_account", clientID: "robot@proj.iam.gserviceaccount.com", setup: func(t *testing.T) (string, string) {
-			key := clientAuthKeys().rsa2
-			s := newRecordingJWTServer(t)
+			key := testkeys.Keys().RSA2
+			s := newJWTAS(t)
 			s.register("robot@proj.iam.gserviceaccount.com", key.Public(), "")
-			path := writeTestFile(t, "sa.json", googleKeyJSON(t, key, s.url, nil))
+			path := testkeys.WriteFile(t, "sa.json", testkeys.GoogleKeyJSON(t, key, s.tokenURL(), nil))
 			return fmt.Sprintf("\t\tservice_account_file %s\n\t\tscope https://www.googleapis.com/auth/cloud-platform", path),
 				"at-robot@proj.iam.gserviceaccount.com-1"
 		}},
@@ -197,7 +201,7 @@ func TestStoredTokenRecordNotOpenableFromPublicInputs(t *testing.T) {
 // loads with token_store memory (tokens only) or with encryption_key.
 func TestNoSecretNeedsEncryptionKey(t *testing.T) {
 	jwtShaped := "eyJhbGciOiJFUzI1NiJ9.eyJzdWIiOiJ3b3JrbG9hZCJ9.c2lnbmF0dXJl"
-	assertion := writeTestFile(t, "assertion", []byte(jwtShaped))
+	assertion := testkeys.WriteFile(t, "assertion", []byte(jwtShaped))
 	key := base64.StdEncoding.EncodeToString(make([]byte, 32))
 	const tokenURL = "http://127.0.0.1:9/token"
 	consent := func(extra string) string {
@@ -320,9 +324,9 @@ func dropJSONField(t *testing.T, doc []byte, field string) ([]byte, int) {
 // does not open with a key derived from public inputs, and a cookie forged
 // with one is refused by the callback as not valid.
 func TestConsentStateCookieNotForgeableFromPublicInputs(t *testing.T) {
-	key := clientAuthKeys().p256
-	keyPath := writeTestFile(t, "client.key", pkcs8PEM(t, key))
-	s := newRecordingJWTServer(t)
+	key := testkeys.Keys().P256
+	keyPath := testkeys.WriteFile(t, "client.key", testkeys.PKCS8PEM(t, key))
+	s := newJWTAS(t)
 	s.register("secrecy-consent", key.Public(), "")
 	addr := freeAddr(t)
 	sites := fmt.Sprintf(`http://LISTEN {
@@ -335,7 +339,7 @@ func TestConsentStateCookieNotForgeableFromPublicInputs(t *testing.T) {
 	}
 	respond "next"
 }
-`, s.url, keyPath, addr)
+`, s.tokenURL(), keyPath, addr)
 	c := startCaddyAt(t, addr, sites)
 	client := &http.Client{Timeout: 10 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	resp, err := client.PostForm(c.url("/oauth/connect"), url.Values{"account": {"alice"}})
@@ -364,7 +368,7 @@ func TestConsentStateCookieNotForgeableFromPublicInputs(t *testing.T) {
 		t.Fatal(err)
 	}
 	// The grant's record id is what its storage keys hold.
-	id := grantID(&credentialSet{Provider: "generic", TokenURL: s.url, ClientID: "secrecy-consent"})
+	id := grantID(&credentialSet{Provider: "generic", TokenURL: s.tokenURL(), ClientID: "secrecy-consent"})
 	for _, public := range []string{"", "secrecy-consent"} {
 		if _, ok := publicOpen(publicAEAD(t, public, "caddy-oauth-bearer grant v1", id), "state", sealed); ok {
 			t.Fatalf("the consent state cookie opens with a key derived from public inputs (secret %q)", public)
@@ -387,7 +391,7 @@ func TestConsentStateCookieNotForgeableFromPublicInputs(t *testing.T) {
 	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, "state cookie is not valid") {
 		t.Fatalf("callback with a state cookie forged with a public key: %d %q; want 400 \"the state cookie is not valid\"", resp.StatusCode, body)
 	}
-	if n := len(s.sentForms()); n != 0 {
+	if n := len(s.log()); n != 0 {
 		t.Fatalf("the forged callback reached the token endpoint (%d requests)", n)
 	}
 }
@@ -397,21 +401,21 @@ func TestConsentStateCookieNotForgeableFromPublicInputs(t *testing.T) {
 // record forged with a key derived from public inputs is not taken after a
 // restart, and the record written does not open with one.
 func TestEncryptionKeyAloneOpensRecords(t *testing.T) {
-	key := clientAuthKeys().p384
-	s := newRecordingJWTServer(t)
+	key := testkeys.Keys().P384
+	s := newJWTAS(t)
 	s.register("workload", key.Public(), "")
-	kubelet, err := newAssertionSigner(key, "", "", nil)
+	kubelet, err := oauthclient.NewAssertionSigner(key, "", "", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	assertion, err := kubelet.sign(time.Now(), assertionClaims{issuer: "workload", subject: "workload", audience: s.url, lifetime: 5 * time.Minute})
+	assertion, err := kubelet.Sign(time.Now(), oauthclient.AssertionClaims{Issuer: "workload", Subject: "workload", Audience: s.tokenURL(), Lifetime: 5 * time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
-	path := writeTestFile(t, "token", []byte(assertion))
+	path := testkeys.WriteFile(t, "token", []byte(assertion))
 	t.Setenv("OAB_SECRECY_KEY", base64.StdEncoding.EncodeToString([]byte("0123456789abcdef0123456789abcdef")))
 	up := newUpstream(t)
-	sites := e2eSite("oauth_bearer", fmt.Sprintf("\t\ttoken_url %s\n\t\tclient_id workload\n\t\tclient_assertion_file %s\n\t\tencryption_key {env.OAB_SECRECY_KEY}", s.url, path), up)
+	sites := e2eSite("oauth_bearer", fmt.Sprintf("\t\ttoken_url %s\n\t\tclient_id workload\n\t\tclient_assertion_file %s\n\t\tencryption_key {env.OAB_SECRECY_KEY}", s.tokenURL(), path), up)
 	c := startCaddy(t, sites)
 	wantInjected(t, c, up, "/", "at-workload-1")
 
@@ -431,11 +435,11 @@ func TestEncryptionKeyAloneOpensRecords(t *testing.T) {
 	c.restart(sites)
 	// The assertion file is read again for the new token (its jti is
 	// refused twice by the server): a fresh one.
-	again, err := kubelet.sign(time.Now(), assertionClaims{issuer: "workload", subject: "workload", audience: s.url, lifetime: 5 * time.Minute})
+	again, err := kubelet.Sign(time.Now(), oauthclient.AssertionClaims{Issuer: "workload", Subject: "workload", Audience: s.tokenURL(), Lifetime: 5 * time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}
-	replaceFile(t, path, []byte(again))
+	testkeys.ReplaceFile(t, path, []byte(again))
 	wantInjected(t, c, up, "/after-forgery", "at-workload-2")
 }
 
@@ -462,11 +466,7 @@ func TestProviderDescriptionTokensRedacted(t *testing.T) {
 		return fmt.Sprintf("AADSTS70008: Trace ID: %s: refresh_token=%s has expired; the last access token was Bearer %s (%s, %s, %s)",
 			traceID, rt, opaque, jwtLike, hexRun, b64Run)
 	}
-	s.as.mu.Lock()
-	for _, rt := range s.as.refreshes {
-		rt.dead = true
-	}
-	s.as.mu.Unlock()
+	s.as.setRefreshTokensDead(true)
 	if _, err := grantEntry(t).refresh(t.Context(), "alice", fetchRequest{force: true}); err == nil {
 		t.Fatal("the refresh succeeded; want invalid_grant")
 	}
@@ -536,33 +536,6 @@ func TestProviderDescriptionTokensRedacted(t *testing.T) {
 			if strings.Contains(text, v) {
 				t.Errorf("%s holds a token from the provider's error_description: %.12s…", where, v)
 			}
-		}
-	}
-}
-
-// What redactTokens takes out, and what it leaves for a person to read.
-func TestRedactTokens(t *testing.T) {
-	for _, tc := range []struct{ in, want string }{
-		{"refresh_token=8xLOxBtZp8 is invalid", "refresh_token=[REDACTED] is invalid"},
-		{`{"access_token": "abc.def", "x": 1}`, `{"access_token": "[REDACTED]", "x": 1}`},
-		{"Authorization: Bearer ya29.a0AfH6SMBx3 was refused", "Authorization: Bearer [REDACTED] was refused"},
-		{"Basic YXBwOnNlY3JldA== refused", "Basic [REDACTED] refused"},
-		{"token eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.sig_nature-1 expired", "token [REDACTED] expired"},
-		{"key 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08 unknown", "key [REDACTED] unknown"},
-		{"opaque gho_16C7e42F292c6912E7710c838347Ae178B4a here", "opaque [REDACTED] here"},
-		{"google 1//0gLzHvQ7wT3cUCgYIARAAGBASNwF-L9IrXk0aB4ZPq", "google [REDACTED]"},
-		// Kept: prose, error codes, UUIDs, URLs and paths, short words.
-		{"Bearer token required", "Bearer token required"},
-		{"AADSTS700016: Application with identifier 'a0b1c2d3-e4f5-4a6b-8c9d-0e1f2a3b4c5d' was not found", "AADSTS700016: Application with identifier 'a0b1c2d3-e4f5-4a6b-8c9d-0e1f2a3b4c5d' was not found"},
-		{"see https://login.example.com/realms/MyRealm2024/protocol/openid-connect/token", "see https://login.example.com/realms/MyRealm2024/protocol/openid-connect/token"},
-		{"client_credentials_grant_is_not_allowed_here", "client_credentials_grant_is_not_allowed_here"},
-		{"Timestamp: 2024-11-05 10:00:00Z", "Timestamp: 2024-11-05 10:00:00Z"},
-		{"client_assertion_file: /tmp/TestAssertion3827461/001/token is empty", "client_assertion_file: /tmp/TestAssertion3827461/001/token is empty"},
-		{"see https://api.example.com/v1/grants/AbCdEf0123456789GhIjKl/revoke", "see https://api.example.[REDACTED]"},
-		{"std base64 QmFzZTY0U2VjcmV0VmFsdWUrV2l0aC9TbGFzaGVz/QW5k== end", "std base64 [REDACTED] end"},
-	} {
-		if got := redactTokens(tc.in); got != tc.want {
-			t.Errorf("redactTokens(%q)\n got %q\nwant %q", tc.in, got, tc.want)
 		}
 	}
 }

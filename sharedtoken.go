@@ -11,6 +11,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/oauthclient"
 	"github.com/oauthbearer/caddy-oauth-bearer/providers"
 )
 
@@ -19,19 +20,18 @@ import (
 // request path and in Caddy's storage for every instance that shares it,
 // encrypted and bound to its key. When its token is due, a source first
 // reads the stored one: if another instance refreshed it, it takes that;
-// otherwise it takes the credential set's storage lock (waiting at most
-// sharedLockWait), reads again, and only then fetches, stores and releases.
-// A process that starts uses the stored token while it is valid. The
-// storage never makes things worse: when it is slow, locked by a dead
-// instance or failing, the source fetches on its own, logs a warning once
-// and counts it.
+// otherwise it takes the credential set's storage lock, reads again, and
+// only then fetches, stores and releases (readLockRead, coordinate.go). It
+// waits for the lock as long as the holder may legitimately work (its
+// token request's timeout and a margin: lockWait), so that a slow provider
+// still costs the fleet one request. A process that starts uses the stored
+// token while it is valid. The storage never makes things worse: when it
+// fails, or a lock outlives its holder, the source fetches on its own,
+// logs a warning once and counts it.
 
-// Bounds of the shared store: a read, and the wait for the lock, before a
-// source fetches on its own.
-const (
-	sharedReadWait = 2 * time.Second
-	sharedLockWait = 2 * time.Second
-)
+// sharedReadWait bounds a read of the shared store before a source fetches
+// on its own.
+const sharedReadWait = 2 * time.Second
 
 // Token origins, as logs and the admin API report them.
 const (
@@ -55,7 +55,7 @@ type tokenRecord struct {
 	RefusedDesc string    `json:"refused_description,omitempty"`
 	RetryAt     time.Time `json:"retry_at,omitzero"`
 	// Discovery is the issuer's metadata, when the endpoints come from it.
-	Discovery *discoveryDocument `json:"discovery,omitempty"`
+	Discovery *oauthclient.Metadata `json:"discovery,omitempty"`
 }
 
 // sharedFetcher is the fetcher of a client-credentials source whose token
@@ -85,32 +85,22 @@ func newSharedFetcher(ep *endpoint, e *env, cs *credentialSet) (*sharedFetcher, 
 }
 
 func (f *sharedFetcher) fetch(ctx context.Context, r fetchRequest) (*token, error) {
-	rec, err := f.read(ctx)
-	if err != nil {
-		f.fallback("reading the shared token", err)
-		return f.fetchAlone(ctx, rec)
+	settle := func(rec *tokenRecord) (*token, bool, error) {
+		t, err := f.decide(rec, r)
+		return t, t != nil || err != nil, err
 	}
-	if t, err := f.decide(rec, r); t != nil || err != nil {
+	t, rec, err := readLockRead(ctx, f.store, f.ep.cfg.Provider, f.lock, lockWait(f.ep.cfg.Timeout), f.read, settle, f.fetchAndStore)
+	var se *StorageError
+	switch {
+	case !errors.As(err, &se):
 		return t, err
+	case ctx.Err() != nil:
+		return nil, ctx.Err() // the source stopped while waiting
 	}
-	unlock, err := f.store.lock(ctx, f.lock, sharedLockWait)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		f.fallback("taking the shared token's lock", err)
-		return f.fetchAlone(ctx, rec)
-	}
-	defer unlock()
-	// Another instance may have refreshed while we waited.
-	if rec, err = f.read(ctx); err != nil {
-		f.fallback("reading the shared token", err)
-		return f.fetchAlone(ctx, rec)
-	}
-	if t, err := f.decide(rec, r); t != nil || err != nil {
-		return t, err
-	}
-	return f.fetchAndStore(ctx, rec)
+	// The storage failed, or the lock outlived its holder: the source
+	// goes on without the store.
+	f.fallback(se.Doing, se.Err)
+	return f.fetchAlone(ctx, rec)
 }
 
 // read loads the record (bounded); a record that does not decrypt is
@@ -122,17 +112,15 @@ func (f *sharedFetcher) read(ctx context.Context) (*tokenRecord, error) {
 	var rec tokenRecord
 	found, err := f.store.load(ctx, f.key, &rec)
 	if err != nil && !errors.Is(err, errUndecryptable) {
-		return nil, err
+		return nil, &StorageError{Provider: f.ep.cfg.Provider, Doing: "reading the shared token", Err: err}
 	}
 	f.recovered()
 	if err != nil || !found {
 		return &tokenRecord{}, nil
 	}
-	if rec.Format != "" && f.ep.cfg.Format == providers.FormatAuto {
-		f.ep.format.Store(rec.Format)
-	}
+	f.ep.UseFormat(rec.Format)
 	if d := rec.Discovery; d != nil {
-		f.ep.adoptDiscovery(d)
+		f.ep.AdoptMetadata(d)
 	}
 	return &rec, nil
 }
@@ -164,20 +152,20 @@ func (f *sharedFetcher) decide(rec *tokenRecord, r fetchRequest) (*token, error)
 
 // fetchAndStore fetches a token and stores it, with what was learned.
 func (f *sharedFetcher) fetchAndStore(ctx context.Context, rec *tokenRecord) (*token, error) {
-	t, err := f.ep.clientCredentials(ctx)
+	t, err := fetched(f.ep.ClientCredentials(ctx))
 	next := *rec
 	next.Format = ""
 	if f.ep.cfg.Format == providers.FormatAuto {
-		next.Format = f.ep.format.Load().(string)
+		next.Format = f.ep.Format()
 	}
-	next.Discovery = f.ep.sharedDiscovery()
+	next.Discovery = f.ep.SharedMetadata()
 	var te *TokenError
 	switch {
 	case err == nil:
 		next.AccessToken, next.Scope, next.LifetimeFrom = t.value, t.scope, t.lifetimeFrom
 		next.Obtained, next.Expiry = t.obtained, t.expiry
 		next.RefusedCode, next.RefusedDesc, next.RetryAt = "", "", time.Time{}
-	case errors.As(err, &te) && te.permanent():
+	case errors.As(err, &te) && te.Permanent():
 		// The fleet does not hammer a provider that refuses the
 		// credentials: the others wait as this source will.
 		next.RefusedCode, next.RefusedDesc = te.Code, te.Description
@@ -208,7 +196,8 @@ func (f *sharedFetcher) write(ctx context.Context, rec *tokenRecord) error {
 }
 
 // fallback logs, once until the storage works again, that the source
-// fetches without it.
+// fetches without it: the storage failed, or a lock outlived its holder
+// (never because the provider is slow: the lock wait covers that).
 func (f *sharedFetcher) fallback(doing string, err error) {
 	if f.warned.CompareAndSwap(false, true) {
 		f.env.logger().Warn("the shared token store is not usable; fetching tokens without it",

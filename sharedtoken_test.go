@@ -2,14 +2,11 @@ package oauthbearer
 
 import (
 	"context"
-	"encoding/base64"
-	"io"
+	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -44,8 +41,8 @@ func newSharedInstance(t *testing.T, cs *credentialSet, storage certmagic.Storag
 	return &sharedInstance{e: e, logs: logs}
 }
 
-func sharedSet(tokenURL string) *credentialSet {
-	return &credentialSet{Provider: "test", TokenURL: tokenURL, ClientID: "id", clientSecret: "shared-secret",
+func sharedSet(as *fakeAS) *credentialSet {
+	return &credentialSet{Provider: "test", TokenURL: as.tokenURL(), ClientID: as.ClientID, clientSecret: as.Secret,
 		Format: "form", ClientAuth: "basic", DefaultLifetime: time.Minute, Timeout: 5 * time.Second}
 }
 
@@ -55,13 +52,13 @@ func TestSharedTokenOnePerLifetime(t *testing.T) {
 	as := newCountingAS(t, 100)
 	clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
 	storage := &certmagic.FileStorage{Path: t.TempDir()}
-	a := newSharedInstance(t, sharedSet(as.URL), storage, clock)
-	b := newSharedInstance(t, sharedSet(as.URL), storage, clock)
+	a := newSharedInstance(t, sharedSet(as), storage, clock)
+	b := newSharedInstance(t, sharedSet(as), storage, clock)
 
 	ta := mustToken(t, a.e.src)
 	tb := mustToken(t, b.e.src)
-	if ta.value != tb.value || as.n.Load() != 1 {
-		t.Fatalf("tokens %q and %q after %d token requests; want one token", ta.value, tb.value, as.n.Load())
+	if ta.value != tb.value || as.tokenRequests() != 1 {
+		t.Fatalf("tokens %q and %q after %d token requests; want one token", ta.value, tb.value, as.tokenRequests())
 	}
 	if ta.origin != originFetched || tb.origin != originWarmStart {
 		t.Errorf("origins %q and %q, want fetched and warm start", ta.origin, tb.origin)
@@ -72,7 +69,7 @@ func TestSharedTokenOnePerLifetime(t *testing.T) {
 			mustToken(t, in.e.src)
 			waitFor(t, func() bool { return !in.e.src.refreshing.Load() })
 		}
-		if n := as.n.Load(); n != int64(i) {
+		if n := as.tokenRequests(); n != int64(i) {
 			t.Fatalf("after rotation %d: %d token requests, want %d (one per lifetime)", i-1, n, i)
 		}
 		if a.e.src.cur.Load().value != b.e.src.cur.Load().value {
@@ -90,14 +87,14 @@ func TestSharedTokenRefusedIsNotTakenBack(t *testing.T) {
 	as := newCountingAS(t, 3600)
 	clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
 	storage := &certmagic.FileStorage{Path: t.TempDir()}
-	a := newSharedInstance(t, sharedSet(as.URL), storage, clock)
+	a := newSharedInstance(t, sharedSet(as), storage, clock)
 	t1 := mustToken(t, a.e.src)
 	clock.add(time.Minute)
 	if !a.e.src.reject(t1) {
 		t.Fatal("the refused token was kept")
 	}
-	if t2 := mustToken(t, a.e.src); t2.value == t1.value || as.n.Load() != 2 {
-		t.Errorf("after a refusal got %q after %d requests; want a new token", t2.value, as.n.Load())
+	if t2 := mustToken(t, a.e.src); t2.value == t1.value || as.tokenRequests() != 2 {
+		t.Errorf("after a refusal got %q after %d requests; want a new token", t2.value, as.tokenRequests())
 	}
 }
 
@@ -107,7 +104,7 @@ func TestSharedTokenUndecryptableIsReplaced(t *testing.T) {
 	as := newCountingAS(t, 3600)
 	dir := t.TempDir()
 	storage := &certmagic.FileStorage{Path: dir}
-	a := newSharedInstance(t, sharedSet(as.URL), storage, nil)
+	a := newSharedInstance(t, sharedSet(as), storage, nil)
 	mustToken(t, a.e.src)
 	var file string
 	filepath.Walk(dir, func(p string, info os.FileInfo, err error) error {
@@ -122,13 +119,13 @@ func TestSharedTokenUndecryptableIsReplaced(t *testing.T) {
 	}
 	data[len(data)-3] ^= 1
 	os.WriteFile(file, data, 0o600)
-	b := newSharedInstance(t, sharedSet(as.URL), storage, nil)
-	if tok := mustToken(t, b.e.src); tok.origin != originFetched || as.n.Load() != 2 {
-		t.Fatalf("with a tampered record: %q from %q after %d requests", tok.value, tok.origin, as.n.Load())
+	b := newSharedInstance(t, sharedSet(as), storage, nil)
+	if tok := mustToken(t, b.e.src); tok.origin != originFetched || as.tokenRequests() != 2 {
+		t.Fatalf("with a tampered record: %q from %q after %d requests", tok.value, tok.origin, as.tokenRequests())
 	}
-	c := newSharedInstance(t, sharedSet(as.URL), storage, nil)
-	if tok := mustToken(t, c.e.src); tok.origin != originWarmStart || as.n.Load() != 2 {
-		t.Errorf("the replaced record was not readable: %q from %q after %d requests", tok.value, tok.origin, as.n.Load())
+	c := newSharedInstance(t, sharedSet(as), storage, nil)
+	if tok := mustToken(t, c.e.src); tok.origin != originWarmStart || as.tokenRequests() != 2 {
+		t.Errorf("the replaced record was not readable: %q from %q after %d requests", tok.value, tok.origin, as.tokenRequests())
 	}
 }
 
@@ -138,7 +135,7 @@ func TestSharedTokenFallsBackWhenTheStorageFails(t *testing.T) {
 	as := newCountingAS(t, 100)
 	clock := &fakeClock{t: time.Unix(1_700_000_000, 0)}
 	storage, faults := flakyTestStorage(t, "")
-	a := newSharedInstance(t, sharedSet(as.URL), storage, clock)
+	a := newSharedInstance(t, sharedSet(as), storage, clock)
 	before := testutil.ToFloat64(metrics.storageFallbacks.WithLabelValues("test"))
 	faults.failNext(flakyLoad, -1)
 	faults.failNext(flakyStore, -1)
@@ -148,7 +145,7 @@ func TestSharedTokenFallsBackWhenTheStorageFails(t *testing.T) {
 		}
 		clock.add(101 * time.Second)
 	}
-	if n := as.n.Load(); n != 3 {
+	if n := as.tokenRequests(); n != 3 {
 		t.Errorf("%d token requests for 3 expiries with the storage failing", n)
 	}
 	if got := testutil.ToFloat64(metrics.storageFallbacks.WithLabelValues("test")) - before; got != 3 {
@@ -164,14 +161,47 @@ func TestSharedTokenFallsBackWhenTheStorageFails(t *testing.T) {
 	}
 }
 
-// A lock held by an instance that died: the others wait at most
-// sharedLockWait, then fetch on their own.
-func TestSharedTokenDoesNotWaitForADeadLockHolder(t *testing.T) {
+// A lock left by an instance that died (its lock file no longer kept
+// fresh): the storage declares it stale, the source takes it and fetches
+// under it, without saying the storage is unusable.
+func TestSharedTokenTakesADeadHoldersLock(t *testing.T) {
+	as := newCountingAS(t, 3600)
+	dir := t.TempDir()
+	storage := &certmagic.FileStorage{Path: dir}
+	a := newSharedInstance(t, sharedSet(as), storage, nil)
+	f := a.e.src.fetcher.(*sharedFetcher)
+	dead := time.Now().Add(-time.Minute)
+	lockFile := filepath.Join(dir, "locks", certmagic.StorageKeys.Safe(f.lock)+".lock")
+	if err := os.MkdirAll(filepath.Dir(lockFile), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	meta := fmt.Sprintf(`{"created":%q,"updated":%q}`, dead.Format(time.RFC3339Nano), dead.Format(time.RFC3339Nano))
+	if err := os.WriteFile(lockFile, []byte(meta), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := a.e.src.Token(context.Background())
+	if err != nil {
+		t.Fatalf("with a dead holder's lock: %v", err)
+	}
+	if as.tokenRequests() != 1 || tok.origin != originFetched {
+		t.Errorf("%d token requests, origin %q; want one fetch", as.tokenRequests(), tok.origin)
+	}
+	if a.logs.FilterMessage("the shared token store is not usable; fetching tokens without it").Len() != 0 {
+		t.Error("a stale lock was reported as an unusable storage")
+	}
+}
+
+// A lock held longer than its holder may legitimately work (its token
+// request's timeout and a margin: lockWait) has outlived it: the source
+// fetches on its own, and says so.
+func TestSharedTokenFallsBackWhenALockOutlivesItsHolder(t *testing.T) {
 	as := newCountingAS(t, 3600)
 	storage := &certmagic.FileStorage{Path: t.TempDir()}
-	a := newSharedInstance(t, sharedSet(as.URL), storage, nil)
+	cs := sharedSet(as)
+	cs.Timeout = time.Second
+	a := newSharedInstance(t, cs, storage, nil)
 	f := a.e.src.fetcher.(*sharedFetcher)
-	if err := storage.Lock(context.Background(), f.lock); err != nil { // the "dead" holder
+	if err := storage.Lock(context.Background(), f.lock); err != nil { // held, and kept fresh, elsewhere
 		t.Fatal(err)
 	}
 	defer storage.Unlock(context.Background(), f.lock)
@@ -182,8 +212,11 @@ func TestSharedTokenDoesNotWaitForADeadLockHolder(t *testing.T) {
 	}
 	took := time.Since(start)
 	t.Logf("token after %v with the lock held by another instance", took)
-	if took < sharedLockWait || as.n.Load() != 1 || tok.origin != originFetched {
-		t.Errorf("took %v, %d token requests, origin %q; want a fetch of its own after the lock wait", took, as.n.Load(), tok.origin)
+	if took < lockWait(cs.Timeout) || as.tokenRequests() != 1 || tok.origin != originFetched {
+		t.Errorf("took %v, %d token requests, origin %q; want a fetch of its own after %s", took, as.tokenRequests(), tok.origin, lockWait(cs.Timeout))
+	}
+	if a.logs.FilterMessage("the shared token store is not usable; fetching tokens without it").Len() != 1 {
+		t.Error("the fallback was not logged")
 	}
 }
 
@@ -191,9 +224,10 @@ func TestSharedTokenDoesNotWaitForADeadLockHolder(t *testing.T) {
 // with request_format auto, and a refusal that retrying cannot fix.
 func TestSharedTokenRemembersFacts(t *testing.T) {
 	t.Run("request format", func(t *testing.T) {
-		srv := epFormats(t, http.StatusBadRequest, "", "form")
+		as := newFakeAS(t)
+		as.Format = "form" // a JSON body is refused with 400
 		cs := func() *credentialSet {
-			c := sharedSet(srv.URL + "/connect/token")
+			c := sharedSet(as)
 			c.Format, c.PreferredFormat, c.ClientAuth = "auto", "json", "body"
 			return c
 		}
@@ -207,24 +241,25 @@ func TestSharedTokenRemembersFacts(t *testing.T) {
 		b.e.src.clock.set(func() time.Time { return time.Now().Add(time.Hour) })
 		b.e.src.reject(old)
 		mustToken(t, b.e.src)
-		if got := strings.Join(srv.seen(), " "); got != "json form form" {
+		if got := strings.Join(as.formats(), " "); got != "json form form" {
 			t.Errorf("request formats %q; want json then form, and form only after the restart", got)
 		}
 	})
 	t.Run("refusal", func(t *testing.T) {
-		refuse := newRefusingAS(t)
+		refuse := newFakeAS(t)
+		refuse.refuse(http.StatusUnauthorized, "invalid_client", 0)
 		storage := &certmagic.FileStorage{Path: t.TempDir()}
-		a := newSharedInstance(t, sharedSet(refuse.URL), storage, nil)
+		a := newSharedInstance(t, sharedSet(refuse), storage, nil)
 		if _, err := a.e.src.Token(context.Background()); err == nil {
 			t.Fatal("a refused client got a token")
 		}
-		b := newSharedInstance(t, sharedSet(refuse.URL), storage, nil)
+		b := newSharedInstance(t, sharedSet(refuse), storage, nil)
 		_, err := b.e.src.Token(context.Background())
 		te, ok := err.(*TokenError)
 		if !ok || te.Code != "invalid_client" || !strings.Contains(te.Description, "remembered") {
 			t.Errorf("second instance got %v, want the remembered invalid_client", err)
 		}
-		if n := refuse.n.Load(); n != 1 {
+		if n := refuse.tokenRequests(); n != 1 {
 			t.Errorf("the provider that refused the credentials was asked %d times, want once", n)
 		}
 	})
@@ -242,15 +277,15 @@ func TestEncryptionKeyRotation(t *testing.T) {
 		key1[i] = byte(i)
 	}
 	withKeys := func(keys ...[]byte) *credentialSet {
-		cs := sharedSet(as.URL)
+		cs := sharedSet(as)
 		cs.encryptionKeys = keys
 		return cs
 	}
 	mustToken(t, newSharedInstance(t, withKeys(), storage, clock).e.src) // secret-derived key
 	// Configure key1: the old record still reads (a warm start)...
 	b := newSharedInstance(t, withKeys(key1), storage, clock)
-	if tok := mustToken(t, b.e.src); tok.origin != originWarmStart || as.n.Load() != 1 {
-		t.Fatalf("with a new key, the old record: %q after %d requests", tok.origin, as.n.Load())
+	if tok := mustToken(t, b.e.src); tok.origin != originWarmStart || as.tokenRequests() != 1 {
+		t.Fatalf("with a new key, the old record: %q after %d requests", tok.origin, as.tokenRequests())
 	}
 	// ...and the next write is encrypted with key1.
 	clock.add(101 * time.Second)
@@ -265,46 +300,4 @@ func TestEncryptionKeyRotation(t *testing.T) {
 	if _, err := onlyKey1.open(f.key, raw); err != nil {
 		t.Errorf("the rewritten record is not encrypted with the configured key: %v", err)
 	}
-}
-
-func TestDecodeEncryptionKey(t *testing.T) {
-	k32 := make([]byte, 32)
-	for _, ok := range []string{base64.StdEncoding.EncodeToString(k32), base64.RawURLEncoding.EncodeToString(k32),
-		base64.StdEncoding.EncodeToString(make([]byte, 48))} {
-		if _, err := decodeEncryptionKey(0, ok); err != nil {
-			t.Errorf("%q refused: %v", ok, err)
-		}
-	}
-	short := base64.StdEncoding.EncodeToString(make([]byte, 16))
-	for _, bad := range []string{short, "not base64!", ""} {
-		_, err := decodeEncryptionKey(1, bad)
-		if err == nil {
-			t.Errorf("%q accepted", bad)
-			continue
-		}
-		if bad != "" && strings.Contains(err.Error(), bad) {
-			t.Errorf("the error echoes the key: %v", err)
-		}
-		if !strings.Contains(err.Error(), "key 2") || !strings.Contains(err.Error(), "openssl rand -base64 32") {
-			t.Errorf("error %q does not name the key or say how to make one", err)
-		}
-	}
-}
-
-// refusingAS answers every token request 401 invalid_client, and counts.
-type refusingAS struct {
-	*httptest.Server
-	n atomic.Int64
-}
-
-func newRefusingAS(t *testing.T) *refusingAS {
-	as := &refusingAS{}
-	as.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		as.n.Add(1)
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusUnauthorized)
-		io.WriteString(w, `{"error":"invalid_client","error_description":"client authentication failed"}`)
-	}))
-	t.Cleanup(as.Close)
-	return as
 }

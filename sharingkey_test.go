@@ -17,6 +17,9 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/oauthclient"
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/testkeys"
 )
 
 // sharingCase is a change of one field and whether it must change the key.
@@ -42,28 +45,28 @@ type sharingFixtures struct {
 }
 
 func newSharingFixtures(t *testing.T) *sharingFixtures {
-	k := clientAuthKeys()
-	ca := newMTLSTestCA(t, "sharing CA")
-	c1, c2 := ca.issueClient(t, "client-1", k.p256), ca.issueClient(t, "client-2", k.p256b)
-	key1, key2 := sec1PEM(t, k.p256), sec1PEM(t, k.p256b)
+	k := testkeys.Keys()
+	ca := testkeys.NewCA(t, "sharing CA")
+	c1, c2 := ca.IssueClient(t, "client-1", k.P256), ca.IssueClient(t, "client-2", k.P256b)
+	key1, key2 := testkeys.SEC1PEM(t, k.P256), testkeys.SEC1PEM(t, k.P256b)
 	const jwtA, jwtB = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhIn0.c2lnLWE", "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJiIn0.c2lnLWI"
 	key := func(b byte) string { return base64.StdEncoding.EncodeToString([]byte(strings.Repeat(string(b), 32))) }
 	return &sharingFixtures{
-		keyPEM:     string(pkcs8PEM(t, k.rsa)),
-		key2PEM:    string(pkcs8PEM(t, k.rsa2)),
-		certA:      string(pemOf("CERTIFICATE", selfSignedCert(t, k.rsa, "cert-a").Raw)),
-		certB:      string(pemOf("CERTIFICATE", selfSignedCert(t, k.rsa, "cert-b").Raw)),
-		caA:        writeTestFile(t, "a.pem", pemOf("CERTIFICATE", newMTLSTestCA(t, "ca a").cert.Raw)),
-		caB:        writeTestFile(t, "b.pem", pemOf("CERTIFICATE", newMTLSTestCA(t, "ca b").cert.Raw)),
-		assertionA: writeTestFile(t, "a.jwt", []byte(jwtA)),
-		assertionB: writeTestFile(t, "b.jwt", []byte(jwtB)),
-		tlsCert:    writeTestFile(t, "c1.crt", pemOf("CERTIFICATE", c1.Raw)),
-		tlsKey:     writeTestFile(t, "c1.key", key1),
-		tlsCert2:   writeTestFile(t, "c2.crt", pemOf("CERTIFICATE", c2.Raw)),
-		tlsKey2:    writeTestFile(t, "c2.key", key2),
-		tlsKeyCopy: writeTestFile(t, "c1-copy.key", key1),
-		serviceA:   string(googleKeyJSON(t, k.rsa, "https://oauth2.googleapis.com/token", nil)),
-		serviceB: string(googleKeyJSON(t, k.rsa2, "https://oauth2.googleapis.com/token", func(m map[string]any) {
+		keyPEM:     string(testkeys.PKCS8PEM(t, k.RSA)),
+		key2PEM:    string(testkeys.PKCS8PEM(t, k.RSA2)),
+		certA:      string(testkeys.PEM("CERTIFICATE", testkeys.SelfSignedCert(t, k.RSA, "cert-a").Raw)),
+		certB:      string(testkeys.PEM("CERTIFICATE", testkeys.SelfSignedCert(t, k.RSA, "cert-b").Raw)),
+		caA:        testkeys.WriteFile(t, "a.pem", testkeys.PEM("CERTIFICATE", testkeys.NewCA(t, "ca a").Cert.Raw)),
+		caB:        testkeys.WriteFile(t, "b.pem", testkeys.PEM("CERTIFICATE", testkeys.NewCA(t, "ca b").Cert.Raw)),
+		assertionA: testkeys.WriteFile(t, "a.jwt", []byte(jwtA)),
+		assertionB: testkeys.WriteFile(t, "b.jwt", []byte(jwtB)),
+		tlsCert:    testkeys.WriteFile(t, "c1.crt", testkeys.PEM("CERTIFICATE", c1.Raw)),
+		tlsKey:     testkeys.WriteFile(t, "c1.key", key1),
+		tlsCert2:   testkeys.WriteFile(t, "c2.crt", testkeys.PEM("CERTIFICATE", c2.Raw)),
+		tlsKey2:    testkeys.WriteFile(t, "c2.key", key2),
+		tlsKeyCopy: testkeys.WriteFile(t, "c1-copy.key", key1),
+		serviceA:   string(testkeys.GoogleKeyJSON(t, k.RSA, "https://oauth2.googleapis.com/token", nil)),
+		serviceB: string(testkeys.GoogleKeyJSON(t, k.RSA2, "https://oauth2.googleapis.com/token", func(m map[string]any) {
 			m["client_email"], m["private_key_id"] = "other@proj.iam.gserviceaccount.com", "fedcba9876543210"
 		})),
 		encryptionA: key('a'),
@@ -337,20 +340,20 @@ func TestConfigSharingKeyCredentialSet(t *testing.T) {
 // certificate until Caddy was restarted.)
 func TestConfigSharingCertificateRenewedOnReload(t *testing.T) {
 	clock := useFakeClock(t)
-	k := clientAuthKeys()
-	certA, certB := selfSignedCert(t, k.rsa, "renewed-a"), selfSignedCert(t, k.rsa, "renewed-b")
-	keyPath := writeTestFile(t, "client.key", pkcs8PEM(t, k.rsa))
-	certPath := writeTestFile(t, "client.crt", pemOf("CERTIFICATE", certA.Raw))
-	s := newRecordingJWTServer(t)
-	s.register("renewed", k.rsa.Public(), certThumbprint(certA))
+	k := testkeys.Keys()
+	certA, certB := testkeys.SelfSignedCert(t, k.RSA, "renewed-a"), testkeys.SelfSignedCert(t, k.RSA, "renewed-b")
+	keyPath := testkeys.WriteFile(t, "client.key", testkeys.PKCS8PEM(t, k.RSA))
+	certPath := testkeys.WriteFile(t, "client.crt", testkeys.PEM("CERTIFICATE", certA.Raw))
+	s := newJWTAS(t)
+	s.register("renewed", k.RSA.Public(), oauthclient.CertThumbprint(certA))
 	up := newUpstream(t)
 	sites := e2eSite("oauth_bearer", fmt.Sprintf("\t\ttoken_url %s\n\t\tclient_id renewed\n\t\tprivate_key %s\n\t\tcertificate %s",
-		s.url, keyPath, certPath), up)
+		s.tokenURL(), keyPath, certPath), up)
 	c := startCaddy(t, sites)
 	wantInjected(t, c, up, "/before", "at-renewed-1")
 
-	replaceFile(t, certPath, pemOf("CERTIFICATE", certB.Raw))
-	s.register("renewed", k.rsa.Public(), certThumbprint(certB))
+	testkeys.ReplaceFile(t, certPath, testkeys.PEM("CERTIFICATE", certB.Raw))
+	s.register("renewed", k.RSA.Public(), oauthclient.CertThumbprint(certB))
 	if err := c.load(sites); err != nil {
 		t.Fatal(err)
 	}
@@ -358,8 +361,8 @@ func TestConfigSharingCertificateRenewedOnReload(t *testing.T) {
 	status, body := c.get("/after")
 	var thumbprints []string
 	for _, a := range s.assertions() {
-		tp, _ := a.header["x5t#S256"].(string)
-		thumbprints = append(thumbprints, map[string]string{certThumbprint(certA): "A", certThumbprint(certB): "B"}[tp])
+		tp, _ := a.JOSE["x5t#S256"].(string)
+		thumbprints = append(thumbprints, map[string]string{oauthclient.CertThumbprint(certA): "A", oauthclient.CertThumbprint(certB): "B"}[tp])
 	}
 	if status != 200 || strings.Join(thumbprints, ",") != "A,B" {
 		t.Fatalf("after the reload: status %d (%s); the assertions named the certificates %v, want [A B] (server: %q)",

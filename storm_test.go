@@ -7,73 +7,12 @@ package oauthbearer
 // one is dropped later and later.
 
 import (
-	"fmt"
-	"io"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 )
-
-// stormUpstream answers 401 without a challenge (as many APIs do) to every
-// request while refuseAll is set, and to the Authorization values in
-// refuse; 200 otherwise.
-type stormUpstream struct {
-	*httptest.Server
-	mu        sync.Mutex
-	refuseAll bool
-	refuse    map[string]bool
-	seen      []string // Authorization of each request
-}
-
-func newStormUpstream(t testing.TB) *stormUpstream {
-	u := &stormUpstream{refuse: map[string]bool{}}
-	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		io.Copy(io.Discard, r.Body)
-		auth := r.Header.Get("Authorization")
-		u.mu.Lock()
-		u.seen = append(u.seen, auth)
-		refused := u.refuseAll || u.refuse[auth]
-		u.mu.Unlock()
-		if refused {
-			http.Error(w, "unauthorized", http.StatusUnauthorized)
-			return
-		}
-		io.WriteString(w, "ok")
-	}))
-	t.Cleanup(u.Close)
-	return u
-}
-
-func (u *stormUpstream) set(refuseAll bool, refuse ...string) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	u.refuseAll = refuseAll
-	for _, a := range refuse {
-		u.refuse[a] = true
-	}
-}
-
-func (u *stormUpstream) last() string {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.seen[len(u.seen)-1]
-}
-
-func stormSite(as *fakeAS, upstream, mode string) string {
-	return fmt.Sprintf(`http://LISTEN {
-	oauth_bearer {
-		token_url     %s
-		client_id     %s
-		client_secret "%s"
-		upstream_401  %s
-	}
-	reverse_proxy %s
-}`, as.tokenURL(), as.clientID, as.secret, mode, upstream)
-}
 
 // Ten minutes of an upstream refusing every request, one request every
 // 5 s, on the source's clock (time-compressed: the run takes a second):
@@ -85,11 +24,12 @@ func TestUpstreamRefusingEveryTokenCostsAHandfulOfTokenRequests(t *testing.T) {
 	for _, mode := range []string{upstream401Retry, upstream401Invalidate} {
 		t.Run(mode, func(t *testing.T) {
 			clock := useFakeClock(t)
-			as := newFakeAS(t, "", "basic")
-			up := newStormUpstream(t)
-			c := startCaddy(t, stormSite(as, up.URL[len("http://"):], mode))
+			as := newFakeAS(t)
+			as.ClientAuth = "basic"
+			up := newUpstream(t)
+			c := startCaddy(t, e2eSite("oauth_bearer", as.credentials()+"\n\t\tupstream_401  "+mode, up))
 
-			up.set(true)
+			up.rejectAll(true)
 			const step, storm = 5 * time.Second, 10 * time.Minute
 			for elapsed := time.Duration(0); elapsed <= storm; elapsed += step {
 				if status, body := c.get("/items"); status != http.StatusUnauthorized {
@@ -97,7 +37,7 @@ func TestUpstreamRefusingEveryTokenCostsAHandfulOfTokenRequests(t *testing.T) {
 				}
 				clock.add(step)
 			}
-			got := as.issued.Load()
+			got := as.issued()
 			t.Logf("upstream_401 %s, an upstream refusing every request for %v (a request every %v): %d token requests", mode, storm, step, got)
 			if got > 5 {
 				t.Errorf("%d token requests in %v of refusals, want at most 5", got, storm)
@@ -112,8 +52,8 @@ func TestUpstreamRefusingEveryTokenCostsAHandfulOfTokenRequests(t *testing.T) {
 // stormOver: the upstream accepts tokens again. The token in use lives to
 // its refresh, and the one after it too: the count of refusals starts
 // again, and a revoked token a minute old is replaced at its first 401.
-func stormOver(t *testing.T, c *testCaddy, clock *fakeTime, as *fakeAS, up *stormUpstream) {
-	up.set(false)
+func stormOver(t *testing.T, c *testCaddy, clock *fakeClock, as *fakeAS, up *upstream) {
+	up.rejectAll(false)
 	src := ccSource(t)
 	for i := 0; i < 2; i++ {
 		cur := src.cur.Load()
@@ -122,22 +62,22 @@ func stormOver(t *testing.T, c *testCaddy, clock *fakeTime, as *fakeAS, up *stor
 			cur = src.cur.Load()
 		}
 		clock.add(cur.refreshAt.Add(time.Second).Sub(clock.now()))
-		before := as.issued.Load()
+		before := as.issued()
 		if status, _ := c.get("/refresh"); status != http.StatusOK {
 			t.Fatalf("refresh %d: status %d", i, status)
 		}
-		waitFor(t, func() bool { return as.issued.Load() == before+1 && !src.refreshing.Load() })
+		waitFor(t, func() bool { return as.issued() == before+1 && !src.refreshing.Load() })
 	}
 	clock.add(time.Minute)
 	c.get("/accepted")
-	revoked := up.last()
-	up.set(false, revoked)
+	revoked := up.last(t).Get("Authorization")
+	up.reject("", revoked)
 	clock.add(time.Minute)
-	before := as.issued.Load()
-	if status, body := c.get("/revoked"); status != http.StatusOK || up.last() == revoked {
+	before := as.issued()
+	if status, body := c.get("/revoked"); status != http.StatusOK || up.last(t).Get("Authorization") == revoked {
 		t.Errorf("a revoked token a minute old after the storm: %d %q, want 200 from a replay with a new token", status, body)
 	}
-	if n := as.issued.Load() - before; n != 1 {
+	if n := as.issued() - before; n != 1 {
 		t.Errorf("%d token requests to replace the revoked token, want 1", n)
 	}
 }
@@ -157,10 +97,11 @@ func TestUpstreamStormRealTime(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	as := newFakeAS(t, "", "basic")
-	up := newStormUpstream(t)
-	c := startCaddy(t, stormSite(as, up.URL[len("http://"):], upstream401Retry))
-	up.set(true)
+	as := newFakeAS(t)
+	as.ClientAuth = "basic"
+	up := newUpstream(t)
+	c := startCaddy(t, e2eSite("oauth_bearer", as.credentials()+"\n\t\tupstream_401  "+upstream401Retry, up))
+	up.rejectAll(true)
 	start := time.Now()
 	end := start.Add(time.Duration(minutes) * time.Minute)
 	tick := time.NewTicker(every)
@@ -172,9 +113,9 @@ func TestUpstreamStormRealTime(t *testing.T) {
 		}
 		requests++
 		if requests%60 == 0 {
-			t.Logf("after %v: %d requests, %d token requests", time.Since(start).Round(time.Second), requests, as.issued.Load())
+			t.Logf("after %v: %d requests, %d token requests", time.Since(start).Round(time.Second), requests, as.issued())
 		}
 	}
 	t.Logf("an upstream refusing every request for %d min (%d requests, one every %v): %d token requests",
-		minutes, requests, every, as.issued.Load())
+		minutes, requests, every, as.issued())
 }

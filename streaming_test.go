@@ -28,7 +28,8 @@ const streamDeadline = 5 * time.Second
 // echoUpstream answers each line of the request body, as it arrives, with
 // "<proto> <Authorization> <line>", flushing after each: a full-duplex
 // conversation over HTTP/1.1 or HTTP/2. With h2c it speaks cleartext
-// HTTP/2 as well as HTTP/1.1.
+// HTTP/2 as well as HTTP/1.1. It is not the tests' upstream (harness_test.go),
+// which reads a whole body before it answers.
 func echoUpstream(t testing.TB, h2c bool) *httptest.Server {
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		rc := http.NewResponseController(w)
@@ -191,7 +192,7 @@ func streamSite(as *fakeAS, upstream string, h2c bool) string {
 		client_secret "%s"
 	}
 	reverse_proxy %s%s
-}`, as.tokenURL(), as.clientID, as.secret, scheme, strings.TrimPrefix(upstream, "http://"))
+}`, as.tokenURL(), as.ClientID, as.Secret, scheme, strings.TrimPrefix(upstream, "http://"))
 }
 
 // A chunked upload whose client sends a part and waits for the answer
@@ -199,7 +200,8 @@ func streamSite(as *fakeAS, upstream string, h2c bool) string {
 // with the injected token. (Caddy must allow HTTP/1.1 full duplex for the
 // answer to start before the body ends: enable_full_duplex.)
 func TestChunkedRequestStreamsThroughTheInjector(t *testing.T) {
-	as := newFakeAS(t, "", "basic")
+	as := newFakeAS(t)
+	as.ClientAuth = "basic"
 	up := echoUpstream(t, false)
 	c := startCaddyOpts(t, &testCaddy{addr: freeAddr(t), global: "servers {\n\t\tenable_full_duplex\n\t}"}, streamSite(as, up.URL, false))
 	client := streamClient(t, false)
@@ -227,7 +229,8 @@ func TestChunkedRequestStreamsThroughTheInjector(t *testing.T) {
 // A bidirectional HTTP/2 stream (h2c both sides, as gRPC runs): each
 // message is answered before the next is sent.
 func TestBidirectionalHTTP2StreamThroughTheInjector(t *testing.T) {
-	as := newFakeAS(t, "", "basic")
+	as := newFakeAS(t)
+	as.ClientAuth = "basic"
 	up := echoUpstream(t, true)
 	c := startCaddyOpts(t, &testCaddy{addr: freeAddr(t), global: "servers {\n\t\tprotocols h1 h2c\n\t}"}, streamSite(as, up.URL, true))
 	client := streamClient(t, true)
@@ -258,7 +261,8 @@ func TestBidirectionalHTTP2StreamThroughTheInjector(t *testing.T) {
 // An Upgrade request (the WebSocket handshake) goes through with the
 // token, and its connection carries bytes both ways.
 func TestUpgradeRequestThroughTheInjector(t *testing.T) {
-	as := newFakeAS(t, "", "basic")
+	as := newFakeAS(t)
+	as.ClientAuth = "basic"
 	var mu sync.Mutex
 	var gotAuth string
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -325,7 +329,7 @@ func TestUpgradeRequestThroughTheInjector(t *testing.T) {
 // its answer, the end of the body and of the answer; first-µs is the
 // median wait for the first answer, p90-first-µs its 90th percentile.
 func BenchmarkStreamFirstAnswer(b *testing.B) {
-	as := newBenchAS(b, 3600)
+	as := newBenchAS(b)
 	h1Up, h2Up := echoUpstream(b, false), echoUpstream(b, true)
 	addrs := map[string]string{}
 	var sites []string
@@ -340,7 +344,7 @@ func BenchmarkStreamFirstAnswer(b *testing.B) {
 			addrs[proto+"/"+site] = addr
 			inject := ""
 			if site == "oauth_bearer" {
-				inject = fmt.Sprintf("oauth_bearer {\n\t\ttoken_url %s/token\n\t\tclient_id bench\n\t\tclient_secret bench-secret\n\t}", as.URL)
+				inject = fmt.Sprintf("oauth_bearer {\n\t\ttoken_url %s\n\t\tclient_id %s\n\t\tclient_secret \"%s\"\n\t}", as.tokenURL(), as.ClientID, as.Secret)
 			}
 			sites = append(sites, fmt.Sprintf("http://%s {\n\t%s\n\treverse_proxy %s\n}\n", addr, inject, up))
 		}

@@ -149,7 +149,8 @@ type storageFaults struct {
 	hang    map[string]bool // op → block until the context is done
 	delay   time.Duration   // every operation waits this long first
 	calls   map[string]int
-	changed chan struct{} // closed (and replaced) when calls changes
+	keys    map[string]int // op + " " + key → calls
+	changed chan struct{}  // closed (and replaced) when calls changes
 }
 
 // flakyRegistry maps module names to their faults.
@@ -224,7 +225,7 @@ func (f *storageFaults) reset() {
 	f.clear()
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	f.calls = nil
+	f.calls, f.keys = nil, nil
 	f.notifyLocked()
 }
 
@@ -233,6 +234,14 @@ func (f *storageFaults) count(op string) int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.calls[op]
+}
+
+// countKey returns how many times op was called on key (a storage key, or
+// a lock name).
+func (f *storageFaults) countKey(op, key string) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.keys[op+" "+key]
 }
 
 // counts returns a copy of every operation's call count.
@@ -276,15 +285,16 @@ func (f *storageFaults) notifyLocked() {
 	}
 }
 
-// enter counts a call of op and returns the fault to inject: "fail",
-// "hang" or "", and the delay.
-func (f *storageFaults) enter(op string) (fault string, delay time.Duration) {
+// enter counts a call of op on key and returns the fault to inject:
+// "fail", "hang" or "", and the delay.
+func (f *storageFaults) enter(op, key string) (fault string, delay time.Duration) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.calls == nil {
-		f.calls = map[string]int{}
+		f.calls, f.keys = map[string]int{}, map[string]int{}
 	}
 	f.calls[op]++
+	f.keys[op+" "+key]++
 	f.notifyLocked()
 	switch n := f.fail[op]; {
 	case n > 0:
@@ -383,7 +393,7 @@ type flakyCertStorage struct {
 // from the control file: the delay first, then a failure or a hang. A
 // non-nil error means the operation must not happen.
 func (s *flakyCertStorage) inject(ctx context.Context, op, key string) error {
-	fault, delay := s.faults.enter(op)
+	fault, delay := s.faults.enter(op, key)
 	cfault, cdelay, err := readFlakyControl(s.control, op)
 	if err != nil {
 		return err

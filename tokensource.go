@@ -20,13 +20,21 @@ import (
 // not its business: it asks a fetcher.
 
 // A fetcher obtains tokens for a token source: the client_credentials
-// request (endpoint.go), the same shared through the storage
-// (sharedtoken.go), or an account's stored grant (grant.go).
+// request (pool.go's ccFetcher, through endpoint.go), the same shared
+// through the storage (sharedtoken.go), or an account's stored grant
+// (grant.go).
 type fetcher interface {
 	// fetch returns a token to replace r.old. ctx ends when the source is
 	// stopped; a fetcher bounds its own requests. The token returned is new
 	// (not shared with another source): the source schedules it.
 	fetch(ctx context.Context, r fetchRequest) (*token, error)
+}
+
+// A newerFinder is a fetcher that can tell, without asking the provider,
+// whether a newer token than old is stored (a grant: another instance, or
+// this one's background refresh, rotated it). nil, nil: none is.
+type newerFinder interface {
+	newer(ctx context.Context, old *token) (*token, error)
 }
 
 // fetchRequest says what a fetch is for.
@@ -113,12 +121,16 @@ type tokenSource struct {
 	refreshing atomic.Bool
 	used       atomic.Bool // a request used the source since the last sweep (grant.go)
 
+	// newest is the last look of takeNewer that found nothing newer.
+	newest atomic.Pointer[newestCheck]
+
 	// Failure state: no attempt before nextAttempt (unix nanoseconds);
-	// lastErr is what callers get meanwhile.
+	// lastErr is what callers get meanwhile: a *TokenError, *ConsentError
+	// or *StorageError.
 	nextAttempt atomic.Int64
 	mu          sync.Mutex
 	failures    int
-	lastErr     *TokenError
+	lastErr     error
 	lastErrAt   time.Time
 	downSince   time.Time   // the first failure since the last success
 	gotFirst    atomic.Bool // a token was ever obtained
@@ -270,6 +282,57 @@ func invalidateAfter(n int) time.Duration {
 	return min(minAgeToInvalidate<<n, maxAgeToInvalidate)
 }
 
+// newerRecheck: after takeNewer found nothing newer than a token, refusals
+// of the same token are passed to reject without looking again for this
+// long (an upstream that refuses every token costs the storage one look a
+// second, not one per request).
+const newerRecheck = time.Second
+
+// newestCheck is a takeNewer that found nothing newer than t, at when.
+type newestCheck struct {
+	t  *token
+	at time.Time
+}
+
+// takeNewer handles an upstream's refusal of t before reject does, for a
+// source whose fetcher can look for a newer token without asking the
+// provider (a grant): when the stored token is newer than t (another
+// instance, or this one's background refresh, rotated the grant, and the
+// provider may have revoked t), it becomes the current token and the
+// caller replays at once, whatever t's age; it costs no redemption.
+// Concurrent refusals wait for one look; a refusal of the newest token is
+// left to reject and its age rule.
+func (s *tokenSource) takeNewer(ctx context.Context, t *token) bool {
+	nf, ok := s.fetcher.(newerFinder)
+	if !ok {
+		return false
+	}
+	if c := s.newest.Load(); c != nil && c.t == t && time.Since(c.at) < newerRecheck {
+		return false
+	}
+	if s.cur.Load() != t {
+		return true // already replaced
+	}
+	ch := s.fetches.DoChan("newer", func() (any, error) {
+		nt, err := nf.newer(s.ctx, t)
+		if err != nil || nt == nil {
+			s.newest.Store(&newestCheck{t: t, at: time.Now()})
+			return nil, err
+		}
+		s.schedule(nt)
+		if s.cur.CompareAndSwap(t, nt) {
+			s.refused.Store(nil)
+		}
+		return nt, nil
+	})
+	select {
+	case <-ch:
+		return s.cur.Load() != t
+	case <-ctx.Done():
+		return false
+	}
+}
+
 // fetch asks the fetcher for a new token and caches it. Only one runs at a
 // time (singleflight), besides one an operator forces.
 func (s *tokenSource) fetch(force bool) (*token, error) {
@@ -348,51 +411,82 @@ func (s *tokenSource) schedule(t *token) {
 		t.refreshAt, t.window = t.expiry, 0
 		return
 	}
-	before := s.env.refreshBefore()
-	if life := t.expiry.Sub(t.obtained); life < 2*before {
-		before = life / 2
-	}
+	before := refreshWindow(s.env.refreshBefore(), t.expiry.Sub(t.obtained))
 	if j := before / 10; j > 0 {
 		before += rand.N(j)
 	}
 	t.refreshAt, t.window = t.expiry.Add(-before), before
 }
 
+// refreshWindow is how long before its expiry a token of lifetime life is
+// replaced, with refresh_before before: before, or half its life when it
+// lives less than twice that. A source adds a jitter of up to a tenth of
+// it (schedule).
+func refreshWindow(before, life time.Duration) time.Duration {
+	if life < 2*before {
+		return life / 2
+	}
+	return before
+}
+
 // backingOff is the error of a caller that finds no valid token while the
-// source waits before its next attempt.
-func (s *tokenSource) backingOff(wait time.Duration) *TokenError {
+// source waits before its next attempt: the last error, with the wait (an
+// account that needs consent gets its consent error as it was).
+func (s *tokenSource) backingOff(wait time.Duration) error {
 	s.mu.Lock()
 	last := s.lastErr
 	s.mu.Unlock()
+	var ce *ConsentError
+	if errors.As(last, &ce) {
+		return ce
+	}
 	e := &TokenError{Provider: s.provider, Code: "backing_off", RetryAfter: wait, Backoff: true}
 	if last != nil {
-		e.Code, e.Status, e.Description = last.Code, last.Status, last.Description
-		e.account, e.connect = last.account, last.connect
+		e.Code, e.Status, e.Description = errorFacts(last)
 	}
 	return e
+}
+
+// errorFacts is what logs and the admin API show of a failed fetch: a code
+// (the provider's OAuth error code, or a local one), the HTTP status, a
+// description.
+func errorFacts(err error) (code string, status int, description string) {
+	var te *TokenError
+	var ce *ConsentError
+	var se *StorageError
+	switch {
+	case errors.As(err, &te):
+		return te.Code, te.Status, te.Description
+	case errors.As(err, &ce):
+		return codeConsentRequired, 0, ce.Reason
+	case errors.As(err, &se):
+		return "storage_error", 0, se.Doing + ": " + truncate(se.Err.Error(), 200)
+	}
+	return "error", 0, truncate(err.Error(), 300)
 }
 
 // failed records a failed fetch: it sets the backoff before the next
 // attempt and logs the failure, at error level when no valid token is left
 // or the error is one a retry cannot fix.
-func (s *tokenSource) failed(err error, took time.Duration) *TokenError {
+func (s *tokenSource) failed(err error, took time.Duration) error {
 	var te *TokenError
-	if !errors.As(err, &te) {
-		te = &TokenError{Provider: s.provider, Code: "error", Description: truncate(err.Error(), 300)}
-	}
+	var ce *ConsentError
+	errors.As(err, &te)
+	errors.As(err, &ce)
+	code, status, desc := errorFacts(err)
 	s.mu.Lock()
 	s.failures++
 	wait := backoff(s.failures)
 	switch {
-	case te.permanent():
+	case te != nil && te.Permanent():
 		wait = maxBackoff
-	case te.Code == codeConsentRequired:
+	case ce != nil:
 		wait = consentRecheck
 	}
-	if te.RetryAfter > wait {
+	if te != nil && te.RetryAfter > wait {
 		wait = min(te.RetryAfter, maxRetryAfter)
 	}
-	s.lastErr, s.lastErrAt = te, s.now()
+	s.lastErr, s.lastErrAt = err, s.now()
 	if s.downSince.IsZero() {
 		s.downSince = s.lastErrAt
 	}
@@ -403,24 +497,25 @@ func (s *tokenSource) failed(err error, took time.Duration) *TokenError {
 	fields := []zap.Field{
 		zap.String("provider", s.provider),
 		zap.String("source", s.id),
-		zap.String("error", te.Code),
-		zap.Int("status", te.Status),
-		zap.String("error_description", te.Description),
+		zap.String("error", code),
+		zap.Int("status", status),
+		zap.String("error_description", desc),
 		zap.Duration("duration", took),
 		zap.Int("consecutive_failures", failures),
 		zap.Duration("next_attempt_in", wait),
 	}
-	if te.RetryAfter > 0 {
+	if te != nil && te.RetryAfter > 0 {
 		fields = append(fields, zap.Duration("retry_after", te.RetryAfter))
 	}
 	log := s.env.logger()
 	cur := s.cur.Load()
 	switch {
-	case te.Code == codeConsentRequired && failures > 1:
+	case ce != nil && (failures > 1 || ce.Absent):
+		// An account with no grant is logged once by the grant.
 		log.Debug("consent still required", fields...)
-	case te.Code == codeConsentRequired:
+	case ce != nil:
 		log.Error("consent required: the grant is missing or was refused by the provider", fields...)
-	case te.permanent():
+	case te != nil && te.Permanent():
 		log.Error("token request refused; retrying will not help until the configuration or the provider changes", fields...)
 	case cur != nil && s.now().Before(cur.expiry):
 		log.Warn("token refresh failed; the cached token is still valid", append(fields,
@@ -428,7 +523,11 @@ func (s *tokenSource) failed(err error, took time.Duration) *TokenError {
 	default:
 		log.Error("token request failed", fields...)
 	}
-	return te
+	var se *StorageError
+	if te == nil && ce == nil && !errors.As(err, &se) {
+		return &TokenError{Provider: s.provider, Code: code, Description: desc}
+	}
+	return err
 }
 
 // backoff returns the wait after n consecutive failures: full jitter over

@@ -2,14 +2,11 @@ package oauthbearer
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,76 +16,19 @@ import (
 	"go.uber.org/zap/zaptest/observer"
 )
 
-// fakeClock is a settable clock.
-type fakeClock struct {
-	mu sync.Mutex
-	t  time.Time
-}
-
-func (c *fakeClock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *fakeClock) add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
-// countingAS issues token-<n> with the given lifetime; while held, each
-// request announces itself on arrived and waits for the release; fail makes
-// it answer 503.
-type countingAS struct {
-	*httptest.Server
-	n       atomic.Int64
-	gate    atomic.Pointer[chan struct{}]
-	arrived chan struct{}
-	fail    atomic.Bool
-	life    int
-}
-
-func newCountingAS(t *testing.T, life int) *countingAS {
-	as := &countingAS{life: life, arrived: make(chan struct{}, 100)}
-	as.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if g := as.gate.Load(); g != nil {
-			as.arrived <- struct{}{}
-			select {
-			case <-*g:
-			case <-r.Context().Done():
-				return
-			}
-		}
-		n := as.n.Add(1)
-		w.Header().Set("Content-Type", "application/json")
-		if as.fail.Load() {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			fmt.Fprint(w, `{"error":"temporarily_unavailable"}`)
-			return
-		}
-		json.NewEncoder(w).Encode(map[string]any{"access_token": fmt.Sprintf("token-%d", n), "expires_in": as.life})
-	}))
-	t.Cleanup(as.Close)
+// newCountingAS is the fakeAS of the token-source tests: its tokens live
+// life seconds, and the n-th it issues is token-<n>.
+func newCountingAS(t *testing.T, life int) *fakeAS {
+	as := newFakeAS(t)
+	as.Lifetime = time.Duration(life) * time.Second
+	as.Mint = func(_ string, n int) string { return fmt.Sprintf("token-%d", n) }
 	return as
-}
-
-// hold makes requests wait until the returned function is called.
-func (as *countingAS) hold() func() {
-	ch := make(chan struct{})
-	as.gate.Store(&ch)
-	return func() { as.gate.Store(nil); close(ch) }
-}
-
-// waitArrived waits until a held request has reached the server.
-func (as *countingAS) waitArrived(t *testing.T) {
-	t.Helper()
-	select {
-	case <-as.arrived:
-	case <-time.After(10 * time.Second):
-		t.Fatal("no token request reached the server")
-	}
 }
 
 // newTestSource is a client-credentials entry on clock, whose handlers ask
 // for refresh_before 10s.
-func newTestSource(t *testing.T, as *countingAS, clock *fakeClock) *tokenSource {
-	cs := &credentialSet{Provider: "test", TokenURL: as.URL, ClientID: "id", clientSecret: "secret",
+func newTestSource(t *testing.T, as *fakeAS, clock *fakeClock) *tokenSource {
+	cs := &credentialSet{Provider: "test", TokenURL: as.tokenURL(), ClientID: as.ClientID, clientSecret: as.Secret,
 		Format: "form", ClientAuth: "basic", DefaultLifetime: time.Minute, Timeout: 5 * time.Second}
 	e, err := newSourceEntry(cs, "cc:"+cs.key(), false)
 	if err != nil {
@@ -117,8 +57,8 @@ func TestTokenSourceRefreshAheadDoesNotBlock(t *testing.T) {
 	s := newTestSource(t, as, clock)
 
 	first := mustToken(t, s)
-	if first.value != "token-1" || as.n.Load() != 1 {
-		t.Fatalf("first token %q after %d requests", first.value, as.n.Load())
+	if first.value != "token-1" || as.tokenRequests() != 1 {
+		t.Fatalf("first token %q after %d requests", first.value, as.tokenRequests())
 	}
 	clock.add(95 * time.Second) // refresh window: 89s..90s to 100s
 	release := as.hold()
@@ -133,7 +73,7 @@ func TestTokenSourceRefreshAheadDoesNotBlock(t *testing.T) {
 	if got := mustToken(t, s).value; got != "token-2" {
 		t.Errorf("after refresh got %q, want token-2", got)
 	}
-	if n := as.n.Load(); n != 2 {
+	if n := as.tokenRequests(); n != 2 {
 		t.Errorf("token requests = %d, want 2 (one background refresh for 50 requests)", n)
 	}
 }
@@ -146,7 +86,7 @@ func TestTokenSourceNeverServesExpiredToken(t *testing.T) {
 	s := newTestSource(t, as, clock)
 	mustToken(t, s)
 
-	as.fail.Store(true)
+	as.refuse(http.StatusServiceUnavailable, "temporarily_unavailable", 0)
 	clock.add(101 * time.Second)
 	tok, err := s.Token(context.Background())
 	if err == nil {
@@ -158,18 +98,20 @@ func TestTokenSourceNeverServesExpiredToken(t *testing.T) {
 	}
 	// While backing off, callers get the error at once, with the wait,
 	// and the provider is left alone.
-	as.fail.Store(false)
+	as.refuse(0, "", 0)
 	_, err = s.Token(context.Background())
 	te, ok = err.(*TokenError)
 	if !ok || !te.Backoff || te.RetryAfter <= 0 || te.Code != "temporarily_unavailable" {
 		t.Fatalf("during backoff got %#v, want a backoff error carrying the last code", err)
 	}
-	if n := as.n.Load(); n != 2 {
+	if n := as.tokenRequests(); n != 2 {
 		t.Errorf("token requests during backoff: %d, want 2", n)
 	}
 	clock.add(te.RetryAfter)
-	if got := mustToken(t, s).value; got != "token-3" {
-		t.Errorf("after the backoff got %q, want token-3", got)
+	// The third token request, the second token (the refused one issued
+	// none).
+	if got := mustToken(t, s).value; got != "token-2" || as.tokenRequests() != 3 {
+		t.Errorf("after the backoff got %q after %d token requests, want token-2 after 3", got, as.tokenRequests())
 	}
 }
 
@@ -214,7 +156,7 @@ func TestTokenSourceSingleflightAndCancellation(t *testing.T) {
 			t.Errorf("waiter got %q, want token-1", r)
 		}
 	}
-	if n := as.n.Load(); n != 1 {
+	if n := as.tokenRequests(); n != 1 {
 		t.Errorf("token requests = %d, want 1", n)
 	}
 }
@@ -226,7 +168,7 @@ func TestSourcePoolSharingAndDestruct(t *testing.T) {
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	defer cancel()
 	mk := func(scope string, refreshBefore time.Duration) *Handler {
-		h := &Handler{Credentials: Credentials{TokenURL: as.URL, ClientID: "id", ClientSecret: "secret"},
+		h := &Handler{Credentials: Credentials{TokenURL: as.tokenURL(), ClientID: as.ClientID, ClientSecret: as.Secret},
 			Scopes: []string{scope}, RefreshBefore: caddy.Duration(refreshBefore)}
 		if err := h.Provision(ctx); err != nil {
 			t.Fatal(err)
@@ -310,7 +252,7 @@ func TestTokenSourceRefreshFlagClearedWhenJoiningAFetch(t *testing.T) {
 	// token-2 enters its refresh window: a background refresh happens.
 	clock.add(95 * time.Second)
 	mustToken(t, s)
-	waitFor(t, func() bool { return as.n.Load() == 3 })
+	waitFor(t, func() bool { return as.issued() == 3 })
 }
 
 // recordingFetcher hands out token-<n> and records what each fetch was
@@ -394,6 +336,36 @@ func TestTokenSourceSchedule(t *testing.T) {
 	}
 }
 
+// When a token of each lifetime a token endpoint gives is refreshed, with
+// the default refresh_before (60s): expiry-refreshBefore, or half its life
+// when it lives less than two minutes, moved earlier by a random jitter of
+// less than a tenth of that window. (The lifetimes themselves, from
+// expires_in, a JWT's exp or default_lifetime: internal/oauthclient's
+// TestEndpointTokenLifetime.)
+func TestTokenSourceScheduleRefreshWindow(t *testing.T) {
+	now := time.Date(2031, time.March, 4, 5, 6, 7, 0, time.UTC)
+	clk := &clock{}
+	clk.set(func() time.Time { return now })
+	s := &tokenSource{env: &env{}, clock: clk}
+	for _, c := range []struct{ lifetime, refreshIn time.Duration }{
+		{time.Hour, time.Hour - time.Minute},
+		{3600500 * time.Millisecond, 3540500 * time.Millisecond},
+		{90 * time.Second, 45 * time.Second},
+		{119 * time.Second, 59500 * time.Millisecond},
+		{120 * time.Second, 60 * time.Second},
+		{10 * time.Minute, 9 * time.Minute},
+		{7170 * time.Second, 7110 * time.Second},
+		{24 * time.Hour, 24*time.Hour - time.Minute},
+	} {
+		tok := &token{value: "a", obtained: now, expiry: now.Add(c.lifetime)}
+		s.schedule(tok)
+		window := c.lifetime - c.refreshIn
+		if got := tok.refreshAt.Sub(now); got > c.refreshIn || got <= c.refreshIn-window/10-time.Nanosecond {
+			t.Errorf("lifetime %v: refreshAt = now+%v, want now+%v minus a jitter under %v", c.lifetime, got, c.refreshIn, window/10)
+		}
+	}
+}
+
 // env: the newest configuration's storage and logger win; when it is
 // cleaned up (a reload that failed), the previous one's are used again.
 func TestEnvNewestUseWins(t *testing.T) {
@@ -433,7 +405,7 @@ func TestTokenSourceLogsTellTheStory(t *testing.T) {
 		first[0].ContextMap()["expires_in"] != 100*time.Second {
 		t.Fatalf("first token line: %v", first)
 	}
-	as.fail.Store(true)
+	as.refuse(http.StatusServiceUnavailable, "temporarily_unavailable", 0)
 	clock.add(101 * time.Second)
 	if _, err := s.Token(context.Background()); err == nil {
 		t.Fatal("a failing provider gave a token")
@@ -444,7 +416,7 @@ func TestTokenSourceLogsTellTheStory(t *testing.T) {
 		t.Fatalf("during the backoff: %v", err)
 	}
 	clock.add(te.RetryAfter)
-	as.fail.Store(false)
+	as.refuse(0, "", 0)
 	mustToken(t, s)
 	rec := logs.FilterMessage("token source recovered").All()
 	if len(rec) != 1 || rec[0].Level != zap.InfoLevel || rec[0].ContextMap()["down_for"] != te.RetryAfter {

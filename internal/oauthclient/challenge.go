@@ -2,7 +2,8 @@ package oauthclient
 
 // Recognising DPoP challenges: a token endpoint's 400 use_dpop_nonce
 // (RFC 9449 §8) and a resource server's 401 with a DPoP challenge (§7.1,
-// §9), and the WWW-Authenticate parser they need.
+// §9), and the WWW-Authenticate parser they (and the root package's
+// upstream 401 rules, replay.go) use.
 
 import (
 	"encoding/json"
@@ -60,26 +61,23 @@ func ResourceNonceChallenge(status int, h http.Header) (nonce string, ok bool) {
 // use_dpop_nonce (invalid_dpop_proof, invalid_token) is an ordinary refusal.
 func DPoPChallengeError(h http.Header) (code string, ok bool) {
 	for _, v := range h.Values("Www-Authenticate") {
-		for _, c := range parseChallenges(v) {
-			if strings.EqualFold(c.scheme, "DPoP") {
-				return c.params["error"], true
+		for _, c := range ParseChallenges(v) {
+			if strings.EqualFold(c.Scheme, "DPoP") {
+				return c.Params["error"], true
 			}
 		}
 	}
 	return "", false
 }
 
-// The WWW-Authenticate parser below is a copy of the root package's
-// (replay.go: parseChallenges), which cannot be imported from here; when
-// the wire code moves into this package the root's copy goes.
-// challenge is one challenge of a WWW-Authenticate field.
-type challenge struct {
-	scheme  string
-	token68 string
-	params  map[string]string // names in lower case; quoted values unquoted
+// Challenge is one challenge of a WWW-Authenticate field.
+type Challenge struct {
+	Scheme  string            // as sent; compare it without regard to case
+	Token68 string            // a token68 instead of parameters
+	Params  map[string]string // names in lower case; quoted values unquoted
 }
 
-// parseChallenges parses a WWW-Authenticate field value (RFC 9110
+// ParseChallenges parses a WWW-Authenticate field value (RFC 9110
 // §11.6.1), a comma-separated list in which commas separate both
 // challenges and the parameters of one:
 //
@@ -87,9 +85,9 @@ type challenge struct {
 //	auth-param = token BWS "=" BWS ( token / quoted-string )
 //
 // It returns the challenges parsed before anything malformed.
-func parseChallenges(v string) []challenge {
+func ParseChallenges(v string) []Challenge {
 	p := &challengeParser{s: v}
-	var out []challenge
+	var out []Challenge
 	for {
 		p.skipListSeparators()
 		if p.done() {
@@ -99,13 +97,13 @@ func parseChallenges(v string) []challenge {
 		if scheme == "" {
 			return out
 		}
-		c := challenge{scheme: scheme, params: map[string]string{}}
+		c := Challenge{Scheme: scheme, Params: map[string]string{}}
 		if p.skipSpaces() > 0 && !p.done() && p.peek() != ',' {
 			if name, val, ok := p.authParam(); ok {
-				c.params[strings.ToLower(name)] = val
-				p.moreParams(c.params)
+				c.Params[strings.ToLower(name)] = val
+				p.moreParams(c.Params)
 			} else if t68 := p.token68(); t68 != "" {
-				c.token68 = t68
+				c.Token68 = t68
 			} else {
 				return append(out, c)
 			}

@@ -24,13 +24,9 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
-	"io/fs"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -52,9 +48,6 @@ const (
 
 // minDPoPRSABits is the smallest RSA key accepted.
 const minDPoPRSABits = 2048
-
-// maxKeyFileSize caps what LoadDPoPKey reads from a file.
-const maxKeyFileSize = 1 << 20
 
 var b64 = base64.RawURLEncoding
 
@@ -172,154 +165,26 @@ func ParseDPoPKeyPKCS8(der []byte) (*DPoPKey, error) {
 
 // LoadDPoPKey loads a key from value: PEM text (it holds a "-----BEGIN"
 // line; on one line with its line breaks escaped as \n too, as an
-// environment variable often holds it) or the path of a PEM file. It takes
-// PKCS#8 ("PRIVATE KEY"), SEC1 ("EC PRIVATE KEY") and PKCS#1 ("RSA PRIVATE
-// KEY") blocks and skips others (a certificate, EC PARAMETERS); more than
-// one key is an error. Errors name the file (or "the inline PEM value") and
-// never hold key material.
+// environment variable often holds it) or the path of a PEM file, read as
+// LoadPrivateKey reads private_key (keys.go): PKCS#8, SEC1 or PKCS#1
+// blocks, other blocks (a certificate, EC PARAMETERS) skipped, more than
+// one key an error. Errors start with "dpop_key: ", name the file (or "the
+// inline PEM value") and never hold key material.
 func LoadDPoPKey(value string) (*DPoPKey, error) {
-	data, where, err := readKeyValue(value)
+	const field = "dpop_key"
+	data, where, err := readPEMValue(field, value)
 	if err != nil {
 		return nil, err
 	}
-	key, err := parseKeyPEM(data, where)
+	key, err := parsePrivateKeyPEM(data, field, where)
 	if err != nil {
 		return nil, err
 	}
 	k, err := NewDPoPKey(key)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", where, err)
+		return nil, fmt.Errorf("%s: %s: %w", field, where, err)
 	}
 	return k, nil
-}
-
-// readKeyValue returns the PEM bytes value names and how errors name their
-// origin.
-func readKeyValue(value string) (data []byte, where string, err error) {
-	if strings.TrimSpace(value) == "" {
-		return nil, "", errors.New("empty DPoP key value: give a PEM file path or the PEM text")
-	}
-	if strings.Contains(value, "-----BEGIN") {
-		if !strings.Contains(value, "\n") && strings.Contains(value, `\n`) {
-			value = strings.ReplaceAll(value, `\n`, "\n")
-		}
-		return []byte(value), "the inline PEM value", nil
-	}
-	name := keyValueName(value)
-	f, err := os.Open(value)
-	if err != nil {
-		switch {
-		case errors.Is(err, fs.ErrNotExist) && name != value:
-			return nil, "", errors.New("the DPoP key value is neither PEM text (no -----BEGIN line) nor the path of a file")
-		case errors.Is(err, fs.ErrNotExist):
-			return nil, "", fmt.Errorf("%s does not exist", name)
-		case errors.Is(err, fs.ErrPermission):
-			return nil, "", fmt.Errorf("%s cannot be read: permission denied", name)
-		}
-		return nil, "", fmt.Errorf("%s cannot be read: %v", name, pathErrCause(err))
-	}
-	defer f.Close()
-	data, err = io.ReadAll(io.LimitReader(f, maxKeyFileSize+1))
-	if err != nil {
-		return nil, "", fmt.Errorf("%s cannot be read: %v", name, pathErrCause(err))
-	}
-	if len(data) > maxKeyFileSize {
-		return nil, "", fmt.Errorf("%s is larger than %d bytes", name, maxKeyFileSize)
-	}
-	return data, name, nil
-}
-
-// parseKeyPEM finds and parses the one private key in PEM data.
-func parseKeyPEM(data []byte, where string) (crypto.Signer, error) {
-	var (
-		key    crypto.Signer
-		blocks int
-		others []string
-	)
-	for rest := data; ; {
-		block, r := pem.Decode(rest)
-		if block == nil {
-			break
-		}
-		rest = r
-		blocks++
-		switch block.Type {
-		case "ENCRYPTED PRIVATE KEY":
-			return nil, fmt.Errorf("%s is an encrypted PEM key; decrypt it (openssl pkey -in key.pem -out plain.pem)", where)
-		case "RSA PRIVATE KEY", "EC PRIVATE KEY", "PRIVATE KEY":
-			if strings.Contains(block.Headers["Proc-Type"], "ENCRYPTED") {
-				return nil, fmt.Errorf("%s is an encrypted PEM key; decrypt it (openssl pkey -in key.pem -out plain.pem)", where)
-			}
-			if key != nil {
-				return nil, fmt.Errorf("%s holds more than one private key; keep only the one to use", where)
-			}
-			k, err := parseKeyDER(block.Bytes)
-			if err != nil {
-				return nil, fmt.Errorf("%s: the %s block is not a valid private key (PKCS#8, SEC1 or PKCS#1)", where, block.Type)
-			}
-			key = k
-		default:
-			others = append(others, block.Type)
-		}
-	}
-	switch {
-	case blocks == 0:
-		return nil, fmt.Errorf("%s holds no PEM block", where)
-	case key == nil:
-		return nil, fmt.Errorf("%s holds no private key (found %s)", where, strings.Join(others, ", "))
-	}
-	return key, nil
-}
-
-// parseKeyDER parses PKCS#8, SEC1 or PKCS#1 DER, whatever the PEM type says
-// (mislabelled blocks are common).
-func parseKeyDER(der []byte) (crypto.Signer, error) {
-	if k, err := x509.ParsePKCS8PrivateKey(der); err == nil {
-		if s, ok := k.(crypto.Signer); ok {
-			return s, nil
-		}
-		return nil, fmt.Errorf("key of type %T cannot sign", k)
-	}
-	if k, err := x509.ParseECPrivateKey(der); err == nil {
-		return k, nil
-	}
-	if k, err := x509.ParsePKCS1PrivateKey(der); err == nil {
-		return k, nil
-	}
-	return nil, errors.New("not a private key")
-}
-
-// keyValueName is value as an error may name it: the value when it looks
-// like a path, else a neutral description (key material given where a path
-// was expected is never echoed). The root package's safePathName
-// (clientauth.go) with another neutral wording; one of the two goes when
-// client authentication moves here, as does one of the identical
-// pathErrCause and truncate (endpoint.go).
-func keyValueName(value string) string {
-	const neutral = "the configured DPoP key value"
-	if len(value) > 4096 || strings.ContainsAny(value, "\r\n{}") {
-		return neutral
-	}
-	for _, r := range value {
-		if r < 0x20 || r == 0x7f {
-			return neutral
-		}
-	}
-	compact := strings.TrimRight(value, "=")
-	for _, enc := range []*base64.Encoding{base64.RawStdEncoding, base64.RawURLEncoding} {
-		if der, err := enc.DecodeString(compact); err == nil && len(der) >= 32 && der[0] == 0x30 {
-			return neutral
-		}
-	}
-	return value
-}
-
-func pathErrCause(err error) error {
-	var pe *fs.PathError
-	if errors.As(err, &pe) {
-		return pe.Err
-	}
-	return err
 }
 
 // ProofParams says what a proof is for.
@@ -599,16 +464,5 @@ func describeURL(raw string) string {
 	if err != nil {
 		return "(a value that does not parse as a URL)"
 	}
-	return strconv.Quote(truncate(u.Redacted(), 200))
-}
-
-// truncate shortens s for an error message.
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return s[:n] + "…"
+	return strconv.Quote(Truncate(u.Redacted(), 200))
 }

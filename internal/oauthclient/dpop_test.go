@@ -11,7 +11,6 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
-	"encoding/pem"
 	"math/big"
 	"os"
 	"path/filepath"
@@ -22,6 +21,8 @@ import (
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/testkeys"
 )
 
 // Test keys, made once: RSA key generation is slow.
@@ -403,11 +404,6 @@ func TestDPoPKeyPKCS8RoundTrip(t *testing.T) {
 	}
 }
 
-func pemOf(t testing.TB, typ string, der []byte) string {
-	t.Helper()
-	return string(pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}))
-}
-
 func TestLoadDPoPKey(t *testing.T) {
 	keys := testKeys()
 	ec := keys[AlgES256].(*ecdsa.PrivateKey)
@@ -423,7 +419,7 @@ func TestLoadDPoPKey(t *testing.T) {
 	sec1, _ := x509.MarshalECPrivateKey(ec)
 	p384, _ := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	small, _ := rsa.GenerateKey(rand.Reader, 1024)
-	ecPEM := pemOf(t, "PRIVATE KEY", pk8(ec))
+	ecPEM := pemOfString("PRIVATE KEY", pk8(ec))
 
 	dir := t.TempDir()
 	write := func(name, content string, mode os.FileMode) string {
@@ -449,23 +445,23 @@ func TestLoadDPoPKey(t *testing.T) {
 		wantErr string
 	}{
 		{"PKCS#8 EC inline", ecPEM, AlgES256, ""},
-		{"SEC1 EC inline", pemOf(t, "EC PRIVATE KEY", sec1), AlgES256, ""},
-		{"PKCS#1 RSA inline", pemOf(t, "RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(rk)), AlgRS256, ""},
-		{"PKCS#8 Ed25519 inline", pemOf(t, "PRIVATE KEY", pk8(ed)), AlgEdDSA, ""},
+		{"SEC1 EC inline", pemOfString("EC PRIVATE KEY", sec1), AlgES256, ""},
+		{"PKCS#1 RSA inline", pemOfString("RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(rk)), AlgRS256, ""},
+		{"PKCS#8 Ed25519 inline", pemOfString("PRIVATE KEY", pk8(ed)), AlgEdDSA, ""},
 		{"escaped line breaks", strings.ReplaceAll(ecPEM, "\n", `\n`), AlgES256, ""},
-		{"mislabelled block", pemOf(t, "RSA PRIVATE KEY", pk8(ec)), AlgES256, ""},
+		{"mislabelled block", pemOfString("RSA PRIVATE KEY", pk8(ec)), AlgES256, ""},
 		{"file", write("ec.pem", ecPEM, 0o600), AlgES256, ""},
-		{"certificate and key", write("both.pem", pemOf(t, "CERTIFICATE", certDER)+ecPEM, 0o600), AlgES256, ""},
-		{"P-384", pemOf(t, "PRIVATE KEY", pk8(p384)), "", "curve P-384"},
-		{"RSA 1024", pemOf(t, "PRIVATE KEY", pk8(small)), "", "too small"},
-		{"encrypted PKCS#8", pemOf(t, "ENCRYPTED PRIVATE KEY", []byte{0x30, 1, 2}), "", "encrypted PEM key"},
-		{"two keys", ecPEM + pemOf(t, "PRIVATE KEY", pk8(ed)), "", "more than one private key"},
-		{"certificate only", write("cert.pem", pemOf(t, "CERTIFICATE", certDER), 0o600), "", "holds no private key (found CERTIFICATE)"},
-		{"broken key block", pemOf(t, "PRIVATE KEY", []byte("garbage garbage garbage")), "", "not a valid private key"},
+		{"certificate and key", write("both.pem", pemOfString("CERTIFICATE", certDER)+ecPEM, 0o600), AlgES256, ""},
+		{"P-384", pemOfString("PRIVATE KEY", pk8(p384)), "", "curve P-384"},
+		{"RSA 1024", pemOfString("PRIVATE KEY", pk8(small)), "", "too small"},
+		{"encrypted PKCS#8", pemOfString("ENCRYPTED PRIVATE KEY", []byte{0x30, 1, 2}), "", "encrypted PEM key"},
+		{"two keys", ecPEM + pemOfString("PRIVATE KEY", pk8(ed)), "", "more than one private key"},
+		{"certificate only", write("cert.pem", pemOfString("CERTIFICATE", certDER), 0o600), "", "holds no private key (found CERTIFICATE)"},
+		{"broken key block", pemOfString("PRIVATE KEY", []byte("garbage garbage garbage")), "", "not a valid private key"},
 		{"no PEM in file", write("empty.pem", "hello\n", 0o600), "", "holds no PEM block"},
 		{"missing file", filepath.Join(dir, "nope.pem"), "", "nope.pem does not exist"},
 		{"unreadable file", write("secret.pem", ecPEM, 0o000), "", "permission denied"},
-		{"empty", " ", "", "empty DPoP key value"},
+		{"empty", " ", "", "dpop_key: empty value"},
 		{"bare base64 DER", base64.StdEncoding.EncodeToString(pk8(ec)), "", "neither PEM text"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -565,3 +561,6 @@ func FuzzAppendJSONString(f *testing.F) {
 		}
 	})
 }
+
+// pemOfString is one PEM block as text.
+func pemOfString(typ string, der []byte) string { return string(testkeys.PEM(typ, der)) }

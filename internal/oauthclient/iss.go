@@ -47,9 +47,9 @@ func CheckAuthorizationResponseIssuer(expected string, issSupported bool, respon
 	case expected == "":
 		return nil
 	case len(iss) != 1:
-		return fmt.Errorf("%w: it names %d issuers, expected %s", ErrIssuerMismatch, len(iss), truncate(expected, 200))
+		return fmt.Errorf("%w: it names %d issuers, expected %s", ErrIssuerMismatch, len(iss), Truncate(expected, 200))
 	case iss[0] != expected:
-		return fmt.Errorf("%w: it names %q, expected %s", ErrIssuerMismatch, truncate(iss[0], 200), truncate(expected, 200))
+		return fmt.Errorf("%w: it names %q, expected %s", ErrIssuerMismatch, Truncate(iss[0], 200), Truncate(expected, 200))
 	}
 	return nil
 }

@@ -264,5 +264,5 @@ func printable(s string, n int) string {
 		}
 		return r
 	}, s)
-	return truncate(s, n)
+	return Truncate(s, n)
 }

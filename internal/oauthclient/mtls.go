@@ -1,8 +1,9 @@
-package oauthbearer
+package oauthclient
 
 // RFC 8705 mutual-TLS client authentication: the client certificate comes
 // from a certificate file and a key file that their owner (cert-manager, a
-// Kubernetes secret volume, certbot, an operator) replaces while Caddy runs.
+// Kubernetes secret volume, certbot, an operator) replaces while the process
+// runs.
 
 import (
 	"crypto/sha256"
@@ -25,7 +26,7 @@ import (
 // changed since.
 const clientCertRetry = time.Second
 
-// clientCertReloader serves the client certificate of a TLS handshake from
+// ClientCert serves the client certificate of a TLS handshake from
 // a certificate file and a key file, re-reading them when either changes.
 //
 // When: on every handshake that asks for a client certificate
@@ -41,19 +42,18 @@ const clientCertRetry = time.Second
 //
 // A pair that fails to load (unreadable, mismatched because only one file
 // was replaced so far, malformed) never breaks handshakes: the previous
-// pair is kept, the error is kept (lastErr, which view shows), and the load
+// pair is kept, the error is kept (lastErr, which View shows), and the load
 // is tried again when a file changes or after clientCertRetry.
 //
-// Each change of state is logged once, to the logger of the pool entry
-// that owns the reloader (logTo): a failure at error level (again only
-// when the error changes, never per handshake), a successful reload and
-// the end of a failure at info level. The admin API shows the state
-// (view).
+// Each change of state is logged once, to the logger of its owner (LogTo):
+// a failure at error level (again only when the error changes, never per
+// handshake), a successful reload and the end of a failure at info level.
+// View describes the state (the admin API shows it).
 //
 // Rotation shows on new connections: kept-alive ones keep the identity
 // they were made with (generation tells a caller when to close idle
 // connections or drop certificate-bound tokens).
-type clientCertReloader struct {
+type ClientCert struct {
 	certFile, keyFile string
 	now               func() time.Time // for the retry delay; tests replace it
 
@@ -72,10 +72,10 @@ type clientCertReloader struct {
 	logger                func() *zap.Logger
 }
 
-// newClientCert makes the client certificate of a configuration: a
+// NewClientCert makes the client certificate of a configuration: a
 // reloader of two files, or, when the values are the PEM themselves (as
 // {env.…} or {file.…} give them), the pair they hold, loaded once.
-func newClientCert(cert, key string) (*clientCertReloader, error) {
+func NewClientCert(cert, key string) (*ClientCert, error) {
 	if !strings.Contains(cert, pemBegin) && !strings.Contains(key, pemBegin) {
 		return newClientCertReloader(cert, key)
 	}
@@ -91,13 +91,13 @@ func newClientCert(cert, key string) (*clientCertReloader, error) {
 	if err != nil {
 		return nil, errors.New("mtls client certificate: the certificate and the key given do not make a pair (or do not parse)")
 	}
-	return &clientCertReloader{cert: &pair, gen: 1, attempts: 1, static: true, now: time.Now}, nil
+	return &ClientCert{cert: &pair, gen: 1, attempts: 1, static: true, now: time.Now}, nil
 }
 
 // newClientCertReloader loads the pair once; an error here (missing file,
 // no certificate, a key that does not match) is a configuration error.
-func newClientCertReloader(certFile, keyFile string) (*clientCertReloader, error) {
-	r := &clientCertReloader{certFile: certFile, keyFile: keyFile, now: time.Now}
+func newClientCertReloader(certFile, keyFile string) (*ClientCert, error) {
+	r := &ClientCert{certFile: certFile, keyFile: keyFile, now: time.Now}
 	cs, ks, err := r.stat()
 	if err != nil {
 		return nil, err
@@ -111,7 +111,7 @@ func newClientCertReloader(certFile, keyFile string) (*clientCertReloader, error
 }
 
 // stat returns the file info of both files.
-func (r *clientCertReloader) stat() (certStat, keyStat os.FileInfo, err error) {
+func (r *ClientCert) stat() (certStat, keyStat os.FileInfo, err error) {
 	if certStat, err = os.Stat(r.certFile); err != nil {
 		return nil, nil, fmt.Errorf("mtls client certificate: %s: %v", safePathName(r.certFile), pathErrCause(err))
 	}
@@ -122,7 +122,7 @@ func (r *clientCertReloader) stat() (certStat, keyStat os.FileInfo, err error) {
 }
 
 // load reads and parses both files and checks that they belong together.
-func (r *clientCertReloader) load() (*tls.Certificate, error) {
+func (r *ClientCert) load() (*tls.Certificate, error) {
 	const certField, keyField = "mtls client certificate", "mtls client key"
 	certPEM, err := readConfigFile(certField, r.certFile, 1<<20)
 	if err != nil {
@@ -140,7 +140,7 @@ func (r *clientCertReloader) load() (*tls.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
-	if checkCertificateKey(certs[0], key) != nil {
+	if CheckCertificateKey(certs[0], key) != nil {
 		return nil, fmt.Errorf("mtls: client certificate %s does not match client key %s",
 			safePathName(r.certFile), safePathName(r.keyFile))
 	}
@@ -156,9 +156,9 @@ func sameStat(a, b os.FileInfo) bool {
 	return a != nil && b != nil && os.SameFile(a, b) && a.Size() == b.Size() && a.ModTime().Equal(b.ModTime())
 }
 
-// logTo makes the reloader log the changes of its state to the logger
+// LogTo makes the reloader log the changes of its state to the logger
 // that logger returns (the owner's newest); nil-safe.
-func (r *clientCertReloader) logTo(logger func() *zap.Logger) {
+func (r *ClientCert) LogTo(logger func() *zap.Logger) {
 	if r == nil {
 		return
 	}
@@ -170,7 +170,7 @@ func (r *clientCertReloader) logTo(logger func() *zap.Logger) {
 // refresh reloads the pair if either file changed; r.mu is held. It
 // returns what is to be logged of the outcome, to call once r.mu is
 // released: nil when the state (the pair in use, the error) is unchanged.
-func (r *clientCertReloader) refresh() (note func()) {
+func (r *ClientCert) refresh() (note func()) {
 	if r.static {
 		return nil
 	}
@@ -197,7 +197,7 @@ func (r *clientCertReloader) refresh() (note func()) {
 
 // logNote makes the deferred write of a log entry to the owner's logger
 // (nil without one); r.mu is held.
-func (r *clientCertReloader) logNote(level zapcore.Level, msg string, fields []zap.Field) func() {
+func (r *ClientCert) logNote(level zapcore.Level, msg string, fields []zap.Field) func() {
 	if r.logger == nil {
 		return nil
 	}
@@ -210,7 +210,7 @@ func (r *clientCertReloader) logNote(level zapcore.Level, msg string, fields []z
 }
 
 // reload reloads the pair if either file changed; r.mu is held.
-func (r *clientCertReloader) reload() {
+func (r *ClientCert) reload() {
 	cs, ks, err := r.stat()
 	if err != nil {
 		r.lastErr = err
@@ -237,7 +237,7 @@ func (r *clientCertReloader) reload() {
 
 // getClientCertificate is the tls.Config.GetClientCertificate of the
 // reloader: the current pair, reloaded first if a file changed.
-func (r *clientCertReloader) getClientCertificate(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+func (r *ClientCert) getClientCertificate(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 	r.mu.Lock()
 	note := r.refresh()
 	cert := r.cert
@@ -248,10 +248,10 @@ func (r *clientCertReloader) getClientCertificate(*tls.CertificateRequestInfo) (
 	return cert, nil
 }
 
-// clientCertView is the client certificate as the admin API shows it:
+// ClientCertView is the client certificate as the admin API shows it:
 // who it names and until when, how many times it was loaded, and a
 // failure to reload it. Never the key.
-type clientCertView struct {
+type ClientCertView struct {
 	Subject    string    `json:"subject"`
 	NotAfter   time.Time `json:"not_after"`
 	Generation uint64    `json:"generation"` // 1 for the first load, one more per reload
@@ -261,16 +261,16 @@ type clientCertView struct {
 	ReloadFailingSince *time.Time `json:"reload_failing_since,omitempty"`
 }
 
-// view looks at the files (as a handshake would, so that a bad rotation
+// View looks at the files (as a handshake would, so that a bad rotation
 // shows before the next handshake, and is logged) and describes the
 // certificate in use; nil for a nil reloader.
-func (r *clientCertReloader) view() *clientCertView {
+func (r *ClientCert) View() *ClientCertView {
 	if r == nil {
 		return nil
 	}
 	r.mu.Lock()
 	note := r.refresh()
-	v := &clientCertView{Generation: r.gen}
+	v := &ClientCertView{Generation: r.gen}
 	if leaf := r.cert.Leaf; leaf != nil {
 		v.Subject, v.NotAfter = leaf.Subject.String(), leaf.NotAfter.UTC()
 	}
@@ -285,28 +285,28 @@ func (r *clientCertReloader) view() *clientCertView {
 	return v
 }
 
-// current returns the pair in use and its generation (1 for the first
+// Current returns the pair in use and its generation (1 for the first
 // load, one more for each reload), without looking at the files.
-func (r *clientCertReloader) current() (*tls.Certificate, uint64) {
+func (r *ClientCert) Current() (*tls.Certificate, uint64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.cert, r.gen
 }
 
-// tlsConfig returns a client TLS configuration presenting the reloader's
+// TLSConfig returns a client TLS configuration presenting the reloader's
 // certificate, TLS 1.2 at least (the endpoint adds the roots of ca_file).
 // It sets no ClientSessionCache: a resumed session would skip
 // GetClientCertificate and keep the old identity.
-func (r *clientCertReloader) tlsConfig() *tls.Config {
+func (r *ClientCert) TLSConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion:           tls.VersionTLS12,
 		GetClientCertificate: r.getClientCertificate,
 	}
 }
 
-// certThumbprint is the RFC 8705 §3.1 thumbprint of a certificate: the
+// CertThumbprint is the RFC 8705 §3.1 thumbprint of a certificate: the
 // base64url SHA-256 of its DER, as in a bound token's cnf "x5t#S256".
-func certThumbprint(cert *x509.Certificate) string {
+func CertThumbprint(cert *x509.Certificate) string {
 	sum := sha256.Sum256(cert.Raw)
 	return base64.RawURLEncoding.EncodeToString(sum[:])
 }

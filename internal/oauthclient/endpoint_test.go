@@ -1,4 +1,4 @@
-package oauthbearer
+package oauthclient
 
 import (
 	"context"
@@ -21,7 +21,7 @@ import (
 )
 
 // Tests of endpoint.go over real HTTP: every case runs a token endpoint on
-// 127.0.0.1 (httptest) and calls endpoint.fetch with a fixed clock.
+// 127.0.0.1 (httptest) and calls the Endpoint with a fixed clock.
 
 // epNow is the fixed "now" passed to fetch; expiries are checked against it.
 var epNow = time.Date(2031, time.March, 4, 5, 6, 7, 0, time.UTC)
@@ -33,19 +33,19 @@ const (
 	epSecret   = "ep-s3cr3t-value"
 )
 
-// epClk is a clock fixed at epNow.
-var epClk = func() *clock { c := &clock{}; c.set(epClock); return c }()
+// epUserAgent is the User-Agent the endpoints of these tests send.
+const epUserAgent = "caddy-oauth-bearer/test"
 
-func epConfig(tokenURL string) *credentialSet {
-	return &credentialSet{
+func epConfig(tokenURL string) *Config {
+	return &Config{
 		Provider:        "testprov",
 		TokenURL:        tokenURL,
-		ClientID:        epClientID,
-		clientSecret:    epSecret,
+		Client:          Client{ID: epClientID, Secret: epSecret, Auth: "body"},
 		Format:          "form",
-		ClientAuth:      "body",
 		DefaultLifetime: 10 * time.Minute,
 		Timeout:         5 * time.Second,
+		UserAgent:       epUserAgent,
+		Now:             epClock,
 	}
 }
 
@@ -83,13 +83,13 @@ func epServe(t *testing.T, c epCanned) (*httptest.Server, *atomic.Int64) {
 }
 
 // epFetch builds an endpoint for cfg and performs one fetch at epNow.
-func epFetch(t *testing.T, cfg *credentialSet) (*token, error) {
+func epFetch(t *testing.T, cfg *Config) (*Token, error) {
 	t.Helper()
-	e := newEndpoint(cfg, epClk)
-	t.Cleanup(e.close)
+	e := NewEndpoint(*cfg)
+	t.Cleanup(e.Close)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	return e.clientCredentials(ctx)
+	return e.ClientCredentials(ctx)
 }
 
 // epTokenError asserts err is a *TokenError and returns it.
@@ -128,74 +128,73 @@ func TestEndpointTokenLifetime(t *testing.T) {
 	jwtReissued := epJWT(map[string]any{"sub": "svc", "iat": epNow.Unix() - 3000, "exp": epNow.Unix() + 600})
 	const jsonCT = "application/json"
 	tests := []struct {
-		name      string
-		resp      epCanned
-		value     string
-		lifetime  time.Duration // expiry - now
-		refreshIn time.Duration // refreshAt - now
-		from      string
-		scope     string
+		name     string
+		resp     epCanned
+		value    string
+		lifetime time.Duration // expiry - now
+		from     string
+		scope    string
 	}{
 		{"expires_in number", epCanned{contentType: jsonCT,
 			body: `{"access_token":"tok-num","token_type":"Bearer","expires_in":3600,"scope":"read write"}`},
-			"tok-num", time.Hour, time.Hour - time.Minute, "expires_in", "read write"},
+			"tok-num", time.Hour, "expires_in", "read write"},
 		{"expires_in string", epCanned{contentType: jsonCT,
 			body: `{"access_token":"tok-str","token_type":"Bearer","expires_in":"3600"}`},
-			"tok-str", time.Hour, time.Hour - time.Minute, "expires_in", ""},
+			"tok-str", time.Hour, "expires_in", ""},
 		{"expires_in float", epCanned{contentType: jsonCT,
 			body: `{"access_token":"tok-float","token_type":"Bearer","expires_in":3600.5}`},
-			"tok-float", 3600500 * time.Millisecond, 3540500 * time.Millisecond, "expires_in", ""},
+			"tok-float", 3600500 * time.Millisecond, "expires_in", ""},
 		{"expires_in short: refresh half-way", epCanned{contentType: jsonCT,
 			body: `{"access_token":"tok-short","expires_in":90}`},
-			"tok-short", 90 * time.Second, 45 * time.Second, "expires_in", ""},
+			"tok-short", 90 * time.Second, "expires_in", ""},
 		{"expires_in absent, JWT with exp", epCanned{contentType: jsonCT,
 			body: epJSON(map[string]any{"access_token": jwtExp, "token_type": "Bearer"})},
-			jwtExp, 30 * time.Minute, 29 * time.Minute, "jwt_exp", ""},
+			jwtExp, 30 * time.Minute, "jwt_exp", ""},
 		{"expires_in absent, JWT with exp and iat", epCanned{contentType: jsonCT,
 			body: epJSON(map[string]any{"access_token": jwtExpIat, "token_type": "Bearer"})},
-			jwtExpIat, 15 * time.Minute, 14 * time.Minute, "jwt_exp", ""},
+			jwtExpIat, 15 * time.Minute, "jwt_exp", ""},
 		{"expires_in absent, JWT handed out again near its exp", epCanned{contentType: jsonCT,
 			body: epJSON(map[string]any{"access_token": jwtReissued, "token_type": "Bearer"})},
-			jwtReissued, 10 * time.Minute, 9 * time.Minute, "jwt_exp", ""},
+			jwtReissued, 10 * time.Minute, "jwt_exp", ""},
 		{"expires_in absent, not a JWT", epCanned{contentType: jsonCT,
 			body: `{"access_token":"opaque","token_type":"Bearer"}`},
-			"opaque", 10 * time.Minute, 9 * time.Minute, "default_lifetime", ""},
+			"opaque", 10 * time.Minute, "default_lifetime", ""},
 		{"expires_in null", epCanned{contentType: jsonCT,
 			body: `{"access_token":"opaque-null","expires_in":null}`},
-			"opaque-null", 10 * time.Minute, 9 * time.Minute, "default_lifetime", ""},
+			"opaque-null", 10 * time.Minute, "default_lifetime", ""},
 		{"expires_in zero treated as absent", epCanned{contentType: jsonCT,
 			body: `{"access_token":"opaque-zero","token_type":"Bearer","expires_in":0}`},
-			"opaque-zero", 10 * time.Minute, 9 * time.Minute, "default_lifetime", ""},
+			"opaque-zero", 10 * time.Minute, "default_lifetime", ""},
 		{"expires_in negative treated as absent", epCanned{contentType: jsonCT,
 			body: `{"access_token":"opaque-neg","token_type":"Bearer","expires_in":-30}`},
-			"opaque-neg", 10 * time.Minute, 9 * time.Minute, "default_lifetime", ""},
+			"opaque-neg", 10 * time.Minute, "default_lifetime", ""},
 		{"expires_in zero with a JWT uses exp", epCanned{contentType: jsonCT,
 			body: epJSON(map[string]any{"access_token": jwtExp, "expires_in": 0})},
-			jwtExp, 30 * time.Minute, 29 * time.Minute, "jwt_exp", ""},
+			jwtExp, 30 * time.Minute, "jwt_exp", ""},
 		{"expires_in huge capped", epCanned{contentType: jsonCT,
 			body: `{"access_token":"tok-huge","token_type":"Bearer","expires_in":1e12}`},
-			"tok-huge", maxLifetime, maxLifetime - time.Minute, "expires_in", ""},
+			"tok-huge", maxLifetime, "expires_in", ""},
 		{"created_at 30 s ago anchors the expiry", epCanned{contentType: jsonCT,
 			body: fmt.Sprintf(`{"access_token":"tok-ca","token_type":"Bearer","expires_in":7200,"created_at":%d}`, epNow.Unix()-30)},
-			"tok-ca", 7200*time.Second - 30*time.Second, 7200*time.Second - 90*time.Second, "expires_in", ""},
+			"tok-ca", 7200*time.Second - 30*time.Second, "expires_in", ""},
 		{"created_at 2 h old ignored", epCanned{contentType: jsonCT,
 			body: fmt.Sprintf(`{"access_token":"tok-old","token_type":"Bearer","expires_in":7200,"created_at":%d}`, epNow.Unix()-7200)},
-			"tok-old", 2 * time.Hour, 2*time.Hour - time.Minute, "expires_in", ""},
+			"tok-old", 2 * time.Hour, "expires_in", ""},
 		{"token_type missing", epCanned{contentType: jsonCT,
 			body: `{"access_token":"tok-nt","expires_in":3600}`},
-			"tok-nt", time.Hour, time.Hour - time.Minute, "expires_in", ""},
+			"tok-nt", time.Hour, "expires_in", ""},
 		{"token_type bearer", epCanned{contentType: jsonCT,
 			body: `{"access_token":"tok-lc","token_type":"bearer","expires_in":3600}`},
-			"tok-lc", time.Hour, time.Hour - time.Minute, "expires_in", ""},
+			"tok-lc", time.Hour, "expires_in", ""},
 		{"token_type BEARER", epCanned{contentType: jsonCT,
 			body: `{"access_token":"tok-uc","token_type":"BEARER","expires_in":3600}`},
-			"tok-uc", time.Hour, time.Hour - time.Minute, "expires_in", ""},
+			"tok-uc", time.Hour, "expires_in", ""},
 		{"refresh_token tolerated", epCanned{contentType: jsonCT,
 			body: `{"access_token":"tok-rt","refresh_token":"rt","expires_in":3600}`},
-			"tok-rt", time.Hour, time.Hour - time.Minute, "expires_in", ""},
+			"tok-rt", time.Hour, "expires_in", ""},
 		{"form-encoded body", epCanned{contentType: "application/x-www-form-urlencoded",
 			body: "access_token=form-tok&token_type=bearer&expires_in=1200&scope=repo+user"},
-			"form-tok", 20 * time.Minute, 19 * time.Minute, "expires_in", "repo user"},
+			"form-tok", 20 * time.Minute, "expires_in", "repo user"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -204,28 +203,20 @@ func TestEndpointTokenLifetime(t *testing.T) {
 			if err != nil {
 				t.Fatalf("fetch: %v", err)
 			}
-			if tok.value != tc.value {
-				t.Errorf("value = %q, want %q", tok.value, tc.value)
+			if tok.AccessToken != tc.value {
+				t.Errorf("value = %q, want %q", tok.AccessToken, tc.value)
 			}
-			if !tok.obtained.Equal(epNow) {
-				t.Errorf("obtained = %v, want the fixed now %v", tok.obtained, epNow)
+			if !tok.Obtained.Equal(epNow) {
+				t.Errorf("obtained = %v, want the fixed now %v", tok.Obtained, epNow)
 			}
-			if got := tok.expiry.Sub(epNow); got != tc.lifetime {
+			if got := tok.Expiry.Sub(epNow); got != tc.lifetime {
 				t.Errorf("expiry = now+%v, want now+%v", got, tc.lifetime)
 			}
-			// A source with the default refresh_before (60s) schedules it:
-			// refreshAt is expiry-refreshBefore, moved earlier by a random
-			// jitter of less than a tenth of refreshBefore.
-			(&tokenSource{env: &env{}, clock: epClk}).schedule(tok)
-			before := tc.lifetime - tc.refreshIn
-			if got := tok.refreshAt.Sub(epNow); got > tc.refreshIn || got <= tc.refreshIn-before/10-time.Nanosecond {
-				t.Errorf("refreshAt = now+%v, want now+%v minus a jitter under %v", got, tc.refreshIn, before/10)
+			if tok.LifetimeFrom != tc.from {
+				t.Errorf("lifetimeFrom = %q, want %q", tok.LifetimeFrom, tc.from)
 			}
-			if tok.lifetimeFrom != tc.from {
-				t.Errorf("lifetimeFrom = %q, want %q", tok.lifetimeFrom, tc.from)
-			}
-			if tok.scope != tc.scope {
-				t.Errorf("scope = %q, want %q", tok.scope, tc.scope)
+			if tok.Scope != tc.scope {
+				t.Errorf("scope = %q, want %q", tok.Scope, tc.scope)
 			}
 		})
 	}
@@ -336,7 +327,7 @@ func TestEndpointErrorResponses(t *testing.T) {
 			srv, _ := epServe(t, tc.resp)
 			tok, err := epFetch(t, epConfig(srv.URL+"/oauth/token"))
 			if tok != nil {
-				t.Errorf("got a token %q alongside the error", tok.value)
+				t.Errorf("got a token %q alongside the error", tok.AccessToken)
 			}
 			te := epTokenError(t, err)
 			if te.Code != tc.code {
@@ -401,8 +392,8 @@ func TestEndpointBodyOfExactly1MiBIsRead(t *testing.T) {
 	if err != nil {
 		t.Fatalf("a body of exactly 1 MiB must be accepted: %v", err)
 	}
-	if len(tok.value) != maxTokenResponse-len(head)-len(tail) {
-		t.Errorf("token of %d bytes", len(tok.value))
+	if len(tok.AccessToken) != maxTokenResponse-len(head)-len(tail) {
+		t.Errorf("token of %d bytes", len(tok.AccessToken))
 	}
 }
 
@@ -469,12 +460,12 @@ func epSlowServer(t *testing.T) *httptest.Server {
 func TestEndpointTimeout(t *testing.T) {
 	t.Run("context deadline", func(t *testing.T) {
 		srv := epSlowServer(t)
-		e := newEndpoint(epConfig(srv.URL+"/oauth/token"), epClk)
-		t.Cleanup(e.close)
+		e := NewEndpoint(*epConfig(srv.URL + "/oauth/token"))
+		t.Cleanup(e.Close)
 		ctx, cancel := context.WithTimeout(context.Background(), 150*time.Millisecond)
 		defer cancel()
 		start := time.Now()
-		_, err := e.clientCredentials(ctx)
+		_, err := e.ClientCredentials(ctx)
 		te := epTokenError(t, err)
 		if te.Code != "timeout" || te.Status != 0 {
 			t.Errorf("got %q HTTP %d, want timeout (%v)", te.Code, te.Status, te)
@@ -487,10 +478,10 @@ func TestEndpointTimeout(t *testing.T) {
 		srv := epSlowServer(t)
 		cfg := epConfig(srv.URL + "/oauth/token")
 		cfg.Timeout = 150 * time.Millisecond
-		e := newEndpoint(cfg, epClk)
-		t.Cleanup(e.close)
+		e := NewEndpoint(*cfg)
+		t.Cleanup(e.Close)
 		start := time.Now()
-		_, err := e.clientCredentials(context.Background())
+		_, err := e.ClientCredentials(context.Background())
 		te := epTokenError(t, err)
 		if te.Code != "timeout" {
 			t.Errorf("got %q, want timeout (%v)", te.Code, te)
@@ -600,20 +591,20 @@ func TestEndpointWireFormat(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			rec := epRecord(t)
 			cfg := epConfig(rec.URL + "/oauth/token")
-			cfg.Format, cfg.ClientAuth = tc.format, tc.auth
+			cfg.Format, cfg.Client.Auth = tc.format, tc.auth
 			cfg.Scope = "read write"
 			cfg.Audience = "api.example.com"
 			cfg.Resources = []string{"https://api.example.com/a", "https://api.example.com/b"}
 			cfg.Params = map[string]string{"tenant": "t-1", "connection": "m2m"}
 			if tc.auth == "basic" {
-				cfg.ClientID, cfg.clientSecret = basicID, basicSecret
+				cfg.Client.ID, cfg.Client.Secret = basicID, basicSecret
 			}
 			tok, err := epFetch(t, cfg)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if tok.value != "wire-tok" {
-				t.Errorf("token %q", tok.value)
+			if tok.AccessToken != "wire-tok" {
+				t.Errorf("token %q", tok.AccessToken)
 			}
 			r := rec.only(t)
 			if r.method != http.MethodPost || r.path != "/oauth/token" {
@@ -625,8 +616,8 @@ func TestEndpointWireFormat(t *testing.T) {
 			if a := r.header.Get("Accept"); a != "application/json" {
 				t.Errorf("Accept = %q, want application/json", a)
 			}
-			if ua := r.header.Get("User-Agent"); !strings.HasPrefix(ua, "caddy-oauth-bearer/") {
-				t.Errorf("User-Agent = %q, want caddy-oauth-bearer/...", ua)
+			if ua := r.header.Get("User-Agent"); ua != epUserAgent {
+				t.Errorf("User-Agent = %q, want %q", ua, epUserAgent)
 			}
 			p := epParams(t, r)
 			want := map[string][]string{
@@ -740,18 +731,18 @@ func (s *epFormatServer) seen() []string {
 }
 
 func TestEndpointAutoFormat(t *testing.T) {
-	autoCfg := func(url, preferred string) *credentialSet {
+	autoCfg := func(url, preferred string) *Config {
 		cfg := epConfig(url)
 		cfg.Format, cfg.PreferredFormat = "auto", preferred
 		return cfg
 	}
-	fetchN := func(t *testing.T, e *endpoint, n int) ([]*token, []error) {
+	fetchN := func(t *testing.T, e *Endpoint, n int) ([]*Token, []error) {
 		t.Helper()
-		var toks []*token
+		var toks []*Token
 		var errs []error
 		for i := 0; i < n; i++ {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			tok, err := e.clientCredentials(ctx)
+			tok, err := e.ClientCredentials(ctx)
 			cancel()
 			toks, errs = append(toks, tok), append(errs, err)
 		}
@@ -760,10 +751,10 @@ func TestEndpointAutoFormat(t *testing.T) {
 
 	t.Run("form-only server: JSON then form once, then form only", func(t *testing.T) {
 		srv := epFormats(t, http.StatusBadRequest, "", "form")
-		e := newEndpoint(autoCfg(srv.URL+"/connect/token", "json"), epClk)
-		t.Cleanup(e.close)
+		e := NewEndpoint(*autoCfg(srv.URL+"/connect/token", "json"))
+		t.Cleanup(e.Close)
 		toks, errs := fetchN(t, e, 1)
-		if errs[0] != nil || toks[0].value != "tok-form" {
+		if errs[0] != nil || toks[0].AccessToken != "tok-form" {
 			t.Fatalf("first fetch: %v", errs[0])
 		}
 		if got := srv.seen(); !slices.Equal(got, []string{"json", "form"}) {
@@ -771,7 +762,7 @@ func TestEndpointAutoFormat(t *testing.T) {
 		}
 		toks, errs = fetchN(t, e, 2)
 		for i := range toks {
-			if errs[i] != nil || toks[i].value != "tok-form" {
+			if errs[i] != nil || toks[i].AccessToken != "tok-form" {
 				t.Errorf("later fetch %d: %v", i, errs[i])
 			}
 		}
@@ -781,10 +772,10 @@ func TestEndpointAutoFormat(t *testing.T) {
 	})
 	t.Run("415 also means wrong format", func(t *testing.T) {
 		srv := epFormats(t, http.StatusUnsupportedMediaType, "", "form")
-		e := newEndpoint(autoCfg(srv.URL+"/connect/token", "json"), epClk)
-		t.Cleanup(e.close)
+		e := NewEndpoint(*autoCfg(srv.URL+"/connect/token", "json"))
+		t.Cleanup(e.Close)
 		toks, errs := fetchN(t, e, 2)
-		if errs[0] != nil || errs[1] != nil || toks[1].value != "tok-form" {
+		if errs[0] != nil || errs[1] != nil || toks[1].AccessToken != "tok-form" {
 			t.Fatalf("fetches: %v", errs)
 		}
 		if got := srv.seen(); !slices.Equal(got, []string{"json", "form", "form"}) {
@@ -793,11 +784,11 @@ func TestEndpointAutoFormat(t *testing.T) {
 	})
 	t.Run("JSON server: stays JSON", func(t *testing.T) {
 		srv := epFormats(t, http.StatusBadRequest, "", "json")
-		e := newEndpoint(autoCfg(srv.URL+"/connect/token", "json"), epClk)
-		t.Cleanup(e.close)
+		e := NewEndpoint(*autoCfg(srv.URL+"/connect/token", "json"))
+		t.Cleanup(e.Close)
 		toks, errs := fetchN(t, e, 2)
 		for i := range toks {
-			if errs[i] != nil || toks[i].value != "tok-json" {
+			if errs[i] != nil || toks[i].AccessToken != "tok-json" {
 				t.Errorf("fetch %d: %v", i, errs[i])
 			}
 		}
@@ -807,8 +798,8 @@ func TestEndpointAutoFormat(t *testing.T) {
 	})
 	t.Run("preferred form against a JSON server", func(t *testing.T) {
 		srv := epFormats(t, http.StatusBadRequest, "", "json")
-		e := newEndpoint(autoCfg(srv.URL+"/connect/token", "form"), epClk)
-		t.Cleanup(e.close)
+		e := NewEndpoint(*autoCfg(srv.URL+"/connect/token", "form"))
+		t.Cleanup(e.Close)
 		if _, errs := fetchN(t, e, 2); errs[0] != nil || errs[1] != nil {
 			t.Fatalf("fetches: %v", errs)
 		}
@@ -818,8 +809,8 @@ func TestEndpointAutoFormat(t *testing.T) {
 	})
 	t.Run("server refusing both: the first error is returned", func(t *testing.T) {
 		srv := epFormats(t, http.StatusBadRequest, "")
-		e := newEndpoint(autoCfg(srv.URL+"/connect/token", "json"), epClk)
-		t.Cleanup(e.close)
+		e := NewEndpoint(*autoCfg(srv.URL+"/connect/token", "json"))
+		t.Cleanup(e.Close)
 		_, errs := fetchN(t, e, 1)
 		te := epTokenError(t, errs[0])
 		if te.Code != "invalid_request" || te.Status != 400 || te.Description != "json bodies are not accepted" {
@@ -836,8 +827,8 @@ func TestEndpointAutoFormat(t *testing.T) {
 	})
 	t.Run("no fallback on a credentials error", func(t *testing.T) {
 		srv := epFormats(t, http.StatusBadRequest, "json", "json", "form")
-		e := newEndpoint(autoCfg(srv.URL+"/connect/token", "json"), epClk)
-		t.Cleanup(e.close)
+		e := NewEndpoint(*autoCfg(srv.URL+"/connect/token", "json"))
+		t.Cleanup(e.Close)
 		_, errs := fetchN(t, e, 1)
 		if te := epTokenError(t, errs[0]); te.Code != "invalid_client" {
 			t.Errorf("error = %v, want invalid_client", te)
@@ -848,8 +839,8 @@ func TestEndpointAutoFormat(t *testing.T) {
 	})
 	t.Run("fallback answered by another error: that error is returned", func(t *testing.T) {
 		srv := epFormats(t, http.StatusBadRequest, "form", "form")
-		e := newEndpoint(autoCfg(srv.URL+"/connect/token", "json"), epClk)
-		t.Cleanup(e.close)
+		e := NewEndpoint(*autoCfg(srv.URL+"/connect/token", "json"))
+		t.Cleanup(e.Close)
 		_, errs := fetchN(t, e, 1)
 		if te := epTokenError(t, errs[0]); te.Code != "invalid_client" || te.Status != 401 {
 			t.Errorf("error = %v, want invalid_client from the form request", te)
@@ -862,8 +853,8 @@ func TestEndpointAutoFormat(t *testing.T) {
 		srv := epFormats(t, http.StatusBadRequest, "", "form")
 		cfg := epConfig(srv.URL + "/connect/token")
 		cfg.Format = "json"
-		e := newEndpoint(cfg, epClk)
-		t.Cleanup(e.close)
+		e := NewEndpoint(*cfg)
+		t.Cleanup(e.Close)
 		_, errs := fetchN(t, e, 1)
 		if te := epTokenError(t, errs[0]); te.Code != "invalid_request" {
 			t.Errorf("error = %v, want invalid_request", te)

@@ -1,23 +1,16 @@
-package oauthbearer
+package oauthclient
 
 // Tests of mtls.go against a real TLS server on 127.0.0.1 that requires and
 // verifies client certificates, with a CA and certificates made here.
 
 import (
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
 	"errors"
 	"io"
 	"log"
-	"math/big"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -25,98 +18,21 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/testkeys"
 )
-
-// mtlsTestCA is a certificate authority for the tests.
-type mtlsTestCA struct {
-	key  crypto.Signer
-	cert *x509.Certificate
-}
-
-// newMTLSTestCA makes a self-signed root CA.
-func newMTLSTestCA(t *testing.T, name string) *mtlsTestCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := mtlsTemplate(name)
-	tmpl.IsCA, tmpl.BasicConstraintsValid = true, true
-	tmpl.KeyUsage = x509.KeyUsageCertSign
-	return &mtlsTestCA{key: key, cert: mtlsCreate(t, tmpl, tmpl, key.Public(), key)}
-}
-
-func mtlsTemplate(cn string) *x509.Certificate {
-	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
-	return &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-	}
-}
-
-func mtlsCreate(t *testing.T, tmpl, parent *x509.Certificate, pub crypto.PublicKey, signer crypto.Signer) *x509.Certificate {
-	t.Helper()
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, signer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
-}
-
-// intermediate makes a CA signed by ca.
-func (ca *mtlsTestCA) intermediate(t *testing.T, name string) *mtlsTestCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := mtlsTemplate(name)
-	tmpl.IsCA, tmpl.BasicConstraintsValid = true, true
-	tmpl.KeyUsage = x509.KeyUsageCertSign
-	return &mtlsTestCA{key: key, cert: mtlsCreate(t, tmpl, ca.cert, key.Public(), ca.key)}
-}
-
-// issueClient makes a client certificate for key.
-func (ca *mtlsTestCA) issueClient(t *testing.T, cn string, key crypto.Signer) *x509.Certificate {
-	t.Helper()
-	tmpl := mtlsTemplate(cn)
-	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
-	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
-	return mtlsCreate(t, tmpl, ca.cert, key.Public(), ca.key)
-}
-
-// issueServer makes a server certificate for 127.0.0.1.
-func (ca *mtlsTestCA) issueServer(t *testing.T) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := mtlsTemplate("127.0.0.1")
-	tmpl.KeyUsage = x509.KeyUsageDigitalSignature
-	tmpl.ExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}
-	tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
-	c := mtlsCreate(t, tmpl, ca.cert, key.Public(), ca.key)
-	return tls.Certificate{Certificate: [][]byte{c.Raw}, PrivateKey: key, Leaf: c}
-}
 
 // newMTLSServer starts an HTTPS server on 127.0.0.1 that requires a client
 // certificate verified against clientCA and answers with its common name.
-func newMTLSServer(t *testing.T, serverCA, clientCA *mtlsTestCA, maxVersion uint16) *httptest.Server {
+func newMTLSServer(t *testing.T, serverCA, clientCA *testkeys.CA, maxVersion uint16) *httptest.Server {
 	t.Helper()
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, r.TLS.PeerCertificates[0].Subject.CommonName)
 	}))
 	pool := x509.NewCertPool()
-	pool.AddCert(clientCA.cert)
+	pool.AddCert(clientCA.Cert)
 	srv.TLS = &tls.Config{
-		Certificates: []tls.Certificate{serverCA.issueServer(t)},
+		Certificates: []tls.Certificate{serverCA.IssueServer(t)},
 		ClientAuth:   tls.RequireAndVerifyClientCert,
 		ClientCAs:    pool,
 		MaxVersion:   maxVersion,
@@ -154,48 +70,35 @@ func trusting(cfg *tls.Config, roots ...*x509.Certificate) *tls.Config {
 }
 
 // lastErrorOf is the error of r's last load attempt, nil after a success.
-func lastErrorOf(r *clientCertReloader) error {
+func lastErrorOf(r *ClientCert) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.lastErr
-}
-
-// replaceFile replaces path by a new file, as cert-manager or a secret
-// volume does (write, then rename).
-func replaceFile(t *testing.T, path string, data []byte) {
-	t.Helper()
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // Rotation on disk shows in the next handshake: by rename (one file at a
 // time, the half-rotated pair never used) and in place; a chain in the
 // certificate file is sent whole.
 func TestClientCertReloaderRotation(t *testing.T) {
-	root := newMTLSTestCA(t, "root")
-	inter := root.intermediate(t, "intermediate")
+	root := testkeys.NewCA(t, "root")
+	inter := root.Intermediate(t, "intermediate")
 	srv := newMTLSServer(t, root, root, 0)
-	k := clientAuthKeys()
+	k := testkeys.Keys()
 
-	certA := root.issueClient(t, "client-a", k.p256)
-	certB := inter.issueClient(t, "client-b", k.rsa)
-	certC := root.issueClient(t, "client-c-with-a-longer-name", k.ed)
+	certA := root.IssueClient(t, "client-a", k.P256)
+	certB := inter.IssueClient(t, "client-b", k.RSA)
+	certC := root.IssueClient(t, "client-c-with-a-longer-name", k.Ed)
 
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
-	replaceFile(t, certFile, pemOf("CERTIFICATE", certA.Raw))
-	replaceFile(t, keyFile, pkcs8PEM(t, k.p256))
+	testkeys.ReplaceFile(t, certFile, testkeys.PEM("CERTIFICATE", certA.Raw))
+	testkeys.ReplaceFile(t, keyFile, testkeys.PKCS8PEM(t, k.P256))
 
 	r, err := newClientCertReloader(certFile, keyFile)
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := trusting(r.tlsConfig(), root.cert)
+	cfg := trusting(r.TLSConfig(), root.Cert)
 	if cfg.MinVersion != tls.VersionTLS12 || cfg.ClientSessionCache != nil {
 		t.Fatalf("MinVersion %x, ClientSessionCache %v", cfg.MinVersion, cfg.ClientSessionCache)
 	}
@@ -216,7 +119,7 @@ func TestClientCertReloaderRotation(t *testing.T) {
 	expect("client-a", 1, 1) // nothing changed: nothing read
 
 	// The new certificate arrives before its key: the old pair stays.
-	replaceFile(t, certFile, append(pemOf("CERTIFICATE", certB.Raw), pemOf("CERTIFICATE", inter.cert.Raw)...))
+	testkeys.ReplaceFile(t, certFile, append(testkeys.PEM("CERTIFICATE", certB.Raw), testkeys.PEM("CERTIFICATE", inter.Cert.Raw)...))
 	expect("client-a", 1, 2)
 	if err := lastErrorOf(r); err == nil || err.Error() != "mtls: client certificate "+certFile+" does not match client key "+keyFile {
 		t.Fatalf("lastError %v", err)
@@ -225,24 +128,24 @@ func TestClientCertReloaderRotation(t *testing.T) {
 
 	// The key follows (PKCS#1 RSA, after an EC key): the new pair, with
 	// its intermediate, which the server needs to verify it.
-	replaceFile(t, keyFile, pemOf("RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(k.rsa)))
+	testkeys.ReplaceFile(t, keyFile, testkeys.PEM("RSA PRIVATE KEY", x509.MarshalPKCS1PrivateKey(k.RSA)))
 	expect("client-b", 2, 3)
 	if err := lastErrorOf(r); err != nil {
 		t.Fatalf("lastError %v after a good load", err)
 	}
 
 	// Rewritten in place (same files, new content).
-	if err := os.WriteFile(certFile, pemOf("CERTIFICATE", certC.Raw), 0o600); err != nil {
+	if err := os.WriteFile(certFile, testkeys.PEM("CERTIFICATE", certC.Raw), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(keyFile, pkcs8PEM(t, k.ed), 0o600); err != nil {
+	if err := os.WriteFile(keyFile, testkeys.PKCS8PEM(t, k.Ed), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	expect("client-c-with-a-longer-name", 3, 4)
 
-	cur, gen := r.current()
+	cur, gen := r.Current()
 	sum := sha256.Sum256(certC.Raw)
-	if gen != 3 || !cur.Leaf.Equal(certC) || certThumbprint(cur.Leaf) != base64.RawURLEncoding.EncodeToString(sum[:]) {
+	if gen != 3 || !cur.Leaf.Equal(certC) || CertThumbprint(cur.Leaf) != base64.RawURLEncoding.EncodeToString(sum[:]) {
 		t.Fatalf("current: generation %d, leaf %s", gen, cur.Leaf.Subject.CommonName)
 	}
 
@@ -260,19 +163,19 @@ func TestClientCertReloaderRotation(t *testing.T) {
 // neither file changed (a change within one timestamp tick is not missed
 // for long).
 func TestClientCertReloaderRetry(t *testing.T) {
-	root := newMTLSTestCA(t, "root")
-	k := clientAuthKeys()
+	root := testkeys.NewCA(t, "root")
+	k := testkeys.Keys()
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "c.pem"), filepath.Join(dir, "k.pem")
-	replaceFile(t, certFile, pemOf("CERTIFICATE", root.issueClient(t, "a", k.p256).Raw))
-	replaceFile(t, keyFile, sec1PEM(t, k.p256))
+	testkeys.ReplaceFile(t, certFile, testkeys.PEM("CERTIFICATE", root.IssueClient(t, "a", k.P256).Raw))
+	testkeys.ReplaceFile(t, keyFile, testkeys.SEC1PEM(t, k.P256))
 	r, err := newClientCertReloader(certFile, keyFile)
 	if err != nil {
 		t.Fatal(err)
 	}
 	now := time.Unix(1_000_000, 0)
 	r.now = func() time.Time { return now }
-	replaceFile(t, certFile, pemOf("CERTIFICATE", root.issueClient(t, "b", k.p256b).Raw))
+	testkeys.ReplaceFile(t, certFile, testkeys.PEM("CERTIFICATE", root.IssueClient(t, "b", k.P256b).Raw))
 
 	attempts := func() uint64 {
 		r.mu.Lock()
@@ -298,25 +201,25 @@ func TestClientCertReloaderRetry(t *testing.T) {
 // without it the test server is not; a certificate from a CA that the server
 // does not trust is refused by it; TLS 1.2 works too.
 func TestClientCertReloaderTLSConfig(t *testing.T) {
-	root := newMTLSTestCA(t, "root")
-	other := newMTLSTestCA(t, "other")
-	k := clientAuthKeys()
+	root := testkeys.NewCA(t, "root")
+	other := testkeys.NewCA(t, "other")
+	k := testkeys.Keys()
 	dir := t.TempDir()
 	certFile, keyFile := filepath.Join(dir, "c.pem"), filepath.Join(dir, "k.pem")
-	replaceFile(t, certFile, pemOf("CERTIFICATE", root.issueClient(t, "good", k.p384).Raw))
-	replaceFile(t, keyFile, pkcs8PEM(t, k.p384))
+	testkeys.ReplaceFile(t, certFile, testkeys.PEM("CERTIFICATE", root.IssueClient(t, "good", k.P384).Raw))
+	testkeys.ReplaceFile(t, keyFile, testkeys.PKCS8PEM(t, k.P384))
 	r, err := newClientCertReloader(certFile, keyFile)
 	if err != nil {
 		t.Fatal(err)
 	}
 
 	tls12 := newMTLSServer(t, root, root, tls.VersionTLS12)
-	if got, err := mtlsGet(t, trusting(r.tlsConfig(), root.cert), tls12.URL); err != nil || got != "good" {
+	if got, err := mtlsGet(t, trusting(r.TLSConfig(), root.Cert), tls12.URL); err != nil || got != "good" {
 		t.Fatalf("TLS 1.2: %q, %v", got, err)
 	}
 
 	srv := newMTLSServer(t, root, root, 0)
-	cfg := r.tlsConfig()
+	cfg := r.TLSConfig()
 	if cfg.RootCAs != nil {
 		t.Fatal("RootCAs set: the endpoint adds those of ca_file")
 	}
@@ -328,22 +231,22 @@ func TestClientCertReloaderTLSConfig(t *testing.T) {
 
 	// The server trusts only "other" for clients.
 	strict := newMTLSServer(t, root, other, 0)
-	if got, err := mtlsGet(t, trusting(r.tlsConfig(), root.cert), strict.URL); err == nil {
+	if got, err := mtlsGet(t, trusting(r.TLSConfig(), root.Cert), strict.URL); err == nil {
 		t.Fatalf("a server that does not trust the client's CA answered %q", got)
 	}
 }
 
 // Configuration errors name the files and never hold key material.
 func TestClientCertReloaderErrors(t *testing.T) {
-	root := newMTLSTestCA(t, "root")
-	k := clientAuthKeys()
-	certPEM := pemOf("CERTIFICATE", root.issueClient(t, "a", k.p256).Raw)
-	keyPEM := pkcs8PEM(t, k.p256)
-	otherKey := pkcs8PEM(t, k.p256b)
+	root := testkeys.NewCA(t, "root")
+	k := testkeys.Keys()
+	certPEM := testkeys.PEM("CERTIFICATE", root.IssueClient(t, "a", k.P256).Raw)
+	keyPEM := testkeys.PKCS8PEM(t, k.P256)
+	otherKey := testkeys.PKCS8PEM(t, k.P256b)
 	dir := t.TempDir()
 	write := func(name string, data []byte) string {
 		p := filepath.Join(dir, name)
-		replaceFile(t, p, data)
+		testkeys.ReplaceFile(t, p, data)
 		return p
 	}
 	cert, key := write("cert.pem", certPEM), write("key.pem", keyPEM)
@@ -363,6 +266,6 @@ func TestClientCertReloaderErrors(t *testing.T) {
 			t.Errorf("error %v\nwant %s", err, c.want)
 			continue
 		}
-		assertNoKeyMaterial(t, err.Error(), keyPEM, otherKey)
+		testkeys.AssertNoKeyMaterial(t, "the error", err.Error(), keyPEM, otherKey)
 	}
 }

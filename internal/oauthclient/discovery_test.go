@@ -1,4 +1,4 @@
-package oauthbearer
+package oauthclient
 
 // Tests of discovery.go against real HTTP(S) servers on 127.0.0.1.
 
@@ -410,5 +410,29 @@ func TestDiscoverContext(t *testing.T) {
 	cancel()
 	if err := <-done; err == nil || !strings.Contains(err.Error(), "context canceled") {
 		t.Fatalf("error %v", err)
+	}
+}
+
+// The lifetime of a discovered document, from its Cache-Control.
+func TestDiscoveryLifetime(t *testing.T) {
+	for cc, want := range map[string]time.Duration{
+		"":                          24 * time.Hour,
+		"max-age=600":               10 * time.Minute,
+		"public, max-age=3600":      time.Hour,
+		"max-age=0":                 time.Minute,
+		"no-cache":                  time.Minute,
+		"no-store, max-age=600":     time.Minute,
+		"max-age=31536000":          7 * 24 * time.Hour,
+		"max-age=banana":            24 * time.Hour,
+		`private, max-age="120"`:    2 * time.Minute,
+		"s-maxage=60, max-age=7200": 2 * time.Hour,
+	} {
+		h := http.Header{}
+		if cc != "" {
+			h.Set("Cache-Control", cc)
+		}
+		if got := discoveryLifetime(h); got != want {
+			t.Errorf("Cache-Control %q: lifetime %v, want %v", cc, got, want)
+		}
 	}
 }

@@ -1,9 +1,9 @@
-package oauthbearer
+package oauthclient
 
 // Authorization server metadata discovery from an issuer: RFC 8414, with
-// OpenID Connect Discovery 1.0 as the fallback. The caller caches what
-// discoverIssuer returns, for the lifetime the answer's Cache-Control
-// gives (discoveryLifetime); nothing is cached here.
+// OpenID Connect Discovery 1.0 as the fallback. The Endpoint caches what
+// discoverIssuer returns (Endpoint.Discover), for the lifetime the answer's
+// Cache-Control gives (discoveryLifetime); nothing is cached here.
 
 import (
 	"context"
@@ -36,10 +36,11 @@ const (
 	maxDiscoveryLifetime     = 7 * 24 * time.Hour
 )
 
-// discoveryDocument is the part of an authorization server's metadata that
-// the token source uses. Endpoints are absolute https URLs (http only on a
-// loopback host); absent ones are "".
-type discoveryDocument struct {
+// Metadata is the part of an authorization server's metadata (RFC 8414)
+// that the client uses. Endpoints are absolute https URLs (http only on a
+// loopback host); absent ones are "". It is stored as JSON (the fleet
+// shares it): the field names are kept.
+type Metadata struct {
 	Issuer                string `json:"issuer"`
 	TokenEndpoint         string `json:"token_endpoint"`
 	AuthorizationEndpoint string `json:"authorization_endpoint"`
@@ -67,12 +68,12 @@ type discoveryDocument struct {
 
 // fresh reports whether d may be used at now without asking the issuer
 // again.
-func (d *discoveryDocument) fresh(now time.Time) bool {
+func (d *Metadata) fresh(now time.Time) bool {
 	return d != nil && !d.failed && now.Before(d.Expires)
 }
 
 // names reports whether target is one of the endpoints d gives.
-func (d *discoveryDocument) names(target string) bool {
+func (d *Metadata) names(target string) bool {
 	return target != "" && (target == d.TokenEndpoint || target == d.RevocationEndpoint ||
 		target == d.MTLSEndpointAliases.TokenEndpoint || target == d.MTLSEndpointAliases.RevocationEndpoint)
 }
@@ -104,7 +105,7 @@ func discoveryLifetime(h http.Header) time.Duration {
 
 // mtlsTokenEndpoint is the token endpoint to use with a client certificate:
 // the mtls_endpoint_aliases one if given, else token_endpoint.
-func (d *discoveryDocument) mtlsTokenEndpoint() string {
+func (d *Metadata) mtlsTokenEndpoint() string {
 	if d.MTLSEndpointAliases.TokenEndpoint != "" {
 		return d.MTLSEndpointAliases.TokenEndpoint
 	}
@@ -122,7 +123,7 @@ func discoveryURLs(issuer string) (oauthURL, openidURL string, err error) {
 	if err != nil || u.Host == "" || u.Opaque != "" {
 		return "", "", fmt.Errorf("discovery: issuer %q is not an absolute URL", issuer)
 	}
-	if !secureEndpoint(u) {
+	if !SecureEndpoint(u) {
 		return "", "", fmt.Errorf("discovery: issuer %s must be https (http only on a loopback host)", issuer)
 	}
 	if u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || u.User != nil {
@@ -150,7 +151,7 @@ func discoveryURLs(issuer string) (oauthURL, openidURL string, err error) {
 // one trusted, and the issuer check alone would not show where the request
 // went. client itself is not changed (a copy with this policy is used), so
 // its own CheckRedirect, if any, does not apply here.
-func discoverIssuer(ctx context.Context, client *http.Client, issuer string) (*discoveryDocument, error) {
+func discoverIssuer(ctx context.Context, client *http.Client, issuer string) (*Metadata, error) {
 	oauthURL, openidURL, err := discoveryURLs(issuer)
 	if err != nil {
 		return nil, err
@@ -212,7 +213,7 @@ func sameOriginRedirects(req *http.Request, via []*http.Request) error {
 
 // fetchDiscovery GETs one metadata URL and decodes it. A 4xx answer or a
 // 200 that is not a JSON object is a *discoveryNotFoundError.
-func fetchDiscovery(ctx context.Context, client *http.Client, rawURL string) (*discoveryDocument, error) {
+func fetchDiscovery(ctx context.Context, client *http.Client, rawURL string) (*Metadata, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rawURL, nil)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %v", rawURL, err)
@@ -251,7 +252,7 @@ func fetchDiscovery(ctx context.Context, client *http.Client, rawURL string) (*d
 		}
 		return nil, &discoveryNotFoundError{url: rawURL, reason: "answered " + what}
 	}
-	doc := new(discoveryDocument)
+	doc := new(Metadata)
 	if err := json.Unmarshal(body, doc); err != nil {
 		return nil, fmt.Errorf("%s is not a valid metadata document: %v", rawURL, err)
 	}
@@ -260,7 +261,7 @@ func fetchDiscovery(ctx context.Context, client *http.Client, rawURL string) (*d
 }
 
 // check validates a fetched document against the configured issuer.
-func (d *discoveryDocument) check(issuer string) error {
+func (d *Metadata) check(issuer string) error {
 	if d.Issuer != issuer {
 		return fmt.Errorf("%s names issuer %q, configured %q; they must be identical", d.source, d.Issuer, issuer)
 	}

@@ -1,0 +1,692 @@
+package oauthbearer
+
+// BenchmarkFleetGrants (make bench-fleet-grants): grants at fleet scale.
+// N Caddy processes (this test binary run as caddy, see TestMain) share one
+// storage (file_system, or Redis behind the test-only oab_redis module)
+// holding M connected accounts, seeded straight into the storage with the
+// record store and the keys the processes derive (as consents made over
+// time would leave them: expiries spread over a lifetime). Access tokens
+// live 60 s and are refreshed 10 s ahead, so that a run holds a few
+// lifetimes. The accounts are idle but for a steady load on a hot set.
+// Storage calls are counted by the test-only oab_counting storage, which
+// wraps either; each process reports its counts at /_oab/counts.
+//
+// Per row (BENCHMARKS.md, "Grants across a fleet"):
+//
+//	redemptions/grant/lifetime  redemptions at the provider ÷ (accounts ×
+//	                            lifetimes), a lifetime being what one process
+//	                            alone takes between two refreshes of a grant
+//	                            (60 s − 10 s − half the 10 % jitter = 49.5 s);
+//	                            the run measures a whole number of them
+//	redundant                   redemptions of a grant whose newest access
+//	                            token was not due (the goal: 0)
+//	storage_ops/grant/lifetime  every storage call of every process ÷ the same
+//	cpu_%/process, rss_MB/process
+//	p99_wave/p99_between        p99 latency of the proxied requests in the
+//	                            seconds with the most redemptions (top tenth)
+//	                            ÷ p99 in the others
+//	peak/mean_redemptions       the busiest second's redemptions ÷ the mean
+//	failed                      proxied requests that did not answer 200
+//
+// Scenarios: "restart" stops the whole fleet for 30 s and starts it again,
+// "outage" makes the provider refuse every refresh for 40 s; each reports
+// peak/mean redemptions per second in the minute after, and how long until
+// every account is refreshed again.
+//
+// Knobs (environment): OAB_BENCH_ROWS=storage:processes:accounts,... (the
+// rows to run; default the grid of BENCHMARKS.md), OAB_BENCH_LIFETIME (s),
+// OAB_BENCH_BEFORE (refresh_before, s), OAB_BENCH_LIFETIMES (how many to
+// measure), OAB_BENCH_RATE (proxied requests per second), OAB_BENCH_HOT
+// (accounts the load uses), OAB_BENCH_SCENARIOS=0 to skip them.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/certmagic"
+)
+
+func init() {
+	caddy.RegisterModule(countingStorage{})
+	caddy.RegisterModule(storageCountsHandler{})
+	httpcaddyfile.RegisterHandlerDirective("oab_storage_counts", func(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+		h.Next()
+		return new(storageCountsHandler), nil
+	})
+	httpcaddyfile.RegisterDirectiveOrder("oab_storage_counts", httpcaddyfile.Before, "respond")
+}
+
+// ---- caddy.storage.oab_counting: a storage that counts its calls ----
+
+// storageCalls counts, for the whole process, the calls of every
+// oab_counting storage, by operation.
+var storageCalls [8]atomic.Int64 // indexed as flakyOps
+
+func countCall(op string) { storageCalls[slices.Index(flakyOps, op)].Add(1) }
+
+// countingStorage is the module: file_system at Root, or oab_redis at
+// Redis (with Prefix), every call counted.
+//
+//	storage oab_counting {
+//		root  /path
+//		# or
+//		redis  127.0.0.1:6379
+//		prefix p
+//	}
+type countingStorage struct {
+	Root   string `json:"root,omitempty"`
+	Redis  string `json:"redis,omitempty"`
+	Prefix string `json:"prefix,omitempty"`
+
+	redis *redisStorage
+}
+
+func (countingStorage) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "caddy.storage.oab_counting", New: func() caddy.Module { return new(countingStorage) }}
+}
+
+func (s *countingStorage) CertMagicStorage() (certmagic.Storage, error) {
+	if s.Redis != "" {
+		s.redis = &redisStorage{Address: s.Redis, Prefix: s.Prefix}
+		inner, err := s.redis.CertMagicStorage()
+		if err != nil {
+			return nil, err
+		}
+		return &countingCertStorage{inner}, nil
+	}
+	return &countingCertStorage{&certmagic.FileStorage{Path: s.Root}}, nil
+}
+
+func (s *countingStorage) Cleanup() error {
+	if s.redis != nil {
+		return s.redis.Cleanup()
+	}
+	return nil
+}
+
+func (s *countingStorage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next()
+	for d.NextBlock(0) {
+		var v *string
+		switch d.Val() {
+		case "root":
+			v = &s.Root
+		case "redis":
+			v = &s.Redis
+		case "prefix":
+			v = &s.Prefix
+		default:
+			return d.Errf("unknown oab_counting option %q", d.Val())
+		}
+		if !d.NextArg() {
+			return d.ArgErr()
+		}
+		*v = d.Val()
+	}
+	return nil
+}
+
+// countingCertStorage counts the calls to a storage.
+type countingCertStorage struct{ inner certmagic.Storage }
+
+func (s *countingCertStorage) Store(ctx context.Context, key string, value []byte) error {
+	countCall(flakyStore)
+	return s.inner.Store(ctx, key, value)
+}
+
+func (s *countingCertStorage) Load(ctx context.Context, key string) ([]byte, error) {
+	countCall(flakyLoad)
+	return s.inner.Load(ctx, key)
+}
+
+func (s *countingCertStorage) Delete(ctx context.Context, key string) error {
+	countCall(flakyDelete)
+	return s.inner.Delete(ctx, key)
+}
+
+func (s *countingCertStorage) Exists(ctx context.Context, key string) bool {
+	countCall(flakyExists)
+	return s.inner.Exists(ctx, key)
+}
+
+func (s *countingCertStorage) List(ctx context.Context, path string, recursive bool) ([]string, error) {
+	countCall(flakyList)
+	return s.inner.List(ctx, path, recursive)
+}
+
+func (s *countingCertStorage) Stat(ctx context.Context, key string) (certmagic.KeyInfo, error) {
+	countCall(flakyStat)
+	return s.inner.Stat(ctx, key)
+}
+
+func (s *countingCertStorage) Lock(ctx context.Context, name string) error {
+	countCall(flakyLock)
+	return s.inner.Lock(ctx, name)
+}
+
+func (s *countingCertStorage) Unlock(ctx context.Context, name string) error {
+	countCall(flakyUnlock)
+	return s.inner.Unlock(ctx, name)
+}
+
+func (s *countingCertStorage) String() string { return fmt.Sprintf("oab_counting:%v", s.inner) }
+
+// ---- http.handlers.oab_storage_counts: what a child process reports ----
+
+// processCounts is what /_oab/counts answers.
+type processCounts struct {
+	Calls    map[string]int64 `json:"calls"`
+	Owned    int              `json:"owned"`   // accounts this process looks after
+	Members  int              `json:"members"` // live instances it sees
+	Accounts int              `json:"accounts"`
+	Self     string           `json:"self"`
+	Live     []string         `json:"live"`
+	Scanning bool             `json:"scanning"`
+	NeedScan bool             `json:"need_scan"`
+	Lead     map[int]int      `json:"lead,omitempty"` // seconds before expiry of the next refresh → accounts
+}
+
+type storageCountsHandler struct{}
+
+func (storageCountsHandler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "http.handlers.oab_storage_counts", New: func() caddy.Module { return new(storageCountsHandler) }}
+}
+
+func (storageCountsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	c := processCounts{Calls: map[string]int64{}}
+	for i, op := range flakyOps {
+		c.Calls[op] = storageCalls[i].Load()
+	}
+	pool.Range(func(_, v any) bool {
+		if g, ok := v.(*grant); ok {
+			s := g.schedule
+			s.mu.Lock()
+			c.Owned += len(s.entries)
+			c.Members = len(s.members)
+			c.Self, c.Live, c.Scanning, c.NeedScan = s.self, slices.Clone(s.members), s.scanning, s.needScan
+			c.Lead = map[int]int{}
+			for _, e := range s.entries {
+				if e.idx >= 0 {
+					c.Lead[int(e.expiry.Sub(e.at)/(5*time.Second))*5]++
+				}
+			}
+			s.mu.Unlock()
+			c.Accounts, _, _ = s.counts()
+		}
+		return true
+	})
+	return json.NewEncoder(w).Encode(c)
+}
+
+// ---- the fleet ----
+
+// benchEnv reads a numeric knob.
+func benchEnv(name string, def float64) float64 {
+	if v, err := strconv.ParseFloat(os.Getenv(name), 64); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+// grantFleet is one run's fleet: the provider, the API, the processes.
+type grantFleet struct {
+	tb       testing.TB
+	as       *fakeAS
+	api      *upstream
+	storage  string // the storage global option
+	site     string
+	procs    []*childCaddy
+	life     time.Duration
+	before   time.Duration
+	period   time.Duration // between two refreshes of a grant by one process alone: a "lifetime"
+	accounts []string
+	seeded   time.Time
+}
+
+// newGrantFleet seeds m accounts in a new storage of kind ("file_system"
+// or "redis") and starts n processes on it.
+func newGrantFleet(tb testing.TB, kind string, n, m int) *grantFleet {
+	f := &grantFleet{tb: tb, life: time.Duration(benchEnv("OAB_BENCH_LIFETIME", 60)) * time.Second,
+		before: time.Duration(benchEnv("OAB_BENCH_BEFORE", 10)) * time.Second}
+	f.period = f.life - f.before - f.before/20
+	f.as = newFakeAS(tb)
+	f.as.Lifetime = f.life
+	f.as.ReuseRevokesGrant = true
+	f.as.RevokeEarlierAccess = true
+	f.api = newAPI(tb, f.as)
+	var st certmagic.Storage
+	switch kind {
+	case "redis":
+		addr, prefix := startRedis(tb), redisPrefixOf(tb)
+		st = redisTestStorage(tb, addr, prefix, 0)
+		f.storage = fmt.Sprintf("oab_counting {\n\t\tredis %s\n\t\tprefix %s\n\t}", addr, prefix)
+	default:
+		root := filepath.Join(tb.TempDir(), "storage")
+		st = &certmagic.FileStorage{Path: root}
+		f.storage = fmt.Sprintf("oab_counting {\n\t\troot %s\n\t}", root)
+	}
+	// Seed: access tokens obtained over the last period, so that the fleet
+	// starts in the steady state (the expiries spread as consents made
+	// over time leave them).
+	g := grantOn(tb, gasCredentialSet(tb, f.as, false), st)
+	now := time.Now()
+	span := f.period
+	f.accounts = make([]string, m)
+	var wg sync.WaitGroup
+	work := make(chan int)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				a := fmt.Sprintf("acct%06d", i)
+				s := f.as.seed(a, now.Add(-time.Duration(rand.Int64N(int64(span)))))
+				rec := &grantRecord{Account: a, RefreshToken: s.RefreshToken, AccessToken: s.AccessToken,
+					Obtained: s.Obtained, Expiry: s.Expiry, ConnectedAt: s.Obtained, LastRefresh: s.Obtained}
+				if err := g.records.save(context.Background(), rec); err != nil {
+					panic(err)
+				}
+				f.accounts[i] = a
+			}
+		}()
+	}
+	for i := range m {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	f.site = fmt.Sprintf(`http://LISTEN {
+	handle /_oab/counts {
+		oab_storage_counts
+	}
+	handle {
+		%s
+		reverse_proxy %s
+	}
+}`, gasInjector(f.as, fmt.Sprintf("account {http.request.header.X-Account}\n\t\trefresh_before %s", f.before), false), f.api.hostport())
+	f.seeded = time.Now()
+	for range n {
+		f.procs = append(f.procs, startChildCaddy(tb, f.storage, f.site))
+	}
+	return f
+}
+
+// counts asks each process for its counts.
+func (f *grantFleet) counts() []processCounts {
+	out := make([]processCounts, len(f.procs))
+	for i, p := range f.procs {
+		resp, err := testClient.Get(p.url("/_oab/counts"))
+		if err != nil {
+			f.tb.Fatalf("counts of %s: %v", p.addr, err)
+		}
+		json.NewDecoder(resp.Body).Decode(&out[i])
+		resp.Body.Close()
+	}
+	return out
+}
+
+// settle waits until the processes see each other and look after every
+// account between them, and then until a lifetime has passed since the
+// seeding: the refreshes of the accounts that fell due while the fleet
+// was starting are spread over a window, and the measurement starts in the
+// steady state.
+func (f *grantFleet) settle() {
+	f.settleMembers()
+	if wait := time.Until(f.seeded.Add(f.life)); wait > 0 {
+		time.Sleep(wait) // a lifetime since the seeding, not synchronisation
+	}
+}
+
+func (f *grantFleet) settleMembers() {
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		owned, members := 0, true
+		for _, c := range f.counts() {
+			owned += c.Owned
+			members = members && c.Members == len(f.procs)
+		}
+		if members && owned == len(f.accounts) {
+			return
+		}
+		if time.Now().After(deadline) {
+			for _, c := range f.counts() {
+				f.tb.Logf("process %s: owns %d, sees %v, scanning %v, scan pending %v", c.Self, c.Owned, c.Live, c.Scanning, c.NeedScan)
+			}
+			f.tb.Fatalf("after 3 minutes the processes look after %d of %d accounts (members agree: %v)", owned, len(f.accounts), members)
+		}
+		time.Sleep(time.Second) // poll the processes
+	}
+}
+
+// procStat returns a process's CPU time so far and its resident memory
+// (current and peak), from /proc.
+func procStat(pid int) (cpu time.Duration, rss, hwm int64) {
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+		fields := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+2:]))
+		if len(fields) > 13 {
+			ut, _ := strconv.ParseInt(fields[11], 10, 64)
+			st, _ := strconv.ParseInt(fields[12], 10, 64)
+			cpu = time.Duration(ut+st) * time.Second / 100 // USER_HZ
+		}
+	}
+	if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid)); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			var v *int64
+			switch {
+			case strings.HasPrefix(line, "VmRSS:"):
+				v = &rss
+			case strings.HasPrefix(line, "VmHWM:"):
+				v = &hwm
+			default:
+				continue
+			}
+			kb, _ := strconv.ParseInt(strings.Fields(line)[1], 10, 64)
+			*v = kb << 10
+		}
+	}
+	return cpu, rss, hwm
+}
+
+// sample is one proxied request.
+type sample struct {
+	at      time.Time
+	latency time.Duration
+	ok      bool
+}
+
+// load sends rate requests per second, spread over the processes, each for
+// a random account of the hot set, until stop is closed.
+func (f *grantFleet) load(rate float64, hot int, stop <-chan struct{}) []sample {
+	var mu sync.Mutex
+	var out []sample
+	var wg sync.WaitGroup
+	tick := time.NewTicker(time.Duration(float64(time.Second) / rate))
+	defer tick.Stop()
+	client := &http.Client{Timeout: 30 * time.Second}
+	for i := 0; ; i++ {
+		select {
+		case <-stop:
+			wg.Wait()
+			return out
+		case <-tick.C:
+		}
+		p, a := f.procs[i%len(f.procs)], f.accounts[rand.IntN(hot)]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			req, _ := http.NewRequest(http.MethodGet, p.url("/api"), nil)
+			req.Header.Set("X-Account", a)
+			start := time.Now()
+			resp, err := client.Do(req)
+			s := sample{at: start, latency: time.Since(start)}
+			if err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				s.ok = resp.StatusCode == 200
+			}
+			mu.Lock()
+			out = append(out, s)
+			mu.Unlock()
+		}()
+	}
+}
+
+// fleetFigures is what one measurement reports.
+type fleetFigures struct {
+	redemptionsPerLifetime, storagePerLifetime float64
+	redundant, invalid, failed, requests       int64
+	cpuPercent, rssMB                          float64
+	p99Wave, p99Between                        time.Duration
+	peakToMean                                 float64
+	calls                                      map[string]int64
+}
+
+// measure runs the load for d and computes the figures.
+func (f *grantFleet) measure(d time.Duration, rate float64, hot int) fleetFigures {
+	startCounts := f.counts()
+	startReds := len(f.as.redemptions())
+	cpu0 := make([]time.Duration, len(f.procs))
+	for i, p := range f.procs {
+		cpu0[i], _, _ = procStat(p.cmd.Process.Pid)
+	}
+	invalid0 := f.as.invalidGrants()
+	begin := time.Now()
+	stop := make(chan struct{})
+	done := make(chan []sample)
+	go func() { done <- f.load(rate, hot, stop) }()
+	time.Sleep(d) // the measurement's length, not synchronisation
+	close(stop)
+	samples := <-done
+	elapsed := time.Since(begin)
+	endCounts := f.counts()
+	var fig fleetFigures
+	fig.calls = map[string]int64{}
+	for i := range f.procs {
+		for op, n := range endCounts[i].Calls {
+			fig.calls[op] += n - startCounts[i].Calls[op]
+		}
+		cpu, _, hwm := procStat(f.procs[i].cmd.Process.Pid)
+		fig.cpuPercent += 100 * float64(cpu-cpu0[i]) / float64(elapsed) / float64(len(f.procs))
+		fig.rssMB = math.Max(fig.rssMB, float64(hwm)/(1<<20))
+	}
+	var ops int64
+	for _, n := range fig.calls {
+		ops += n
+	}
+	reds := f.as.redemptions()[startReds:]
+	lifetimes := elapsed.Seconds() / f.period.Seconds()
+	m := float64(len(f.accounts))
+	fig.redemptionsPerLifetime = float64(len(reds)) / m / lifetimes
+	fig.storagePerLifetime = float64(ops) / m / lifetimes
+	for _, r := range reds {
+		if r.NewestLeft > dueWindow(f.before) {
+			fig.redundant++
+		}
+	}
+	fig.invalid = f.as.invalidGrants() - invalid0
+	// Redemptions per second, and the latencies of the busiest seconds.
+	perSecond := make([]int, int(elapsed/time.Second)+1)
+	for _, r := range reds {
+		if i := int(r.At.Sub(begin) / time.Second); i >= 0 && i < len(perSecond) {
+			perSecond[i]++
+		}
+	}
+	fig.peakToMean = peakToMean(perSecond)
+	sorted := slices.Clone(perSecond)
+	sort.Ints(sorted)
+	waveAt := max(1, sorted[len(sorted)*9/10])
+	var wave, between []time.Duration
+	for _, s := range samples {
+		fig.requests++
+		if !s.ok {
+			fig.failed++
+		}
+		i := int(s.at.Sub(begin) / time.Second)
+		if i >= 0 && i < len(perSecond) && perSecond[i] >= waveAt {
+			wave = append(wave, s.latency)
+		} else {
+			between = append(between, s.latency)
+		}
+	}
+	fig.p99Wave, fig.p99Between = p99(wave), p99(between)
+	return fig
+}
+
+func peakToMean(counts []int) float64 {
+	total, peak := 0, 0
+	for _, c := range counts {
+		total += c
+		peak = max(peak, c)
+	}
+	if total == 0 {
+		return 0
+	}
+	return float64(peak) / (float64(total) / float64(len(counts)))
+}
+
+func p99(d []time.Duration) time.Duration {
+	if len(d) == 0 {
+		return 0
+	}
+	slices.Sort(d)
+	return d[min(len(d)-1, len(d)*99/100)]
+}
+
+func (fig fleetFigures) report(b *testing.B) {
+	b.ReportMetric(fig.redemptionsPerLifetime, "redemptions/grant/lifetime")
+	b.ReportMetric(float64(fig.redundant), "redundant")
+	b.ReportMetric(float64(fig.invalid), "invalid_grant")
+	b.ReportMetric(fig.storagePerLifetime, "storage_ops/grant/lifetime")
+	b.ReportMetric(fig.cpuPercent, "cpu_%/process")
+	b.ReportMetric(fig.rssMB, "rss_MB/process")
+	if fig.p99Between > 0 {
+		b.ReportMetric(float64(fig.p99Wave)/float64(fig.p99Between), "p99_wave/p99_between")
+	}
+	b.ReportMetric(float64(fig.p99Between)/float64(time.Millisecond), "p99_between_ms")
+	b.ReportMetric(fig.peakToMean, "peak/mean_redemptions")
+	b.ReportMetric(float64(fig.failed), "failed")
+	b.Logf("requests %d (failed %d); storage calls %v", fig.requests, fig.failed, fig.calls)
+}
+
+// after measures the redemptions per second from now for d: peak/mean,
+// and how long until the provider has redeemed every account once.
+func (f *grantFleet) after(d time.Duration) (peak float64, allIn time.Duration) {
+	begin := time.Now()
+	start := len(f.as.redemptions())
+	time.Sleep(d) // the measurement's length
+	reds := f.as.redemptions()[start:]
+	perSecond := make([]int, int(d/time.Second)+1)
+	seen := map[string]bool{}
+	defer func() {
+		if os.Getenv("OAB_BENCH_DEBUG") == "" {
+			return
+		}
+		times := map[string][]int{}
+		var order []string
+		for _, r := range reds {
+			if _, ok := times[r.GrantID]; !ok {
+				order = append(order, r.GrantID)
+			}
+			times[r.GrantID] = append(times[r.GrantID], int(r.At.Sub(begin)/time.Second))
+		}
+		for _, g := range order[:min(15, len(order))] {
+			f.tb.Logf("grant %s redeemed at %v s", g, times[g])
+		}
+		f.tb.Logf("redemptions per second after: %v; %d of %d accounts refreshed", perSecond, len(seen), len(f.accounts))
+		for i, c := range f.counts() {
+			f.tb.Logf("%s: owns %d, sees %v; next refresh, seconds before expiry → accounts: %v", c.Self, c.Owned, c.Live, c.Lead)
+			n := 0
+			lines := strings.Split(f.procs[i].logs(), "\n")
+			for _, l := range lines[max(0, len(lines)-3000):] {
+				if !strings.Contains(l, "idle grant") && (strings.Contains(l, "\"level\":\"error\"") ||
+					strings.Contains(l, "listing") || strings.Contains(l, "instances sharing")) {
+					if n++; n <= 40 {
+						f.tb.Log(l)
+					}
+				}
+			}
+		}
+	}()
+	for _, r := range reds {
+		if i := int(r.At.Sub(begin) / time.Second); i >= 0 && i < len(perSecond) {
+			perSecond[i]++
+		}
+		if !seen[r.GrantID] {
+			seen[r.GrantID] = true
+			if len(seen) == len(f.accounts) {
+				allIn = r.At.Sub(begin)
+			}
+		}
+	}
+	return peakToMean(perSecond), allIn
+}
+
+// benchRows are the rows to run: OAB_BENCH_ROWS, or the grid.
+func benchRows() [][3]string {
+	var rows [][3]string
+	if v := os.Getenv("OAB_BENCH_ROWS"); v == "none" {
+		return nil
+	} else if v != "" {
+		for _, r := range strings.Split(v, ",") {
+			p := strings.Split(r, ":")
+			if len(p) == 3 {
+				rows = append(rows, [3]string{p[0], p[1], p[2]})
+			}
+		}
+		return rows
+	}
+	for _, kind := range []string{"file_system", "redis"} {
+		for _, n := range []string{"1", "3", "10"} {
+			for _, m := range []string{"1000", "10000"} {
+				rows = append(rows, [3]string{kind, n, m})
+			}
+		}
+	}
+	return rows
+}
+
+func BenchmarkFleetGrants(b *testing.B) {
+	if os.Getenv("OAB_BENCH_FLEET_GRANTS") == "" {
+		b.Skip("set OAB_BENCH_FLEET_GRANTS=1 (make bench-fleet-grants)")
+	}
+	rate, hot := benchEnv("OAB_BENCH_RATE", 100), int(benchEnv("OAB_BENCH_HOT", 100))
+	for _, row := range benchRows() {
+		n, _ := strconv.Atoi(row[1])
+		m, _ := strconv.Atoi(row[2])
+		b.Run(fmt.Sprintf("storage=%s/processes=%d/accounts=%d", row[0], n, m), func(b *testing.B) {
+			f := newGrantFleet(b, row[0], n, m)
+			f.settle()
+			d := time.Duration(benchEnv("OAB_BENCH_LIFETIMES", 2) * float64(f.period))
+			f.measure(d, rate, min(hot, m)).report(b)
+		})
+	}
+	if os.Getenv("OAB_BENCH_SCENARIOS") == "0" {
+		return
+	}
+	sm := int(benchEnv("OAB_BENCH_SCENARIO_ACCOUNTS", 10000))
+	b.Run(fmt.Sprintf("scenario=restart/storage=redis/processes=3/accounts=%d", sm), func(b *testing.B) {
+		f := newGrantFleet(b, "redis", 3, sm)
+		f.settle()
+		for _, p := range f.procs {
+			p.kill(os.Interrupt)
+		}
+		time.Sleep(30 * time.Second) // the fleet is down
+		for _, p := range f.procs {
+			p.start(b)
+		}
+		peak, allIn := f.after(time.Duration(f.life))
+		b.ReportMetric(peak, "peak/mean_redemptions")
+		b.ReportMetric(allIn.Seconds(), "s_until_all_refreshed")
+		b.ReportMetric(float64(f.as.invalidGrants()), "invalid_grant")
+	})
+	b.Run(fmt.Sprintf("scenario=outage/storage=redis/processes=3/accounts=%d", sm), func(b *testing.B) {
+		f := newGrantFleet(b, "redis", 3, sm)
+		f.settle()
+		f.as.refuse(http.StatusServiceUnavailable, "temporarily_unavailable", 0)
+		time.Sleep(40 * time.Second) // the outage
+		f.as.refuse(0, "", 0)
+		peak, allIn := f.after(2 * time.Duration(f.life))
+		b.ReportMetric(peak, "peak/mean_redemptions")
+		b.ReportMetric(allIn.Seconds(), "s_until_all_refreshed")
+		b.ReportMetric(float64(f.as.invalidGrants()), "invalid_grant")
+	})
+}
