@@ -21,11 +21,16 @@ package oauthbearer
 //	redundant                   redemptions of a grant whose newest access
 //	                            token was not due (the goal: 0)
 //	storage_ops/grant/lifetime  every storage call of every process ÷ the same
+//	grant_ops/grant/lifetime    of which on the accounts' records and locks
+//	fleet_ops/process/s         the calls on the event log, the heartbeats and
+//	                            the list of stored grants, per process and
+//	                            second (independent of the accounts)
 //	cpu_%/process, rss_MB/process
 //	p99_wave/p99_between        p99 latency of the proxied requests in the
 //	                            seconds with the most redemptions (top tenth)
 //	                            ÷ p99 in the others
-//	peak/mean_redemptions       the busiest second's redemptions ÷ the mean
+//	peak/mean_redemptions(_5s)  the busiest second's (5 s's) redemptions ÷
+//	                            the mean
 //	failed                      proxied requests that did not answer 200
 //
 // Scenarios: "restart" stops the whole fleet for 30 s and starts it again,
