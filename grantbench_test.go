@@ -21,11 +21,16 @@ package oauthbearer
 //	redundant                   redemptions of a grant whose newest access
 //	                            token was not due (the goal: 0)
 //	storage_ops/grant/lifetime  every storage call of every process ÷ the same
+//	grant_ops/grant/lifetime    of which on the accounts' records and locks
+//	fleet_ops/process/s         the calls on the event log, the heartbeats and
+//	                            the list of stored grants, per process and
+//	                            second (independent of the accounts)
 //	cpu_%/process, rss_MB/process
 //	p99_wave/p99_between        p99 latency of the proxied requests in the
 //	                            seconds with the most redemptions (top tenth)
 //	                            ÷ p99 in the others
-//	peak/mean_redemptions       the busiest second's redemptions ÷ the mean
+//	peak/mean_redemptions(_5s)  the busiest second's (5 s's) redemptions ÷
+//	                            the mean
 //	failed                      proxied requests that did not answer 200
 //
 // Scenarios: "restart" stops the whole fleet for 30 s and starts it again,
@@ -78,10 +83,40 @@ func init() {
 // ---- caddy.storage.oab_counting: a storage that counts its calls ----
 
 // storageCalls counts, for the whole process, the calls of every
-// oab_counting storage, by operation.
-var storageCalls [8]atomic.Int64 // indexed as flakyOps
+// oab_counting storage, by operation; storageKinds by what the key is
+// (storageKindNames).
+var (
+	storageCalls [8]atomic.Int64 // indexed as flakyOps
+	storageKinds [5]atomic.Int64 // indexed as storageKindNames
+)
 
-func countCall(op string) { storageCalls[slices.Index(flakyOps, op)].Add(1) }
+// storageKindNames: an account's grant record or lock ("grant"), the
+// event log and its lock ("events"), the heartbeats ("members"), the list
+// of stored grants ("scan"), anything else ("other": the seeds, client
+// credentials).
+var storageKindNames = []string{"grant", "events", "members", "scan", "other"}
+
+// storageKind tells what a storage key or lock name is.
+func storageKind(key string) string {
+	switch {
+	case strings.Contains(key, "_members"):
+		return "members"
+	case strings.Contains(key, "_events"):
+		return "events"
+	case strings.Contains(key, "_seeds"):
+		return "other"
+	case strings.HasPrefix(key, "oauth_bearer_grant_") || strings.HasSuffix(key, ".json") && strings.Contains(key, "oauth_bearer/grants/"):
+		return "grant"
+	case strings.Contains(key, "oauth_bearer/grants/"):
+		return "scan"
+	}
+	return "other"
+}
+
+func countCall(op, key string) {
+	storageCalls[slices.Index(flakyOps, op)].Add(1)
+	storageKinds[slices.Index(storageKindNames, storageKind(key))].Add(1)
+}
 
 // countingStorage is the module: file_system at Root, or oab_redis at
 // Redis (with Prefix), every call counted.
@@ -149,42 +184,42 @@ func (s *countingStorage) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 type countingCertStorage struct{ inner certmagic.Storage }
 
 func (s *countingCertStorage) Store(ctx context.Context, key string, value []byte) error {
-	countCall(flakyStore)
+	countCall(flakyStore, key)
 	return s.inner.Store(ctx, key, value)
 }
 
 func (s *countingCertStorage) Load(ctx context.Context, key string) ([]byte, error) {
-	countCall(flakyLoad)
+	countCall(flakyLoad, key)
 	return s.inner.Load(ctx, key)
 }
 
 func (s *countingCertStorage) Delete(ctx context.Context, key string) error {
-	countCall(flakyDelete)
+	countCall(flakyDelete, key)
 	return s.inner.Delete(ctx, key)
 }
 
 func (s *countingCertStorage) Exists(ctx context.Context, key string) bool {
-	countCall(flakyExists)
+	countCall(flakyExists, key)
 	return s.inner.Exists(ctx, key)
 }
 
 func (s *countingCertStorage) List(ctx context.Context, path string, recursive bool) ([]string, error) {
-	countCall(flakyList)
+	countCall(flakyList, path)
 	return s.inner.List(ctx, path, recursive)
 }
 
 func (s *countingCertStorage) Stat(ctx context.Context, key string) (certmagic.KeyInfo, error) {
-	countCall(flakyStat)
+	countCall(flakyStat, key)
 	return s.inner.Stat(ctx, key)
 }
 
 func (s *countingCertStorage) Lock(ctx context.Context, name string) error {
-	countCall(flakyLock)
+	countCall(flakyLock, name)
 	return s.inner.Lock(ctx, name)
 }
 
 func (s *countingCertStorage) Unlock(ctx context.Context, name string) error {
-	countCall(flakyUnlock)
+	countCall(flakyUnlock, name)
 	return s.inner.Unlock(ctx, name)
 }
 
@@ -195,6 +230,7 @@ func (s *countingCertStorage) String() string { return fmt.Sprintf("oab_counting
 // processCounts is what /_oab/counts answers.
 type processCounts struct {
 	Calls    map[string]int64 `json:"calls"`
+	Kinds    map[string]int64 `json:"kinds"`   // calls by storageKind
 	Owned    int              `json:"owned"`   // accounts this process looks after
 	Members  int              `json:"members"` // live instances it sees
 	Accounts int              `json:"accounts"`
@@ -212,9 +248,12 @@ func (storageCountsHandler) CaddyModule() caddy.ModuleInfo {
 }
 
 func (storageCountsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
-	c := processCounts{Calls: map[string]int64{}}
+	c := processCounts{Calls: map[string]int64{}, Kinds: map[string]int64{}}
 	for i, op := range flakyOps {
 		c.Calls[op] = storageCalls[i].Load()
+	}
+	for i, k := range storageKindNames {
+		c.Kinds[k] = storageKinds[i].Load()
 	}
 	pool.Range(func(_, v any) bool {
 		if g, ok := v.(*grant); ok {
@@ -287,33 +326,7 @@ func newGrantFleet(tb testing.TB, kind string, n, m int) *grantFleet {
 	// Seed: access tokens obtained over the last period, so that the fleet
 	// starts in the steady state (the expiries spread as consents made
 	// over time leave them).
-	g := grantOn(tb, gasCredentialSet(tb, f.as, false), st)
-	now := time.Now()
-	span := f.period
-	f.accounts = make([]string, m)
-	var wg sync.WaitGroup
-	work := make(chan int)
-	for range 8 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := range work {
-				a := fmt.Sprintf("acct%06d", i)
-				s := f.as.seed(a, now.Add(-time.Duration(rand.Int64N(int64(span)))))
-				rec := &grantRecord{Account: a, RefreshToken: s.RefreshToken, AccessToken: s.AccessToken,
-					Obtained: s.Obtained, Expiry: s.Expiry, ConnectedAt: s.Obtained, LastRefresh: s.Obtained}
-				if err := g.records.save(context.Background(), rec); err != nil {
-					panic(err)
-				}
-				f.accounts[i] = a
-			}
-		}()
-	}
-	for i := range m {
-		work <- i
-	}
-	close(work)
-	wg.Wait()
+	f.accounts = seedFleetAccounts(tb, f.as, st, m, time.Now(), f.period)
 	f.site = fmt.Sprintf(`http://LISTEN {
 	handle /_oab/counts {
 		oab_storage_counts
@@ -328,6 +341,38 @@ func newGrantFleet(tb testing.TB, kind string, n, m int) *grantFleet {
 		f.procs = append(f.procs, startChildCaddy(tb, f.storage, f.site))
 	}
 	return f
+}
+
+// seedFleetAccounts stores m connected accounts of as in st, as consents
+// made over time leave them: the access tokens obtained at random over the
+// span before now. It returns their names.
+func seedFleetAccounts(tb testing.TB, as *grantAS, st certmagic.Storage, m int, now time.Time, span time.Duration) []string {
+	g := grantOn(tb, gasCredentialSet(tb, as, false), st)
+	accounts := make([]string, m)
+	var wg sync.WaitGroup
+	work := make(chan int)
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range work {
+				a := fmt.Sprintf("acct%06d", i)
+				s := as.seed(a, now.Add(-time.Duration(rand.Int64N(int64(span)))))
+				rec := &grantRecord{Account: a, RefreshToken: s.RefreshToken, AccessToken: s.AccessToken,
+					Obtained: s.Obtained, Expiry: s.Expiry, ConnectedAt: s.Obtained, LastRefresh: s.Obtained}
+				if err := g.records.save(context.Background(), rec); err != nil {
+					panic(err)
+				}
+				accounts[i] = a
+			}
+		}()
+	}
+	for i := range m {
+		work <- i
+	}
+	close(work)
+	wg.Wait()
+	return accounts
 }
 
 // counts asks each process for its counts.
@@ -456,8 +501,9 @@ type fleetFigures struct {
 	redundant, invalid, failed, requests       int64
 	cpuPercent, rssMB                          float64
 	p99Wave, p99Between                        time.Duration
-	peakToMean                                 float64
-	calls                                      map[string]int64
+	peakToMean, peakToMean5s                   float64
+	calls, kinds                               map[string]int64
+	grantOpsPerLifetime, fleetOpsPerSecond     float64
 }
 
 // measure runs the load for d and computes the figures.
@@ -479,10 +525,13 @@ func (f *grantFleet) measure(d time.Duration, rate float64, hot int) fleetFigure
 	elapsed := time.Since(begin)
 	endCounts := f.counts()
 	var fig fleetFigures
-	fig.calls = map[string]int64{}
+	fig.calls, fig.kinds = map[string]int64{}, map[string]int64{}
 	for i := range f.procs {
 		for op, n := range endCounts[i].Calls {
 			fig.calls[op] += n - startCounts[i].Calls[op]
+		}
+		for k, n := range endCounts[i].Kinds {
+			fig.kinds[k] += n - startCounts[i].Kinds[k]
 		}
 		cpu, _, hwm := procStat(f.procs[i].cmd.Process.Pid)
 		fig.cpuPercent += 100 * float64(cpu-cpu0[i]) / float64(elapsed) / float64(len(f.procs))
@@ -497,6 +546,8 @@ func (f *grantFleet) measure(d time.Duration, rate float64, hot int) fleetFigure
 	m := float64(len(f.accounts))
 	fig.redemptionsPerLifetime = float64(len(reds)) / m / lifetimes
 	fig.storagePerLifetime = float64(ops) / m / lifetimes
+	fig.grantOpsPerLifetime = float64(fig.kinds["grant"]) / m / lifetimes
+	fig.fleetOpsPerSecond = float64(fig.kinds["events"]+fig.kinds["members"]+fig.kinds["scan"]) / float64(len(f.procs)) / elapsed.Seconds()
 	for _, r := range reds {
 		if r.NewestLeft > dueWindow(f.before) {
 			fig.redundant++
@@ -511,6 +562,10 @@ func (f *grantFleet) measure(d time.Duration, rate float64, hot int) fleetFigure
 		}
 	}
 	fig.peakToMean = peakToMean(perSecond)
+	fig.peakToMean5s = peakToMean(windows(perSecond, 5))
+	if os.Getenv("OAB_BENCH_DEBUG") != "" {
+		f.tb.Logf("redemptions per second: %v", perSecond)
+	}
 	sorted := slices.Clone(perSecond)
 	sort.Ints(sorted)
 	waveAt := max(1, sorted[len(sorted)*9/10])
@@ -543,6 +598,20 @@ func peakToMean(counts []int) float64 {
 	return float64(peak) / (float64(total) / float64(len(counts)))
 }
 
+// windows sums counts per second into windows of n seconds (a last
+// partial window is dropped).
+func windows(perSecond []int, n int) []int {
+	var out []int
+	for i := 0; i+n <= len(perSecond); i += n {
+		sum := 0
+		for _, c := range perSecond[i : i+n] {
+			sum += c
+		}
+		out = append(out, sum)
+	}
+	return out
+}
+
 func p99(d []time.Duration) time.Duration {
 	if len(d) == 0 {
 		return 0
@@ -556,6 +625,8 @@ func (fig fleetFigures) report(b *testing.B) {
 	b.ReportMetric(float64(fig.redundant), "redundant")
 	b.ReportMetric(float64(fig.invalid), "invalid_grant")
 	b.ReportMetric(fig.storagePerLifetime, "storage_ops/grant/lifetime")
+	b.ReportMetric(fig.grantOpsPerLifetime, "grant_ops/grant/lifetime")
+	b.ReportMetric(fig.fleetOpsPerSecond, "fleet_ops/process/s")
 	b.ReportMetric(fig.cpuPercent, "cpu_%/process")
 	b.ReportMetric(fig.rssMB, "rss_MB/process")
 	if fig.p99Between > 0 {
@@ -563,8 +634,9 @@ func (fig fleetFigures) report(b *testing.B) {
 	}
 	b.ReportMetric(float64(fig.p99Between)/float64(time.Millisecond), "p99_between_ms")
 	b.ReportMetric(fig.peakToMean, "peak/mean_redemptions")
+	b.ReportMetric(fig.peakToMean5s, "peak/mean_redemptions_5s")
 	b.ReportMetric(float64(fig.failed), "failed")
-	b.Logf("requests %d (failed %d); storage calls %v", fig.requests, fig.failed, fig.calls)
+	b.Logf("requests %d (failed %d); storage calls %v; by key %v", fig.requests, fig.failed, fig.calls, fig.kinds)
 }
 
 // after measures the redemptions per second from now for d: peak/mean,
@@ -689,4 +761,92 @@ func BenchmarkFleetGrants(b *testing.B) {
 		b.ReportMetric(allIn.Seconds(), "s_until_all_refreshed")
 		b.ReportMetric(float64(f.as.invalidGrants()), "invalid_grant")
 	})
+}
+
+// TestFleetGrantsBlackBox measures what issue 16 observed from outside,
+// with the same shapes: two processes (A in this process with the consent
+// endpoints, B a child process) sharing one grant of 4 s access tokens
+// (the default refresh_before: half the life, so one process alone
+// redeems every 1.9 s), under steady load (8 clients, each a request
+// every 5 ms or slower) and idle, against a provider that rotates the
+// refresh token and one whose rotation also revokes every earlier access
+// token (no grace period); and one process under load against the latter.
+// It logs a table: redemptions, the rotations one process alone makes in
+// the same time, their ratio (the goal: 1.00), redundant redemptions (of
+// a grant whose newest access token was not due), invalid_grant answers
+// and failed requests. It fails on a redundant redemption or a failed
+// request. Slow (about 2 minutes): it runs with OAB_BENCH_BLACKBOX=1.
+//
+//	OAB_BENCH_BLACKBOX=1 go test -run TestFleetGrantsBlackBox -count 1 -v .
+func TestFleetGrantsBlackBox(t *testing.T) {
+	if os.Getenv("OAB_BENCH_BLACKBOX") == "" {
+		t.Skip("set OAB_BENCH_BLACKBOX=1")
+	}
+	const life = 4 * time.Second
+	w := refreshWindow(defaultRefreshBefore, life)
+	period := life - w - w/20 // between two redemptions of one process alone
+	type run struct {
+		name                 string
+		storage              string // "" file_system, "redis"
+		instances            int
+		load, revoking       bool
+		d                    time.Duration
+		reds, redundant, inv int
+		ok, failed           int64
+		sample               string
+	}
+	runs := []*run{
+		{name: "load, rotating", instances: 2, load: true, d: 15 * time.Second},
+		{name: "idle, rotating", instances: 2, d: 16 * time.Second},
+		{name: "load, rotation revokes earlier access tokens", instances: 2, load: true, revoking: true, d: 15 * time.Second},
+		{name: "load, rotation revokes earlier access tokens", instances: 1, load: true, revoking: true, d: 15 * time.Second},
+		{name: "load, rotation revokes earlier access tokens", storage: "redis", instances: 2, load: true, revoking: true, d: 15 * time.Second},
+	}
+	for _, r := range runs {
+		t.Run(fmt.Sprintf("%s/%d/%s", r.name, r.instances, r.storage), func(t *testing.T) {
+			storage := fileSystemStorage(filepath.Join(t.TempDir(), "storage"))
+			if r.storage == "redis" {
+				storage = redisStorageOption(startRedis(t), redisPrefixOf(t))
+			} else {
+				r.storage = "file_system"
+			}
+			s := newGasSetup(t, storage, "", func(as *grantAS) {
+				as.AccessLifetime = life
+				as.ReuseRevokesGrant = true
+				as.RevokeEarlierAccess = r.revoking
+			})
+			s.connect("")
+			bases := []string{s.c.url("")}
+			for i := 1; i < r.instances; i++ {
+				b := startChildCaddy(t, storage, gasInjectorSite(s.injector(""), s.api.hostport()))
+				bases = append(bases, b.url(""))
+			}
+			start := len(s.as.redemptions())
+			inv0 := s.as.InvalidGrants.Load()
+			if r.load {
+				r.ok, r.failed, r.sample = gasLoad(bases, "", 8, r.d)
+			} else {
+				time.Sleep(r.d) // the measurement's length: the instances are left idle
+			}
+			reds := s.as.redemptions()[start:]
+			r.reds, r.inv = len(reds), int(s.as.InvalidGrants.Load()-inv0)
+			for _, red := range reds {
+				if red.NewestLeft > dueWindow(w) {
+					r.redundant++
+				}
+			}
+			if r.redundant > 0 || r.failed > 0 || r.inv > 0 {
+				t.Errorf("%d redundant redemptions, %d invalid_grant, %d failed requests (%s)", r.redundant, r.inv, r.failed, r.sample)
+			}
+		})
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "4 s tokens, refreshed %s ahead (one process alone redeems every %s)\n", w, period)
+	fmt.Fprintf(&b, "| scenario | storage | processes | seconds | redemptions | rotations of one process | per rotation | redundant | invalid_grant | requests ok | failed |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, r := range runs {
+		rot := r.d.Seconds() / period.Seconds()
+		fmt.Fprintf(&b, "| %s | %s | %d | %.0f | %d | %.1f | %.2f | %d | %d | %d | %d |\n",
+			r.name, r.storage, r.instances, r.d.Seconds(), r.reds, rot, float64(r.reds)/rot, r.redundant, r.inv, r.ok, r.failed)
+	}
+	t.Log("\n" + b.String())
 }

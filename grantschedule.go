@@ -33,13 +33,14 @@ import (
 // on this: a source refreshes the account it serves on its own.
 //
 // Each account looked after here is refreshed at a random point of its
-// refresh window (the window a source refreshes in), or, when that window
-// has passed (the fleet was down or starting), at a random point of the
-// next half of the time between two refreshes, so that a fleet coming back
-// does not redeem every grant at once. A failure backs off per account (exponential with full jitter,
-// a provider's Retry-After honoured), and is logged once per change of
-// state, not per try. Refreshes run in up to refreshWorkers goroutines,
-// off the grant's loop.
+// refresh window (the window a source refreshes in), and keeps its place
+// in the lifetime (its phase) when it was late: a fleet coming back after
+// a restart or an outage neither redeems every grant at once nor leaves
+// the grants that fell due meanwhile bunched together for the lifetimes
+// to come (planAfterLocked). A failure backs off per account (exponential
+// with full jitter, a provider's Retry-After honoured), and is logged once
+// per change of state, not per try. Refreshes run in up to refreshWorkers
+// goroutines, off the grant's loop.
 
 const (
 	heartbeatInterval = 10 * time.Second
@@ -87,10 +88,10 @@ type dueEntry struct {
 	state    int
 	at       time.Time // the next refresh (or retry); in the heap when idx >= 0
 	idx      int
-	busy     bool   // a worker refreshes it
-	late     bool   // planned after its window had passed
-	failures int    // consecutive failed refreshes
-	failing  string // the error code of the current failures, "" when fine
+	busy     bool      // a worker refreshes it
+	phase    time.Time // where its refreshes fall in a lifetime: the last refresh planned
+	failures int       // consecutive failed refreshes
+	failing  string    // the error code of the current failures, "" when fine
 }
 
 // dueHeap orders the entries by at.
@@ -254,16 +255,30 @@ func (s *grantSchedule) removeLocked(e *dueEntry) {
 }
 
 // planLocked sets when an entry is refreshed next (no failure pending).
-// After a late refresh (the account was overdue, or failing), the next one
-// comes at a random point of the half period before its window instead:
-// the accounts a restart or an outage bunched together spread out again,
-// at the cost of one early refresh each, instead of coming back together
-// at every rotation.
 func (s *grantSchedule) planLocked(e *dueEntry) {
 	s.planAfterLocked(e, false)
 }
 
-func (s *grantSchedule) planAfterLocked(e *dueEntry, spread bool) {
+// planAfterLocked plans an entry's next refresh: a random point of the
+// window sources refresh in. The point an account is refreshed at keeps
+// its place in the lifetime from one refresh to the next (its phase); a
+// refresh is never earlier than the window (a redemption of a grant that
+// is not due is refused: grantrefresh.go), so an account that was late
+// would stay where it was refreshed late, and the accounts that a restart
+// or an outage bunched together would come together again at every
+// lifetime. So a late account keeps its phase instead:
+//
+//   - overdue when planned (the fleet was down or starting, the instance
+//     that looked after it left): it is refreshed at its phase in the
+//     next lifetime that has not passed. An idle grant may be left with
+//     an expired access token for up to a lifetime: its refresh token is
+//     what matters, and a request for the account refreshes it at once.
+//     Refreshing the overdue accounts as soon as possible instead would
+//     move them all to the same few seconds, for good;
+//   - refreshed after failures (resume): its next refresh is at its phase
+//     from before the failures, the first one in or after the new token's
+//     window.
+func (s *grantSchedule) planAfterLocked(e *dueEntry, resume bool) {
 	if e.idx >= 0 {
 		heap.Remove(&s.due, e.idx)
 	}
@@ -273,38 +288,38 @@ func (s *grantSchedule) planAfterLocked(e *dueEntry, spread bool) {
 	now := s.g.now()
 	life := e.expiry.Sub(e.obtained)
 	w := refreshWindow(s.g.env.refreshBefore(), life)
+	period := life - w - w/20 // between two refreshes on time
 	var at time.Time
 	switch {
 	case e.expiry.IsZero():
 		at = now // no access token: refresh it now
 	default:
-		// A random point of the window sources refresh in.
-		at = e.expiry.Add(-w - w/10)
+		opens := e.expiry.Add(-w - w/10) // the window: due from here on
+		at = opens
 		if j := w / 10; j > 0 {
 			at = at.Add(rand.N(j))
 		}
-		if span := (life - w) / 2; spread && span > 0 {
-			at = at.Add(-rand.N(span))
+		if resume && !e.phase.IsZero() && period > 0 && e.phase.Before(opens) {
+			at = e.phase.Add(period * periodsUntil(e.phase, opens, period))
+		}
+		if at.Before(now) {
+			at = now
+			if period > 0 {
+				at = opens.Add(period * periodsUntil(opens, now, period))
+				if j := w / 10; j > 0 {
+					at = at.Add(rand.N(j))
+				}
+			}
 		}
 	}
-	e.late = false
-	if at.Before(now) {
-		e.late = true
-		// Overdue: the fleet was down or starting, the instance that
-		// looked after it left, or the account is new here. It is
-		// refreshed at a random point of the next half of the time
-		// between two refreshes (at least a window), so that the
-		// accounts that fell due meanwhile do not come in a herd, now or
-		// at their next refreshes. An idle grant may be left with an
-		// expired access token for that long; its refresh token is what
-		// matters.
-		span := max(w, (e.expiry.Sub(e.obtained)-w)/2)
-		at = now
-		if span > 0 {
-			at = now.Add(rand.N(span))
-		}
-	}
+	e.phase = at
 	s.pushLocked(e, at)
+}
+
+// periodsUntil is the least number of periods that takes from to at or
+// after until.
+func periodsUntil(from, until time.Time, period time.Duration) time.Duration {
+	return (until.Sub(from) + period - 1) / period
 }
 
 func (s *grantSchedule) pushLocked(e *dueEntry, at time.Time) {
@@ -389,7 +404,7 @@ func (s *grantSchedule) finished(account string, tok *token, err error) {
 			log.Info("the idle grant refreshes again", zap.String("provider", g.cfg.Provider), zap.String("account", account),
 				zap.Int("failures", e.failures))
 		}
-		spread := e.failures > 0 || e.late
+		resume := e.failures > 0
 		e.failures, e.failing = 0, ""
 		if tok.expiry.After(e.expiry) || e.expiry.IsZero() {
 			e.obtained, e.expiry = tok.obtained, tok.expiry
@@ -397,7 +412,7 @@ func (s *grantSchedule) finished(account string, tok *token, err error) {
 		if tok.final {
 			e.state = stateFinal
 		}
-		s.planAfterLocked(e, spread)
+		s.planAfterLocked(e, resume)
 		return
 	}
 	var ce *ConsentError
