@@ -346,7 +346,7 @@ func newGrantFleet(tb testing.TB, kind string, n, m int) *grantFleet {
 // seedFleetAccounts stores m connected accounts of as in st, as consents
 // made over time leave them: the access tokens obtained at random over the
 // span before now. It returns their names.
-func seedFleetAccounts(tb testing.TB, as *grantAS, st certmagic.Storage, m int, now time.Time, span time.Duration) []string {
+func seedFleetAccounts(tb testing.TB, as *fakeAS, st certmagic.Storage, m int, now time.Time, span time.Duration) []string {
 	g := grantOn(tb, gasCredentialSet(tb, as, false), st)
 	accounts := make([]string, m)
 	var wg sync.WaitGroup
@@ -810,8 +810,8 @@ func TestFleetGrantsBlackBox(t *testing.T) {
 			} else {
 				r.storage = "file_system"
 			}
-			s := newGasSetup(t, storage, "", func(as *grantAS) {
-				as.AccessLifetime = life
+			s := newGasSetup(t, storage, "", func(as *fakeAS) {
+				as.Lifetime = life
 				as.ReuseRevokesGrant = true
 				as.RevokeEarlierAccess = r.revoking
 			})
@@ -822,14 +822,14 @@ func TestFleetGrantsBlackBox(t *testing.T) {
 				bases = append(bases, b.url(""))
 			}
 			start := len(s.as.redemptions())
-			inv0 := s.as.InvalidGrants.Load()
+			inv0 := s.as.invalidGrants()
 			if r.load {
 				r.ok, r.failed, r.sample = gasLoad(bases, "", 8, r.d)
 			} else {
 				time.Sleep(r.d) // the measurement's length: the instances are left idle
 			}
 			reds := s.as.redemptions()[start:]
-			r.reds, r.inv = len(reds), int(s.as.InvalidGrants.Load()-inv0)
+			r.reds, r.inv = len(reds), int(s.as.invalidGrants()-inv0)
 			for _, red := range reds {
 				if red.NewestLeft > dueWindow(w) {
 					r.redundant++

@@ -3,7 +3,7 @@ package oauthbearer
 // A simulation of the background refresh of grants at fleet scale: the
 // real grant code (grantSchedule, grantRefresher, grantRecords, the record
 // store) of N instances in this process, on a real storage (Redis, or
-// file_system) and against grantAS over HTTP, driven by a fake clock that
+// file_system) and against fakeAS over HTTP, driven by a fake clock that
 // the simulation moves in steps, waiting after each step until every
 // instance has done what was due. It measures what BenchmarkFleetGrants
 // measures with processes (redemptions and storage operations per grant
@@ -55,7 +55,7 @@ func (c *simClock) add(d time.Duration) {
 type simFleet struct {
 	tb                   testing.TB
 	clock                *simClock
-	as                   *grantAS
+	as                   *fakeAS
 	st                   certmagic.Storage
 	cs                   *credentialSet
 	instances            []*grant
@@ -70,9 +70,9 @@ func newSimFleet(tb testing.TB, kind string, n, m int) *simFleet {
 		life:   time.Duration(benchEnv("OAB_BENCH_LIFETIME", 60)) * time.Second,
 		before: time.Duration(benchEnv("OAB_BENCH_BEFORE", 10)) * time.Second}
 	f.period = f.life - f.before - f.before/20
-	f.as = newGrantAS(tb, "")
+	f.as = newFakeAS(tb)
 	f.as.Now = f.clock.now
-	f.as.AccessLifetime = f.life
+	f.as.Lifetime = f.life
 	f.as.ReuseRevokesGrant = true
 	f.as.RevokeEarlierAccess = true
 	var inner certmagic.Storage
@@ -205,7 +205,7 @@ type simFigures struct {
 func (f *simFleet) measure(d time.Duration) simFigures {
 	begin := f.clock.now()
 	start := len(f.as.redemptions())
-	inv0 := f.as.InvalidGrants.Load()
+	inv0 := f.as.invalidGrants()
 	var ops0, grant0 int64
 	for i := range storageCalls {
 		ops0 += storageCalls[i].Load()
@@ -223,7 +223,7 @@ func (f *simFleet) measure(d time.Duration) simFigures {
 		redemptionsPerLifetime: float64(len(reds)) / m / lifetimes,
 		storagePerLifetime:     float64(ops-ops0) / m / lifetimes,
 		grantOpsPerLifetime:    float64(storageKinds[0].Load()-grant0) / m / lifetimes,
-		invalid:                int(f.as.InvalidGrants.Load() - inv0),
+		invalid:                int(f.as.invalidGrants() - inv0),
 		perSecond:              make([]int, int(d/time.Second)),
 	}
 	seen := map[string]bool{}
@@ -234,8 +234,8 @@ func (f *simFleet) measure(d time.Duration) simFigures {
 		if r.NewestLeft > dueWindow(f.before) {
 			fig.redundant++
 		}
-		if !seen[r.Grant] {
-			seen[r.Grant] = true
+		if !seen[r.GrantID] {
+			seen[r.GrantID] = true
 			if len(seen) == len(f.accounts) {
 				fig.allIn = r.At.Sub(begin)
 			}
