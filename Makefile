@@ -9,6 +9,7 @@
 #   make bench   Go benchmarks (hot path, x/oauth2, stampede, memory), medians
 #   make bench-e2e  build, then wrk through Caddy: oauth_bearer vs a static header
 #   make bench-fleet  token requests per lifetime for 1, 3 and 5 Caddy processes
+#   make bench-fleet-grants  grants at fleet scale: N processes × M accounts
 #   make clean   remove ./caddy
 
 CADDY_VERSION ?= v2.11.9
@@ -19,7 +20,7 @@ GO            ?= go
 SOURCES := $(filter-out %_test.go,$(wildcard *.go */*.go */*/*.go)) go.mod go.sum
 
 .PHONY: all build run test test-deps fmt-check vet fuzz clean
-.PHONY: bench bench-e2e bench-fleet
+.PHONY: bench bench-e2e bench-fleet bench-fleet-grants
 
 all: build
 
@@ -94,3 +95,13 @@ clean:
 # About 3 minutes.
 bench-fleet:
 	OAB_BENCH_FLEET=1 $(GO) test -run '^$$' -bench 'FleetTokenRequests' -benchtime 1x -count 1 -timeout 30m .
+
+# Grants at fleet scale (grantbench_test.go): N processes on one storage
+# holding M connected accounts, 60 s tokens, per row the redemptions and
+# storage operations per grant per lifetime, CPU and memory, p99 during
+# refresh waves, then the restart and outage scenarios. About 3 minutes a
+# row (the grid of BENCHMARKS.md: about an hour). OAB_BENCH_ROWS picks rows
+# (storage:processes:accounts,...; "none" for the scenarios alone),
+# OAB_BENCH_SCENARIOS=0 skips the scenarios; other knobs in the file.
+bench-fleet-grants:
+	OAB_BENCH_FLEET_GRANTS=1 $(GO) test -run '^$$' -bench 'FleetGrants' -benchtime 1x -count 1 -timeout 6h .

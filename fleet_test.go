@@ -71,13 +71,18 @@ func (as *fleetAS) valid(tok string) bool {
 	return ok && time.Now().Before(exp)
 }
 
-// fleetUpstream accepts only the valid tokens of as.
+// fleetUpstream accepts only the valid tokens of as; its answers say in
+// X-Token-Serial which of them the request carried (1 for the first
+// issued).
 func fleetUpstream(t testing.TB, as *fleetAS) *httptest.Server {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); !ok || !as.valid(tok) {
+		tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || !as.valid(tok) {
 			w.WriteHeader(http.StatusUnauthorized)
 			return
 		}
+		serial, _, _ := strings.Cut(strings.TrimPrefix(tok, "fleet-"), "-")
+		w.Header().Set("X-Token-Serial", serial)
 		io.WriteString(w, "ok")
 	}))
 	t.Cleanup(srv.Close)
@@ -273,9 +278,37 @@ func TestFleetSurvivesALockHolderKilled(t *testing.T) {
 	holder.kill(os.Kill)
 	release()
 	<-loaded
+	loadEnd, atLoadEnd := time.Now(), as.issued.Load()
 	if failed.Load() != 0 {
 		t.Errorf("%d requests to the surviving instances failed (%v)", failed.Load(), sample.Load())
 	}
+	// The survivors refresh once the dead holder's lock is stale: 10 s
+	// after it took it, noticed within file_system's 1 s poll, which can
+	// be after the load's end (the first token lives until 24 s). Wait
+	// until each survivor forwards a token newer than the first, every
+	// request still answered.
+	deadline := time.Now().Add(15 * time.Second)
+	for _, p := range others {
+		for {
+			resp, err := testClient.Get(p.url("/api"))
+			if err != nil {
+				t.Fatalf("%s: %v", p.addr, err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				t.Fatalf("%s after the load: %d", p.addr, resp.StatusCode)
+			}
+			if serial := resp.Header.Get("X-Token-Serial"); serial != "1" {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s still forwards the first token 15 s after the load: the survivors never refreshed", p.addr)
+			}
+			time.Sleep(20 * time.Millisecond) // the polling's pace
+		}
+	}
+	t.Logf("token requests: %d at the load's end, %d once the survivors forward a new token (%s later)",
+		atLoadEnd, as.issued.Load(), time.Since(loadEnd).Round(time.Millisecond))
 	for _, p := range others {
 		if strings.Contains(p.logs(), "the shared token store is not usable") {
 			t.Errorf("%s said the storage is not usable; a dead holder's lock goes stale", p.addr)

@@ -269,6 +269,19 @@ func (g *grant) changed(account string, rec *grantRecord) {
 	}
 }
 
+// forgetStorage forgets what the grant learnt from a storage the
+// configuration no longer uses (a reload switched to another): the
+// accounts known to have no grant there, that its configured refresh token
+// was applied there (its seeds are per storage: the new one's say whether
+// it was applied in it), and the schedule's accounts and instances. The
+// event log's caller then reads every account in memory again from the new
+// storage. So a reload to another storage acts like a start on it.
+func (g *grant) forgetStorage() {
+	g.accounts.clearAllAbsent()
+	g.refresher.seeded.Store(false)
+	g.schedule.rescan(true)
+}
+
 // ---- the loop ----
 
 // startLoop starts the grant's background loop once, when a handler that

@@ -432,6 +432,99 @@ func TestReloadWithAnotherStorageAppliesItsGrants(t *testing.T) {
 	t.Logf("alice's requests carry the new storage's grant %s after the reload", time.Since(start).Round(time.Millisecond))
 }
 
+// After a reload with another storage, an account this instance knew to
+// have no grant in the first storage (a request asked for it there) is
+// served from the grant stored in the new storage, within the bound of a
+// connect, not answered 503 for the minute an absence is remembered.
+func TestReloadWithAnotherStorageForgetsAccountsMissingFromTheOld(t *testing.T) {
+	dirOld := filepath.Join(t.TempDir(), "old")
+	dirNew := filepath.Join(t.TempDir(), "new")
+	g := newGrantSetupWithStorage(t, fileSystemStorage(dirNew), "account {http.request.header.X-Account}", 0)
+	if status, body := g.connect("bob"); status != 200 {
+		t.Fatalf("connect bob in the new storage: %d %q", status, body)
+	}
+	// The first storage: two other accounts connected (its event log
+	// holds more events than the new one's), the log read, and bob asked
+	// for.
+	if err := g.c.loadWithStorage(fileSystemStorage(dirOld), g.conf); err != nil {
+		t.Fatal(err)
+	}
+	for _, account := range []string{"carol", "dave"} {
+		if status, body := g.connect(account); status != 200 {
+			t.Fatalf("connect %s in the first storage: %d %q", account, status, body)
+		}
+	}
+	deadline := time.Now().Add(propagationDeadline)
+	for eventsSeen() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the grant did not read the first storage's event log")
+		}
+		time.Sleep(pollInterval)
+	}
+	if status, body := g.c.get("/api/bob", "X-Account", "bob"); status != http.StatusServiceUnavailable || !strings.Contains(body, codeConsentRequired) {
+		t.Fatalf("request for bob in the first storage, where he has no grant: %d %q, want 503 %s", status, body, codeConsentRequired)
+	}
+
+	start := time.Now()
+	if err := g.c.loadWithStorage(fileSystemStorage(dirNew), g.conf); err != nil {
+		t.Fatal(err)
+	}
+	if st := g.status("bob"); st["connected"] != true {
+		t.Fatalf("status of bob after the reload: %v, want connected", st)
+	}
+	for {
+		status, body := g.c.get("/api/bob", "X-Account", "bob")
+		if status == 200 {
+			break
+		}
+		if time.Since(start) > propagationDeadline {
+			t.Fatalf("%s after the reload with another storage, requests for bob (connected in it, as status says) still answer %d %q: the absence read from the first storage is remembered",
+				propagationDeadline, status, body)
+		}
+		time.Sleep(pollInterval)
+	}
+	t.Logf("bob served %s after the reload", time.Since(start).Round(time.Millisecond))
+}
+
+// A configured refresh token seeds the grant of each storage it is used
+// with once: its seeds are kept in the storage. After a reload with
+// another storage, the token is applied there as a start on that storage
+// would, instead of the account answering 503 until a restart because the
+// first storage had it applied.
+func TestReloadWithAnotherStorageSeedsItFromTheConfiguredToken(t *testing.T) {
+	dirA := filepath.Join(t.TempDir(), "a")
+	dirB := filepath.Join(t.TempDir(), "b")
+	as := newGrantAS(t, "")
+	as.KeepRefreshToken = true // the configured token stays valid after its first use
+	api := newGrantAPI(t, as)
+	configured := as.seed("ops", time.Now())
+	conf := gasInjectorSite(fmt.Sprintf("oauth_bearer generic {\n\t\tgrant refresh_token\n\t\trefresh_token %s\n\t\t%s\n\t}",
+		configured.RefreshToken, gasClient(as, false)), api.hostport())
+	c := startCaddyWith(t, freeAddr(t), fileSystemStorage(dirA), conf)
+	if status, body := c.get("/api/a"); status != 200 {
+		t.Fatalf("from the configured token in the first storage: %d %q", status, body)
+	}
+	if !hasRecord(t, dirA, defaultAccount) {
+		t.Fatalf("no grant stored in %s", dirA)
+	}
+
+	start := time.Now()
+	if err := c.loadWithStorage(fileSystemStorage(dirB), conf); err != nil {
+		t.Fatal(err)
+	}
+	for !hasRecord(t, dirB, defaultAccount) {
+		status, body := c.get("/api/b")
+		if time.Since(start) > propagationDeadline {
+			t.Fatalf("%s after the reload with another storage, the configured refresh token has not seeded it (last answer %d %q)",
+				propagationDeadline, status, body)
+		}
+		time.Sleep(pollInterval)
+	}
+	if status, body := c.get("/api/b"); status != 200 {
+		t.Errorf("after the seed of the second storage: %d %q", status, body)
+	}
+}
+
 // accessTokensOf returns the access tokens as issued so far.
 func accessTokensOf(as *codeAS) map[string]bool {
 	as.mu.Lock()

@@ -1020,3 +1020,35 @@ func TestStoredAccountsAreNeverAPartialListing(t *testing.T) {
 		t.Errorf("stored accounts: %d (%v), want all 10 despite a listing cut short (it was cut: %v)", len(accounts), err, st.failed.Load())
 	}
 }
+
+// The instances share the accounts out evenly: with 3 and with 10
+// members (random ids, as instances take), each looks after its share of
+// 10,000 accounts named alike, within 15 %.
+func TestAccountsAreSharedOutEvenly(t *testing.T) {
+	for _, n := range []int{3, 10} {
+		s := &grantSchedule{}
+		for range n {
+			s.members = append(s.members, randomID(8))
+		}
+		owned := map[string]int{}
+		for i := range 10000 {
+			a := fmt.Sprintf("acct%06d", i)
+			for _, m := range s.members {
+				s.self = m
+				if s.ownsLocked(a) {
+					owned[m]++
+				}
+			}
+		}
+		total := 0
+		for _, m := range s.members {
+			total += owned[m]
+			if share := float64(owned[m]) * float64(n) / 10000; share < 0.85 || share > 1.15 {
+				t.Errorf("%d members: %s looks after %d accounts, %.2f of its share", n, m, owned[m], share)
+			}
+		}
+		if total != 10000 {
+			t.Errorf("%d members: %d accounts looked after in all, want each once", n, total)
+		}
+	}
+}

@@ -122,6 +122,15 @@ func (a *grantAccounts) clearAbsent(account string) {
 	a.mu.Unlock()
 }
 
+// clearAllAbsent forgets every account known to have no grant: the
+// instance cannot tell which were connected since (it missed events, or
+// the storage changed).
+func (a *grantAccounts) clearAllAbsent() {
+	a.mu.Lock()
+	clear(a.absent)
+	a.mu.Unlock()
+}
+
 // sweepAbsent forgets the missing accounts no request asked for lately.
 func (a *grantAccounts) sweepAbsent() {
 	a.mu.Lock()

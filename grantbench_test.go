@@ -202,6 +202,7 @@ type processCounts struct {
 	Live     []string         `json:"live"`
 	Scanning bool             `json:"scanning"`
 	NeedScan bool             `json:"need_scan"`
+	Lead     map[int]int      `json:"lead,omitempty"` // seconds before expiry of the next refresh → accounts
 }
 
 type storageCountsHandler struct{}
@@ -222,6 +223,12 @@ func (storageCountsHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ 
 			c.Owned += len(s.entries)
 			c.Members = len(s.members)
 			c.Self, c.Live, c.Scanning, c.NeedScan = s.self, slices.Clone(s.members), s.scanning, s.needScan
+			c.Lead = map[int]int{}
+			for _, e := range s.entries {
+				if e.idx >= 0 {
+					c.Lead[int(e.expiry.Sub(e.at)/(5*time.Second))*5]++
+				}
+			}
 			s.mu.Unlock()
 			c.Accounts, _, _ = s.counts()
 		}
@@ -569,6 +576,36 @@ func (f *grantFleet) after(d time.Duration) (peak float64, allIn time.Duration) 
 	reds := f.as.redemptions()[start:]
 	perSecond := make([]int, int(d/time.Second)+1)
 	seen := map[string]bool{}
+	defer func() {
+		if os.Getenv("OAB_BENCH_DEBUG") == "" {
+			return
+		}
+		times := map[string][]int{}
+		var order []string
+		for _, r := range reds {
+			if _, ok := times[r.Grant]; !ok {
+				order = append(order, r.Grant)
+			}
+			times[r.Grant] = append(times[r.Grant], int(r.At.Sub(begin)/time.Second))
+		}
+		for _, g := range order[:min(15, len(order))] {
+			f.tb.Logf("grant %s redeemed at %v s", g, times[g])
+		}
+		f.tb.Logf("redemptions per second after: %v; %d of %d accounts refreshed", perSecond, len(seen), len(f.accounts))
+		for i, c := range f.counts() {
+			f.tb.Logf("%s: owns %d, sees %v; next refresh, seconds before expiry → accounts: %v", c.Self, c.Owned, c.Live, c.Lead)
+			n := 0
+			lines := strings.Split(f.procs[i].logs(), "\n")
+			for _, l := range lines[max(0, len(lines)-3000):] {
+				if !strings.Contains(l, "idle grant") && (strings.Contains(l, "\"level\":\"error\"") ||
+					strings.Contains(l, "listing") || strings.Contains(l, "instances sharing")) {
+					if n++; n <= 40 {
+						f.tb.Log(l)
+					}
+				}
+			}
+		}
+	}()
 	for _, r := range reds {
 		if i := int(r.At.Sub(begin) / time.Second); i >= 0 && i < len(perSecond) {
 			perSecond[i]++
@@ -586,7 +623,9 @@ func (f *grantFleet) after(d time.Duration) (peak float64, allIn time.Duration) 
 // benchRows are the rows to run: OAB_BENCH_ROWS, or the grid.
 func benchRows() [][3]string {
 	var rows [][3]string
-	if v := os.Getenv("OAB_BENCH_ROWS"); v != "" {
+	if v := os.Getenv("OAB_BENCH_ROWS"); v == "none" {
+		return nil
+	} else if v != "" {
 		for _, r := range strings.Split(v, ",") {
 			p := strings.Split(r, ":")
 			if len(p) == 3 {
@@ -623,8 +662,9 @@ func BenchmarkFleetGrants(b *testing.B) {
 	if os.Getenv("OAB_BENCH_SCENARIOS") == "0" {
 		return
 	}
-	b.Run("scenario=restart/storage=redis/processes=3/accounts=10000", func(b *testing.B) {
-		f := newGrantFleet(b, "redis", 3, 10000)
+	sm := int(benchEnv("OAB_BENCH_SCENARIO_ACCOUNTS", 10000))
+	b.Run(fmt.Sprintf("scenario=restart/storage=redis/processes=3/accounts=%d", sm), func(b *testing.B) {
+		f := newGrantFleet(b, "redis", 3, sm)
 		f.settle()
 		for _, p := range f.procs {
 			p.kill(os.Interrupt)
@@ -638,8 +678,8 @@ func BenchmarkFleetGrants(b *testing.B) {
 		b.ReportMetric(allIn.Seconds(), "s_until_all_refreshed")
 		b.ReportMetric(float64(f.as.InvalidGrants.Load()), "invalid_grant")
 	})
-	b.Run("scenario=outage/storage=redis/processes=3/accounts=10000", func(b *testing.B) {
-		f := newGrantFleet(b, "redis", 3, 10000)
+	b.Run(fmt.Sprintf("scenario=outage/storage=redis/processes=3/accounts=%d", sm), func(b *testing.B) {
+		f := newGrantFleet(b, "redis", 3, sm)
 		f.settle()
 		f.as.refuse(http.StatusServiceUnavailable, "temporarily_unavailable", 0)
 		time.Sleep(40 * time.Second) // the outage

@@ -3,11 +3,9 @@ package oauthbearer
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync"
 	"time"
 
-	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 )
 
@@ -39,9 +37,9 @@ type grantEvent struct {
 type grantEventLog struct {
 	g *grant
 
-	mu      sync.Mutex
-	seen    uint64 // the last sequence number applied
-	watched string // the storage the log was last read from
+	mu       sync.Mutex
+	seen     uint64 // the last sequence number applied
+	switches uint64 // the env's storage switches at the last look
 }
 
 func (g *grant) eventsKey() string { return "oauth_bearer/grants/" + g.id + "/_events.json" }
@@ -82,27 +80,35 @@ func (l *grantEventLog) publish(ctx context.Context, account string) {
 // watch applies the changes made since the last look (on any instance,
 // this one included). When events were missed (the log was trimmed past
 // what this instance saw), or the configuration switched to another
-// storage, every account in memory is read again and the schedule looks at
-// the stored grants again.
+// storage since the last look (or since the grant first had a storage,
+// before its first look), every account in memory is read again, the
+// accounts known to have no grant are forgotten, and the schedule looks at
+// the stored grants again; after a switch, what was learnt from the old
+// storage is forgotten first (grant.forgetStorage).
 func (l *grantEventLog) watch(ctx context.Context) {
 	g := l.g
+	// The count of switches is taken before the read: a switch between
+	// the two is seen again at the next look.
+	switches := g.env.storageSwitches()
 	var log grantEventsRecord
 	if _, err := g.store.load(ctx, g.eventsKey(), &log); err != nil && !errors.Is(err, errUndecryptable) {
 		g.env.logger().Debug("reading the grant's event log failed", zap.String("provider", g.cfg.Provider), zap.Error(err))
 		return
 	}
-	storage := storageName(g.env.storage())
 	l.mu.Lock()
-	seen, first := l.seen, l.watched == ""
-	switched := !first && l.watched != storage
-	l.seen, l.watched = log.Seq, storage
+	seen, switched := l.seen, l.switches != switches
+	l.seen, l.switches = log.Seq, switches
 	l.mu.Unlock()
+	if switched {
+		g.forgetStorage()
+	}
 	if log.Seq == seen && !switched {
 		return
 	}
 	accounts := map[string]bool{}
 	if switched || log.Seq < seen || len(log.Events) == 0 || log.Events[0].Seq > seen+1 {
 		g.accounts.each(func(account string, _ *tokenSource) { accounts[account] = true })
+		g.accounts.clearAllAbsent()
 		g.schedule.rescan(switched)
 	}
 	for _, ev := range log.Events {
@@ -125,14 +131,4 @@ func (l *grantEventLog) watch(ctx context.Context) {
 		}
 		g.changed(account, rec)
 	}
-}
-
-// storageName tells storages apart: a new configuration makes a new
-// storage value even when it names the same place, so one that can say
-// where it is (file_system: its path) is known by that.
-func storageName(s certmagic.Storage) string {
-	if str, ok := s.(fmt.Stringer); ok {
-		return fmt.Sprintf("%T %s", s, str.String())
-	}
-	return fmt.Sprintf("%T %p", s, s)
 }

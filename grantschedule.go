@@ -88,6 +88,7 @@ type dueEntry struct {
 	at       time.Time // the next refresh (or retry); in the heap when idx >= 0
 	idx      int
 	busy     bool   // a worker refreshes it
+	late     bool   // planned after its window had passed
 	failures int    // consecutive failed refreshes
 	failing  string // the error code of the current failures, "" when fine
 }
@@ -140,13 +141,21 @@ func (g *grant) membersDir() string { return "oauth_bearer/grants/" + g.id + "/_
 // ---- ownership ----
 
 // ownerScore ranks member for account (rendezvous hashing): the same on
-// every instance.
+// every instance. FNV-1a alone leaves its high bits to the first bytes
+// (the member), so that one member would win most accounts; the
+// finalizer of MurmurHash3 mixes every bit into every other.
 func ownerScore(member, account string) uint64 {
 	h := fnv.New64a()
 	h.Write([]byte(member))
 	h.Write([]byte{0})
 	h.Write([]byte(account))
-	return h.Sum64()
+	x := h.Sum64()
+	x ^= x >> 33
+	x *= 0xff51afd7ed558ccd
+	x ^= x >> 33
+	x *= 0xc4ceb9fe1a85ec53
+	x ^= x >> 33
+	return x
 }
 
 // ownsLocked reports whether this instance looks after account.
@@ -245,7 +254,16 @@ func (s *grantSchedule) removeLocked(e *dueEntry) {
 }
 
 // planLocked sets when an entry is refreshed next (no failure pending).
+// After a late refresh (the account was overdue, or failing), the next one
+// comes at a random point of the half period before its window instead:
+// the accounts a restart or an outage bunched together spread out again,
+// at the cost of one early refresh each, instead of coming back together
+// at every rotation.
 func (s *grantSchedule) planLocked(e *dueEntry) {
+	s.planAfterLocked(e, false)
+}
+
+func (s *grantSchedule) planAfterLocked(e *dueEntry, spread bool) {
 	if e.idx >= 0 {
 		heap.Remove(&s.due, e.idx)
 	}
@@ -253,7 +271,8 @@ func (s *grantSchedule) planLocked(e *dueEntry) {
 		return
 	}
 	now := s.g.now()
-	w := refreshWindow(s.g.env.refreshBefore(), e.expiry.Sub(e.obtained))
+	life := e.expiry.Sub(e.obtained)
+	w := refreshWindow(s.g.env.refreshBefore(), life)
 	var at time.Time
 	switch {
 	case e.expiry.IsZero():
@@ -264,8 +283,13 @@ func (s *grantSchedule) planLocked(e *dueEntry) {
 		if j := w / 10; j > 0 {
 			at = at.Add(rand.N(j))
 		}
+		if span := (life - w) / 2; spread && span > 0 {
+			at = at.Add(-rand.N(span))
+		}
 	}
+	e.late = false
 	if at.Before(now) {
+		e.late = true
 		// Overdue: the fleet was down or starting, the instance that
 		// looked after it left, or the account is new here. It is
 		// refreshed at a random point of the next half of the time
@@ -365,6 +389,7 @@ func (s *grantSchedule) finished(account string, tok *token, err error) {
 			log.Info("the idle grant refreshes again", zap.String("provider", g.cfg.Provider), zap.String("account", account),
 				zap.Int("failures", e.failures))
 		}
+		spread := e.failures > 0 || e.late
 		e.failures, e.failing = 0, ""
 		if tok.expiry.After(e.expiry) || e.expiry.IsZero() {
 			e.obtained, e.expiry = tok.obtained, tok.expiry
@@ -372,7 +397,7 @@ func (s *grantSchedule) finished(account string, tok *token, err error) {
 		if tok.final {
 			e.state = stateFinal
 		}
-		s.planLocked(e)
+		s.planAfterLocked(e, spread)
 		return
 	}
 	var ce *ConsentError
@@ -510,7 +535,10 @@ func (s *grantSchedule) heartbeat(ctx context.Context) {
 		}
 	}
 	sort.Strings(members)
-	if !slices.Equal(members, s.members) {
+	changed := !slices.Equal(members, s.members)
+	if changed {
+		g.env.logger().Info("the instances sharing the grant's background refresh changed",
+			zap.String("provider", g.cfg.Provider), zap.Int("instances", len(members)), zap.Int("before", len(s.members)))
 		s.members = members
 		s.needScan = true
 		// Drop what another instance looks after now.

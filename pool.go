@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -68,6 +69,10 @@ type env struct {
 	mu   sync.Mutex
 	list []*use
 	cur  atomic.Pointer[envView]
+	// switches counts the changes of storage since the first: what was
+	// read from the storage before a change is not to be trusted after
+	// it (grantevents.go).
+	switches atomic.Uint64
 }
 
 type envView struct {
@@ -115,6 +120,9 @@ func (e *env) update() {
 	if minBefore > 0 {
 		v.refreshBefore = minBefore
 	}
+	if old := e.cur.Load(); old != nil && storageName(old.storage) != storageName(v.storage) {
+		e.switches.Add(1)
+	}
 	e.cur.Store(v)
 }
 
@@ -135,6 +143,21 @@ func (e *env) logger() *zap.Logger {
 func (e *env) storage() certmagic.Storage   { return e.view().storage }
 func (e *env) refreshBefore() time.Duration { return e.view().refreshBefore }
 func (e *env) consentPaths() *consentPaths  { return e.view().consent }
+
+// storageSwitches counts the times the storage changed since the entry
+// first had one (a reload with another storage; a failed one, cleaned up,
+// switches back and counts again).
+func (e *env) storageSwitches() uint64 { return e.switches.Load() }
+
+// storageName tells storages apart: a new configuration makes a new
+// storage value even when it names the same place, so one that can say
+// where it is (file_system: its path) is known by that.
+func storageName(s certmagic.Storage) string {
+	if str, ok := s.(fmt.Stringer); ok {
+		return fmt.Sprintf("%T %s", s, str.String())
+	}
+	return fmt.Sprintf("%T %p", s, s)
+}
 
 // shortID names an entry in logs, metrics and the admin API: 12 hex digits
 // of a hash of its whole pool key, so that entries that differ only in a
