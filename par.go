@@ -45,11 +45,18 @@ func (h *ConsentHandler) parEndpoint(ctx context.Context) (string, *consentFailu
 	}
 	target, err := h.grant.ep.DiscoveredPAREndpoint(ctx)
 	if err != nil {
-		// Whether the provider takes pushed requests is unknown: a plain
-		// redirect could be what the provider refuses, or a downgrade.
-		h.logger.Error("discovering the pushed authorization request endpoint failed", zap.String("provider", provider), zap.Error(err))
-		return "", &consentFailure{http.StatusBadGateway,
-			fmt.Sprintf("The metadata of %s cannot be read (discovery failed); see the server log.", h.title)}
+		// Whether the provider takes pushed requests is unknown (the
+		// authorization endpoint is configured, else connect failed
+		// before): par on requires them; auto falls back to the plain
+		// redirect, as it would with a provider that takes none.
+		if h.PAR == parOn {
+			h.logger.Error("discovering the pushed authorization request endpoint failed", zap.String("provider", provider), zap.Error(err))
+			return "", &consentFailure{http.StatusBadGateway,
+				fmt.Sprintf("The metadata of %s cannot be read (discovery failed), and this site requires pushed authorization requests (par on); see the server log.", h.title)}
+		}
+		h.logger.Warn("discovering the pushed authorization request endpoint failed: redirecting without pushing (par auto)",
+			zap.String("provider", provider), zap.Error(err))
+		return "", nil
 	}
 	if target == "" && h.PAR == parOn {
 		h.logger.Error("par is on, but the provider names no pushed authorization request endpoint: set par_url, or par auto",

@@ -355,3 +355,45 @@ func TestPARPushesTheWholeRequest(t *testing.T) {
 		t.Errorf("the push's Authorization is %q, want Basic with the client's credentials", auths[0])
 	}
 }
+
+// The issuer's metadata cannot be read, the authorization endpoint being
+// configured: par auto redirects without pushing (and says so in the
+// log), par on refuses.
+func TestPARDiscoveryFailure(t *testing.T) {
+	for _, mode := range []string{"auto", "on"} {
+		t.Run(mode, func(t *testing.T) {
+			dead := "http://" + freeAddr(t) // nothing listens there
+			addr := freeAddr(t)
+			redirectURI := "http://" + addr + "/oauth/callback"
+			c := startCaddyAt(t, addr, fmt.Sprintf(`http://LISTEN {
+	oauth_bearer_consent /oauth/* {
+		client_id     app
+		client_secret app-secret
+		issuer        %[1]s
+		token_url     %[1]s/token
+		authorize_url %[1]s/authorize
+		redirect_uri  %[2]s
+		par           %[3]s
+	}
+}`, dead, redirectURI, mode))
+			jar, _ := cookiejar.New(nil)
+			s := &parSite{t: t, c: c, addr: addr, redirect: redirectURI, client: &http.Client{Jar: jar, Timeout: 30 * time.Second,
+				CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}}
+			resp, body := s.connect("alice")
+			loc, _ := url.Parse(resp.Header.Get("Location"))
+			switch mode {
+			case "auto":
+				if resp.StatusCode != http.StatusSeeOther || loc.Query().Get("state") == "" || loc.Query().Get("request_uri") != "" {
+					t.Errorf("connect answered %d, Location %s: want the plain redirect", resp.StatusCode, loc)
+				}
+				if n := len(logLinesOf(c, "discovering the pushed authorization request endpoint failed: redirecting without pushing (par auto)")); n != 1 {
+					t.Errorf("%d warnings logged, want 1", n)
+				}
+			case "on":
+				if resp.StatusCode != http.StatusBadGateway || !strings.Contains(body, "requires pushed authorization requests (par on)") {
+					t.Errorf("connect answered %d: %s", resp.StatusCode, body)
+				}
+			}
+		})
+	}
+}
