@@ -2,7 +2,11 @@ package oauthclient
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"net/http"
 	"net/http/httptest"
@@ -10,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/go-jose/go-jose/v4"
 )
 
 // Endpoint.PushAuthorization and the metadata of PAR and RFC 9207, against
@@ -97,5 +103,53 @@ func TestDiscoveryChecksPAREndpoint(t *testing.T) {
 	d.MTLSEndpointAliases.PushedAuthorizationRequestEndpoint = "http://mtls.as.example.com/par"
 	if err := d.check("https://as.example.com"); err == nil || !strings.Contains(err.Error(), "mtls_endpoint_aliases.pushed_authorization_request_endpoint") {
 		t.Errorf("check: %v", err)
+	}
+}
+
+// With private_key_jwt, the push carries a fresh client assertion
+// addressed to the token endpoint (which RFC 9126 §2 has the server accept
+// at the PAR endpoint, and which the provider already takes from this
+// client), or to client_assertion_audience when set.
+func TestEndpointPushAuthorizationAssertionAudience(t *testing.T) {
+	var mu sync.Mutex
+	var forms []url.Values
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r.ParseForm()
+		mu.Lock()
+		forms = append(forms, r.PostForm)
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusCreated)
+		w.Write([]byte(`{"request_uri":"urn:x","expires_in":60}`))
+	}))
+	t.Cleanup(srv.Close)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	signer, err := NewAssertionSigner(key, jose.ES256, "k1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ audience, want string }{{"", srv.URL + "/token"}, {"https://as.example.com/", "https://as.example.com/"}} {
+		cfg := epConfig(srv.URL + "/token")
+		cfg.Client = Client{ID: epClientID, Auth: "private_key_jwt", Signer: signer, AssertionAudience: tc.audience}
+		ep := NewEndpoint(*cfg)
+		if _, err := ep.PushAuthorization(context.Background(), srv.URL+"/par", url.Values{"client_id": {epClientID}}); err != nil {
+			t.Fatal(err)
+		}
+		ep.Close()
+		mu.Lock()
+		f := forms[len(forms)-1]
+		mu.Unlock()
+		parts := strings.Split(f.Get("client_assertion"), ".")
+		if len(parts) != 3 || f.Get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" || f.Get("client_id") != epClientID {
+			t.Fatalf("pushed %v", f)
+		}
+		payload, _ := base64.RawURLEncoding.DecodeString(parts[1])
+		var claims struct {
+			Aud any `json:"aud"`
+		}
+		json.Unmarshal(payload, &claims)
+		if claims.Aud != tc.want {
+			t.Errorf("assertion_audience %q: aud %v, want %s", tc.audience, claims.Aud, tc.want)
+		}
 	}
 }
