@@ -110,6 +110,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		account          <placeholder>     # bind the pages to the signed-in account
 //		prompt           login|consent|select_account... # sent to the authorization endpoint
 //		display_name     <text>            # the provider's name on the pages
+//		par              auto|on|off       # pushed authorization requests; default auto
+//		par_url          <url>             # default: discovered from the issuer
 //	}
 func (h *ConsentHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return parseDirective(d, onConsent, h)

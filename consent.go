@@ -97,6 +97,19 @@ type ConsentHandler struct {
 	// preset's title.
 	DisplayName string `json:"display_name,omitempty"`
 
+	// PAR says when the authorization request is pushed to the provider
+	// (RFC 9126), authenticated as the token requests are, and the browser
+	// sent on with client_id and the request_uri alone: auto (the
+	// default) when par_url is set or the issuer's metadata names a
+	// pushed_authorization_request_endpoint; on: always (with no endpoint
+	// known, connect fails with an error page, never a plain redirect);
+	// off: never.
+	PAR string `json:"par,omitempty"`
+
+	// PARURL is the pushed authorization request endpoint. Default: the
+	// one the issuer's metadata names.
+	PARURL string `json:"par_url,omitempty"`
+
 	grant        *grant
 	poolKey      string
 	use          *use
@@ -107,6 +120,7 @@ type ConsentHandler struct {
 	scope        string
 	title        string // the provider's name on the pages
 	prompt       string
+	parURL       string // par_url, resolved
 	logger       *zap.Logger
 }
 
@@ -163,6 +177,18 @@ func (h *ConsentHandler) check() error {
 		if err := checkAccount(h.Account); err != nil {
 			return errField("account", "%v", err)
 		}
+	}
+	if err := checkTable(h, grantAuthorizationCode); err != nil {
+		return err
+	}
+	if err := checkEndpointURL("par_url", h.PARURL); err != nil {
+		return err
+	}
+	switch {
+	case h.PAR == parOff && h.PARURL != "":
+		return errField("par", "is off, but par_url is set: remove one of them")
+	case h.PAR == parOn && h.PARURL == "" && h.Issuer == "":
+		return errField("par", "is on, but no pushed authorization request endpoint can be known: set par_url, or issuer to discover it")
 	}
 	if h.Prompt != "" && strings.TrimSpace(h.Prompt) == "" {
 		return errField("prompt", "is empty (use login, consent or select_account)")
@@ -262,6 +288,9 @@ func (h *ConsentHandler) configure(repl *caddy.Replacer) (*credentialSet, error)
 	h.scope = strings.Join(scopes, cs.preset.ScopeSeparator)
 	h.title = firstNonEmpty(strings.TrimSpace(repl.ReplaceKnown(h.DisplayName, "")), cs.preset.Title)
 	h.prompt = strings.Join(strings.Fields(h.Prompt), " ")
+	if h.parURL, err = resolveURL(repl, "par_url", h.PARURL); err != nil {
+		return nil, err
+	}
 	return cs, nil
 }
 
@@ -407,27 +436,17 @@ func (h *ConsentHandler) refuseCrossSite(w http.ResponseWriter, r *http.Request)
 
 // connect: GET shows a page with a button for the account; its POST (same
 // origin only) sends the browser to the provider with a fresh state, whose
-// PKCE verifier and account travel in an encrypted cookie of their own.
+// PKCE verifier and account travel in an encrypted cookie of their own:
+// with the authorization request's parameters, or, pushed to the provider
+// first (par), with client_id and the request_uri alone.
 func (h *ConsentHandler) connect(w http.ResponseWriter, r *http.Request) error {
-	switch r.Method {
-	case http.MethodGet, http.MethodHead:
-		account, user, ref := h.requestAccount(r)
-		if ref != nil {
-			return h.refuseConnect(w, r, ref, user)
-		}
+	cr, answered, err := h.begin(w, r, "connect", h.refuseConnect)
+	if answered {
+		return err
+	}
+	account, user := cr.account, cr.user
+	if !cr.post {
 		return h.connectPage(w, r, http.StatusOK, account, user, "")
-	case http.MethodPost:
-	default:
-		w.Header().Set("Allow", "GET, POST")
-		http.Error(w, "use GET for the page, POST to connect", http.StatusMethodNotAllowed)
-		return nil
-	}
-	if !sameOrigin(r) {
-		return h.refuseCrossSite(w, r)
-	}
-	account, user, ref := h.requestAccount(r)
-	if ref != nil {
-		return h.refuseConnect(w, r, ref, user)
 	}
 	st := pendingState{State: randomToken(32), Account: account, Expires: h.grant.now().Add(stateLifetime)}
 	q := url.Values{
@@ -455,14 +474,54 @@ func (h *ConsentHandler) connect(w http.ResponseWriter, r *http.Request) error {
 			Message: "The provider's authorization endpoint cannot be found (discovery failed); see the server log.",
 			Links:   h.homeLinks(user, account)})
 	}
-	http.SetCookie(w, h.stateCookie(st.State, h.sealState(st), int(stateLifetime/time.Second)))
 	sep := "?"
 	if strings.Contains(authorizeURL, "?") {
 		sep = "&"
 	}
-	h.logger.Info("consent started", zap.String("provider", h.grant.cfg.Provider), zap.String("account", account))
-	http.Redirect(w, r, authorizeURL+sep+q.Encode(), http.StatusSeeOther)
+	target := authorizeURL + sep + q.Encode()
+	pushed, failure := h.pushAuthorization(r, authorizeURL, q)
+	if failure != nil {
+		return h.render(w, r, failure.status, "message", &view{Title: "Not connected", User: user,
+			Message: failure.msg, Links: h.homeLinks(user, account)})
+	}
+	if pushed != "" {
+		target = pushed
+	}
+	http.SetCookie(w, h.stateCookie(st.State, h.sealState(st), int(stateLifetime/time.Second)))
+	h.logger.Info("consent started", zap.String("provider", h.grant.cfg.Provider), zap.String("account", account), zap.Bool("pushed", pushed != ""))
+	http.Redirect(w, r, target, http.StatusSeeOther)
 	return nil
+}
+
+// consentRequest is a request to connect or disconnect, past begin.
+type consentRequest struct {
+	account, user string
+	post          bool // act (else show the page)
+}
+
+// begin is the prologue of connect and disconnect: GET (and HEAD) show
+// the page, POST acts, other methods are answered 405 with Allow; a POST
+// must come from the same origin; the account is the one the request may
+// act on (refused with refuse otherwise). answered: the request was
+// answered (err is the answer's).
+func (h *ConsentHandler) begin(w http.ResponseWriter, r *http.Request, action string,
+	refuse func(http.ResponseWriter, *http.Request, *refusal, string) error) (cr consentRequest, answered bool, err error) {
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodPost:
+	default:
+		w.Header().Set("Allow", "GET, POST")
+		http.Error(w, "use GET for the page, POST to "+action, http.StatusMethodNotAllowed)
+		return cr, true, nil
+	}
+	cr.post = r.Method == http.MethodPost
+	if cr.post && !sameOrigin(r) {
+		return cr, true, h.refuseCrossSite(w, r)
+	}
+	var ref *refusal
+	if cr.account, cr.user, ref = h.requestAccount(r); ref != nil {
+		return cr, true, refuse(w, r, ref, cr.user)
+	}
+	return cr, false, nil
 }
 
 // refuseConnect answers a refused connect: a name the handler refuses
@@ -624,6 +683,9 @@ func (h *ConsentHandler) callback(w http.ResponseWriter, r *http.Request) error 
 	case !h.grant.consent.useState(st.State, st.Expires):
 		return fail(http.StatusBadRequest, "This sign-in was already completed; a callback is used once.")
 	}
+	if err := h.checkIssuer(r.Context(), q, account); err != nil {
+		return h.issuerMismatchPage(w, r, user, account, err)
+	}
 	if e := q.Get("error"); e != "" {
 		msg := fmt.Sprintf("The provider answered %s", truncate(e, 64))
 		if d := q.Get("error_description"); d != "" {
@@ -725,21 +787,11 @@ func (h *ConsentHandler) status(w http.ResponseWriter, r *http.Request) error {
 // (same origin only) revokes the grant at the provider and deletes it. An
 // account with no grant answers 404.
 func (h *ConsentHandler) disconnect(w http.ResponseWriter, r *http.Request) error {
-	switch r.Method {
-	case http.MethodGet, http.MethodHead, http.MethodPost:
-	default:
-		w.Header().Set("Allow", "GET, POST")
-		http.Error(w, "use GET for the page, POST to disconnect", http.StatusMethodNotAllowed)
-		return nil
+	cr, answered, err := h.begin(w, r, "disconnect", h.refuse)
+	if answered {
+		return err
 	}
-	post := r.Method == http.MethodPost
-	if post && !sameOrigin(r) {
-		return h.refuseCrossSite(w, r)
-	}
-	account, user, ref := h.requestAccount(r)
-	if ref != nil {
-		return h.refuse(w, r, ref, user)
-	}
+	account, user, post := cr.account, cr.user, cr.post
 	stored, err := h.grant.hasGrant(r.Context(), account)
 	if err != nil {
 		h.logger.Error("reading the grant failed", zap.String("account", account), zap.Error(err))

@@ -172,6 +172,8 @@ func consentSharingCases() map[string]func(c *ConsentHandler) {
 		"account":         func(c *ConsentHandler) { c.Account = "{http.auth.user.id}" },
 		"prompt":          func(c *ConsentHandler) { c.Prompt = "login" },
 		"display_name":    func(c *ConsentHandler) { c.DisplayName = "Our CRM" },
+		"par":             func(c *ConsentHandler) { c.PAR = "off" },
+		"par_url":         func(c *ConsentHandler) { c.PARURL = "https://as.example/par" },
 	}
 }
 

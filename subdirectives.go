@@ -168,6 +168,8 @@ var subdirectives = []subdirective{
 	{name: "account", in: onConsent, args: "<placeholder>", field: "account", doc: "bind the pages to the signed-in account"},
 	{name: "prompt", in: onConsent, args: "login|consent|select_account...", field: "prompt", parse: readPrompt, doc: "sent to the authorization endpoint"},
 	{name: "display_name", in: onConsent, args: "<text>", field: "display_name", doc: "the provider's name on the pages"},
+	{name: "par", in: onConsent, field: "par", values: parModes, doc: "pushed authorization requests; default auto"},
+	{name: "par_url", in: onConsent, args: "<url>", field: "par_url", doc: "default: discovered from the issuer"},
 }
 
 // configurable is a handler the table configures: *Handler or

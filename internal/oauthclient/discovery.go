@@ -48,9 +48,17 @@ type Metadata struct {
 	// MTLSEndpointAliases are the endpoints to use with a client
 	// certificate (RFC 8705 §5).
 	MTLSEndpointAliases struct {
-		TokenEndpoint      string `json:"token_endpoint"`
-		RevocationEndpoint string `json:"revocation_endpoint"`
+		TokenEndpoint                      string `json:"token_endpoint"`
+		RevocationEndpoint                 string `json:"revocation_endpoint"`
+		PushedAuthorizationRequestEndpoint string `json:"pushed_authorization_request_endpoint,omitempty"`
 	} `json:"mtls_endpoint_aliases"`
+	// PushedAuthorizationRequestEndpoint is where authorization requests
+	// are pushed (RFC 9126 §5); "" when the server takes none.
+	PushedAuthorizationRequestEndpoint string `json:"pushed_authorization_request_endpoint,omitempty"`
+	// AuthorizationResponseIssParameterSupported: the server names itself
+	// (iss) in every authorization response (RFC 9207 §3), so one
+	// without it is refused.
+	AuthorizationResponseIssParameterSupported bool `json:"authorization_response_iss_parameter_supported,omitempty"`
 	// Fetched and Expires are when the document was read and until when
 	// it is used (set by the endpoint that read it, kept in the shared
 	// record so that the fleet and a restart honour them).
@@ -75,7 +83,8 @@ func (d *Metadata) fresh(now time.Time) bool {
 // names reports whether target is one of the endpoints d gives.
 func (d *Metadata) names(target string) bool {
 	return target != "" && (target == d.TokenEndpoint || target == d.RevocationEndpoint ||
-		target == d.MTLSEndpointAliases.TokenEndpoint || target == d.MTLSEndpointAliases.RevocationEndpoint)
+		target == d.MTLSEndpointAliases.TokenEndpoint || target == d.MTLSEndpointAliases.RevocationEndpoint ||
+		target == d.PushedAuthorizationRequestEndpoint || target == d.MTLSEndpointAliases.PushedAuthorizationRequestEndpoint)
 }
 
 // discoveryLifetime is how long a document may be used, from its answer's
@@ -274,6 +283,8 @@ func (d *Metadata) check(issuer string) error {
 		{"revocation_endpoint", d.RevocationEndpoint},
 		{"mtls_endpoint_aliases.token_endpoint", d.MTLSEndpointAliases.TokenEndpoint},
 		{"mtls_endpoint_aliases.revocation_endpoint", d.MTLSEndpointAliases.RevocationEndpoint},
+		{"pushed_authorization_request_endpoint", d.PushedAuthorizationRequestEndpoint},
+		{"mtls_endpoint_aliases.pushed_authorization_request_endpoint", d.MTLSEndpointAliases.PushedAuthorizationRequestEndpoint},
 	} {
 		if ep.value == "" {
 			continue

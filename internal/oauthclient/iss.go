@@ -6,6 +6,7 @@ package oauthclient
 // to another (a mix-up attack).
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/url"
@@ -52,4 +53,16 @@ func CheckAuthorizationResponseIssuer(expected string, issSupported bool, respon
 		return fmt.Errorf("%w: it names %q, expected %s", ErrIssuerMismatch, Truncate(iss[0], 200), Truncate(expected, 200))
 	}
 	return nil
+}
+
+// IssuerInResponses reports whether the issuer's metadata says every
+// authorization response names its issuer
+// (authorization_response_iss_parameter_supported); false without an
+// issuer.
+func (e *Endpoint) IssuerInResponses(ctx context.Context) (bool, error) {
+	d, err := e.Discover(ctx)
+	if err != nil || d == nil {
+		return false, err
+	}
+	return d.AuthorizationResponseIssParameterSupported, nil
 }

@@ -266,3 +266,62 @@ func printable(s string, n int) string {
 	}, s)
 	return Truncate(s, n)
 }
+
+// DiscoveredPAREndpoint is the pushed authorization request endpoint the
+// issuer's metadata names (its mTLS alias with a client certificate); ""
+// without an issuer or when the metadata names none.
+func (e *Endpoint) DiscoveredPAREndpoint(ctx context.Context) (string, error) {
+	d, err := e.Discover(ctx)
+	if err != nil || d == nil {
+		return "", err
+	}
+	if e.cfg.Client.Certificate != nil && d.MTLSEndpointAliases.PushedAuthorizationRequestEndpoint != "" {
+		return d.MTLSEndpointAliases.PushedAuthorizationRequestEndpoint, nil
+	}
+	return d.PushedAuthorizationRequestEndpoint, nil
+}
+
+// PushAuthorization pushes an authorization request (params: response_type,
+// client_id, redirect_uri, state, code_challenge...) to target, the pushed
+// authorization request endpoint, within the configured timeout, the client
+// authenticated as at the token endpoint (Basic, client_secret in the body,
+// a client assertion, its certificate). A client assertion is addressed to
+// the token endpoint (client_assertion_audience if set), which RFC 9126 §2
+// has the server accept there as well, and which the provider already takes
+// from this client. client_id stays in the request whatever the method: it
+// is one of the authorization request's parameters. Errors are *PARError.
+func (e *Endpoint) PushAuthorization(ctx context.Context, target string, params url.Values) (*PARResponse, error) {
+	ctx, cancel := context.WithTimeout(ctx, e.cfg.Timeout)
+	defer cancel()
+	audience := target
+	if tokenURL, err := e.tokenURL(ctx); err == nil && tokenURL != "" {
+		audience = tokenURL
+	}
+	r := PARRequest{Endpoint: target, Params: params,
+		ClientAuth: func(_ string, form url.Values, h http.Header) error {
+			clientID := form.Get("client_id")
+			authorization, err := e.cfg.Client.authenticate(form, audience, false)
+			if err != nil {
+				return err
+			}
+			if clientID != "" {
+				form.Set("client_id", clientID)
+			}
+			if authorization != "" {
+				h.Set("Authorization", authorization)
+			}
+			return nil
+		}}
+	if e.cfg.UserAgent != "" {
+		r.Header = http.Header{"User-Agent": {e.cfg.UserAgent}}
+	}
+	res, err := PushAuthorizationRequest(ctx, e.client, r)
+	var pe *PARError
+	if errors.As(err, &pe) {
+		if pe.Status == http.StatusNotFound || (pe.Status == 0 && pe.Code == "" && ctx.Err() == nil) {
+			e.endpointFailed(target) // the metadata is read again at the next use
+		}
+		pe.Description = e.cfg.redact(pe.Description)
+	}
+	return res, err
+}
