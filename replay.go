@@ -42,10 +42,38 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 	buf := bufPool.Get().(*bytes.Buffer)
 	buf.Reset()
 	defer bufPool.Put(buf)
-	rec := caddyhttp.NewResponseRecorder(w, buf, tokenRejected)
+	shouldBuffer := tokenRejected
+	if h.dpop != nil {
+		shouldBuffer = h.dpop.shouldBuffer // also keeps the upstream's DPoP nonces
+	}
+	rec := caddyhttp.NewResponseRecorder(w, buf, shouldBuffer)
 
 	h.inject(r, tok)
 	err := next.ServeHTTP(rec, r)
+	if err == nil && h.dpop != nil && rec.Buffered() {
+		if _, ok := oauthclient.ResourceNonceChallenge(rec.Status(), w.Header()); ok {
+			// The resource server wants its nonce in the proof (RFC 9449
+			// §9): the same token, a new proof with the nonce it just
+			// gave (kept by shouldBuffer), once, when the request can be
+			// replayed.
+			if !replayable {
+				return rec.WriteResponse()
+			}
+			before.restore(w.Header())
+			if body != nil {
+				r.Body = io.NopCloser(bytes.NewReader(body))
+			}
+			buf.Reset()
+			rec = caddyhttp.NewResponseRecorder(w, buf, shouldBuffer)
+			h.inject(r, tok)
+			err = next.ServeHTTP(rec, r)
+			if err == nil && rec.Buffered() {
+				if _, again := oauthclient.ResourceNonceChallenge(rec.Status(), w.Header()); again {
+					return rec.WriteResponse() // once only
+				}
+			}
+		}
+	}
 	if err != nil || !rec.Buffered() || rec.Status() != http.StatusUnauthorized {
 		if err == nil {
 			accepted(tok)
@@ -167,7 +195,10 @@ func tokenRejected(status int, hdr http.Header) bool {
 	for _, v := range values {
 		for _, c := range oauthclient.ParseChallenges(v) {
 			found = true
-			if strings.EqualFold(c.Scheme, "Bearer") && c.Params["error"] == "invalid_token" {
+			// A DPoP challenge's invalid_token (RFC 9449 §7.1) refuses the
+			// token as Bearer's does; its invalid_dpop_proof and
+			// use_dpop_nonce are about the proof.
+			if (strings.EqualFold(c.Scheme, "Bearer") || strings.EqualFold(c.Scheme, "DPoP")) && c.Params["error"] == "invalid_token" {
 				return true
 			}
 		}
