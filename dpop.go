@@ -47,6 +47,13 @@ func (h *Handler) checkDPoP() error {
 			return err
 		}
 	}
+	if h.DPoPKey != "" && !strings.Contains(h.DPoPKey, "{") {
+		// A literal key (a path or the PEM) is checked at load: its
+		// type, its size. A placeholder is resolved in Provision.
+		if _, err := oauthclient.LoadDPoPKey(h.DPoPKey); err != nil {
+			return errField("dpop_key", "%s", strings.TrimPrefix(err.Error(), "dpop_key: "))
+		}
+	}
 	if h.TokenHeader != "" || h.TokenPrefix != nil {
 		return errField("dpop", "sends the token as Authorization: DPoP <token>; it cannot be combined with token_header")
 	}
