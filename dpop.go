@@ -314,6 +314,9 @@ type dpopView struct {
 	// dpop_key.
 	JKT string `json:"jkt,omitempty"`
 	Key string `json:"key"` // dpop_key, storage or process
+	// Bound: the current token is bound to the key (token_type DPoP);
+	// false: the server answered a Bearer token.
+	Bound bool `json:"bound"`
 }
 
 func describeDPoPKey(cs *credentialSet, shared bool) string {
@@ -324,4 +327,21 @@ func describeDPoPKey(cs *credentialSet, shared bool) string {
 		return "storage"
 	}
 	return "process"
+}
+
+// dpopView is the entry's DPoP as the admin API shows it; nil without dpop.
+func (s *sourceEntry) dpopView(shared bool) *dpopView {
+	cs := s.ep.cfg
+	if cs.DPoP == "" {
+		return nil
+	}
+	v := &dpopView{BaseURL: cs.DPoP, JKT: cs.DPoPJKT, Key: describeDPoPKey(cs, shared)}
+	if t := s.src.cur.Load(); t != nil {
+		v.JKT = ""
+		if t.dpopKey != nil {
+			v.JKT = t.dpopKey.Thumbprint()
+		}
+		v.Bound = t.dpopKey != nil
+	}
+	return v
 }
