@@ -4,11 +4,14 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/testkeys"
 )
 
 // dpopProofPrefix is how every proof this module signs begins: the
@@ -87,5 +90,41 @@ func TestDPoPSecrecyAndAdminView(t *testing.T) {
 	var cfg map[string]any
 	if json.Unmarshal(adapted, &cfg) != nil || !strings.Contains(string(adapted), "{env.OAB_DPOP_TEST_KEY}") {
 		t.Errorf("the adapted JSON should keep the placeholder, not the key:\n%s", adapted)
+	}
+}
+
+// `caddy oauth-bearer check` makes its token request with a proof (the
+// server requires one for svc: without it, invalid_request) and reports
+// the base URL and the key the token is bound to, without key material.
+func TestDPoPCheckCommand(t *testing.T) {
+	op := startOIDCProvider(t, dpopOIDCConfig(dpopTestRedirect))
+	key := dpopTestKey(t, "ES256")
+	der, _ := key.MarshalPKCS8()
+	keyFile := testkeys.WriteFile(t, "dpop.pem", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
+	cfg := writeCaddyfile(t, fmt.Sprintf(`http://127.0.0.1:18031 {
+	oauth_bearer {
+		token_url %s
+		client_id svc
+		client_secret svc-secret
+		client_auth basic
+		dpop https://api.example/v1
+		dpop_key %s
+	}
+	respond ok
+}
+`, op.tokenURL(), keyFile))
+	out, errOut, code := runCaddyCommand(t, "oauth-bearer", "check", "--json", "--config", cfg)
+	var results []map[string]any
+	if err := json.Unmarshal([]byte(out), &results); err != nil || len(results) != 1 {
+		t.Fatalf("--json output: %v\n%s\n%s", err, out, errOut)
+	}
+	r := results[0]
+	if code != 0 || r["ok"] != true || r["dpop"] != "https://api.example/v1" || r["dpop_jkt"] != key.Thumbprint() || r["dpop_bound"] != true {
+		t.Errorf("check: exit %d, %v; want ok, the base URL, jkt %s, bound", code, r, key.Thumbprint())
+	}
+	testkeys.AssertNoKeyMaterial(t, "the check's output", out+errOut, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
+	out, _, code = runCaddyCommand(t, "oauth-bearer", "check", "--config", cfg)
+	if code != 0 || !strings.Contains(out, "dpop https://api.example/v1: bound, jkt "+key.Thumbprint()) {
+		t.Errorf("check table: exit %d\n%s", code, out)
 	}
 }
