@@ -85,11 +85,13 @@ bench:
 # End to end through ./caddy with wrk (installed if missing): throughput and
 # p99 of oauth_bearer vs a static request_header vs no header, the stampede,
 # and token rotation under load. About 5 minutes; knobs in bench/e2e.sh.
-bench-dpop:
-	bash bench/dpop-e2e.sh
-
 bench-e2e:
 	bash bench/e2e.sh
+
+# End to end through ./caddy with wrk: oauth_bearer with dpop (a fresh proof
+# per request) vs a static request_header, alternated; knobs in bench/dpop-e2e.sh.
+bench-dpop:
+	bash bench/dpop-e2e.sh
 
 clean:
 	rm -f caddy
