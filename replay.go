@@ -51,27 +51,9 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 	h.inject(r, tok)
 	err := next.ServeHTTP(rec, r)
 	if err == nil && h.dpop != nil && rec.Buffered() {
-		if _, ok := oauthclient.ResourceNonceChallenge(rec.Status(), w.Header()); ok {
-			// The resource server wants its nonce in the proof (RFC 9449
-			// §9): the same token, a new proof with the nonce it just
-			// gave (kept by shouldBuffer), once, when the request can be
-			// replayed.
-			if !replayable {
-				return rec.WriteResponse()
-			}
-			before.restore(w.Header())
-			if body != nil {
-				r.Body = io.NopCloser(bytes.NewReader(body))
-			}
-			buf.Reset()
-			rec = caddyhttp.NewResponseRecorder(w, buf, shouldBuffer)
-			h.inject(r, tok)
-			err = next.ServeHTTP(rec, r)
-			if err == nil && rec.Buffered() {
-				if _, again := oauthclient.ResourceNonceChallenge(rec.Status(), w.Header()); again {
-					return rec.WriteResponse() // once only
-				}
-			}
+		var done bool
+		if rec, done, err = h.dpopNonceReplay(w, r, next, rec, buf, before, body, replayable, tok); done {
+			return err
 		}
 	}
 	if err != nil || !rec.Buffered() || rec.Status() != http.StatusUnauthorized {
@@ -118,6 +100,37 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 		accepted(tok)
 	}
 	return nil
+}
+
+// dpopNonceReplay handles a resource server's nonce challenge (RFC 9449
+// §9) to a request rec buffered: the same token, a new proof with the
+// nonce it just gave (kept by shouldBuffer), once, when the request can be
+// replayed. done: the answer was written (the challenge passed on, or
+// challenged again); else rec is the replay's, for the usual 401 rules.
+func (h *Handler) dpopNonceReplay(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, rec caddyhttp.ResponseRecorder,
+	buf *bytes.Buffer, before *headerSnapshot, body []byte, replayable bool, tok *token) (caddyhttp.ResponseRecorder, bool, error) {
+	if _, ok := oauthclient.ResourceNonceChallenge(rec.Status(), w.Header()); !ok {
+		return rec, false, nil
+	}
+	if !replayable {
+		return rec, true, rec.WriteResponse()
+	}
+	before.restore(w.Header())
+	if body != nil {
+		r.Body = io.NopCloser(bytes.NewReader(body))
+	}
+	buf.Reset()
+	rec = caddyhttp.NewResponseRecorder(w, buf, h.dpop.shouldBuffer)
+	h.inject(r, tok)
+	if err := next.ServeHTTP(rec, r); err != nil {
+		return rec, true, err
+	}
+	if rec.Buffered() {
+		if _, again := oauthclient.ResourceNonceChallenge(rec.Status(), w.Header()); again {
+			return rec, true, rec.WriteResponse() // once only
+		}
+	}
+	return rec, false, nil
 }
 
 // bufferBody makes the request body replayable when it is known to be
