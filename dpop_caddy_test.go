@@ -119,3 +119,32 @@ func TestDPoPCaddyClientCredentialsUnderLoad(t *testing.T) {
 		}
 	}
 }
+
+// A request whose body streams (unknown length) is not replayed: the
+// resource server's nonce challenge goes back to the client, and the nonce
+// it carried is kept, so the next request is answered at once.
+func TestDPoPCaddyNonceChallengeOfAStreamingRequest(t *testing.T) {
+	op := startOIDCProvider(t, dpopOIDCConfig(dpopTestRedirect))
+	rs := dpopRS(t, op, 0)
+	c := startCaddy(t, dpopSite(op, rs, ""))
+	pr, pw := io.Pipe()
+	go func() {
+		pw.Write([]byte(`{"streamed":true}`))
+		pw.Close()
+	}()
+	req, _ := http.NewRequest("POST", c.url("/v1/upload"), pr) // chunked: no Content-Length
+	resp, err := testClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(resp.Header.Get("WWW-Authenticate"), "use_dpop_nonce") {
+		t.Fatalf("a streaming request's nonce challenge: %d %q, want the 401 passed on", resp.StatusCode, resp.Header.Get("WWW-Authenticate"))
+	}
+	if status, body := c.get("/v1/next"); status != http.StatusOK {
+		t.Fatalf("the next request: %d %s", status, body)
+	}
+	if accepted, refused := rs.counts(); accepted != 1 || refused[rsNonce] != 1 {
+		t.Errorf("resource server accepted %d, refused %v; want 1 and one nonce challenge (the nonce kept from the 401)", accepted, refused)
+	}
+}
