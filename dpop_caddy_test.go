@@ -148,3 +148,22 @@ func TestDPoPCaddyNonceChallengeOfAStreamingRequest(t *testing.T) {
 		t.Errorf("resource server accepted %d, refused %v; want 1 and one nonce challenge (the nonce kept from the 401)", accepted, refused)
 	}
 }
+
+// The nonce replay does not depend on upstream_401: a nonce challenge is
+// not a refused token, so with invalidate and off too the first request
+// (no nonce known yet) is replayed with the nonce and answered 200.
+func TestDPoPCaddyNonceReplayWhateverUpstream401(t *testing.T) {
+	op := startOIDCProvider(t, dpopOIDCConfig(dpopTestRedirect))
+	for _, mode := range []string{"invalidate", "off"} {
+		t.Run(mode, func(t *testing.T) {
+			rs := dpopRS(t, op, 0)
+			c := startCaddy(t, dpopSite(op, rs, "\t\tupstream_401 "+mode+"\n"))
+			if status, body := dpopSend(t, c, "POST", "/v1/first", `{"a":1}`); status != http.StatusOK {
+				t.Fatalf("first request with upstream_401 %s: %d %s", mode, status, body)
+			}
+			if accepted, refused := rs.counts(); accepted != 1 || refused[rsNonce] != 1 {
+				t.Errorf("resource server accepted %d, refused %v; want one nonce challenge, then the replay accepted", accepted, refused)
+			}
+		})
+	}
+}

@@ -25,7 +25,9 @@ import (
 func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, src *tokenSource, tok *token) error {
 	var body []byte
 	replayable := false
-	if h.Upstream401 != upstream401Invalidate {
+	// With dpop, a request is kept replayable for a nonce challenge
+	// whatever upstream_401 says (a nonce is not a refused token).
+	if h.Upstream401 != upstream401Invalidate || h.dpop != nil {
 		var err error
 		if body, replayable, err = h.bufferBody(r); err != nil {
 			return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("reading request body: %w", err))
@@ -67,6 +69,9 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 	// stored token, whatever the refused one's age (tokensource.go).
 	retry := src.takeNewer(r.Context(), tok) || src.reject(tok)
 	log := h.logger.With(zap.String("provider", h.provider), zap.Duration("token_age", src.now().Sub(tok.obtained)))
+	if h.Upstream401 == upstream401Invalidate {
+		replayable = false // buffered for a DPoP nonce challenge only
+	}
 	if !retry || !replayable {
 		action := "passed"
 		if retry {
