@@ -8,6 +8,7 @@
 #   make fuzz    run each fuzz target for FUZZTIME (default 10s)
 #   make bench   Go benchmarks (hot path, x/oauth2, stampede, memory), medians
 #   make bench-e2e  build, then wrk through Caddy: oauth_bearer vs a static header
+#   make bench-dpop build, then wrk through Caddy: oauth_bearer with dpop vs a static header
 #   make bench-fleet  token requests per lifetime for 1, 3 and 5 Caddy processes
 #   make bench-fleet-grants  grants at fleet scale: N processes × M accounts
 #   make clean   remove ./caddy
@@ -20,7 +21,7 @@ GO            ?= go
 SOURCES := $(filter-out %_test.go,$(wildcard *.go */*.go */*/*.go)) go.mod go.sum
 
 .PHONY: all build run test test-deps fmt-check vet fuzz clean
-.PHONY: bench bench-e2e bench-fleet bench-fleet-grants
+.PHONY: bench bench-e2e bench-dpop bench-fleet bench-fleet-grants
 
 all: build
 
@@ -88,6 +89,11 @@ bench:
 # and token rotation under load. About 5 minutes; knobs in bench/e2e.sh.
 bench-e2e:
 	bash bench/e2e.sh
+
+# End to end through ./caddy with wrk: oauth_bearer with dpop (a fresh proof
+# per request) vs a static request_header, alternated; knobs in bench/dpop-e2e.sh.
+bench-dpop:
+	bash bench/dpop-e2e.sh
 
 clean:
 	rm -f caddy

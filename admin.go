@@ -68,6 +68,8 @@ type sourceView struct {
 	AccountsNeedingConsent *int `json:"accounts_needing_consent,omitempty"`
 	// ClientCertificate is the client_auth tls certificate in use.
 	ClientCertificate *oauthclient.ClientCertView `json:"client_certificate,omitempty"`
+	// DPoP: the base URL and the current token's key thumbprint (public).
+	DPoP *dpopView `json:"dpop,omitempty"`
 }
 
 // tokenView is a token source's state. Times are RFC 3339, in UTC.
@@ -217,7 +219,7 @@ func listSources(ctx context.Context) []sourceView {
 			// cs.Grant: client_credentials or jwt_bearer, each a token per set.
 			out = append(out, sourceView{ID: e.src.id, Kind: cs.Grant, Provider: cs.Provider, TokenURL: cs.TokenURL, Issuer: cs.Issuer,
 				ClientID: cs.ClientID, Grant: cs.Grant, Scope: cs.Scope, TokenStore: store, tokenView: e.src.view(),
-				ClientCertificate: cs.tlsCert.View()})
+				ClientCertificate: cs.tlsCert.View(), DPoP: e.dpopView(store == tokenStoreStorage)})
 		case *grant:
 			sv := sourceView{ID: e.short, Kind: "grant", Provider: e.cfg.Provider, TokenURL: e.cfg.TokenURL, Issuer: e.cfg.Issuer,
 				ClientID: e.cfg.ClientID, Grant: grantAuthorizationCode, TokenStore: tokenStoreStorage, ClientCertificate: e.cfg.tlsCert.View()}

@@ -86,6 +86,8 @@ func parseConsent(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //		token_header     <name> [<prefix>] # default Authorization, Bearer
 //		upstream_401     retry|invalidate|off  # default retry
 //		replay_max_body  <size>            # default 64KiB
+//		dpop             <url>             # DPoP (RFC 9449): the API's base URL
+//		dpop_key         <path|PEM>        # default: a P-256 key kept in the storage
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return parseDirective(d, onBearer, h)

@@ -17,6 +17,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/oauthclient"
 )
 
 // command.go: `caddy oauth-bearer`, registered with Caddy's CLI so that it
@@ -84,6 +86,11 @@ type checkResult struct {
 	Scope       string  `json:"scope,omitempty"`
 	Format      string  `json:"request_format"`
 	Handlers    int     `json:"handlers"` // how many handlers use the set
+	// DPoP: the base URL, and whether the token the check got is bound
+	// (token_type DPoP) and to which key (its thumbprint).
+	DPoP      string `json:"dpop,omitempty"`
+	DPoPJKT   string `json:"dpop_jkt,omitempty"`
+	DPoPBound bool   `json:"dpop_bound,omitempty"`
 }
 
 // checkPlaceholderRefreshToken is what a grant's check redeems: a provider
@@ -225,11 +232,29 @@ func checkSet(ctx context.Context, s *foundSet) checkResult {
 	defer ep.Close()
 	var tok *token
 	var err error
-	if machineGrant(s.grant) {
+	switch {
+	case machineGrant(s.grant) && cs.DPoP != "":
+		// With dpop, the request carries a proof, as a running Caddy's
+		// does: dpop_key, or a key made for the check (the stored key is
+		// the running instances'; the check does not touch the storage).
+		r.DPoP = cs.DPoP
+		dk := &dpopKeys{configured: cs.dpopKey, provider: cs.Provider, env: &env{}}
+		dk.bearerWarned.Store(true) // the result says it
+		var key *oauthclient.DPoPKey
+		if key = cs.dpopKey; key == nil {
+			key, err = oauthclient.GenerateDPoPKey()
+		}
+		if err == nil {
+			tok, err = dk.fetch(ctx, key, ep.ClientCredentials)
+		}
+		if err == nil {
+			r.DPoPJKT, r.DPoPBound = key.Thumbprint(), tok.dpopKey != nil
+		}
+	case machineGrant(s.grant):
 		// client_credentials, or the JWT bearer grant with a fresh
 		// assertion: the very request a running Caddy makes.
 		tok, err = fetched(ep.ClientCredentials(ctx))
-	} else {
+	default:
 		tok, err = fetched(ep.Refresh(ctx, checkPlaceholderRefreshToken))
 	}
 	r.Format = ep.Format()
@@ -267,6 +292,14 @@ func printCheck(w io.Writer, results []checkResult) {
 		lifetime := "-"
 		if r.Lifetime > 0 {
 			lifetime = (time.Duration(r.Lifetime) * time.Second).String()
+		}
+		if r.DPoP != "" && r.OK {
+			result += " (dpop " + r.DPoP + ": "
+			if r.DPoPBound {
+				result += "bound, jkt " + r.DPoPJKT + ")"
+			} else {
+				result += "the server answered a Bearer token)"
+			}
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Provider, r.TokenURL, r.ClientID, r.Grant, result, lifetime,
 			firstNonEmpty(r.Scope, "-"), r.Format)

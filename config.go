@@ -301,6 +301,12 @@ type credentialSet struct {
 	Resources []string          `json:"resources,omitempty"`
 	Params    map[string]string `json:"params,omitempty"`
 
+	// DPoP (dpop.go): the upstream base URL, and the thumbprint of
+	// dpop_key (public; the key itself is dpopKey).
+	DPoP    string `json:"dpop,omitempty"`
+	DPoPJKT string `json:"dpop_jkt,omitempty"`
+	dpopKey *oauthclient.DPoPKey
+
 	// How the client proves itself (clientauth.go).
 	AssertionAudience string `json:"assertion_audience,omitempty"`
 	AssertionFile     string `json:"assertion_file,omitempty"`

@@ -353,6 +353,7 @@ func (rs *dpopResourceServer) verify(r *http.Request) (map[string]any, *rsRefusa
 	if err != nil || info.jkt != base64.RawURLEncoding.EncodeToString(tp) {
 		return nil, tokenRefusal(rsJKT, "the token is bound to another key")
 	}
+	claims["_jkt"] = info.jkt // the proof key's thumbprint, for tests that compare keys
 	return claims, nil
 }
 

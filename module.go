@@ -160,6 +160,22 @@ type Handler struct {
 	// only requests without a body are replayed.
 	ReplayMaxBody int64 `json:"replay_max_body,omitempty"`
 
+	// DPoP is the upstream API's base URL as its resource server sees
+	// requests (RFC 9449): with it, tokens are requested with DPoP
+	// proofs, sent as Authorization: DPoP <token>, and every upstream
+	// request carries a fresh proof whose htu is this URL joined with the
+	// request's path (as this handler sees it), without query or
+	// fragment. An absolute http or https URL without query or fragment.
+	// client_credentials, jwt_bearer.
+	DPoP string `json:"dpop,omitempty"`
+
+	// DPoPKey is the key that signs the DPoP proofs: a PEM file's path or
+	// the PEM itself (EC P-256: ES256; Ed25519: EdDSA; RSA: RS256); use
+	// {env.X} or {file./path}. Default: a P-256 key generated once per
+	// credential set and kept in the storage with the token, encrypted.
+	// Only with dpop (client_credentials, jwt_bearer).
+	DPoPKey string `json:"dpop_key,omitempty"`
+
 	source  *tokenSource // client_credentials: the credential set's
 	grant   *grant       // other grants: the stored grant, with its accounts
 	entry   shared       // the pool entry holding either
@@ -178,6 +194,7 @@ type Handler struct {
 	headers      []upstreamHeader
 	replayMax    int64
 	last         atomic.Pointer[injected]
+	dpop         *dpopInjector // nil without dpop (dpop.go)
 }
 
 // upstreamHeader is one extra header, its value resolved in Provision
@@ -259,6 +276,9 @@ func (h *Handler) check() error {
 	if err := h.checkHeaders(); err != nil {
 		return err
 	}
+	if err := h.checkDPoP(); err != nil {
+		return err
+	}
 	if h.RefreshBefore < 0 {
 		return errField("refresh_before", "must not be negative")
 	}
@@ -331,6 +351,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return err
 		}
 		h.entry, h.source = e, e.src
+		h.setupDPoP(e.ep)
 		return nil
 	}
 
@@ -382,6 +403,9 @@ func (h *Handler) configure(repl *caddy.Replacer) (*credentialSet, error) {
 	}
 	if machineGrant(h.grantType()) {
 		if err := h.resolveTokenParams(repl, cs); err != nil {
+			return nil, err
+		}
+		if err := h.resolveDPoP(repl, cs); err != nil {
 			return nil, err
 		}
 	}
@@ -485,7 +509,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if err != nil {
 		return h.refuse(w, r, err)
 	}
-	if h.Upstream401 == upstream401Off {
+	if h.Upstream401 == upstream401Off && h.dpop == nil {
 		h.inject(r, tok)
 		return next.ServeHTTP(w, r)
 	}
@@ -523,7 +547,11 @@ func (h *Handler) inject(r *http.Request, tok *token) {
 	if h.tokenHeader != "Authorization" {
 		r.Header.Del("Authorization")
 	}
-	setHeader(r.Header, h.tokenHeader, h.headerValue(tok))
+	if h.dpop != nil {
+		h.dpop.inject(r, tok) // Authorization: DPoP and a fresh proof
+	} else {
+		setHeader(r.Header, h.tokenHeader, h.headerValue(tok))
+	}
 	if len(h.headers) == 0 {
 		return
 	}

@@ -13,6 +13,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/oauthclient"
 )
 
 // pool.go: what handlers share across routes, sites and configuration
@@ -184,7 +186,7 @@ func newSourceEntry(cs *credentialSet, key string, shared bool) (*sourceEntry, e
 	e := &sourceEntry{}
 	e.ep = newEndpoint(cs, &e.clock)
 	cs.tlsCert.LogTo(e.env.logger) // a client certificate's reloads are logged
-	var f fetcher = ccFetcher{e.ep}
+	var f fetcher = ccFetcher{ep: e.ep, dpop: newDPoPKeys(cs, &e.env)}
 	if shared {
 		sf, err := newSharedFetcher(e.ep, &e.env, cs)
 		if err != nil {
@@ -207,8 +209,18 @@ func (s *sourceEntry) Destruct() error {
 
 // ccFetcher fetches with the client_credentials grant: every fetch is a new
 // token request.
-type ccFetcher struct{ ep *endpoint }
+type ccFetcher struct {
+	ep   *endpoint
+	dpop *dpopKeys // nil without dpop
+}
 
 func (f ccFetcher) fetch(ctx context.Context, _ fetchRequest) (*token, error) {
-	return fetched(f.ep.ClientCredentials(ctx))
+	if f.dpop == nil {
+		return fetched(f.ep.ClientCredentials(ctx))
+	}
+	key, err := f.dpop.ownKey("token_store memory")
+	if err != nil {
+		return nil, &TokenError{Provider: f.ep.cfg.Provider, Code: oauthclient.CodeLocalConfigError, Description: "dpop: " + err.Error()}
+	}
+	return f.dpop.fetch(ctx, key, f.ep.ClientCredentials)
 }

@@ -25,7 +25,9 @@ import (
 func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, src *tokenSource, tok *token) error {
 	var body []byte
 	replayable := false
-	if h.Upstream401 != upstream401Invalidate {
+	// With dpop, a request is kept replayable for a nonce challenge
+	// whatever upstream_401 says (a nonce is not a refused token).
+	if h.Upstream401 != upstream401Invalidate || h.dpop != nil {
 		var err error
 		if body, replayable, err = h.bufferBody(r); err != nil {
 			return caddyhttp.Error(http.StatusBadRequest, fmt.Errorf("reading request body: %w", err))
@@ -42,10 +44,20 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 	buf := bufPool.Get().(*bytes.Buffer)
 	buf.Reset()
 	defer bufPool.Put(buf)
-	rec := caddyhttp.NewResponseRecorder(w, buf, tokenRejected)
+	shouldBuffer := tokenRejected
+	if h.dpop != nil {
+		shouldBuffer = h.dpop.shouldBuffer // also keeps the upstream's DPoP nonces
+	}
+	rec := caddyhttp.NewResponseRecorder(w, buf, shouldBuffer)
 
 	h.inject(r, tok)
 	err := next.ServeHTTP(rec, r)
+	if err == nil && h.dpop != nil && rec.Buffered() {
+		var done bool
+		if rec, done, err = h.dpopNonceReplay(w, r, next, rec, buf, before, body, replayable, tok); done {
+			return err
+		}
+	}
 	if err != nil || !rec.Buffered() || rec.Status() != http.StatusUnauthorized {
 		if err == nil {
 			accepted(tok)
@@ -57,6 +69,9 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 	// stored token, whatever the refused one's age (tokensource.go).
 	retry := src.takeNewer(r.Context(), tok) || src.reject(tok)
 	log := h.logger.With(zap.String("provider", h.provider), zap.Duration("token_age", src.now().Sub(tok.obtained)))
+	if h.Upstream401 == upstream401Invalidate {
+		replayable = false // buffered for a DPoP nonce challenge only
+	}
 	if !retry || !replayable {
 		action := "passed"
 		if retry {
@@ -90,6 +105,37 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 		accepted(tok)
 	}
 	return nil
+}
+
+// dpopNonceReplay handles a resource server's nonce challenge (RFC 9449
+// §9) to a request rec buffered: the same token, a new proof with the
+// nonce it just gave (kept by shouldBuffer), once, when the request can be
+// replayed. done: the answer was written (the challenge passed on, or
+// challenged again); else rec is the replay's, for the usual 401 rules.
+func (h *Handler) dpopNonceReplay(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler, rec caddyhttp.ResponseRecorder,
+	buf *bytes.Buffer, before *headerSnapshot, body []byte, replayable bool, tok *token) (caddyhttp.ResponseRecorder, bool, error) {
+	if _, ok := oauthclient.ResourceNonceChallenge(rec.Status(), w.Header()); !ok {
+		return rec, false, nil
+	}
+	if !replayable {
+		return rec, true, rec.WriteResponse()
+	}
+	before.restore(w.Header())
+	if body != nil {
+		r.Body = io.NopCloser(bytes.NewReader(body))
+	}
+	buf.Reset()
+	rec = caddyhttp.NewResponseRecorder(w, buf, h.dpop.shouldBuffer)
+	h.inject(r, tok)
+	if err := next.ServeHTTP(rec, r); err != nil {
+		return rec, true, err
+	}
+	if rec.Buffered() {
+		if _, again := oauthclient.ResourceNonceChallenge(rec.Status(), w.Header()); again {
+			return rec, true, rec.WriteResponse() // once only
+		}
+	}
+	return rec, false, nil
 }
 
 // bufferBody makes the request body replayable when it is known to be
@@ -167,7 +213,10 @@ func tokenRejected(status int, hdr http.Header) bool {
 	for _, v := range values {
 		for _, c := range oauthclient.ParseChallenges(v) {
 			found = true
-			if strings.EqualFold(c.Scheme, "Bearer") && c.Params["error"] == "invalid_token" {
+			// A DPoP challenge's invalid_token (RFC 9449 §7.1) refuses the
+			// token as Bearer's does; its invalid_dpop_proof and
+			// use_dpop_nonce are about the proof.
+			if (strings.EqualFold(c.Scheme, "Bearer") || strings.EqualFold(c.Scheme, "DPoP")) && c.Params["error"] == "invalid_token" {
 				return true
 			}
 		}

@@ -56,6 +56,14 @@ type tokenRecord struct {
 	RetryAt     time.Time `json:"retry_at,omitzero"`
 	// Discovery is the issuer's metadata, when the endpoints come from it.
 	Discovery *oauthclient.Metadata `json:"discovery,omitempty"`
+	// DPoP (dpop.go): the token's type (DPoP: bound to a key; "" is
+	// Bearer), the thumbprint of the key it is bound to, and that key
+	// (PKCS#8; encrypted with the record) unless it is dpop_key. The key
+	// stays when the token is replaced: every token of the credential set
+	// is bound to it.
+	TokenType string `json:"token_type,omitempty"`
+	JKT       string `json:"jkt,omitempty"`
+	DPoPKey   []byte `json:"dpop_key,omitempty"`
 }
 
 // sharedFetcher is the fetcher of a client-credentials source whose token
@@ -67,6 +75,7 @@ type sharedFetcher struct {
 	lock   string // storage lock name
 	env    *env
 	warned atomic.Bool // a fallback was logged; cleared when the storage works again
+	dpop   *dpopKeys   // nil without dpop
 }
 
 func newSharedFetcher(ep *endpoint, e *env, cs *credentialSet) (*sharedFetcher, error) {
@@ -80,7 +89,7 @@ func newSharedFetcher(ep *endpoint, e *env, cs *credentialSet) (*sharedFetcher, 
 	if err != nil {
 		return nil, err
 	}
-	return &sharedFetcher{ep: ep, store: store, env: e,
+	return &sharedFetcher{ep: ep, store: store, env: e, dpop: newDPoPKeys(cs, e),
 		key: "oauth_bearer/tokens/" + id + ".json", lock: "oauth_bearer_token_" + id}, nil
 }
 
@@ -137,6 +146,15 @@ func (f *sharedFetcher) decide(rec *tokenRecord, r fetchRequest) (*token, error)
 		(old == nil || rec.AccessToken != old.value) && !(refused && old != nil && rec.AccessToken == old.value) {
 		t := &token{value: rec.AccessToken, scope: rec.Scope, lifetimeFrom: rec.LifetimeFrom,
 			obtained: rec.Obtained, expiry: rec.Expiry, origin: originSharedStore}
+		if f.dpop != nil {
+			// The token comes with the key it is bound to; one bound to
+			// another key is never taken.
+			key, ok := f.dpop.recordKey(rec)
+			if !ok {
+				return nil, nil
+			}
+			t.dpopKey = key
+		}
 		if old == nil {
 			t.origin = originWarmStart
 		}
@@ -152,8 +170,40 @@ func (f *sharedFetcher) decide(rec *tokenRecord, r fetchRequest) (*token, error)
 
 // fetchAndStore fetches a token and stores it, with what was learned.
 func (f *sharedFetcher) fetchAndStore(ctx context.Context, rec *tokenRecord) (*token, error) {
-	t, err := fetched(f.ep.ClientCredentials(ctx))
+	return f.fetchAndStoreWith(ctx, rec, false)
+}
+
+// fetchAndStoreWith is fetchAndStore; alone: without the store's
+// coordination, so with DPoP this process's own key (the stored one may
+// not have been read).
+func (f *sharedFetcher) fetchAndStoreWith(ctx context.Context, rec *tokenRecord, alone bool) (*token, error) {
+	var (
+		t       *token
+		err     error
+		keyDER  []byte
+		dpopKey *oauthclient.DPoPKey
+	)
+	switch {
+	case f.dpop == nil:
+		t, err = fetched(f.ep.ClientCredentials(ctx))
+	default:
+		if alone {
+			dpopKey, err = f.dpop.ownKey("the shared token store is not usable")
+			if err == nil {
+				keyDER = f.dpop.ownDER(dpopKey)
+			}
+		} else {
+			dpopKey, keyDER, err = f.dpop.keyForRecord(rec)
+		}
+		if err != nil {
+			return nil, &TokenError{Provider: f.ep.cfg.Provider, Code: oauthclient.CodeLocalConfigError, Description: "dpop: " + err.Error()}
+		}
+		t, err = f.dpop.fetch(ctx, dpopKey, f.ep.ClientCredentials)
+	}
 	next := *rec
+	if f.dpop != nil {
+		next.DPoPKey = keyDER
+	}
 	next.Format = ""
 	if f.ep.cfg.Format == providers.FormatAuto {
 		next.Format = f.ep.Format()
@@ -165,6 +215,10 @@ func (f *sharedFetcher) fetchAndStore(ctx context.Context, rec *tokenRecord) (*t
 		next.AccessToken, next.Scope, next.LifetimeFrom = t.value, t.scope, t.lifetimeFrom
 		next.Obtained, next.Expiry = t.obtained, t.expiry
 		next.RefusedCode, next.RefusedDesc, next.RetryAt = "", "", time.Time{}
+		next.TokenType, next.JKT = "", ""
+		if t.dpopKey != nil {
+			next.TokenType, next.JKT = oauthclient.TokenTypeDPoP, t.dpopKey.Thumbprint()
+		}
 	case errors.As(err, &te) && te.Permanent():
 		// The fleet does not hammer a provider that refuses the
 		// credentials: the others wait as this source will.
@@ -186,7 +240,7 @@ func (f *sharedFetcher) fetchAlone(ctx context.Context, rec *tokenRecord) (*toke
 	if rec == nil {
 		rec = &tokenRecord{}
 	}
-	return f.fetchAndStore(ctx, rec)
+	return f.fetchAndStoreWith(ctx, rec, true)
 }
 
 func (f *sharedFetcher) write(ctx context.Context, rec *tokenRecord) error {

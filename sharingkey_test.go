@@ -142,6 +142,8 @@ func sharingCases(f *sharingFixtures) map[string][]sharingCase {
 		"subject":         {{base: jwtBearer, change: func(h *Handler) { h.Subject = "alice" }}, {base: google, change: func(h *Handler) { h.Subject = "alice@example.com" }}},
 		"refresh_token":   {{base: refresh, change: func(h *Handler) { h.RefreshToken = "rt-2" }}},
 		"token_store":     {{base: secret, change: func(h *Handler) { h.TokenStore = "memory" }}},
+		"dpop":            {{base: secret, change: func(h *Handler) { h.DPoP = "https://api.example/v1" }}, {base: with(secret, func(h *Handler) { h.DPoP = "https://api.example/v1" }), change: func(h *Handler) { h.DPoP = "https://api2.example/v1" }}},
+		"dpop_key":        {{base: with(secret, func(h *Handler) { h.DPoP = "https://api.example/v1" }), change: func(h *Handler) { h.DPoPKey = f.keyPEM }}},
 		"account":         {{base: code, change: func(h *Handler) { h.Account = "alice" }, notShared: "which of the shared grant's accounts a request uses, chosen per request"}},
 		"refresh_before":  {{base: secret, change: func(h *Handler) { h.RefreshBefore = caddy.Duration(time.Minute * 5) }, notShared: "a shared token is replaced as early as the handler that asks earliest wants (pool.go)"}},
 		"headers":         {{base: secret, change: func(h *Handler) { h.Headers = map[string]string{"X-A": "1"} }, notShared: perHandler}},
@@ -268,6 +270,7 @@ func TestConfigSharingKeyCredentialSet(t *testing.T) {
 		"signer":           "private_key (keyDigest: its public key, key_id, signing_alg, certificate) or the client secret (hashed) and signing_alg (keyDigest)",
 		"tlsCert":          "its files (keyDigest: their paths; what they hold is read again when they change)",
 		"preset":           "Provider (JSON)",
+		"dpopKey":          "dpop_key (DPoPJKT, JSON: its thumbprint)",
 		"keyMaterial":      "the private keys keyDigest identifies (private_key's public key, the service account's key id, the TLS key's file)",
 	}
 	base := func() *credentialSet {

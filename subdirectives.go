@@ -155,6 +155,8 @@ var subdirectives = []subdirective{
 	{name: "token_header", in: onBearer, args: "<name> [<prefix>]", field: "token_header", parse: readTokenHeader, doc: "default Authorization, Bearer"},
 	{name: "upstream_401", in: onBearer, field: "upstream_401", values: upstream401s, doc: "default retry"},
 	{name: "replay_max_body", in: onBearer, args: "<size>", field: "replay_max_body", parse: readReplayMaxBody, doc: "default 64KiB"},
+	{name: "dpop", in: onBearer, args: "<url>", field: "dpop", grants: machineGrants, doc: "DPoP (RFC 9449): the API's base URL"},
+	{name: "dpop_key", in: onBearer, args: "<path|PEM>", field: "dpop_key", grants: machineGrants, doc: "default: a P-256 key kept in the storage"},
 
 	// oauth_bearer_consent: the consent endpoints.
 	{name: "grant", in: onConsent, args: grantAuthorizationCode, parse: readConsentGrant, doc: "optional: the only grant it serves"},

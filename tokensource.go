@@ -10,6 +10,8 @@ import (
 
 	"go.uber.org/zap"
 	"golang.org/x/sync/singleflight"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/oauthclient"
 )
 
 // tokensource.go: the cache of one token. A tokenSource keeps the current
@@ -86,6 +88,13 @@ type token struct {
 	refreshAt time.Time     // from here on, a replacement is fetched
 	window    time.Duration // expiry - refreshAt
 	bearer    string        // "Bearer <value>", the header value most handlers send
+
+	// DPoP (dpop.go): the key the token is bound to (nil: a Bearer
+	// token), and, set by schedule, the proofs' ath and the
+	// Authorization value "DPoP <value>".
+	dpopKey  *oauthclient.DPoPKey
+	ath      string
+	dpopAuth string
 }
 
 // clock is the time as a token source, an endpoint and a grant see it:
@@ -403,6 +412,9 @@ func (s *tokenSource) store(t *token) {
 // monotonic reading, so that the request path can compare them cheaply.
 func (s *tokenSource) schedule(t *token) {
 	t.bearer = "Bearer " + t.value
+	if t.dpopKey != nil {
+		t.ath, t.dpopAuth = oauthclient.AccessTokenHash(t.value), "DPoP "+t.value
+	}
 	if s.clock.fake.Load() == nil {
 		now := time.Now()
 		t.expiry = now.Add(t.expiry.Sub(now))

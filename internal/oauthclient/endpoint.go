@@ -117,7 +117,37 @@ type Endpoint struct {
 	// format is the request format in use; with FormatAuto it starts as
 	// the preferred one and switches once if the server refuses it.
 	format atomic.Value // string
+	// nonces are the DPoP nonces of the token endpoint's origin (RFC 9449
+	// §8), kept from every answer to a request with a proof.
+	nonces Nonces
 }
+
+// dpopKeyCtx carries the DPoP key of one call (WithDPoPKey).
+type dpopKeyCtx struct{}
+
+// WithDPoPKey makes the token requests of the calls made with ctx
+// (ClientCredentials, ExchangeCode, Refresh) carry a DPoP proof signed with
+// key (RFC 9449 §5): htm POST, htu the endpoint, the endpoint's latest
+// nonce. An answer 400 use_dpop_nonce with a DPoP-Nonce is asked again
+// once with it. The key is the caller's per call, not the Endpoint's: the
+// caller decides which key a token is bound to (a key kept in shared
+// storage with the token it is bound to). A token answered with
+// token_type DPoP is then accepted (Token.TokenType says which).
+func WithDPoPKey(ctx context.Context, key *DPoPKey) context.Context {
+	if key == nil {
+		return ctx
+	}
+	return context.WithValue(ctx, dpopKeyCtx{}, key)
+}
+
+// dpopKeyOf is the DPoP key WithDPoPKey put in ctx, nil if none.
+func dpopKeyOf(ctx context.Context) *DPoPKey {
+	k, _ := ctx.Value(dpopKeyCtx{}).(*DPoPKey)
+	return k
+}
+
+// Nonces are the DPoP nonces the endpoint's servers gave.
+func (e *Endpoint) Nonces() *Nonces { return &e.nonces }
 
 // NewEndpoint makes the endpoint of cfg. It sends nothing.
 func NewEndpoint(cfg Config) *Endpoint {
@@ -355,7 +385,7 @@ func (e *Endpoint) Revoke(ctx context.Context, tok, hint string) error {
 	if resp.StatusCode >= 200 && resp.StatusCode < 300 {
 		return nil
 	}
-	if _, perr := parseTokenResponse(&e.cfg, resp, body, time.Now()); perr != nil {
+	if _, perr := parseTokenResponse(&e.cfg, resp, body, time.Now(), false); perr != nil {
 		return perr
 	}
 	return e.localError(fmt.Sprintf("http_%d", resp.StatusCode), "revocation refused")
@@ -369,7 +399,7 @@ func (e *Endpoint) tokenCall(ctx context.Context, target, format string, params 
 	resp, body, start, err := e.do(ctx, target, format, params, bearer)
 	var tok *Token
 	if err == nil {
-		tok, err = parseTokenResponse(&e.cfg, resp, body, start)
+		tok, err = parseTokenResponse(&e.cfg, resp, body, start, dpopKeyOf(ctx) != nil)
 	}
 	if e.cfg.Observe != nil {
 		e.cfg.Observe(time.Since(began), err)
@@ -380,11 +410,37 @@ func (e *Endpoint) tokenCall(ctx context.Context, target, format string, params 
 // do posts params to target with client authentication and reads at most
 // maxTokenResponse of the answer.
 func (e *Endpoint) do(ctx context.Context, target, format string, params func(string) (url.Values, error), bearer string) (*http.Response, []byte, time.Time, error) {
+	key := dpopKeyOf(ctx)
+	for attempt := 0; ; attempt++ {
+		resp, body, start, err := e.doOnce(ctx, target, format, params, bearer, key)
+		if key == nil || err != nil {
+			return resp, body, start, err
+		}
+		origin := originOrEmpty(target)
+		e.nonces.Observe(origin, resp.Header)
+		if _, ok := TokenNonceChallenge(resp.StatusCode, resp.Header, body); ok && attempt == 0 {
+			continue // asked again once, with the nonce (RFC 9449 §8)
+		}
+		return resp, body, start, err
+	}
+}
+
+// originOrEmpty is the origin of target, "" if it has none.
+func originOrEmpty(target string) string {
+	o, _ := Origin(target)
+	return o
+}
+
+// doOnce is one request of do, with a DPoP proof when key is set.
+func (e *Endpoint) doOnce(ctx context.Context, target, format string, params func(string) (url.Values, error), bearer string, key *DPoPKey) (*http.Response, []byte, time.Time, error) {
 	start := e.cfg.Now()
 	p, err := params(target)
 	if err == nil {
 		var req *http.Request
-		if req, err = e.newRequest(ctx, target, format, p, bearer); err == nil {
+		if req, err = e.newRequest(ctx, target, format, p, bearer); err == nil && key != nil {
+			err = e.addProof(req, target, key)
+		}
+		if err == nil {
 			resp, body, start, err := e.send(ctx, req, start)
 			var te *TokenError
 			transport := errors.As(err, &te) && te.Status == 0 && !errors.Is(ctx.Err(), context.Canceled)
@@ -398,6 +454,21 @@ func (e *Endpoint) do(ctx context.Context, target, format string, params func(st
 	// assertion file, a key that fails to sign), never the provider's
 	// invalid_request.
 	return nil, nil, start, e.localError(CodeLocalConfigError, err.Error())
+}
+
+// addProof puts a DPoP proof for target on req: htm POST, htu target
+// without query and fragment, the origin's latest nonce.
+func (e *Endpoint) addProof(req *http.Request, target string, key *DPoPKey) error {
+	htu, err := NormalizeHTU(target)
+	if err != nil {
+		return err
+	}
+	proof, err := key.Proof(ProofParams{Method: http.MethodPost, URL: htu, Nonce: e.nonces.Get(originOrEmpty(target))})
+	if err != nil {
+		return err
+	}
+	req.Header.Set("DPoP", proof)
+	return nil
 }
 
 // send sends a request and reads at most maxTokenResponse of the answer.
@@ -668,11 +739,23 @@ type Token struct {
 	// LifetimeFrom says where the lifetime came from: expires_in,
 	// jwt_exp (the token's own exp claim) or default_lifetime.
 	LifetimeFrom string
+	// TokenType is TokenTypeBearer, or TokenTypeDPoP for a token bound to
+	// the key of the request's proof (WithDPoPKey).
+	TokenType string
 }
+
+// Token types (RFC 6750, RFC 9449 §5).
+const (
+	TokenTypeBearer = "Bearer"
+	TokenTypeDPoP   = "DPoP"
+)
 
 // parseTokenResponse turns a token endpoint's answer into a token.
 // start is when the request was sent.
-func parseTokenResponse(cfg *Config, resp *http.Response, body []byte, start time.Time) (*Token, error) {
+//
+// With dpop (the request carried a proof), token_type DPoP is accepted
+// too; Token.TokenType says which the answer gave.
+func parseTokenResponse(cfg *Config, resp *http.Response, body []byte, start time.Time, dpop bool) (*Token, error) {
 	var rotated string // once the answer is known to be a 2xx, its refresh token
 	fail := func(code, desc string) *TokenError {
 		// The code is the provider's text too (its error field).
@@ -731,11 +814,18 @@ func parseTokenResponse(cfg *Config, resp *http.Response, body []byte, start tim
 	if !validTokenValue(tr.AccessToken) {
 		return nil, fail("invalid_response", "access_token holds bytes that cannot be sent in a header (only visible ASCII is)")
 	}
-	if tt := tr.TokenType; tt != "" && !strings.EqualFold(tt, "bearer") {
+	tokenType := TokenTypeBearer
+	switch tt := tr.TokenType; {
+	case tt == "" || strings.EqualFold(tt, TokenTypeBearer):
+	case dpop && strings.EqualFold(tt, TokenTypeDPoP):
+		tokenType = TokenTypeDPoP
+	case dpop:
+		return nil, fail("unsupported_token_type", "token_type "+strconv.Quote(Truncate(tt, 32))+" is neither DPoP nor Bearer")
+	default:
 		return nil, fail("unsupported_token_type", "token_type "+strconv.Quote(Truncate(tt, 32))+" is not Bearer")
 	}
 
-	tok := &Token{AccessToken: tr.AccessToken, Scope: tr.Scope, RefreshToken: tr.RefreshToken, Obtained: start}
+	tok := &Token{AccessToken: tr.AccessToken, Scope: tr.Scope, RefreshToken: tr.RefreshToken, Obtained: start, TokenType: tokenType}
 	lifetime, ok := parseSeconds(tr.ExpiresIn)
 	switch {
 	case ok && lifetime > 0:

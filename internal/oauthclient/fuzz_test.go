@@ -42,7 +42,7 @@ func FuzzTokenResponse(f *testing.F) {
 			return
 		}
 		resp := &http.Response{StatusCode: status, Header: http.Header{"Content-Type": {ct}}}
-		tok, err := parseTokenResponse(cfg, resp, []byte(body), start)
+		tok, err := parseTokenResponse(cfg, resp, []byte(body), start, false)
 		if err != nil {
 			if tok != nil {
 				t.Fatal("both a token and an error")

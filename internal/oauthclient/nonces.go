@@ -52,7 +52,11 @@ func (n *Nonces) Set(origin, nonce string) bool {
 	if !ok {
 		v, _ = n.m.LoadOrStore(origin, new(atomic.Pointer[string]))
 	}
-	v.(*atomic.Pointer[string]).Store(&nonce)
+	p := v.(*atomic.Pointer[string])
+	if cur := p.Load(); cur != nil && *cur == nonce {
+		return true // the same nonce again: nothing to allocate
+	}
+	p.Store(&nonce)
 	return true
 }
 

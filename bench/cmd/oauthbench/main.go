@@ -191,7 +191,13 @@ func (s *server) token(w http.ResponseWriter, r *http.Request) {
 	s.mu.Unlock()
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
-	fmt.Fprintf(w, `{"access_token":%q,"token_type":"Bearer","expires_in":%d}`, ev.Token, life)
+	// A request with a DPoP proof gets a DPoP token (the proof is not
+	// verified: the benchmark measures the proxy's cost of making them).
+	tokenType := "Bearer"
+	if r.Header.Get("DPoP") != "" {
+		tokenType = "DPoP"
+	}
+	fmt.Fprintf(w, `{"access_token":%q,"token_type":%q,"expires_in":%d}`, ev.Token, tokenType, life)
 }
 
 // upstream is the API behind the proxy: it accepts requests without
@@ -202,7 +208,13 @@ func (s *server) upstream(w http.ResponseWriter, r *http.Request) {
 	if auth == "" {
 		s.upNone.Add(1)
 	} else {
-		v, ok := s.tokens.Load(strings.TrimPrefix(auth, "Bearer "))
+		_, tok, _ := strings.Cut(auth, " ") // Bearer or DPoP
+		if strings.HasPrefix(auth, "DPoP ") && r.Header.Get("DPoP") == "" {
+			s.upUnknown.Add(1) // a DPoP token without its proof
+			w.WriteHeader(http.StatusUnauthorized)
+			return
+		}
+		v, ok := s.tokens.Load(tok)
 		if !ok {
 			s.upUnknown.Add(1)
 			w.WriteHeader(http.StatusUnauthorized)
