@@ -17,14 +17,15 @@ import (
 // fresh proof per request), side by side with Caddy's headers handler
 // setting a static Authorization, in one run.
 func BenchmarkServeHTTPDPoP(b *testing.B) {
-	as := newBenchAS(b, 3600)
+	as := newBenchAS(b)
 	type hc struct {
 		name string
 		h    caddyhttp.MiddlewareHandler
 	}
 	var handlers []hc
 	for _, alg := range []string{"ES256", "EdDSA", "RS256"} {
-		h := benchHandler(b, as.URL, "bench-dpop-"+alg, func(h *Handler) { h.DPoP = "https://api.example/v1" })
+		// A client id each: three pool entries, three keys.
+		h := benchHandler(b, as, func(h *Handler) { h.ClientID, h.DPoP = "bench-dpop-"+alg, "https://api.example/v1" })
 		key := dpopTestKey(b, alg)
 		h.source.store(&token{value: benchTokenValue, dpopKey: key, obtained: time.Now(), expiry: time.Now().Add(time.Hour), origin: originFetched})
 		handlers = append(handlers, hc{"oauth_bearer_dpop/" + alg, h})
