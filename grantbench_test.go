@@ -34,9 +34,10 @@ package oauthbearer
 //	failed                      proxied requests that did not answer 200
 //
 // Scenarios: "restart" stops the whole fleet for 30 s and starts it again,
-// "outage" makes the provider refuse every refresh for 40 s; each reports
-// peak/mean redemptions per second in the minute after, and how long until
-// every account is refreshed again.
+// "outage" makes the provider refuse every refresh for 40 s; each reports,
+// for the two lifetimes after, peak/mean redemptions per second and per
+// 5 s, how long until every account was refreshed again (0: not all were)
+// and the share that was.
 //
 // Knobs (environment): OAB_BENCH_ROWS=storage:processes:accounts,... (the
 // rows to run; default the grid of BENCHMARKS.md), OAB_BENCH_LIFETIME (s),
@@ -639,9 +640,23 @@ func (fig fleetFigures) report(b *testing.B) {
 	b.Logf("requests %d (failed %d); storage calls %v; by key %v", fig.requests, fig.failed, fig.calls, fig.kinds)
 }
 
-// after measures the redemptions per second from now for d: peak/mean,
-// and how long until the provider has redeemed every account once.
-func (f *grantFleet) after(d time.Duration) (peak float64, allIn time.Duration) {
+// afterFigures: the redemptions per second (and per 5 s) in a stretch of
+// time, peak ÷ mean; how long until every account was redeemed once (0:
+// not all were), and which share of the accounts was.
+type afterFigures struct {
+	peak, peak5s, refreshed float64
+	allIn                   time.Duration
+}
+
+func (a afterFigures) report(b *testing.B) {
+	b.ReportMetric(a.peak, "peak/mean_redemptions")
+	b.ReportMetric(a.peak5s, "peak/mean_redemptions_5s")
+	b.ReportMetric(a.allIn.Seconds(), "s_until_all_refreshed")
+	b.ReportMetric(a.refreshed, "share_refreshed")
+}
+
+// after measures the redemptions from now for d.
+func (f *grantFleet) after(d time.Duration) (a afterFigures) {
 	begin := time.Now()
 	start := len(f.as.redemptions())
 	time.Sleep(d) // the measurement's length
@@ -685,11 +700,13 @@ func (f *grantFleet) after(d time.Duration) (peak float64, allIn time.Duration) 
 		if !seen[r.GrantID] {
 			seen[r.GrantID] = true
 			if len(seen) == len(f.accounts) {
-				allIn = r.At.Sub(begin)
+				a.allIn = r.At.Sub(begin)
 			}
 		}
 	}
-	return peakToMean(perSecond), allIn
+	a.peak, a.peak5s = peakToMean(perSecond), peakToMean(windows(perSecond, 5))
+	a.refreshed = float64(len(seen)) / float64(len(f.accounts))
+	return a
 }
 
 // benchRows are the rows to run: OAB_BENCH_ROWS, or the grid.
@@ -745,9 +762,7 @@ func BenchmarkFleetGrants(b *testing.B) {
 		for _, p := range f.procs {
 			p.start(b)
 		}
-		peak, allIn := f.after(time.Duration(f.life))
-		b.ReportMetric(peak, "peak/mean_redemptions")
-		b.ReportMetric(allIn.Seconds(), "s_until_all_refreshed")
+		f.after(2 * f.life).report(b)
 		b.ReportMetric(float64(f.as.invalidGrants()), "invalid_grant")
 	})
 	b.Run(fmt.Sprintf("scenario=outage/storage=redis/processes=3/accounts=%d", sm), func(b *testing.B) {
@@ -756,9 +771,7 @@ func BenchmarkFleetGrants(b *testing.B) {
 		f.as.refuse(http.StatusServiceUnavailable, "temporarily_unavailable", 0)
 		time.Sleep(40 * time.Second) // the outage
 		f.as.refuse(0, "", 0)
-		peak, allIn := f.after(2 * time.Duration(f.life))
-		b.ReportMetric(peak, "peak/mean_redemptions")
-		b.ReportMetric(allIn.Seconds(), "s_until_all_refreshed")
+		f.after(2 * f.life).report(b)
 		b.ReportMetric(float64(f.as.invalidGrants()), "invalid_grant")
 	})
 }
