@@ -166,7 +166,7 @@ func startOIDCProvider(t testing.TB, cfg oidcConfig) *oidcProvider {
 			t.Logf("oidc provider output:\n%s", p.output())
 		}
 	})
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(60 * time.Second)
 	client := &http.Client{Timeout: time.Second}
 	for {
 		select {
@@ -183,7 +183,7 @@ func startOIDCProvider(t testing.TB, cfg oidcConfig) *oidcProvider {
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the oidc provider did not answer within 20 s (last: %v):\n%s", err, p.output())
+			t.Fatalf("the oidc provider did not answer within 60 s (last: %v):\n%s", err, p.output())
 		}
 		time.Sleep(50 * time.Millisecond) // polling a child process that is starting
 	}
