@@ -99,6 +99,7 @@ type gasGrant struct {
 	redemptions  int
 	newestExpiry time.Time // of its newest access token
 	ended        bool
+	access       []string // its live access tokens (revoking them is not a walk through every grant's)
 }
 
 type gasToken struct {
@@ -219,6 +220,7 @@ func (as *grantAS) issueLocked(g *gasGrant, at time.Time) (access, refresh strin
 	access, refresh = "at_"+casRandom(18), "rt_"+casRandom(18)
 	expiry = at.Add(as.AccessLifetime)
 	as.access[access] = &gasToken{grant: g, expires: expiry, issued: at}
+	g.access = append(g.access, access)
 	as.refresh[refresh] = &gasToken{grant: g, issued: at}
 	g.newestExpiry = expiry
 	return access, refresh, expiry
@@ -404,11 +406,7 @@ func (as *grantAS) redeem(w http.ResponseWriter, p map[string]string) {
 	g.redemptions++
 	as.log = append(as.log, gasRedemption{At: now, Grant: g.id, NewestLeft: g.newestExpiry.Sub(now)})
 	if as.RevokeEarlierAccess {
-		for _, at := range as.access {
-			if at.grant == g {
-				at.dead = true
-			}
-		}
+		as.revokeAccessLocked(g)
 	}
 	at, newRT, _ := as.issueLocked(g, now)
 	if as.KeepRefreshToken {
@@ -441,6 +439,16 @@ func (as *grantAS) redeem(w http.ResponseWriter, p map[string]string) {
 	casWriteJSON(w, http.StatusOK, resp)
 }
 
+// revokeAccessLocked revokes every access token of g issued so far.
+func (as *grantAS) revokeAccessLocked(g *gasGrant) {
+	for _, tok := range g.access {
+		if at := as.access[tok]; at != nil {
+			at.dead = true
+		}
+	}
+	g.access = g.access[:0]
+}
+
 // ---- /revoke (RFC 7009) ----
 
 func (as *grantAS) serveRevoke(w http.ResponseWriter, r *http.Request) {
@@ -456,11 +464,7 @@ func (as *grantAS) serveRevoke(w http.ResponseWriter, r *http.Request) {
 	if rt, ok := as.refresh[p["token"]]; ok {
 		rt.dead, g = true, rt.grant
 		// Revoking a refresh token revokes its grant's access tokens.
-		for _, at := range as.access {
-			if at.grant == g {
-				at.dead = true
-			}
-		}
+		as.revokeAccessLocked(g)
 	} else if at, ok := as.access[p["token"]]; ok {
 		at.dead, g = true, at.grant
 	}
