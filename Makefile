@@ -108,7 +108,7 @@ bench-fleet:
 # holding M connected accounts, 60 s tokens, per row the redemptions and
 # storage operations per grant per lifetime, CPU and memory, p99 during
 # refresh waves, then the restart and outage scenarios. About 3 minutes a
-# row (the grid of BENCHMARKS.md: about an hour). OAB_BENCH_ROWS picks rows
+# row (the grid of BENCHMARKS.md and the scenarios: about 45 minutes). OAB_BENCH_ROWS picks rows
 # (storage:processes:accounts,...; "none" for the scenarios alone),
 # OAB_BENCH_SCENARIOS=0 skips the scenarios; other knobs in the file.
 bench-fleet-grants:

@@ -197,6 +197,7 @@ type asGrant struct {
 	scope        []string // nil: any
 	newestExpiry time.Time
 	ended        bool
+	access       []string // its live access tokens: revoking them walks these, not every token issued
 }
 
 type asToken struct {
@@ -844,6 +845,7 @@ func (as *fakeAS) mintAccessLocked(client string, g *asGrant, scope []string, at
 	as.access[tok] = &asToken{grant: g, scope: scope, expires: expires}
 	if g != nil {
 		g.newestExpiry = expires
+		g.access = append(g.access, tok)
 	}
 	return tok, expires
 }
@@ -1307,11 +1309,12 @@ func (as *fakeAS) redeem(w http.ResponseWriter, rec *asRequest, p map[string]str
 	}
 	rec.NewestLeft = g.newestExpiry.Sub(now)
 	if as.RevokeEarlierAccess {
-		for _, at := range as.access {
-			if at.grant == g {
+		for _, tok := range g.access {
+			if at := as.access[tok]; at != nil {
 				at.dead = true
 			}
 		}
+		g.access = g.access[:0]
 	}
 	noRotation := as.KeepRefreshToken
 	if !noRotation {

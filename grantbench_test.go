@@ -32,6 +32,9 @@ package oauthbearer
 //	peak/mean_redemptions(_5s)  the busiest second's (5 s's) redemptions ÷
 //	                            the mean
 //	failed                      proxied requests that did not answer 200
+//	skipped                     requests the load did not send, because
+//	                            maxInflight were under way (an overloaded
+//	                            machine)
 //
 // Scenarios: "restart" stops the whole fleet for 30 s and starts it again,
 // "outage" makes the provider refuse every refresh for 40 s; each reports,
@@ -459,12 +462,21 @@ type sample struct {
 	ok      bool
 }
 
+// maxInflight bounds the load's requests under way: a machine too busy to
+// answer them would otherwise pile up connections until the benchmark's
+// own servers run out of file descriptors. A request not sent for it is
+// counted as skipped.
+const maxInflight = 256
+
 // load sends rate requests per second, spread over the processes, each for
-// a random account of the hot set, until stop is closed.
-func (f *grantFleet) load(rate float64, hot int, stop <-chan struct{}) []sample {
+// a random account of the hot set, until stop is closed. It returns the
+// requests and how many it skipped (maxInflight).
+func (f *grantFleet) load(rate float64, hot int, stop <-chan struct{}) ([]sample, int) {
 	var mu sync.Mutex
 	var out []sample
 	var wg sync.WaitGroup
+	var inflight atomic.Int64
+	skipped := 0
 	tick := time.NewTicker(time.Duration(float64(time.Second) / rate))
 	defer tick.Stop()
 	client := &http.Client{Timeout: 30 * time.Second}
@@ -472,13 +484,19 @@ func (f *grantFleet) load(rate float64, hot int, stop <-chan struct{}) []sample 
 		select {
 		case <-stop:
 			wg.Wait()
-			return out
+			return out, skipped
 		case <-tick.C:
+		}
+		if inflight.Load() >= maxInflight {
+			skipped++
+			continue
 		}
 		p, a := f.procs[i%len(f.procs)], f.accounts[rand.IntN(hot)]
 		wg.Add(1)
+		inflight.Add(1)
 		go func() {
 			defer wg.Done()
+			defer inflight.Add(-1)
 			req, _ := http.NewRequest(http.MethodGet, p.url("/api"), nil)
 			req.Header.Set("X-Account", a)
 			start := time.Now()
@@ -500,6 +518,7 @@ func (f *grantFleet) load(rate float64, hot int, stop <-chan struct{}) []sample 
 type fleetFigures struct {
 	redemptionsPerLifetime, storagePerLifetime float64
 	redundant, invalid, failed, requests       int64
+	skipped                                    int
 	cpuPercent, rssMB                          float64
 	p99Wave, p99Between                        time.Duration
 	peakToMean, peakToMean5s                   float64
@@ -518,14 +537,16 @@ func (f *grantFleet) measure(d time.Duration, rate float64, hot int) fleetFigure
 	invalid0 := f.as.invalidGrants()
 	begin := time.Now()
 	stop := make(chan struct{})
-	done := make(chan []sample)
-	go func() { done <- f.load(rate, hot, stop) }()
+	var samples []sample
+	var skipped int
+	done := make(chan struct{})
+	go func() { samples, skipped = f.load(rate, hot, stop); close(done) }()
 	time.Sleep(d) // the measurement's length, not synchronisation
 	close(stop)
-	samples := <-done
+	<-done
 	elapsed := time.Since(begin)
 	endCounts := f.counts()
-	var fig fleetFigures
+	fig := fleetFigures{skipped: skipped}
 	fig.calls, fig.kinds = map[string]int64{}, map[string]int64{}
 	for i := range f.procs {
 		for op, n := range endCounts[i].Calls {
@@ -637,7 +658,8 @@ func (fig fleetFigures) report(b *testing.B) {
 	b.ReportMetric(fig.peakToMean, "peak/mean_redemptions")
 	b.ReportMetric(fig.peakToMean5s, "peak/mean_redemptions_5s")
 	b.ReportMetric(float64(fig.failed), "failed")
-	b.Logf("requests %d (failed %d); storage calls %v; by key %v", fig.requests, fig.failed, fig.calls, fig.kinds)
+	b.ReportMetric(float64(fig.skipped), "skipped")
+	b.Logf("requests %d (failed %d, skipped %d); storage calls %v; by key %v", fig.requests, fig.failed, fig.skipped, fig.calls, fig.kinds)
 }
 
 // afterFigures: the redemptions per second (and per 5 s) in a stretch of
