@@ -1058,3 +1058,114 @@ func TestAccountsAreSharedOutEvenly(t *testing.T) {
 		}
 	}
 }
+
+// The upstream refuses the newest stored token because another instance's
+// rotation is under way: the provider has revoked the earlier access
+// tokens, but the rotating instance has not stored its answer yet. The
+// request waits for that rotation and is replayed with its token.
+func TestGrant401DuringAnotherInstancesRotationWaitsForIt(t *testing.T) {
+	s := newGasSetup(t, "", "", func(as *fakeAS) {
+		as.RevokeEarlierAccess = true
+		as.ReuseRevokesGrant = true
+	})
+	s.connect("")
+	if status, body := s.c.get("/api/a"); status != 200 {
+		t.Fatalf("first request: %d %q", status, body)
+	}
+	// Another instance (its own refresher, the same storage) rotates the
+	// grant; the provider revokes the earlier access tokens and holds its
+	// answer.
+	other := grantOn(t, gasCredentialSet(t, s.as, true), &certmagic.FileStorage{Path: filepath.Join(s.c.dir, "storage")})
+	held, release := s.as.holdRefreshes()
+	defer release()
+	rotated := make(chan error, 1)
+	go func() {
+		_, err := other.refresher.refresh(context.Background(), defaultAccount, fetchRequest{force: true})
+		rotated <- err
+	}()
+	select {
+	case <-held:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the other instance's redemption did not reach the provider")
+	}
+	type answer struct {
+		status int
+		body   string
+	}
+	got := make(chan answer, 1)
+	go func() { st, b := s.c.get("/api/b"); got <- answer{st, b} }()
+	// The request is refused upstream (its token was revoked) before the
+	// rotation is stored.
+	deadline := time.Now().Add(20 * time.Second)
+	for s.api.answered(401) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the request did not reach the upstream")
+		}
+		time.Sleep(10 * time.Millisecond) // poll the upstream's log
+	}
+	release()
+	if err := <-rotated; err != nil {
+		t.Fatalf("the other instance's rotation: %v", err)
+	}
+	a := <-got
+	if a.status != 200 {
+		t.Fatalf("request refused during another instance's rotation: %d %q, want 200 from a replay with the rotated token", a.status, a.body)
+	}
+	rec, _ := getRecord(t, other, defaultAccount)
+	if s.api.lastToken() != rec.AccessToken {
+		t.Error("the replay did not carry the rotated token")
+	}
+	if n := s.as.refreshes(); n != 1 {
+		t.Errorf("%d redemptions, want 1 (the other instance's)", n)
+	}
+}
+
+// The token a 401's replay carries is revoked in turn before the upstream
+// sees it: while the request waited for another instance's rotation (the
+// storage's lock is polled, once a second on file_system, and a loaded
+// machine is slower still), that instance rotated again. The stored token
+// is newer than the refused replay's: the request is replayed again with
+// it, with no redemption of its own. Before, the replay's refusal went to
+// the client (4 of 1,758 requests in TestFleetGrantUnderLoadWithRevokingRotation
+// on a loaded machine).
+func TestGrant401ReplayRefusedByAFurtherRotationReplaysAgain(t *testing.T) {
+	s := newGasSetup(t, "", "", func(as *fakeAS) {
+		as.RevokeEarlierAccess = true
+		as.ReuseRevokesGrant = true
+	})
+	s.connect("")
+	if status, body := s.c.get("/api/a"); status != 200 {
+		t.Fatalf("first request: %d %q", status, body)
+	}
+	other := grantOn(t, gasCredentialSet(t, s.as, true), &certmagic.FileStorage{Path: filepath.Join(s.c.dir, "storage")})
+	rotate := func() *grantRecord {
+		if _, err := other.refresher.refresh(context.Background(), defaultAccount, fetchRequest{force: true}); err != nil {
+			t.Errorf("the other instance's rotation: %v", err)
+		}
+		rec, _ := getRecord(t, other, defaultAccount)
+		return rec
+	}
+	second := rotate() // revokes the token this instance holds
+	var third atomic.Pointer[grantRecord]
+	var once sync.Once
+	s.api.mu.Lock()
+	s.api.arriving = func(auth string) {
+		if auth == "Bearer "+second.AccessToken {
+			once.Do(func() { third.Store(rotate()) }) // the replay's token is revoked on its way
+		}
+	}
+	s.api.mu.Unlock()
+	status, body := s.c.get("/api/b")
+	if third.Load() == nil {
+		t.Fatal("the request was not replayed with the stored token")
+	}
+	if status != 200 {
+		t.Fatalf("request whose replay met a further rotation: %d %q, want 200 from a replay with the newest stored token", status, body)
+	}
+	if s.api.lastToken() != third.Load().AccessToken {
+		t.Error("the last replay did not carry the newest stored token")
+	}
+	if n := s.as.refreshes(); n != 2 {
+		t.Errorf("%d redemptions, want 2 (the other instance's)", n)
+	}
+}

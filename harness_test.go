@@ -270,6 +270,9 @@ type upstream struct {
 	refuse    map[string]bool // Authorization values refused
 	refuseAll bool
 	forbid    bool
+	// arriving, when set, is called with each request's Authorization
+	// before the token is checked (a test acts at that moment).
+	arriving func(auth string)
 }
 
 // upstreamRequest is one request the upstream received, and its answer.
@@ -299,6 +302,12 @@ func newAPI(t testing.TB, as *fakeAS) *upstream {
 func (u *upstream) serve(w http.ResponseWriter, r *http.Request) {
 	b, _ := io.ReadAll(r.Body)
 	auth := r.Header.Get("Authorization")
+	u.mu.Lock()
+	arriving := u.arriving
+	u.mu.Unlock()
+	if arriving != nil {
+		arriving(auth)
+	}
 	u.mu.Lock()
 	status := http.StatusOK
 	switch {
