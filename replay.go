@@ -83,29 +83,61 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 	}
 	metrics.upstream401.WithLabelValues(h.provider, "retried").Inc()
 	log.Info("upstream refused the token; retrying with a new one")
-	before.restore(w.Header())
-	if tok, err = src.Token(r.Context()); err != nil {
-		return h.refuse(w, r, err)
-	}
-	if body != nil {
-		r.Body = io.NopCloser(bytes.NewReader(body))
-	}
-	h.inject(r, tok)
-	// The replay's answer goes to the client as it comes; its status says
-	// whether the new token was refused too (reject counts that).
-	replay := caddyhttp.NewResponseRecorder(w, nil, nil)
-	if err := next.ServeHTTP(replay, r); err != nil {
-		return err
-	}
-	if tokenRejected(replay.Status(), w.Header()) {
+	for n := 1; ; n++ {
+		before.restore(w.Header())
+		if tok, err = src.Token(r.Context()); err != nil {
+			return h.refuse(w, r, err)
+		}
+		if body != nil {
+			r.Body = io.NopCloser(bytes.NewReader(body))
+		}
+		h.inject(r, tok)
+		// The replay's answer goes to the client as it comes, unless it
+		// refuses the token and another replay may follow (buffered, as
+		// the first attempt's); its status says whether the new token
+		// was refused too (reject counts that).
+		last := n >= maxReplays
+		var replay caddyhttp.ResponseRecorder
+		if last {
+			replay = caddyhttp.NewResponseRecorder(w, nil, nil)
+		} else {
+			buf.Reset()
+			replay = caddyhttp.NewResponseRecorder(w, buf, tokenRejected)
+		}
+		if err := next.ServeHTTP(replay, r); err != nil {
+			return err
+		}
+		if !tokenRejected(replay.Status(), w.Header()) {
+			accepted(tok)
+			if replay.Buffered() {
+				return replay.WriteResponse()
+			}
+			return nil
+		}
+		// Refused again. A grant rotated again while the request waited
+		// for the previous rotation (another instance's, whose lock is
+		// polled): a token newer than the one just refused is stored, and
+		// costs no redemption. Each replay carries a newer token than the
+		// last, so this ends; maxReplays bounds it all the same.
+		if !last && src.takeNewer(r.Context(), tok) {
+			metrics.upstream401.WithLabelValues(h.provider, "retried").Inc()
+			log.Info("upstream refused the new token too, which another rotation has replaced; retrying with the newest")
+			continue
+		}
 		src.reject(tok)
 		metrics.upstream401.WithLabelValues(h.provider, "replay_refused").Inc()
 		log.Warn("upstream refused the new token too; the next one is fetched later")
-	} else {
-		accepted(tok)
+		if replay.Buffered() {
+			return replay.WriteResponse()
+		}
+		return nil
 	}
-	return nil
 }
+
+// maxReplays bounds the replays of one request after upstream 401s: the
+// first with a new token, the others only with a token stored since the
+// last was refused (a grant that rotated again meanwhile, see forward).
+const maxReplays = 3
 
 // dpopNonceReplay handles a resource server's nonce challenge (RFC 9449
 // §9) to a request rec buffered: the same token, a new proof with the
