@@ -3,6 +3,7 @@ package oauthbearer
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
@@ -322,7 +323,9 @@ func (s *tokenSource) takeNewer(ctx context.Context, t *token) bool {
 	if s.cur.Load() != t {
 		return true // already replaced
 	}
-	ch := s.fetches.DoChan("newer", func() (any, error) {
+	// One look per token refused: a refusal of another token (the source
+	// took a newer one meanwhile) must not join a look past an older one.
+	ch := s.fetches.DoChan(fmt.Sprintf("newer %p", t), func() (any, error) {
 		nt, err := nf.newer(s.ctx, t)
 		if err != nil || nt == nil {
 			s.newest.Store(&newestCheck{t: t, at: time.Now()})

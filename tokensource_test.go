@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -430,5 +431,77 @@ func TestTokenSourceLogsTellTheStory(t *testing.T) {
 	}
 	if logs.FilterMessage("token request failed").Len() != 1 {
 		t.Error("no error line for the failure")
+	}
+}
+
+// newerFetcher is a recordingFetcher that also looks for newer tokens
+// (as a grant does): each look is recorded, waits for gate, and finds
+// (a copy of) stored.
+type newerFetcher struct {
+	recordingFetcher
+	gate   chan struct{}
+	stored atomic.Pointer[token]
+	looks  chan string // the value of each token looked past
+}
+
+func (f *newerFetcher) newer(ctx context.Context, old *token) (*token, error) {
+	f.looks <- old.value
+	select {
+	case <-f.gate:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	st := f.stored.Load()
+	if st == nil {
+		return nil, nil
+	}
+	c := *st // a new token each time, as read from a record
+	return &c, nil
+}
+
+// A refusal of a token looks for one newer than that token, even while a
+// look past an older token is under way (the token changed meanwhile: a
+// background refresh stored one): joining the older look would answer
+// "nothing newer" for the token refused and send the 401 to the client.
+func TestTokenSourceTakeNewerLooksPastTheTokenRefused(t *testing.T) {
+	fc := &fakeClock{t: time.Unix(1_700_000_000, 0)}
+	clk := &clock{}
+	clk.set(fc.now)
+	f := &newerFetcher{recordingFetcher: recordingFetcher{now: fc.now}, gate: make(chan struct{}), looks: make(chan string, 4)}
+	s := newTokenSource(f, &env{}, clk, "test", "id")
+	defer s.stop()
+
+	t1 := mustToken(t, s)
+	first := make(chan bool, 1)
+	go func() { first <- s.takeNewer(context.Background(), t1) }()
+	if got := <-f.looks; got != t1.value {
+		t.Fatalf("looked past %q, want %q", got, t1.value)
+	}
+	// While that look waits, a background refresh stores token-2, and a
+	// request with it is refused in turn (yet another rotation).
+	now := fc.now()
+	t2 := &token{value: "token-2", obtained: now, expiry: now.Add(time.Hour)}
+	s.store(t2)
+	t3 := &token{value: "token-3", obtained: now, expiry: now.Add(time.Hour)}
+	f.stored.Store(t3)
+	second := make(chan bool, 1)
+	go func() { second <- s.takeNewer(context.Background(), t2) }()
+	select {
+	case got := <-f.looks:
+		if got != t2.value {
+			t.Fatalf("looked past %q, want %q", got, t2.value)
+		}
+	case <-time.After(5 * time.Second):
+		close(f.gate)
+		<-first
+		t.Fatalf("the refusal of token-2 did not look for a newer token (it joined the look past token-1, and got %v)", <-second)
+	}
+	close(f.gate)
+	<-first
+	if !<-second {
+		t.Error("the refusal of token-2 found nothing newer although token-3 is stored")
+	}
+	if cur := s.cur.Load(); cur == nil || cur.value != "token-3" {
+		t.Errorf("the source holds %v, want token-3", cur)
 	}
 }
