@@ -42,7 +42,9 @@ package oauthbearer
 // second use of a used one revokes what it gave; a refresh leaves the
 // previous access token valid until it expires (unless
 // RevokeEarlierAccess); revoking a refresh token revokes its grant's access
-// tokens.
+// tokens. RevokeEarlierDirect keeps one live client_credentials (or JWT
+// bearer) token per server, as providers that allow one token per client
+// do.
 //
 // The recorder keeps every request it receives (asRequest: the parameters,
 // headers, format, client authentication and the answer), and every test
@@ -145,6 +147,9 @@ type fakeAS struct {
 	// access tokens (RevokeEarlierAccess); revoking any token ends every
 	// grant of its user (RevocationEndsUser: Auth0, Google).
 	NoRefreshToken, KeepRefreshToken, ReuseRevokesGrant, RevokeEarlierAccess, RevocationEndsUser bool
+	// RevokeEarlierDirect: each client_credentials or JWT bearer token
+	// revokes those issued before it (one live token per client).
+	RevokeEarlierDirect bool
 	// SeparateRefresh makes it Cal.com-shaped: refresh tokens are
 	// redeemed only at /oauth/refresh, as "Authorization: Bearer <rt>".
 	SeparateRefresh bool
@@ -180,6 +185,7 @@ type fakeAS struct {
 	lastScope   []string
 	minted      int
 	reqs        []*asRequest
+	direct      []string // live client_credentials and JWT bearer tokens (RevokeEarlierDirect)
 }
 
 // asClient is a client whose assertions the server verifies: key is a
@@ -1206,7 +1212,18 @@ func (as *fakeAS) issueDirect(w http.ResponseWriter, rec *asRequest, scope strin
 		sc = strings.Split(scope, " ")
 	}
 	as.mu.Lock()
+	if as.RevokeEarlierDirect {
+		for _, tok := range as.direct {
+			if at := as.access[tok]; at != nil {
+				at.dead = true
+			}
+		}
+		as.direct = as.direct[:0]
+	}
 	resp := as.answerLocked(rec, nil, sc, nil, as.now())
+	if as.RevokeEarlierDirect {
+		as.direct = append(as.direct, rec.Token)
+	}
 	rec.Status = http.StatusOK
 	as.mu.Unlock()
 	asWriteJSON(w, http.StatusOK, resp)

@@ -1,6 +1,7 @@
 package oauthbearer
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -324,5 +325,45 @@ func BenchmarkFleetTokenRequests(b *testing.B) {
 				b.ReportMetric(float64(failed)/float64(b.N), "failed_requests/op")
 			})
 		}
+	}
+}
+
+// A provider that keeps one live client-credentials token per client
+// revokes the fleet's token when one instance fetches the next: another
+// instance's request with the earlier token is refused upstream, and is
+// replayed at once with the token in the shared store (no token request of
+// its own), however young the refused token.
+func TestFleetSharedToken401TakesTheTokenAnotherInstanceStored(t *testing.T) {
+	as := newFakeAS(t)
+	as.RevokeEarlierDirect = true
+	up := newAPI(t, as)
+	addr := freeAddr(t)
+	dir := t.TempDir()
+	storage := fileSystemStorage(filepath.Join(dir, "storage"))
+	a := startCaddyWith(t, addr, storage, fleetSite(as, up.URL, tokenStoreStorage, "60s"))
+	b := startChildCaddy(t, storage, fleetSite(as, up.URL, tokenStoreStorage, "60s"))
+	if status, body := a.get("/api/a"); status != 200 {
+		t.Fatalf("A's first request: %d %q", status, body)
+	}
+	if status, body := b.get(t, "/api/b"); status != 200 {
+		t.Fatalf("B's first request: %d %q", status, body)
+	}
+	if n := as.issued(); n != 1 {
+		t.Fatalf("%d tokens issued, want 1 shared by both instances", n)
+	}
+	// An operator forces a new token on A: the provider revokes the one B
+	// holds, and A stores the new one.
+	if _, err := ccSource(t).forceRefresh(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	newest := as.issuedLog()[1].Token
+	if status, body := b.get(t, "/api/c"); status != 200 {
+		t.Fatalf("B's request after A's fetch revoked its token: %d %q, want 200 from a replay with the stored token", status, body)
+	}
+	if up.lastToken() != newest {
+		t.Error("B's replay did not carry the token A stored")
+	}
+	if n := as.issued(); n != 2 {
+		t.Errorf("%d tokens issued, want 2 (B took A's from the store)", n)
 	}
 }

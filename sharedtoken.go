@@ -112,6 +112,26 @@ func (f *sharedFetcher) fetch(ctx context.Context, r fetchRequest) (*token, erro
 	return f.fetchAlone(ctx, rec)
 }
 
+// newer returns the shared token when it is newer than old, which the
+// upstream refused: another instance fetched since this source took old
+// (a provider that keeps one live token per client revoked old then).
+// When the stored token is old itself, it waits for the lock, in case
+// another instance's fetch is under way, and reads again. It never asks
+// the provider: nil, nil when nothing newer is stored (tokensource.go,
+// takeNewer; called only after an upstream 401).
+func (f *sharedFetcher) newer(ctx context.Context, old *token) (*token, error) {
+	settle := func(rec *tokenRecord) (*token, bool, error) {
+		t, _ := f.decide(rec, fetchRequest{old: old, refused: true})
+		if t != nil && !t.obtained.Before(old.obtained) {
+			return t, true, nil
+		}
+		return nil, false, nil
+	}
+	nothing := func(context.Context, *tokenRecord) (*token, error) { return nil, nil }
+	t, _, err := readLockRead(ctx, f.store, f.ep.cfg.Provider, f.lock, lockWait(f.ep.cfg.Timeout), f.read, settle, nothing)
+	return t, err
+}
+
 // read loads the record (bounded); a record that does not decrypt is
 // treated as none, and replaced at the next write. It also applies the
 // remembered request format.

@@ -455,8 +455,8 @@ func (f *newerFetcher) newer(ctx context.Context, old *token) (*token, error) {
 	if st == nil {
 		return nil, nil
 	}
-	c := *st // a new token each time, as read from a record
-	return &c, nil
+	// A new token each time, as read from a record.
+	return &token{value: st.value, obtained: st.obtained, expiry: st.expiry}, nil
 }
 
 // A refusal of a token looks for one newer than that token, even while a
