@@ -33,6 +33,7 @@ func BenchmarkDPoPProof(b *testing.B) {
 		k := testDPoPKey(b, alg)
 		b.Run(alg, func(b *testing.B) {
 			b.ReportAllocs()
+			defer cpuPerOp(b)()
 			for b.Loop() {
 				if _, err := k.Proof(ProofParams{Method: "GET", URL: benchHTU, AccessTokenHash: ath, Nonce: "eyJ7S_zG.eyJH0-Z.HX4w-7v"}); err != nil {
 					b.Fatal(err)
@@ -61,6 +62,7 @@ func BenchmarkDPoPProofGoJoseSigner(b *testing.B) {
 				b.Fatal(err)
 			}
 			b.ReportAllocs()
+			defer cpuPerOp(b)()
 			for b.Loop() {
 				var id [16]byte
 				rand.Read(id[:])
@@ -88,6 +90,7 @@ func BenchmarkDPoPSignatureOnly(b *testing.B) {
 		b.Run(alg, func(b *testing.B) {
 			dst := make([]byte, 0, 1024)
 			b.ReportAllocs()
+			defer cpuPerOp(b)()
 			for b.Loop() {
 				if _, err := k.appendSignature(dst, input); err != nil {
 					b.Fatal(err)
