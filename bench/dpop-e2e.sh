@@ -12,6 +12,8 @@ DURATION=${DURATION:-2}
 CONNS=${CONNS:-32}
 THREADS=${THREADS:-1}
 DPOP_KEY=${DPOP_KEY:-} # a PEM file (Ed25519, RSA...); default: the generated P-256 key
+PROFILE=${PROFILE:-} # seconds: after the rounds, a CPU profile of Caddy under the dpop load, $BENCH_OUT/dpop.pprof
+CADDY_BIN=${CADDY_BIN:-} # a Caddy built before (another commit's, to compare); default: make build, ./caddy
 BENCH_OUT=${BENCH_OUT:-$(mktemp -d /tmp/oauth-bearer-dpop.XXXXXX)}
 mkdir -p "$BENCH_OUT/wrk"
 pids=()
@@ -19,8 +21,13 @@ cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$
 trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
-echo "cpus: $(nproc), load before: $(cut -d' ' -f1-3 /proc/loadavg), commit $(git rev-parse --short HEAD)"
-make build >/dev/null
+if [[ -n "$CADDY_BIN" ]]; then
+	echo "cpus: $(nproc), load before: $(cut -d' ' -f1-3 /proc/loadavg), caddy $CADDY_BIN"
+else
+	echo "cpus: $(nproc), load before: $(cut -d' ' -f1-3 /proc/loadavg), commit $(git rev-parse --short HEAD)"
+	make build >/dev/null
+	CADDY_BIN=./caddy
+fi
 go build -o "$BENCH_OUT/oauthbench" ./bench/cmd/oauthbench
 ob="$BENCH_OUT/oauthbench"
 static="static-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
@@ -28,12 +35,14 @@ static="static-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
 pids+=($!)
 for _ in $(seq 1 50); do [[ -s "$BENCH_OUT/ports" ]] && break; sleep 0.1; done
 read -r T U <"$BENCH_OUT/ports"
-read -r D B <<<"$("$ob" freeports 2 | tr '\n' ' ')"
+read -r D B A <<<"$("$ob" freeports 3 | tr '\n' ' ')"
+admin="admin off"
+[[ -n "$PROFILE" ]] && admin="admin 127.0.0.1:$A" # for /debug/pprof only
 keyline=""
 [[ -n "$DPOP_KEY" ]] && keyline="dpop_key $DPOP_KEY"
 cat >"$BENCH_OUT/Caddyfile" <<CF
 {
-	admin off
+	$admin
 	auto_https off
 	persist_config off
 	storage file_system $BENCH_OUT/storage
@@ -55,7 +64,7 @@ http://127.0.0.1:$B {
 	reverse_proxy 127.0.0.1:$U
 }
 CF
-XDG_CONFIG_HOME="$BENCH_OUT" XDG_DATA_HOME="$BENCH_OUT" ./caddy run --config "$BENCH_OUT/Caddyfile" --adapter caddyfile >"$BENCH_OUT/caddy.log" 2>&1 &
+XDG_CONFIG_HOME="$BENCH_OUT" XDG_DATA_HOME="$BENCH_OUT" "$CADDY_BIN" run --config "$BENCH_OUT/Caddyfile" --adapter caddyfile >"$BENCH_OUT/caddy.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do curl -s -o /dev/null "http://127.0.0.1:$B/" && break; sleep 0.2; done
 for p in "$D" "$B"; do
@@ -78,4 +87,11 @@ done
 med() { sort -n "$1" | awk '{v[NR]=$1} END {print (NR%2 ? v[(NR+1)/2] : (v[NR/2]+v[NR/2+1])/2)}'; }
 md=$(med "$BENCH_OUT/d.rps"); mb=$(med "$BENCH_OUT/b.rps")
 echo "median req/s: dpop $md, static header $mb, ratio $(awk -v a="$md" -v b="$mb" 'BEGIN {printf "%.3f", a/b}')"
+if [[ -n "$PROFILE" ]]; then
+	wrk -t"$THREADS" -c"$CONNS" -d"$((PROFILE + 1))s" "http://127.0.0.1:$D/api" >"$BENCH_OUT/wrk/profile-d.txt" &
+	wrkpid=$!
+	curl -s -o "$BENCH_OUT/dpop.pprof" "http://127.0.0.1:$A/debug/pprof/profile?seconds=$PROFILE"
+	wait "$wrkpid"
+	echo "CPU profile of Caddy under the dpop load: $BENCH_OUT/dpop.pprof (go tool pprof -top $CADDY_BIN $BENCH_OUT/dpop.pprof)"
+fi
 echo "load after: $(cut -d' ' -f1-3 /proc/loadavg); results in $BENCH_OUT"
