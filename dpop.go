@@ -151,7 +151,7 @@ func (d *dpopInjector) inject(r *http.Request, tok *token) {
 		return
 	}
 	setHeader(r.Header, "Authorization", tok.dpopAuth)
-	proof, err := tok.dpopKey.Proof(oauthclient.ProofParams{Method: r.Method, URL: d.htu(r),
+	proof, err := tok.dpopKey.Proof(oauthclient.ProofParams{Method: r.Method, URL: d.base, Path: htuPath(r),
 		AccessTokenHash: tok.ath, Nonce: d.nonces.Get(d.origin)})
 	if err != nil {
 		// Only a signer that fails (a key in hardware) or a method that is
@@ -165,14 +165,14 @@ func (d *dpopInjector) inject(r *http.Request, tok *token) {
 	r.Header[dpopHeader] = []string{proof}
 }
 
-// htu is the base URL joined with the request's path, as this handler
-// sees it, without query or fragment.
-func (d *dpopInjector) htu(r *http.Request) string {
+// htuPath is the request's path, as this handler sees it, without query or
+// fragment: the proof's htu is the base URL with it appended.
+func htuPath(r *http.Request) string {
 	p := r.URL.EscapedPath()
 	if p == "" || p[0] != '/' {
 		p = "/" + p
 	}
-	return d.base + p
+	return p
 }
 
 // dpopKeys decides a fetcher's DPoP key (see the file comment) and binds

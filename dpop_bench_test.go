@@ -49,9 +49,11 @@ func BenchmarkServeHTTPDPoP(b *testing.B) {
 		b.Run(c.name+"/serial", func(b *testing.B) {
 			w, r := newBenchWriter(), benchRequest()
 			b.ReportAllocs()
+			report := cpuPerOp(b)
 			for b.Loop() {
 				serve(w, r)
 			}
+			report()
 			if _, ok := c.h.(*Handler); ok && len(r.Header.Values("DPoP")) != 1 {
 				b.Fatal("no proof on the request")
 			}

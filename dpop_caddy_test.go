@@ -1,12 +1,17 @@
 package oauthbearer
 
 import (
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/oauthclient"
 )
 
 // DPoP through a real Caddy: oauth_bearer with dpop against npm's
@@ -165,5 +170,95 @@ func TestDPoPCaddyNonceReplayWhateverUpstream401(t *testing.T) {
 				t.Errorf("resource server accepted %d, refused %v; want one nonce challenge, then the replay accepted", accepted, refused)
 			}
 		})
+	}
+}
+
+// The proof follows the token and the key: after a new token (the admin
+// API's refresh) every proof's ath is the new token's, and after a reload
+// with another dpop_key every proof carries that key, to which the token
+// fetched for it is bound. The resource server checks both against what
+// it is sent (ath against the token, the token's cnf.jkt against the
+// proof's key), so a proof header or an ath kept from before the change
+// (cached per handler, per process, per first use) fails here.
+func TestDPoPCaddyProofFollowsTokenAndKey(t *testing.T) {
+	op := startOIDCProvider(t, dpopOIDCConfig(dpopTestRedirect))
+	rs := dpopRS(t, op, 0)
+	dir := t.TempDir()
+	site := func(name string, k *oauthclient.DPoPKey) string {
+		der, err := k.MarshalPKCS8()
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(dir, name+".pem")
+		if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return dpopSite(op, rs, "\t\tdpop_key "+path+"\n")
+	}
+	ka, kb := dpopTestKey(t, "ES256"), dpopTestKey(t, "EdDSA")
+	c := startCaddyAdmin(t, site("a", ka))
+
+	// send makes n requests and returns the ath and the key thumbprints of
+	// the proofs the resource server accepted for them.
+	send := func(step string, n int) (aths, jkts map[string]int) {
+		t.Helper()
+		before := len(rs.acceptedProofs())
+		for i := range n {
+			if status, body := c.get(fmt.Sprintf("/v1/%s/%d", step, i)); status != http.StatusOK {
+				_, refused := rs.counts()
+				t.Fatalf("%s: request %d answered %d %s; resource server refused %v", step, i, status, body, refused)
+			}
+		}
+		aths, jkts = map[string]int{}, map[string]int{}
+		for _, p := range rs.acceptedProofs()[before:] {
+			aths[fmt.Sprint(p["ath"])]++
+			jkts[fmt.Sprint(p["_jkt"])]++
+		}
+		if len(aths) != 1 || len(jkts) != 1 {
+			t.Fatalf("%s: proofs with ath %v and keys %v, want one token and one key", step, aths, jkts)
+		}
+		return aths, jkts
+	}
+	only := func(m map[string]int) string {
+		for k := range m {
+			return k
+		}
+		return ""
+	}
+
+	ath1, jkt1 := send("first", 3)
+	if only(jkt1) != ka.Thumbprint() {
+		t.Fatalf("proofs carry key %s, want dpop_key's %s", only(jkt1), ka.Thumbprint())
+	}
+
+	// A new token, the same key.
+	cc := findSource(t, func() []map[string]any { x, _ := adminSources(t, c); return x }(), "client_credentials")
+	if status, body := adminDo(t, c, http.MethodPost, fmt.Sprintf("/oauth_bearer/sources/%s/refresh", cc["id"])); status != 200 || !strings.Contains(body, `"ok": true`) {
+		t.Fatalf("refresh: %d %s", status, body)
+	}
+	ath2, jkt2 := send("new-token", 3)
+	if only(ath2) == only(ath1) {
+		t.Errorf("the proofs' ath is the same after a new token: %s", only(ath2))
+	}
+	if only(jkt2) != ka.Thumbprint() {
+		t.Errorf("after a new token the proofs carry key %s, want %s", only(jkt2), ka.Thumbprint())
+	}
+
+	// Another key (a reload): a token bound to it, proofs signed with it.
+	if err := c.load(site("b", kb)); err != nil {
+		t.Fatal(err)
+	}
+	ath3, jkt3 := send("new-key", 3)
+	if only(jkt3) != kb.Thumbprint() {
+		t.Errorf("after the reload the proofs carry key %s, want the new dpop_key's %s", only(jkt3), kb.Thumbprint())
+	}
+	if only(ath3) == only(ath2) {
+		t.Errorf("the proofs' ath is the same after the key changed: %s", only(ath3))
+	}
+	if _, refused := rs.counts(); len(refused) > 1 || (len(refused) == 1 && refused[rsNonce] == 0) {
+		t.Errorf("resource server refused %v; only nonce challenges are expected", refused)
+	}
+	if n := op.events(t).Counts["grant.success"]; n != 3 {
+		t.Errorf("oidc-provider issued %d tokens, want 3 (first, refresh, new key)", n)
 	}
 }

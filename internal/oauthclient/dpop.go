@@ -5,14 +5,26 @@ package oauthclient
 //
 // A proof is made on every proxied request, so everything that is the same
 // for every proof is computed once, when the key is made: the protected
-// header (typ, alg and the public JWK, base64url-encoded), the thumbprint,
-// the length of the result. Per proof there is only the claims object
-// (appended by hand: no reflection), its base64url encoding, the signature
-// and the final string. The signature itself (hashing, signing, and for
-// ECDSA the fixed-width r||s encoding of RFC 7518 §3.4) is go-jose's
-// (cryptosigner); go-jose's own Signer cannot take a precomputed header,
-// so the three parts of the compact serialisation are joined here.
-// BenchmarkDPoPProof measures both ways.
+// header (typ, alg and the public JWK, base64url-encoded), the thumbprint.
+// Per proof there is only the claims object (appended by hand into a
+// pooled buffer: no reflection, no encoding/json), its base64url encoding,
+// the signature and the final string, the one allocation of this package's
+// own. The signature is the standard library's, called directly (not
+// through go-jose, which stays for verifying): ES256 as RFC 7518 §3.4's
+// fixed-width r||s, read from the DER signature without math/big; EdDSA;
+// RS256 (RSASSA-PKCS1-v1_5). BenchmarkDPoPProof measures it beside go-jose's
+// Signer and beside the signature alone.
+//
+// ECDSA signatures of the standard library's P-256 keys are RFC 6979's
+// (crypto/ecdsa's Sign with a nil random source): the per-signature secret
+// is derived from the key and the message with HMAC-SHA-256, where the
+// default, hedged signing draws randomness and derives it with an
+// HMAC-SHA-512 DRBG, about a third of a signature's cost. Nothing is lost:
+// every signed message holds a fresh 128-bit random jti, so no message is
+// ever signed twice, which is what hedging protects against (fault attacks
+// on deterministic signatures sign one message twice), and a deterministic
+// secret cannot repeat for two messages as a random one from a broken
+// generator could. Ed25519 is deterministic by design for the same reason.
 
 import (
 	"crypto"
@@ -29,11 +41,13 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 	"unicode/utf8"
 
 	jose "github.com/go-jose/go-jose/v4"
-	"github.com/go-jose/go-jose/v4/cryptosigner"
+	"golang.org/x/crypto/cryptobyte"
+	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 )
 
 // DPoPProofType is the typ header of a DPoP proof (RFC 9449 §4.2).
@@ -55,11 +69,16 @@ var b64 = base64.RawURLEncoding
 type DPoPKey struct {
 	key    crypto.Signer
 	alg    jose.SignatureAlgorithm
-	signer jose.OpaqueSigner // go-jose: hash, sign, encode the JWS signature
-	jwk    []byte            // the public JWK, JSON
-	jkt    string            // its RFC 7638 SHA-256 thumbprint, base64url
-	header []byte            // base64url(protected header) "."
-	sigLen int               // bytes in a signature
+	jwk    []byte // the public JWK, JSON
+	jkt    string // its RFC 7638 SHA-256 thumbprint, base64url
+	header []byte // base64url(protected header) "."
+	sigLen int    // bytes in a signature
+
+	// The standard library's key, when key is one, signed directly;
+	// else key.Sign (a key in hardware, say).
+	ec  *ecdsa.PrivateKey
+	ed  ed25519.PrivateKey
+	rsa *rsa.PrivateKey
 }
 
 // GenerateDPoPKey makes a new EC P-256 key (ES256), the default DPoP key.
@@ -115,15 +134,23 @@ func NewDPoPKey(key crypto.Signer) (*DPoPKey, error) {
 	h = append(h, jwk...)
 	h = append(h, '}')
 	header := append(b64.AppendEncode(nil, h), '.')
-	return &DPoPKey{
+	k := &DPoPKey{
 		key:    key,
 		alg:    alg,
-		signer: cryptosigner.Opaque(key),
 		jwk:    jwk,
 		jkt:    b64.EncodeToString(tp),
 		header: header,
 		sigLen: sigLen,
-	}, nil
+	}
+	switch sk := key.(type) {
+	case *ecdsa.PrivateKey:
+		k.ec = sk
+	case ed25519.PrivateKey:
+		k.ed = sk
+	case *rsa.PrivateKey:
+		k.rsa = sk
+	}
+	return k, nil
 }
 
 // Algorithm is the JWS algorithm the key signs with: ES256, EdDSA or RS256.
@@ -193,8 +220,12 @@ type ProofParams struct {
 	Method string
 	// URL is htu, the request's target URI without query and fragment:
 	// NormalizeHTU of a configured URL, computed once, with the request's
-	// path appended as it is sent.
+	// path appended as it is sent (or given as Path).
 	URL string
+	// Path, when set, is appended to URL to make htu: the request's
+	// escaped path, starting with "/", so that a caller with a fixed base
+	// URL does not build the htu string per request.
+	Path string
 	// AccessTokenHash is ath, AccessTokenHash(token), for a request to a
 	// resource server; empty for the authorization server's endpoints.
 	// Computed once per token.
@@ -216,42 +247,159 @@ func (k *DPoPKey) Proof(p ProofParams) (string, error) {
 	if p.URL == "" || strings.ContainsAny(p.URL, "?#") {
 		return "", errors.New("DPoP proof: htu must be an absolute URL without query or fragment (see NormalizeHTU)")
 	}
+	if p.Path != "" && (p.Path[0] != '/' || strings.ContainsAny(p.Path, "?#")) {
+		return "", errors.New("DPoP proof: the path must start with / and have no query or fragment")
+	}
 	now := p.Now
 	if now.IsZero() {
 		now = time.Now()
 	}
+	// jti: 16 bytes from crypto/rand, one read (RFC 9449 §4.2 asks for
+	// at least 96 bits of pseudorandom data; §11.1 has servers refuse a
+	// jti seen before). A random prefix with a counter would be unique too
+	// and save the read (about 0.2 µs of a proof's tens), but would tell
+	// every resource server how many proofs this process made and link
+	// them to it.
 	var id [16]byte
 	rand.Read(id[:])
 
-	var buf [512]byte
-	c := append(buf[:0], `{"jti":"`...)
-	c = b64.AppendEncode(c, id[:])
-	c = append(c, `","htm":`...)
-	c = appendJSONString(c, p.Method)
-	c = append(c, `,"htu":`...)
-	c = appendJSONString(c, p.URL)
-	c = append(c, `,"iat":`...)
-	c = strconv.AppendInt(c, now.Unix(), 10)
+	bp := proofBufs.Get().(*[]byte)
+	b := append((*bp)[:0], `{"jti":"`...)
+	b = b64.AppendEncode(b, id[:])
+	b = append(b, `","htm":`...)
+	b = appendJSONString(b, p.Method)
+	b = append(b, `,"htu":"`...)
+	b = appendJSONChars(b, p.URL)
+	b = appendJSONChars(b, p.Path)
+	b = append(b, `","iat":`...)
+	b = strconv.AppendInt(b, now.Unix(), 10)
 	if p.AccessTokenHash != "" {
-		c = append(c, `,"ath":`...)
-		c = appendJSONString(c, p.AccessTokenHash)
+		b = append(b, `,"ath":`...)
+		b = appendJSONString(b, p.AccessTokenHash)
 	}
 	if p.Nonce != "" {
-		c = append(c, `,"nonce":`...)
-		c = appendJSONString(c, p.Nonce)
+		b = append(b, `,"nonce":`...)
+		b = appendJSONString(b, p.Nonce)
 	}
-	c = append(c, '}')
+	b = append(b, '}')
 
-	out := make([]byte, 0, len(k.header)+b64.EncodedLen(len(c))+1+b64.EncodedLen(k.sigLen))
-	out = append(out, k.header...)
-	out = b64.AppendEncode(out, c)
-	sig, err := k.signer.SignPayload(out, k.alg)
+	// The proof follows the claims in the same buffer: header, claims
+	// (base64url), ".", signature (base64url).
+	n := len(b)
+	b = append(b, k.header...)
+	b = b64.AppendEncode(b, b[:n])
+	input := b[n:]
+	b, err := k.appendSignature(append(b, '.'), input)
 	if err != nil {
+		putProofBuf(bp, b)
 		return "", fmt.Errorf("DPoP proof: signing: %w", err)
 	}
-	out = append(out, '.')
-	out = b64.AppendEncode(out, sig)
-	return string(out), nil
+	proof := string(b[n:])
+	putProofBuf(bp, b)
+	return proof, nil
+}
+
+// proofBufs hold a proof while it is made; most are well under 1 KiB.
+var proofBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// putProofBuf returns b's buffer to the pool, unless a long URL or nonce
+// made it large.
+func putProofBuf(bp *[]byte, b []byte) {
+	if cap(b) > 16<<10 {
+		return
+	}
+	*bp = b[:0]
+	proofBufs.Put(bp)
+}
+
+// appendSignature appends the base64url JWS signature of input (RFC 7515
+// §5.1's signing input) to dst.
+func (k *DPoPKey) appendSignature(dst, input []byte) ([]byte, error) {
+	switch k.alg {
+	case jose.ES256:
+		h := sha256.Sum256(input)
+		var (
+			der []byte
+			err error
+		)
+		if k.ec != nil {
+			der, err = k.ec.Sign(nil, h[:], crypto.SHA256) // RFC 6979: see the file comment
+		} else {
+			der, err = k.key.Sign(rand.Reader, h[:], crypto.SHA256)
+		}
+		if err != nil {
+			return dst, err
+		}
+		var rs [64]byte
+		if err := ecdsaFixed(rs[:], der); err != nil {
+			return dst, err
+		}
+		return b64.AppendEncode(dst, rs[:]), nil
+	case jose.EdDSA:
+		if k.ed != nil {
+			return b64.AppendEncode(dst, ed25519.Sign(k.ed, input)), nil
+		}
+		sig, err := k.key.Sign(rand.Reader, input, crypto.Hash(0))
+		if err != nil {
+			return dst, err
+		}
+		if len(sig) != ed25519.SignatureSize {
+			return dst, fmt.Errorf("the Ed25519 signer returned %d bytes, want %d", len(sig), ed25519.SignatureSize)
+		}
+		return b64.AppendEncode(dst, sig), nil
+	case jose.RS256:
+		h := sha256.Sum256(input)
+		var (
+			sig []byte
+			err error
+		)
+		if k.rsa != nil {
+			sig, err = rsa.SignPKCS1v15(nil, k.rsa, crypto.SHA256, h[:])
+		} else {
+			sig, err = k.key.Sign(rand.Reader, h[:], crypto.SHA256)
+		}
+		if err != nil {
+			return dst, err
+		}
+		if len(sig) != k.sigLen {
+			return dst, fmt.Errorf("the RSA signer returned %d bytes, want %d", len(sig), k.sigLen)
+		}
+		return b64.AppendEncode(dst, sig), nil
+	}
+	return dst, fmt.Errorf("no signer for %s", k.alg)
+}
+
+// ecdsaFixed writes the DER ECDSA signature der (SEQUENCE of the INTEGERs
+// r and s) into dst as JWS has it (RFC 7518 §3.4): r and s big-endian,
+// each left-padded to half of dst.
+func ecdsaFixed(dst, der []byte) error {
+	var seq, r, s cryptobyte.String
+	in := cryptobyte.String(der)
+	if !in.ReadASN1(&seq, cbasn1.SEQUENCE) || !in.Empty() ||
+		!seq.ReadASN1(&r, cbasn1.INTEGER) || !seq.ReadASN1(&s, cbasn1.INTEGER) || !seq.Empty() {
+		return errors.New("the ECDSA signer's signature is not DER")
+	}
+	half := len(dst) / 2
+	if !putUnsigned(dst[:half], r) || !putUnsigned(dst[half:], s) {
+		return errors.New("the ECDSA signature's r or s is out of range")
+	}
+	return nil
+}
+
+// putUnsigned writes the DER INTEGER content v, positive, right-aligned
+// into dst, whose bytes are zero.
+func putUnsigned(dst, v []byte) bool {
+	if len(v) == 0 || v[0]&0x80 != 0 {
+		return false // empty or negative
+	}
+	for len(v) > 0 && v[0] == 0 {
+		v = v[1:]
+	}
+	if len(v) == 0 || len(v) > len(dst) {
+		return false // zero, or too large
+	}
+	copy(dst[len(dst)-len(v):], v)
+	return true
 }
 
 // AccessTokenHash is a proof's ath for token: the base64url SHA-256 of its
@@ -415,8 +563,15 @@ func isToken(s string) bool {
 // appendJSONString appends s as a JSON string. Each byte of invalid UTF-8
 // becomes U+FFFD, as encoding/json does.
 func appendJSONString(dst []byte, s string) []byte {
-	const hex = "0123456789abcdef"
 	dst = append(dst, '"')
+	dst = appendJSONChars(dst, s)
+	return append(dst, '"')
+}
+
+// appendJSONChars appends s as the inside of a JSON string (without the
+// quotes), escaped as appendJSONString escapes it.
+func appendJSONChars(dst []byte, s string) []byte {
+	const hex = "0123456789abcdef"
 	start := 0
 	for i := 0; i < len(s); {
 		c := s[i]
@@ -452,8 +607,7 @@ func appendJSONString(dst []byte, s string) []byte {
 		i++
 		start = i
 	}
-	dst = append(dst, s[start:]...)
-	return append(dst, '"')
+	return append(dst, s[start:]...)
 }
 
 // describeURL is raw as an error names it: quoted, without a password
