@@ -1,0 +1,378 @@
+package oauthbearer
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/oauthclient"
+)
+
+// DPoP for the authorization_code grant through a real Caddy: the consent
+// handler connects an account at npm's oidc-provider (DPoP with nonces
+// required, PAR on, short-lived access tokens) through PAR, the injector
+// sends the account's requests to the verifying resource server
+// (dpop_rs_test.go: signature, htm, htu, iat, jti, ath, cnf.jkt through
+// introspection, nonces), a refresh keeps the tokens bound to the grant's
+// key, and a second Caddy process on the same storage signs with it too.
+
+// grantDPoPSite is a site whose consent handler (under /oauth/) and
+// injector (under /api/, account alice) share one snippet with the client
+// and dpop lines: the way the docs recommend. injectorDPoP is the
+// injector's own dpop line ("" for none: the mismatch case).
+func grantDPoPSite(op *oidcProvider, rs *dpopResourceServer, redirect, consentExtra, injectorDPoP string) string {
+	return grantDPoPSiteTo(op, rs.URL, redirect, consentExtra, injectorDPoP, rs.URL)
+}
+
+// grantDPoPSiteTo is grantDPoPSite with the consent handler's lines
+// consentDPoP ("import api_dpop", or "" for none) and another upstream.
+func grantDPoPSiteTo(op *oidcProvider, base, redirect, consentExtra, injectorDPoP, upstream string) string {
+	consentDPoP := "import api_dpop"
+	if strings.Contains(consentExtra, "no_dpop") {
+		consentDPoP, consentExtra = "", strings.ReplaceAll(consentExtra, "no_dpop", "")
+	}
+	return fmt.Sprintf(`(api_client) {
+	issuer        %s
+	client_id     web
+	client_secret web-secret
+	client_auth   basic
+}
+(api_dpop) {
+	dpop %s
+}
+http://LISTEN {
+	oauth_bearer_consent /oauth/* {
+		import api_client
+		%s
+		redirect_uri  %s
+		scope         openid offline_access
+		prompt        consent
+		par           on
+		%s
+	}
+	route /api/* {
+		oauth_bearer {
+			import api_client
+			%s
+			grant          authorization_code
+			account        alice
+			refresh_before 2s
+		}
+		reverse_proxy %s
+	}
+	respond "not here" 404
+}
+`, op.URL, base, consentDPoP, redirect, consentExtra, injectorDPoP, strings.TrimPrefix(upstream, "http://"))
+}
+
+// grantDPoPOIDC is dpopOIDCConfig with access tokens that live 6 s, so
+// that the grant is refreshed within the test.
+func grantDPoPOIDC(redirect string) oidcConfig {
+	cfg := dpopOIDCConfig(redirect)
+	cfg.Configuration["ttl"] = map[string]any{"AccessToken": 6}
+	return cfg
+}
+
+// grantDPoPStatus is the consent status endpoint's answer for account.
+func grantDPoPStatus(t *testing.T, base, account string) map[string]any {
+	t.Helper()
+	resp, err := testClient.Get(base + "/oauth/status?account=" + url.QueryEscape(account))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var st map[string]any
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// apiGet sends a GET through Caddy with a client's own (forged) DPoP header
+// and Authorization, which must never reach the upstream.
+func apiGet(t *testing.T, u string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, u, nil)
+	req.Header.Set("DPoP", "a.client.proof")
+	req.Header.Set("Authorization", "Bearer client-token")
+	resp, err := testClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// acceptedATHs are the distinct ath claims of the resource server's
+// accepted proofs: one per access token used.
+func acceptedATHs(rs *dpopResourceServer) map[string]bool {
+	out := map[string]bool{}
+	for _, p := range rs.acceptedProofs() {
+		out[fmt.Sprint(p["ath"])] = true
+	}
+	return out
+}
+
+func TestDPoPGrantThroughConsentWithPAR(t *testing.T) {
+	addr := freeAddr(t)
+	redirect := "http://" + addr + "/oauth/callback"
+	op := startOIDCProvider(t, grantDPoPOIDC(redirect))
+	rs := dpopRS(t, op, 0)
+	storage := fileSystemStorage(filepath.Join(t.TempDir(), "shared"))
+	site := grantDPoPSite(op, rs, redirect, "", "import api_dpop")
+	c := startCaddyOpts(t, &testCaddy{addr: addr, admin: freeAddr(t), storage: storage}, site)
+
+	// Connect alice through the consent flow: the request is pushed (par
+	// on), the provider's pages are driven over HTTP, the callback
+	// exchanges the code with a proof of the grant's key.
+	s := &parSite{t: t, c: c, op: op, addr: addr, redirect: redirect}
+	s.client = parClient()
+	loc, status, page := s.flow("alice")
+	if status != http.StatusOK || !strings.Contains(page, "Connected") {
+		t.Fatalf("callback answered %d: %s\n%s", status, page, c.logs())
+	}
+	if keys := queryKeys(loc); strings.Join(keys, " ") != "client_id request_uri" {
+		t.Errorf("the browser was sent with %v, want client_id and request_uri alone (pushed)", keys)
+	}
+	st := grantDPoPStatus(t, c.url(""), "alice")
+	d, _ := st["dpop"].(map[string]any)
+	jkt, _ := d["jkt"].(string)
+	if st["connected"] != true || jkt == "" || d["bound"] != true {
+		t.Fatalf("status after connect: %v, want connected with a bound DPoP key", st)
+	}
+
+	// Requests through the injector: every one accepted by the resource
+	// server, signed with the grant's key (the token's cnf.jkt, checked
+	// through introspection); only nonce challenges refused.
+	for i := range 6 {
+		if status, body := apiGet(t, c.url(fmt.Sprintf("/api/items/%d?q=x", i))); status != http.StatusOK {
+			_, refused := rs.counts()
+			t.Fatalf("request %d: %d %s (resource server refused %v)\n%s", i, status, body, refused, c.logs())
+		}
+	}
+	if keys := proofKeys(t, rs); len(keys) != 1 || keys[jkt] != 6 {
+		t.Errorf("proofs signed with %v, want the grant's key %s for all 6", keys, jkt)
+	}
+
+	// The access token lives 6 s: the grant is refreshed (with a proof of
+	// the same key: the new token is bound to it, or introspection's
+	// cnf.jkt would not match and the resource server would refuse it).
+	before := op.events(t).Counts["grant.success"]
+	waitForLong(t, 30*time.Second, func() bool {
+		status, body := apiGet(t, c.url("/api/after-refresh"))
+		if status != http.StatusOK {
+			t.Fatalf("during the refresh: %d %s\n%s", status, body, c.logs())
+		}
+		return len(acceptedATHs(rs)) >= 2
+	})
+	if after := op.events(t).Counts["grant.success"]; after <= before {
+		t.Errorf("oidc-provider answered %d token requests, want a refresh after the %d before", after, before)
+	}
+	if keys := proofKeys(t, rs); len(keys) != 1 || keys[jkt] == 0 {
+		t.Errorf("after the refresh, proofs signed with %v, want the grant's key %s alone", keys, jkt)
+	}
+	if st := grantDPoPStatus(t, c.url(""), "alice"); st["last_refresh"] == st["connected_at"] || st["dpop"].(map[string]any)["jkt"] != jkt {
+		t.Errorf("status after the refresh: %v, want a later refresh and the same key %s", st, jkt)
+	}
+
+	// A second Caddy process on the same storage serves alice's requests
+	// with the same key.
+	child := startChildCaddy(t, storage, grantDPoPSite(op, rs, redirect, "", "import api_dpop"))
+	for i := range 4 {
+		if status, body := apiGet(t, child.url(fmt.Sprintf("/api/child/%d", i))); status != http.StatusOK {
+			_, refused := rs.counts()
+			t.Fatalf("child request %d: %d %s (resource server refused %v)\n%s", i, status, body, refused, child.logs())
+		}
+	}
+	if keys := proofKeys(t, rs); len(keys) != 1 || keys[jkt] == 0 {
+		t.Errorf("with the second process, proofs signed with %v, want the grant's key %s alone", keys, jkt)
+	}
+	_, refused := rs.counts()
+	for reason, n := range refused {
+		if reason != rsNonce {
+			t.Errorf("the resource server refused %d requests for %s; only nonce challenges are expected", n, reason)
+		}
+	}
+
+	// The admin API's accounts list shows the grant's thumbprint, never
+	// its key; neither do the logs, the adapted JSON or the pages.
+	sources, _ := adminSources(t, c)
+	gs := findSource(t, sources, "grant")
+	_, accBody := adminDo(t, c, http.MethodGet, fmt.Sprintf("/oauth_bearer/sources/%s/accounts", gs["id"]))
+	if !strings.Contains(accBody, jkt) {
+		t.Errorf("the admin API's accounts list does not show the grant's jkt %s:\n%s", jkt, accBody)
+	}
+	der := storedGrantKey(t, c, "alice")
+	b64 := base64.StdEncoding.EncodeToString(der)
+	b64url := base64.RawURLEncoding.EncodeToString(der)
+	adapted, err := c.adapt(site)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for where, text := range map[string]string{"Caddy's logs": c.logs(), "the child's logs": child.logs(), "admin API": accBody,
+		"adapted JSON": string(adapted), "status": fmt.Sprint(st), "connect page": page} {
+		for _, secret := range []string{b64[20:60], b64url[20:60], "PRIVATE KEY"} {
+			if strings.Contains(text, secret) {
+				t.Errorf("%s hold the grant's key material %q", where, secret)
+			}
+		}
+	}
+}
+
+// storedGrantKey is the DPoP key kept in account's grant record, read
+// through the handler's own grant (the record is encrypted).
+func storedGrantKey(t *testing.T, c *testCaddy, account string) []byte {
+	t.Helper()
+	var der []byte
+	pool.Range(func(_, v any) bool {
+		if g, ok := v.(*grant); ok {
+			if rec, err := g.records.stored(t.Context(), account); err == nil && rec != nil && len(rec.DPoPKey) > 0 {
+				der = rec.DPoPKey
+				return false
+			}
+		}
+		return true
+	})
+	if len(der) == 0 {
+		t.Fatalf("no DPoP key is kept in %s's grant record", account)
+	}
+	return der
+}
+
+// parClient is a browser's client for parSite: a cookie jar, redirects
+// not followed.
+func parClient() *http.Client {
+	jar, _ := cookiejar.New(nil)
+	return &http.Client{Jar: jar, Timeout: 30 * time.Second,
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+}
+
+// waitForLong is waitFor with a longer deadline, for what takes a token's
+// lifetime.
+func waitForLong(t testing.TB, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %s", d)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// newGrantDPoPSite starts oidc-provider (grantDPoPOIDC) and a Caddy with
+// the site make returns for it and its callback URL.
+func newGrantDPoPSite(t *testing.T, make func(op *oidcProvider, redirect string) string) (*parSite, *testCaddy) {
+	t.Helper()
+	addr := freeAddr(t)
+	redirect := "http://" + addr + "/oauth/callback"
+	op := startOIDCProvider(t, grantDPoPOIDC(redirect))
+	c := startCaddyOpts(t, &testCaddy{addr: addr, admin: freeAddr(t)}, make(op, redirect))
+	s := &parSite{t: t, c: c, op: op, addr: addr, redirect: redirect, client: parClient()}
+	return s, c
+}
+
+// The grant's key is known at connect: its thumbprint goes in the pushed
+// authorization request as dpop_jkt (RFC 9449 §10), so the code is bound
+// to it. A code taken from the redirect (here by the test itself) cannot
+// be redeemed with another key: oidc-provider refuses it. Without
+// dpop_jkt it would be redeemed.
+func TestDPoPGrantCodeBoundByDPoPJKT(t *testing.T) {
+	rs := newDPoPResourceServer(t, dpopRSConfig{})
+	s, c := newGrantDPoPSite(t, func(op *oidcProvider, redirect string) string {
+		return grantDPoPSite(op, rs, redirect, "pkce off", "import api_dpop")
+	})
+	resp, body := s.connect("alice")
+	if resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("connect answered %d: %s\n%s", resp.StatusCode, body, c.logs())
+	}
+	cb := oidcAuthorize(t, resp.Header.Get("Location"), s.redirect, false)
+	if cb.Get("code") == "" {
+		t.Fatalf("callback %v", cb)
+	}
+	other, _ := oauthclient.GenerateDPoPKey()
+	var nonces oauthclient.Nonces
+	statuses, tok := dpopTokenRequest(t, other, &nonces, s.op.tokenURL(), basicClientAuth("web", "web-secret"), url.Values{
+		"grant_type": {"authorization_code"}, "code": {cb.Get("code")}, "redirect_uri": {s.redirect},
+	})
+	// oidc-provider answers a bare invalid_grant; its log shows where:
+	// issueTokens, whose only refusals are about dpop_jkt (a proof missing, or of another key)
+	// (lib/helpers/grant_common.js, oidc-provider 9.13.3).
+	if tok["error"] != "invalid_grant" || !strings.Contains(s.op.output(), "InvalidGrant: invalid_grant\n    at issueTokens") {
+		t.Errorf("the code redeemed with another key answered %v: %v, want invalid_grant (the code is bound by dpop_jkt)\n%s", statuses, tok, s.op.output())
+	}
+}
+
+// A consent handler with dpop and an injector without it disagree: the
+// load says so at warn, and a request whose grant is bound is refused
+// (502, dpop_not_configured, logged once) rather than sent as Bearer.
+func TestDPoPGrantInjectorWithoutDPoPRefuses(t *testing.T) {
+	rs := newDPoPResourceServer(t, dpopRSConfig{})
+	s, c := newGrantDPoPSite(t, func(op *oidcProvider, redirect string) string {
+		return grantDPoPSite(op, rs, redirect, "", "")
+	})
+	if _, status, page := s.flow("alice"); status != http.StatusOK {
+		t.Fatalf("callback answered %d: %s", status, page)
+	}
+	for range 2 {
+		status, body := apiGet(t, c.url("/api/x"))
+		if status != http.StatusBadGateway || !strings.Contains(body, codeDPoPNotConfigured) {
+			t.Errorf("request with a bound grant through an injector without dpop: %d %s, want 502 %s", status, body, codeDPoPNotConfigured)
+		}
+	}
+	if n, _ := rs.counts(); n != 0 {
+		t.Errorf("the resource server accepted %d requests; none should have been forwarded", n)
+	}
+	logs := c.logs()
+	if !strings.Contains(logs, "handlers of one grant disagree about DPoP") {
+		t.Errorf("no warning at load about the disagreement:\n%s", logs)
+	}
+	if n := strings.Count(logs, "a DPoP-bound grant reached an oauth_bearer without dpop"); n != 1 {
+		t.Errorf("the refusal was logged %d times, want once", n)
+	}
+}
+
+// A grant connected without DPoP (a consent handler without dpop, or a
+// record written before this change) keeps working through an injector
+// with dpop: its token is sent as Bearer, without a proof, and a warning
+// says to connect again.
+func TestDPoPGrantWithoutKeyStaysBearer(t *testing.T) {
+	var got []http.Header
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got = append(got, r.Header.Clone())
+		w.WriteHeader(http.StatusOK)
+	}))
+	t.Cleanup(up.Close)
+	s, c := newGrantDPoPSite(t, func(op *oidcProvider, redirect string) string {
+		return grantDPoPSiteTo(op, "https://api.example/v1", redirect, "no_dpop", "import api_dpop", up.URL)
+	})
+	if _, status, page := s.flow("alice"); status != http.StatusOK {
+		t.Fatalf("callback answered %d: %s", status, page)
+	}
+	if st := grantDPoPStatus(t, c.url(""), "alice"); st["dpop"] != nil {
+		t.Errorf("status of a grant connected without dpop: %v, want no dpop", st)
+	}
+	for range 2 {
+		if status, body := apiGet(t, c.url("/api/x")); status != http.StatusOK {
+			t.Fatalf("%d %s\n%s", status, body, c.logs())
+		}
+	}
+	for _, h := range got {
+		if a := h.Get("Authorization"); !strings.HasPrefix(a, "Bearer ") || a == "Bearer client-token" || len(h.Values("DPoP")) != 0 {
+			t.Errorf("upstream got Authorization %q and DPoP %q, want the grant's Bearer token and no proof", a, h.Values("DPoP"))
+		}
+	}
+	if n := strings.Count(c.logs(), "a grant was connected without DPoP"); n != 1 {
+		t.Errorf("the warning was logged %d times, want once", n)
+	}
+}
