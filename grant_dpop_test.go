@@ -3,12 +3,14 @@ package oauthbearer
 import (
 	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/cookiejar"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -204,13 +206,30 @@ func TestDPoPGrantThroughConsentWithPAR(t *testing.T) {
 		}
 	}
 
+	// Connecting alice again replaces the grant, and its key with the new
+	// grant's: the requests are signed with the new key from then on.
+	if _, status, page := s.flow("alice"); status != http.StatusOK {
+		t.Fatalf("reconnect: %d %s", status, page)
+	}
+	st2 := grantDPoPStatus(t, c.url(""), "alice")
+	jkt2, _ := st2["dpop"].(map[string]any)["jkt"].(string)
+	if jkt2 == "" || jkt2 == jkt {
+		t.Fatalf("after reconnecting, the grant's key is %q, want a new one (was %s)", jkt2, jkt)
+	}
+	if status, body := apiGet(t, c.url("/api/reconnected")); status != http.StatusOK {
+		t.Fatalf("after reconnecting: %d %s\n%s", status, body, c.logs())
+	}
+	if keys := proofKeys(t, rs); len(keys) != 2 || keys[jkt2] == 0 {
+		t.Errorf("after reconnecting, proofs signed with %v, want the new key %s too", keys, jkt2)
+	}
+
 	// The admin API's accounts list shows the grant's thumbprint, never
 	// its key; neither do the logs, the adapted JSON or the pages.
 	sources, _ := adminSources(t, c)
 	gs := findSource(t, sources, "grant")
 	_, accBody := adminDo(t, c, http.MethodGet, fmt.Sprintf("/oauth_bearer/sources/%s/accounts", gs["id"]))
-	if !strings.Contains(accBody, jkt) {
-		t.Errorf("the admin API's accounts list does not show the grant's jkt %s:\n%s", jkt, accBody)
+	if !strings.Contains(accBody, jkt2) {
+		t.Errorf("the admin API's accounts list does not show the grant's jkt %s:\n%s", jkt2, accBody)
 	}
 	der := storedGrantKey(t, c, "alice")
 	b64 := base64.StdEncoding.EncodeToString(der)
@@ -219,7 +238,7 @@ func TestDPoPGrantThroughConsentWithPAR(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for where, text := range map[string]string{"Caddy's logs": c.logs(), "the child's logs": child.logs(), "admin API": accBody,
+	for where, text := range map[string]string{"the storage": storedFiles(t, storage), "Caddy's logs": c.logs(), "the child's logs": child.logs(), "admin API": accBody,
 		"adapted JSON": string(adapted), "status": fmt.Sprint(st), "connect page": page} {
 		for _, secret := range []string{b64[20:60], b64url[20:60], "PRIVATE KEY"} {
 			if strings.Contains(text, secret) {
@@ -375,4 +394,64 @@ func TestDPoPGrantWithoutKeyStaysBearer(t *testing.T) {
 	if n := strings.Count(c.logs(), "a grant was connected without DPoP"); n != 1 {
 		t.Errorf("the warning was logged %d times, want once", n)
 	}
+}
+
+// storedFiles is everything a file_system storage holds, concatenated.
+func storedFiles(t *testing.T, storage string) string {
+	t.Helper()
+	var b strings.Builder
+	filepath.Walk(strings.TrimPrefix(storage, "file_system "), func(p string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() {
+			data, _ := os.ReadFile(p)
+			b.Write(data)
+		}
+		return nil
+	})
+	if b.Len() == 0 {
+		t.Fatalf("nothing is stored in %s", storage)
+	}
+	return b.String()
+}
+
+// With dpop_key (in the shared snippet), the grant is bound to that key:
+// the record keeps its thumbprint only, never the key, and the injector
+// signs with it.
+func TestDPoPGrantWithDPoPKey(t *testing.T) {
+	key := dpopTestKey(t, "ES256")
+	der, err := key.MarshalPKCS8()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("OAB_GRANT_DPOP_KEY", strings.ReplaceAll(string(pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})), "\n", `\n`))
+	var rs *dpopResourceServer
+	s, c := newGrantDPoPSite(t, func(op *oidcProvider, redirect string) string {
+		rs = dpopRS(t, op, 0)
+		site := grantDPoPSite(op, rs, redirect, "", "import api_dpop")
+		return strings.Replace(site, "\tdpop "+rs.URL+"\n", "\tdpop "+rs.URL+"\n\tdpop_key {env.OAB_GRANT_DPOP_KEY}\n", 1)
+	})
+	if _, status, page := s.flow("alice"); status != http.StatusOK {
+		t.Fatalf("callback answered %d: %s\n%s", status, page, c.logs())
+	}
+	st := grantDPoPStatus(t, c.url(""), "alice")
+	if d, _ := st["dpop"].(map[string]any); d["jkt"] != key.Thumbprint() || d["bound"] != true {
+		t.Fatalf("status: %v, want bound to dpop_key's %s", st, key.Thumbprint())
+	}
+	for i := range 3 {
+		if status, body := apiGet(t, c.url(fmt.Sprintf("/api/k/%d", i))); status != http.StatusOK {
+			t.Fatalf("%d %s\n%s", status, body, c.logs())
+		}
+	}
+	if keys := proofKeys(t, rs); len(keys) != 1 || keys[key.Thumbprint()] != 3 {
+		t.Errorf("proofs signed with %v, want dpop_key's %s", keys, key.Thumbprint())
+	}
+	pool.Range(func(_, v any) bool {
+		if g, ok := v.(*grant); ok {
+			if rec, err := g.records.stored(t.Context(), "alice"); err == nil && rec != nil {
+				if len(rec.DPoPKey) != 0 || rec.JKT != key.Thumbprint() {
+					t.Errorf("the record keeps a key (%d bytes) or jkt %q; want dpop_key's thumbprint alone", len(rec.DPoPKey), rec.JKT)
+				}
+			}
+		}
+		return true
+	})
 }
