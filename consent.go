@@ -249,7 +249,7 @@ func (h *ConsentHandler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.grant = g
-	g.warnDPoPMismatch(h.logger)
+	g.warnDPoPMismatch(h.logger, h.use)
 	return nil
 }
 

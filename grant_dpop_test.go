@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -366,9 +367,12 @@ func TestDPoPGrantInjectorWithoutDPoPRefuses(t *testing.T) {
 // with dpop: its token is sent as Bearer, without a proof, and a warning
 // says to connect again.
 func TestDPoPGrantWithoutKeyStaysBearer(t *testing.T) {
+	var mu sync.Mutex
 	var got []http.Header
 	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
 		got = append(got, r.Header.Clone())
+		mu.Unlock()
 		w.WriteHeader(http.StatusOK)
 	}))
 	t.Cleanup(up.Close)
@@ -386,6 +390,8 @@ func TestDPoPGrantWithoutKeyStaysBearer(t *testing.T) {
 			t.Fatalf("%d %s\n%s", status, body, c.logs())
 		}
 	}
+	mu.Lock()
+	defer mu.Unlock()
 	for _, h := range got {
 		if a := h.Get("Authorization"); !strings.HasPrefix(a, "Bearer ") || a == "Bearer client-token" || len(h.Values("DPoP")) != 0 {
 			t.Errorf("upstream got Authorization %q and DPoP %q, want the grant's Bearer token and no proof", a, h.Values("DPoP"))
@@ -393,6 +399,27 @@ func TestDPoPGrantWithoutKeyStaysBearer(t *testing.T) {
 	}
 	if n := strings.Count(c.logs(), "a grant was connected without DPoP"); n != 1 {
 		t.Errorf("the warning was logged %d times, want once", n)
+	}
+	if n := strings.Count(c.logs(), "handlers of one grant disagree about DPoP"); n != 1 {
+		t.Errorf("the disagreement was logged %d times at load, want once", n)
+	}
+
+	// A reload that gives the consent handler dpop too: the handlers
+	// agree (the replaced configuration's do not count), and the grant
+	// connected without a key is still sent as Bearer.
+	mu.Unlock()
+	if err := c.load(grantDPoPSiteTo(s.op, "https://api.example/v1", s.redirect, "", "import api_dpop", up.URL)); err != nil {
+		t.Fatal(err)
+	}
+	if status, body := apiGet(t, c.url("/api/after-reload")); status != http.StatusOK {
+		t.Fatalf("after the reload: %d %s", status, body)
+	}
+	mu.Lock()
+	if a := got[len(got)-1].Get("Authorization"); !strings.HasPrefix(a, "Bearer ") || a == "Bearer client-token" {
+		t.Errorf("after the reload the upstream got Authorization %q, want the grant's Bearer token", a)
+	}
+	if n := strings.Count(c.logs(), "handlers of one grant disagree about DPoP"); n != 1 {
+		t.Errorf("after a reload to agreeing handlers, the disagreement was logged %d times in all, want still once", n)
 	}
 }
 

@@ -21,9 +21,11 @@ package oauthbearer
 // sending it as Bearer, which the resource server would refuse.
 
 import (
+	"reflect"
 	"sync"
 	"sync/atomic"
 
+	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 
 	"github.com/oauthbearer/caddy-oauth-bearer/internal/oauthclient"
@@ -173,19 +175,37 @@ func recordDPoPView(rec *grantRecord) *grantDPoPView {
 }
 
 // warnDPoPMismatch logs, when a configuration is loaded, that handlers of
-// one grant disagree about DPoP: a consent handler with dpop and an
+// one grant in it disagree about DPoP: a consent handler with dpop and an
 // injector without (its requests with a bound token are refused), or the
-// reverse (the grants it connects are Bearer).
-func (g *grant) warnDPoPMismatch(logger *zap.Logger) {
+// reverse (the grants it connects are Bearer). The handlers of one
+// configuration are told apart from those of the one it replaces by their
+// storage: each configuration has its own storage value.
+func (g *grant) warnDPoPMismatch(logger *zap.Logger, u *use) {
+	if u.storage == nil || !reflect.TypeOf(u.storage).Comparable() {
+		return
+	}
 	pool.Range(func(_ any, v any) bool {
 		o, ok := v.(*grant)
-		if !ok || o == g || o.id != g.id || (o.cfg.DPoP == "") == (g.cfg.DPoP == "") {
+		if !ok || o == g || o.id != g.id || (o.cfg.DPoP == "") == (g.cfg.DPoP == "") || !o.env.usedWith(u.storage) {
 			return true
 		}
 		logger.Warn("handlers of one grant disagree about DPoP: one has dpop, another has not; give oauth_bearer and oauth_bearer_consent the same dpop line (a shared snippet)",
 			zap.String("provider", g.cfg.Provider), zap.String("dpop", g.cfg.DPoP), zap.String("other_dpop", o.cfg.DPoP))
 		return false
 	})
+}
+
+// usedWith reports whether a configuration whose storage is s uses the
+// entry (s's type is comparable).
+func (e *env) usedWith(s certmagic.Storage) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for _, u := range e.list {
+		if u.storage != nil && reflect.TypeOf(u.storage) == reflect.TypeOf(s) && u.storage == s {
+			return true
+		}
+	}
+	return false
 }
 
 // dpopMissing is the refusal of a request whose grant's token is

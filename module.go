@@ -345,7 +345,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	h.entry, h.grant = g, g
 	h.setupDPoP(g.ep)
-	g.warnDPoPMismatch(h.logger)
+	g.warnDPoPMismatch(h.logger, h.use)
 	g.startLoop() // grants are refreshed when they near expiry, used or not
 	return nil
 }
