@@ -482,3 +482,64 @@ func TestDPoPGrantWithDPoPKey(t *testing.T) {
 		return true
 	})
 }
+
+// grant refresh_token with dpop: the configured refresh token (obtained
+// here without DPoP) is redeemed with a proof of a key made for the grant
+// and kept with it; the token is bound to that key, and the resource
+// server accepts the injector's requests.
+func TestDPoPGrantRefreshTokenGrant(t *testing.T) {
+	redirect := "http://127.0.0.1:9/cb" // never contacted
+	op := startOIDCProvider(t, grantDPoPOIDC(redirect))
+	rs := dpopRS(t, op, 0)
+	authURL := op.authorizeURL() + "?" + url.Values{
+		"response_type": {"code"}, "client_id": {"web"}, "redirect_uri": {redirect}, "scope": {"openid offline_access"},
+		"state": {"st"}, "prompt": {"consent"},
+		"code_challenge": {"E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"}, "code_challenge_method": {"S256"},
+	}.Encode()
+	cb := oidcAuthorize(t, authURL, redirect, false)
+	req, _ := http.NewRequest(http.MethodPost, op.tokenURL(), strings.NewReader(url.Values{
+		"grant_type": {"authorization_code"}, "code": {cb.Get("code")}, "redirect_uri": {redirect},
+		"code_verifier": {"dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"},
+	}.Encode()))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.SetBasicAuth("web", "web-secret")
+	resp, err := testClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tok map[string]any
+	json.NewDecoder(resp.Body).Decode(&tok)
+	resp.Body.Close()
+	rt, _ := tok["refresh_token"].(string)
+	if rt == "" || tok["token_type"] != "Bearer" {
+		t.Fatalf("code exchange without DPoP: %v", tok)
+	}
+	t.Setenv("OAB_GRANT_RT", rt)
+	c := startCaddy(t, fmt.Sprintf(`http://LISTEN {
+	oauth_bearer {
+		issuer        %s
+		client_id     web
+		client_secret web-secret
+		client_auth   basic
+		grant         refresh_token
+		refresh_token {env.OAB_GRANT_RT}
+		dpop          %s
+	}
+	reverse_proxy %s
+}
+`, op.URL, rs.URL, strings.TrimPrefix(rs.URL, "http://")))
+	for i := range 3 {
+		if status, body := apiGet(t, c.url(fmt.Sprintf("/rt/%d", i))); status != http.StatusOK {
+			_, refused := rs.counts()
+			t.Fatalf("%d %s (resource server refused %v)\n%s", status, body, refused, c.logs())
+		}
+	}
+	der := storedGrantKey(t, c, defaultAccount)
+	key, err := oauthclient.ParseDPoPKeyPKCS8(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if keys := proofKeys(t, rs); len(keys) != 1 || keys[key.Thumbprint()] != 3 {
+		t.Errorf("proofs signed with %v, want the grant's stored key %s", keys, key.Thumbprint())
+	}
+}
