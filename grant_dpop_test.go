@@ -543,3 +543,57 @@ func TestDPoPGrantRefreshTokenGrant(t *testing.T) {
 		t.Errorf("proofs signed with %v, want the grant's stored key %s", keys, key.Thumbprint())
 	}
 }
+
+// `caddy oauth-bearer check` on a grant with dpop refreshes its placeholder
+// refresh token with a proof (htm POST, htu the token URL), as a running
+// Caddy's refresh does: a server that requires DPoP for the client then
+// judges the refresh token (invalid_grant: the client was accepted), not a
+// missing proof.
+func TestDPoPGrantCheckCommand(t *testing.T) {
+	var mu sync.Mutex
+	var proofs []string
+	as := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		proofs = append(proofs, r.Header.Values("DPoP")...)
+		mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusBadRequest)
+		if len(r.Header.Values("DPoP")) == 0 {
+			io.WriteString(w, `{"error":"invalid_dpop_proof","error_description":"DPoP proof JWT not provided"}`)
+			return
+		}
+		io.WriteString(w, `{"error":"invalid_grant","error_description":"grant request is invalid"}`)
+	}))
+	t.Cleanup(as.Close)
+	caddyfile := writeCaddyfile(t, fmt.Sprintf(`http://127.0.0.1:18032 {
+	oauth_bearer {
+		token_url   %s/token
+		client_id   web
+		client_secret web-secret
+		client_auth basic
+		grant       authorization_code
+		dpop        https://api.example/v1
+	}
+	respond ok
+}
+`, as.URL))
+	out, errOut, code := runCaddyCommand(t, "oauth-bearer", "check", "--json", "--config", caddyfile)
+	var results []map[string]any
+	if err := json.Unmarshal([]byte(out), &results); err != nil || len(results) != 1 {
+		t.Fatalf("--json output: %v\n%s\n%s", err, out, errOut)
+	}
+	if r := results[0]; code != 0 || r["ok"] != true || !strings.Contains(fmt.Sprint(r["error_description"]), "invalid_grant") {
+		t.Errorf("check: exit %d, %v; want ok (the placeholder refused with invalid_grant)", code, r)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(proofs) != 1 {
+		t.Fatalf("the refresh carried %d proofs, want 1", len(proofs))
+	}
+	var claims map[string]any
+	parts := strings.Split(proofs[0], ".")
+	if b, err := base64.RawURLEncoding.DecodeString(parts[1]); err != nil || json.Unmarshal(b, &claims) != nil ||
+		claims["htm"] != "POST" || claims["htu"] != as.URL+"/token" {
+		t.Errorf("the refresh's proof claims %v, want htm POST and htu %s/token", claims, as.URL)
+	}
+}

@@ -47,7 +47,7 @@ type parsedKey struct {
 	key *oauthclient.DPoPKey
 }
 
-// newKey is the key of a grant being connected: dpop_key (nothing to
+// newDPoPKey is the key of a grant being connected: dpop_key (nothing to
 // keep), else a new P-256 key and its PKCS#8 DER, kept in the grant
 // record. nil without dpop.
 func (g *grant) newDPoPKey() (*oauthclient.DPoPKey, []byte, error) {
