@@ -597,3 +597,36 @@ func TestDPoPGrantCheckCommand(t *testing.T) {
 		t.Errorf("the refresh's proof claims %v, want htm POST and htu %s/token", claims, as.URL)
 	}
 }
+
+// The background refresh (no request uses the account) signs with the
+// grant's key too: the refreshed token, stored, is bound to it, and the
+// first request afterwards is accepted with it.
+func TestDPoPGrantBackgroundRefresh(t *testing.T) {
+	var rs *dpopResourceServer
+	s, c := newGrantDPoPSite(t, func(op *oidcProvider, redirect string) string {
+		rs = dpopRS(t, op, 0)
+		return grantDPoPSite(op, rs, redirect, "", "import api_dpop")
+	})
+	if _, status, page := s.flow("alice"); status != http.StatusOK {
+		t.Fatalf("callback answered %d: %s", status, page)
+	}
+	st := grantDPoPStatus(t, c.url(""), "alice")
+	jkt := st["dpop"].(map[string]any)["jkt"].(string)
+	// No request: only the grant's background refresh renews the token.
+	waitForLong(t, 30*time.Second, func() bool { return s.op.events(t).Counts["grant.success"] >= 2 })
+	waitForLong(t, 10*time.Second, func() bool {
+		st := grantDPoPStatus(t, c.url(""), "alice")
+		return st["last_refresh"] != st["connected_at"]
+	})
+	st = grantDPoPStatus(t, c.url(""), "alice")
+	if d := st["dpop"].(map[string]any); d["jkt"] != jkt || d["bound"] != true {
+		t.Errorf("after the background refresh: %v, want bound to %s still", st, jkt)
+	}
+	if status, body := apiGet(t, c.url("/api/after-background")); status != http.StatusOK {
+		_, refused := rs.counts()
+		t.Fatalf("%d %s (refused %v)\n%s", status, body, refused, c.logs())
+	}
+	if keys := proofKeys(t, rs); len(keys) != 1 || keys[jkt] != 1 {
+		t.Errorf("proofs signed with %v, want the grant's key %s", keys, jkt)
+	}
+}
