@@ -67,6 +67,8 @@ func parseConsent(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //		refresh_url      <url>             # grants: where refresh tokens are redeemed
 //		revoke_url       <url>             # grants: where they are revoked
 //		encryption_key   <key...>          # what is stored: the first encrypts, all decrypt
+//		dpop             <url>             # DPoP (RFC 9449): the API's base URL
+//		dpop_key         <path|PEM>        # default: a P-256 key kept in the storage
 //
 //		# the token
 //		grant            client_credentials|authorization_code|refresh_token|jwt_bearer  # default client_credentials (google: jwt_bearer)
@@ -86,8 +88,6 @@ func parseConsent(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 //		token_header     <name> [<prefix>] # default Authorization, Bearer
 //		upstream_401     retry|invalidate|off  # default retry
 //		replay_max_body  <size>            # default 64KiB
-//		dpop             <url>             # DPoP (RFC 9449): the API's base URL
-//		dpop_key         <path|PEM>        # default: a P-256 key kept in the storage
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return parseDirective(d, onBearer, h)

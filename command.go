@@ -255,7 +255,21 @@ func checkSet(ctx context.Context, s *foundSet) checkResult {
 		// assertion: the very request a running Caddy makes.
 		tok, err = fetched(ep.ClientCredentials(ctx))
 	default:
-		tok, err = fetched(ep.Refresh(ctx, checkPlaceholderRefreshToken))
+		// With dpop, a grant's refresh carries a proof, as a running
+		// Caddy's does (dpop_key, or a key made for the check): a server
+		// that requires DPoP for the client then judges the placeholder
+		// refresh token, not a missing proof.
+		rctx := ctx
+		if cs.DPoP != "" {
+			key := cs.dpopKey
+			if key == nil {
+				key, err = oauthclient.GenerateDPoPKey()
+			}
+			rctx = oauthclient.WithDPoPKey(ctx, key)
+		}
+		if err == nil {
+			tok, err = fetched(ep.Refresh(rctx, checkPlaceholderRefreshToken))
+		}
 	}
 	r.Format = ep.Format()
 	var te *TokenError

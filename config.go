@@ -175,6 +175,27 @@ type Credentials struct {
 	// the client secret, and rotating the secret makes the records
 	// unreadable.
 	EncryptionKeys []string `json:"encryption_keys,omitempty"`
+
+	// DPoP is the upstream API's base URL as its resource server sees
+	// requests (RFC 9449): with it, tokens are requested with DPoP
+	// proofs, sent as Authorization: DPoP <token>, and every upstream
+	// request carries a fresh proof whose htu is this URL joined with the
+	// request's path (as this handler sees it), without query or
+	// fragment. An absolute http or https URL without query or fragment.
+	// Every grant: with authorization_code and refresh_token, the code
+	// exchange and every refresh carry proofs of the grant's key; give
+	// oauth_bearer_consent the same value (it calls no API, but binds the
+	// grants it connects).
+	DPoP string `json:"dpop,omitempty"`
+
+	// DPoPKey is the key that signs the DPoP proofs: a PEM file's path or
+	// the PEM itself (EC P-256: ES256; Ed25519: EdDSA; RSA: RS256); use
+	// {env.X} or {file./path}. Default: a P-256 key generated once per
+	// credential set (client_credentials, jwt_bearer) or per grant (made
+	// when the account is connected: authorization_code, refresh_token)
+	// and kept in the storage with the token or the grant, encrypted.
+	// Only with dpop.
+	DPoPKey string `json:"dpop_key,omitempty"`
 }
 
 // configError is a rule broken by the configuration. Field names the
@@ -413,6 +434,9 @@ func (c *Credentials) resolve(repl *caddy.Replacer, grant string) (*credentialSe
 			return nil, errField("ca_file", "%s holds no PEM certificate", cs.CAFile)
 		}
 		cs.caPEM = pem
+	}
+	if err := c.resolveDPoP(repl, cs); err != nil {
+		return nil, err
 	}
 	return cs, nil
 }

@@ -181,6 +181,9 @@ func (h *ConsentHandler) check() error {
 	if err := checkTable(h, grantAuthorizationCode); err != nil {
 		return err
 	}
+	if err := h.Credentials.checkDPoP(); err != nil {
+		return err
+	}
 	if err := checkEndpointURL("par_url", h.PARURL); err != nil {
 		return err
 	}
@@ -246,6 +249,7 @@ func (h *ConsentHandler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.grant = g
+	g.warnDPoPMismatch(h.logger, h.use)
 	return nil
 }
 
@@ -461,6 +465,19 @@ func (h *ConsentHandler) connect(w http.ResponseWriter, r *http.Request) error {
 	if h.prompt != "" {
 		q.Set("prompt", h.prompt)
 	}
+	// With dpop, the grant's key is made now: its thumbprint goes in the
+	// authorization request (dpop_jkt, RFC 9449 §10), binding the code to
+	// it, and the key waits in the sealed state cookie for the callback.
+	key, der, err := h.grant.newDPoPKey()
+	if err != nil {
+		h.logger.Error("making the grant's DPoP key failed", zap.String("provider", h.grant.cfg.Provider), zap.Error(err))
+		return h.render(w, r, http.StatusInternalServerError, "message", &view{Title: "Not connected", User: user,
+			Message: "The grant's DPoP key cannot be made; see the server log.", Links: h.homeLinks(user, account)})
+	}
+	if key != nil {
+		st.DPoPKey, st.JKT = der, key.Thumbprint()
+		q.Set("dpop_jkt", st.JKT)
+	}
 	if h.PKCE == nil || *h.PKCE {
 		st.Verifier = randomToken(48) // 64 characters of base64url: within RFC 7636's 43-128
 		sum := sha256.Sum256([]byte(st.Verifier))
@@ -589,6 +606,25 @@ type pendingState struct {
 	Account  string    `json:"a"`
 	Expires  time.Time `json:"e"`
 	Done     bool      `json:"d,omitempty"`
+	// With dpop: the grant's key (PKCS#8; none for dpop_key) and its
+	// thumbprint, sent as dpop_jkt.
+	DPoPKey []byte `json:"k,omitempty"`
+	JKT     string `json:"j,omitempty"`
+}
+
+// stateDPoPKey is the key a consent started with (nil without dpop): the
+// one made at connect, or dpop_key, which must be the one whose thumbprint
+// was sent.
+func (h *ConsentHandler) stateDPoPKey(st pendingState) (*oauthclient.DPoPKey, error) {
+	switch {
+	case len(st.DPoPKey) > 0:
+		return h.grant.parseDPoPKey(st.Account, st.DPoPKey)
+	case st.JKT == "":
+		return nil, nil
+	case h.grant.cfg.dpopKey != nil && h.grant.cfg.dpopKey.Thumbprint() == st.JKT:
+		return h.grant.cfg.dpopKey, nil
+	}
+	return nil, errors.New("the sign-in was started with the dpop_key " + st.JKT + ", which this configuration does not have")
 }
 
 // sealState is the state cookie's value: st, encrypted.
@@ -702,7 +738,14 @@ func (h *ConsentHandler) callback(w http.ResponseWriter, r *http.Request) error 
 	// stored is lost.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), h.workBound())
 	defer cancel()
-	tok, err := h.grant.exchangeCode(ctx, code, st.Verifier, h.paths.redirect)
+	key, err := h.stateDPoPKey(st)
+	if err != nil {
+		h.logger.Error("the consent's DPoP key is not usable", zap.String("provider", provider), zap.String("account", st.Account), zap.Error(err))
+		return h.render(w, r, http.StatusInternalServerError, "message", &view{Title: "Not connected", User: user,
+			Message: "The grant's DPoP key is not usable (the configuration changed during the sign-in?); start again. Nothing was stored.",
+			Links:   h.startAgainLinks(user, account)})
+	}
+	tok, bound, err := h.grant.exchangeCode(ctx, code, st.Verifier, h.paths.redirect, key, st.DPoPKey)
 	if err != nil {
 		var te *TokenError
 		code := "error"
@@ -720,7 +763,7 @@ func (h *ConsentHandler) callback(w http.ResponseWriter, r *http.Request) error 
 		h.logger.Warn("the provider returned no refresh token: consent will be needed again when the access token expires",
 			zap.String("provider", provider), zap.String("account", st.Account))
 	}
-	if err := h.grant.consent.connect(ctx, st.Account, tok); err != nil {
+	if err := h.grant.consent.connect(ctx, st.Account, tok, bound); err != nil {
 		h.logger.Error("storing the grant failed", zap.String("provider", provider), zap.String("account", st.Account), zap.Error(err))
 		return h.render(w, r, http.StatusInternalServerError, "message", &view{Title: "Not connected", User: user,
 			Message: "The grant could not be stored; see the server log.", Links: h.startAgainLinks(user, account)})
@@ -729,7 +772,7 @@ func (h *ConsentHandler) callback(w http.ResponseWriter, r *http.Request) error 
 	h.logger.Info("account connected", zap.String("provider", provider), zap.String("account", st.Account),
 		zap.String("scope", tok.scope), zap.Bool("refresh_token", tok.refreshToken != ""))
 	done := st
-	done.Verifier, done.Done = "", true
+	done.Verifier, done.Done, done.DPoPKey = "", true, nil
 	http.SetCookie(w, h.stateCookie(state, h.sealState(done), int(stateLifetime/time.Second)))
 	return h.connectedPage(w, r, account, user, false)
 }

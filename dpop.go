@@ -36,26 +36,34 @@ const dpopHeader = "Dpop"
 // Authorization with the DPoP scheme, so token_header and token_prefix do
 // not combine with dpop.
 func (h *Handler) checkDPoP() error {
-	if h.DPoP == "" {
-		if h.DPoPKey != "" {
+	if err := h.Credentials.checkDPoP(); err != nil || h.DPoP == "" {
+		return err
+	}
+	if h.TokenHeader != "" || h.TokenPrefix != nil {
+		return errField("dpop", "sends the token as Authorization: DPoP <token>; it cannot be combined with token_header")
+	}
+	return nil
+}
+
+// checkDPoP is the rules of dpop and dpop_key that both directives share.
+func (c *Credentials) checkDPoP() error {
+	if c.DPoP == "" {
+		if c.DPoPKey != "" {
 			return errField("dpop_key", "needs dpop <upstream base URL>: the key signs the proofs of the requests to that API")
 		}
 		return nil
 	}
-	if !strings.Contains(h.DPoP, "{") {
-		if _, err := dpopBaseURL(h.DPoP); err != nil {
+	if !strings.Contains(c.DPoP, "{") {
+		if _, err := dpopBaseURL(c.DPoP); err != nil {
 			return err
 		}
 	}
-	if h.DPoPKey != "" && !strings.Contains(h.DPoPKey, "{") {
+	if c.DPoPKey != "" && !strings.Contains(c.DPoPKey, "{") {
 		// A literal key (a path or the PEM) is checked at load: its
 		// type, its size. A placeholder is resolved in Provision.
-		if _, err := oauthclient.LoadDPoPKey(h.DPoPKey); err != nil {
+		if _, err := oauthclient.LoadDPoPKey(c.DPoPKey); err != nil {
 			return errField("dpop_key", "%s", strings.TrimPrefix(err.Error(), "dpop_key: "))
 		}
-	}
-	if h.TokenHeader != "" || h.TokenPrefix != nil {
-		return errField("dpop", "sends the token as Authorization: DPoP <token>; it cannot be combined with token_header")
 	}
 	return nil
 }
@@ -83,7 +91,7 @@ func dpopBaseURL(raw string) (string, error) {
 // resolveDPoP resolves dpop and dpop_key into the credential set: the base
 // URL and the configured key's thumbprint (public) decide which token is
 // shared; the key itself is kept out of every printed form.
-func (h *Handler) resolveDPoP(repl *caddy.Replacer, cs *credentialSet) error {
+func (h *Credentials) resolveDPoP(repl *caddy.Replacer, cs *credentialSet) error {
 	if h.DPoP == "" {
 		return nil
 	}

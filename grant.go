@@ -119,6 +119,7 @@ type grant struct {
 	consent   *grantConsent
 	events    *grantEventLog
 	schedule  *grantSchedule
+	dpop      grantDPoP // grantdpop.go
 
 	loop   sync.Once
 	ctx    context.Context // ends at Destruct
@@ -241,16 +242,17 @@ func (g *grant) storageError(doing string, err error) *StorageError {
 // its source in memory takes the stored token or none, and the schedule
 // notes it. rec is the account's record as read (nil: none).
 func (g *grant) changed(account string, rec *grantRecord) {
-	var t func() *token
-	if rec == nil || rec.NeedsConsent {
-		t = func() *token { return nil }
-	} else {
-		t = rec.token
+	t := func(o *grant) *token {
+		if rec == nil || rec.NeedsConsent {
+			return nil
+		}
+		t, _ := o.recordToken(rec) // one it cannot use: its source asks again, and learns why
+		return t
 	}
 	apply := func(o *grant) {
 		o.accounts.clearAbsent(account)
 		if s := o.accounts.loaded(account); s != nil {
-			if nt, cur := t(), s.cur.Load(); (nt == nil) != (cur == nil) || (nt != nil && cur.value != nt.value) {
+			if nt, cur := t(o), s.cur.Load(); (nt == nil) != (cur == nil) || (nt != nil && cur.value != nt.value) {
 				s.store(nt)
 			}
 		}

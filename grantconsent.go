@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/oauthclient"
 )
 
 // grantconsent.go: what the consent handler (consent.go) asks of a grant:
@@ -37,11 +39,25 @@ type accountStatus struct {
 	LastRefresh        string `json:"last_refresh,omitempty"`
 	HasRefreshToken    bool   `json:"has_refresh_token"`
 	Connect            string `json:"connect,omitempty"`
+	// DPoP: the thumbprint of the grant's key (public) and whether its
+	// token is bound to it; absent for a grant without a key.
+	DPoP *grantDPoPView `json:"dpop,omitempty"`
 }
 
-// exchangeCode redeems an authorization code at the provider.
-func (g *grant) exchangeCode(ctx context.Context, code, verifier, redirectURI string) (*token, error) {
-	return fetched(g.ep.ExchangeCode(ctx, code, verifier, redirectURI))
+// exchangeCode redeems an authorization code at the provider, with a DPoP
+// proof of key when it is not nil. The grant's record-to-be is returned
+// with the DPoP part filled in (the token's type, the key's thumbprint, and
+// der, the key to keep: nil for dpop_key), and the token bound to key when
+// the server bound it.
+func (g *grant) exchangeCode(ctx context.Context, code, verifier, redirectURI string, key *oauthclient.DPoPKey, der []byte) (*token, *grantRecord, error) {
+	ot, err := g.ep.ExchangeCode(oauthclient.WithDPoPKey(ctx, key), code, verifier, redirectURI)
+	tok, err := fetched(ot, err)
+	if err != nil {
+		return nil, nil, err
+	}
+	rec := &grantRecord{DPoPKey: der}
+	g.bindAnswer(rec, tok, ot.TokenType, key)
+	return tok, rec, nil
 }
 
 // discoveredAuthorizeEndpoint is the issuer's authorization endpoint, from
@@ -65,12 +81,18 @@ func (g *grant) openState(sealed []byte) ([]byte, error) { return g.store.open("
 // revocation ends every grant of the client and user (Auth0 with "refresh
 // token revocation deletes grant", Google), that would end the new grant
 // too. Disconnect first to revoke the old one.
-func (c *grantConsent) connect(ctx context.Context, account string, tok *token) error {
+//
+// bound holds the DPoP part of the record (exchangeCode's): the grant's
+// key replaces the key of a grant it replaces.
+func (c *grantConsent) connect(ctx context.Context, account string, tok *token, bound *grantRecord) error {
 	g := c.g
 	now := g.now()
 	rec := &grantRecord{Account: account, RefreshToken: tok.refreshToken, AccessToken: tok.value,
 		Obtained: tok.obtained, Expiry: tok.expiry, Scope: tok.scope, ConnectedAt: now, LastRefresh: now,
 		BootstrapHash: g.bootstrapHash}
+	if bound != nil {
+		rec.TokenType, rec.JKT, rec.DPoPKey = bound.TokenType, bound.JKT, bound.DPoPKey
+	}
 	err := c.locked(ctx, account, func(ctx context.Context) error {
 		if replaced, _ := g.records.stored(ctx, account); replaced != nil && rec.BootstrapHash == "" {
 			rec.BootstrapHash = replaced.BootstrapHash // a configured token that seeded it stays applied
@@ -156,6 +178,9 @@ func (c *grantConsent) status(ctx context.Context, account string) (*accountStat
 		return st, nil
 	}
 	st.Connected, st.NeedsConsent, st.HasRefreshToken, st.Scope = !rec.NeedsConsent, rec.NeedsConsent, rec.RefreshToken != "", rec.Scope
+	if !rec.seed {
+		st.DPoP = recordDPoPView(rec)
+	}
 	if rec.NeedsConsent {
 		st.Reason = g.cfg.redact(rec.Reason) // stored by an older version perhaps: redacted again
 	}

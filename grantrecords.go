@@ -37,6 +37,14 @@ type grantRecord struct {
 	Reason        string    `json:"reason,omitempty"`         // why consent is needed
 	BootstrapHash string    `json:"bootstrap_hash,omitempty"` // the configured refresh_token that seeded it
 
+	// DPoP (grantdpop.go): the access token's type (DPoP: bound to the
+	// key; "" is Bearer), the thumbprint of the grant's key, and that key
+	// (PKCS#8, encrypted with the record) unless it is dpop_key. Set at
+	// connect; a refresh keeps the key.
+	TokenType string `json:"token_type,omitempty"`
+	JKT       string `json:"jkt,omitempty"`
+	DPoPKey   []byte `json:"dpop_key,omitempty"`
+
 	// seed: made from the configured refresh token, not stored yet.
 	seed bool
 }

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/oauthclient"
 )
 
 // grantrefresh.go: refreshing an account's grant. A refresh reads the
@@ -124,7 +126,10 @@ func (f *grantRefresher) newer(ctx context.Context, account string, old *token) 
 		if rec == nil || rec.NeedsConsent {
 			return nil, true, nil
 		}
-		t := rec.token()
+		t, err := g.recordToken(rec)
+		if err != nil {
+			return nil, true, err
+		}
 		if t != nil && t.value != old.value && g.now().Before(t.expiry) && !t.obtained.Before(old.obtained) {
 			return t, true, nil
 		}
@@ -147,6 +152,15 @@ func (f *grantRefresher) current(ctx context.Context, account string) (*grantRec
 	}
 	if account == defaultAccount && g.bootstrap != "" && !f.applied(ctx, rec) {
 		rec = &grantRecord{Account: account, RefreshToken: g.bootstrap, BootstrapHash: g.bootstrapHash, ConnectedAt: g.now(), seed: true}
+		// With dpop, the configured refresh token's first redemption binds
+		// the grant to a key of its own (or dpop_key), kept with it.
+		key, der, err := g.newDPoPKey()
+		if err != nil {
+			return nil, &TokenError{Provider: g.cfg.Provider, Code: oauthclient.CodeLocalConfigError, Description: "dpop: " + err.Error()}
+		}
+		if key != nil {
+			rec.JKT, rec.DPoPKey = key.Thumbprint(), der
+		}
 	}
 	return rec, nil
 }
@@ -235,7 +249,10 @@ func (f *grantRefresher) decide(account string, rec *grantRecord, r fetchRequest
 	case r.force:
 		return nil, false, nil
 	}
-	t := rec.token()
+	t, err := g.recordToken(rec)
+	if err != nil {
+		return nil, true, err
+	}
 	valid := t != nil && g.now().Before(t.expiry)
 	refused := r.refused && r.old != nil && t != nil && t.value == r.old.value
 	switch {
@@ -263,7 +280,12 @@ func (f *grantRefresher) decide(account string, rec *grantRecord, r fetchRequest
 // have revoked the one sent.
 func (f *grantRefresher) redeem(ctx context.Context, rec *grantRecord) (*token, error) {
 	g := f.g
-	tok, err := fetched(g.ep.Refresh(ctx, rec.RefreshToken))
+	key, err := g.recordDPoPKey(rec)
+	if err != nil {
+		return nil, err // nothing sent: the refresh token stays as it is
+	}
+	ot, err := g.ep.Refresh(oauthclient.WithDPoPKey(ctx, key), rec.RefreshToken)
+	tok, err := fetched(ot, err)
 	now := g.now()
 	if err != nil {
 		var te *TokenError
@@ -297,6 +319,7 @@ func (f *grantRefresher) redeem(ctx context.Context, rec *grantRecord) (*token, 
 	next.AccessToken, next.Obtained, next.Expiry = tok.value, tok.obtained, tok.expiry
 	next.Scope = firstNonEmpty(tok.scope, rec.Scope)
 	next.LastRefresh = now
+	g.bindAnswer(&next, tok, ot.TokenType, key)
 	g.records.persist(ctx, &next)
 	if rec.seed {
 		f.noteSeeded(ctx)

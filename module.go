@@ -160,22 +160,6 @@ type Handler struct {
 	// only requests without a body are replayed.
 	ReplayMaxBody int64 `json:"replay_max_body,omitempty"`
 
-	// DPoP is the upstream API's base URL as its resource server sees
-	// requests (RFC 9449): with it, tokens are requested with DPoP
-	// proofs, sent as Authorization: DPoP <token>, and every upstream
-	// request carries a fresh proof whose htu is this URL joined with the
-	// request's path (as this handler sees it), without query or
-	// fragment. An absolute http or https URL without query or fragment.
-	// client_credentials, jwt_bearer.
-	DPoP string `json:"dpop,omitempty"`
-
-	// DPoPKey is the key that signs the DPoP proofs: a PEM file's path or
-	// the PEM itself (EC P-256: ES256; Ed25519: EdDSA; RSA: RS256); use
-	// {env.X} or {file./path}. Default: a P-256 key generated once per
-	// credential set and kept in the storage with the token, encrypted.
-	// Only with dpop (client_credentials, jwt_bearer).
-	DPoPKey string `json:"dpop_key,omitempty"`
-
 	source  *tokenSource // client_credentials: the credential set's
 	grant   *grant       // other grants: the stored grant, with its accounts
 	entry   shared       // the pool entry holding either
@@ -360,6 +344,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.entry, h.grant = g, g
+	h.setupDPoP(g.ep)
+	g.warnDPoPMismatch(h.logger, h.use)
 	g.startLoop() // grants are refreshed when they near expiry, used or not
 	return nil
 }
@@ -403,9 +389,6 @@ func (h *Handler) configure(repl *caddy.Replacer) (*credentialSet, error) {
 	}
 	if machineGrant(h.grantType()) {
 		if err := h.resolveTokenParams(repl, cs); err != nil {
-			return nil, err
-		}
-		if err := h.resolveDPoP(repl, cs); err != nil {
 			return nil, err
 		}
 	}
@@ -508,6 +491,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	tok, err := src.Token(r.Context())
 	if err != nil {
 		return h.refuse(w, r, err)
+	}
+	if tok.dpopKey != nil && h.dpop == nil {
+		return h.refuse(w, r, h.dpopMissing()) // a grant bound by a consent handler with dpop
 	}
 	if h.Upstream401 == upstream401Off && h.dpop == nil {
 		h.inject(r, tok)

@@ -135,6 +135,8 @@ var subdirectives = []subdirective{
 	{name: "refresh_url", in: onBoth, args: "<url>", field: "refresh_url", grants: personGrants, doc: "grants: where refresh tokens are redeemed"},
 	{name: "revoke_url", in: onBoth, args: "<url>", field: "revoke_url", grants: personGrants, doc: "grants: where they are revoked"},
 	{name: "encryption_key", in: onBoth, args: "<key...>", field: "encryption_keys", doc: "what is stored: the first encrypts, all decrypt"},
+	{name: "dpop", in: onBoth, args: "<url>", field: "dpop", doc: "DPoP (RFC 9449): the API's base URL"},
+	{name: "dpop_key", in: onBoth, args: "<path|PEM>", field: "dpop_key", doc: "default: a P-256 key kept in the storage"},
 
 	// oauth_bearer: the token.
 	{name: "grant", in: onBearer, field: "grant", values: grantTypes, doc: "default client_credentials (google: jwt_bearer)"},
@@ -155,8 +157,6 @@ var subdirectives = []subdirective{
 	{name: "token_header", in: onBearer, args: "<name> [<prefix>]", field: "token_header", parse: readTokenHeader, doc: "default Authorization, Bearer"},
 	{name: "upstream_401", in: onBearer, field: "upstream_401", values: upstream401s, doc: "default retry"},
 	{name: "replay_max_body", in: onBearer, args: "<size>", field: "replay_max_body", parse: readReplayMaxBody, doc: "default 64KiB"},
-	{name: "dpop", in: onBearer, args: "<url>", field: "dpop", grants: machineGrants, doc: "DPoP (RFC 9449): the API's base URL"},
-	{name: "dpop_key", in: onBearer, args: "<path|PEM>", field: "dpop_key", grants: machineGrants, doc: "default: a P-256 key kept in the storage"},
 
 	// oauth_bearer_consent: the consent endpoints.
 	{name: "grant", in: onConsent, args: grantAuthorizationCode, parse: readConsentGrant, doc: "optional: the only grant it serves"},
