@@ -8,11 +8,16 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 // replay_race_test.go: a replay after an upstream 401 runs reverse_proxy a
@@ -195,20 +200,89 @@ func replayWhileDialHeld(t *testing.T, c *testCaddy, u *dialHoldUpstream, before
 }
 
 // dialHoldSite is a site whose oauth_bearer (with extra) forwards to u
-// over HTTPS, HTTP/1.1.
-func dialHoldSite(as *fakeAS, u *dialHoldUpstream, extra string) string {
+// over HTTPS, HTTP/1.1; oab_vars_seen <name> records the vars map of each
+// attempt reverse_proxy makes.
+func dialHoldSite(as *fakeAS, u *dialHoldUpstream, name, extra string) string {
 	return fmt.Sprintf(`http://LISTEN {
-	oauth_bearer {
+	route {
+		oauth_bearer {
 %s
-%s	}
-	reverse_proxy %s {
-		transport http {
-			tls_trust_pool file %s
-			versions 1.1
+%s		}
+		oab_vars_seen %s
+		reverse_proxy %s {
+			transport http {
+				tls_trust_pool file %s
+				versions 1.1
+			}
 		}
 	}
 }
-`, as.credentials(), extra, u.URL, u.caFile)
+`, as.credentials(), extra, name, u.URL, u.caFile)
+}
+
+// varsSeen is, by name, the vars maps of the requests that passed an
+// oab_vars_seen handler, in order.
+var varsSeen sync.Map // name → *varsLog
+
+type varsLog struct {
+	mu   sync.Mutex
+	maps []uintptr
+}
+
+func varsSeenBy(name string) *varsLog {
+	v, _ := varsSeen.LoadOrStore(name, new(varsLog))
+	return v.(*varsLog)
+}
+
+func (l *varsLog) all() []uintptr {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]uintptr(nil), l.maps...)
+}
+
+// varsSeenHandler is the test-only handler oab_vars_seen <name>: it
+// records the identity of the request's vars map (the one reverse_proxy,
+// and the dials of its Transport, read and write) and passes it on.
+type varsSeenHandler struct {
+	Name string `json:"name"`
+}
+
+func (varsSeenHandler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "http.handlers.oab_vars_seen", New: func() caddy.Module { return new(varsSeenHandler) }}
+}
+
+func (h *varsSeenHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	l := varsSeenBy(h.Name)
+	l.mu.Lock()
+	l.maps = append(l.maps, reflect.ValueOf(r.Context().Value(caddyhttp.VarsCtxKey)).Pointer())
+	l.mu.Unlock()
+	return next.ServeHTTP(w, r)
+}
+
+func init() {
+	caddy.RegisterModule(varsSeenHandler{})
+	httpcaddyfile.RegisterHandlerDirective("oab_vars_seen", func(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+		v := new(varsSeenHandler)
+		h.Next()
+		if !h.AllArgs(&v.Name) {
+			return nil, h.ArgErr()
+		}
+		return v, nil
+	})
+}
+
+// wantOwnVarsMap fails unless the last two requests that passed
+// oab_vars_seen name (the first attempt and its replay) had vars maps of
+// their own: the first attempt's may still be read by its dial.
+func wantOwnVarsMap(t *testing.T, name string) {
+	t.Helper()
+	seen := varsSeenBy(name).all()
+	if len(seen) < 2 {
+		t.Fatalf("oab_vars_seen saw %d requests, want the first attempt and its replay", len(seen))
+	}
+	if first, replay := seen[len(seen)-2], seen[len(seen)-1]; first == 0 || first == replay {
+		t.Errorf("the replay ran reverse_proxy with the first attempt's vars map (%#x), which the Transport's dial for the first attempt still reads", first)
+	}
 }
 
 // An upstream 401 that refuses the token (upstream_401 retry): the
@@ -218,12 +292,13 @@ func TestUpstream401ReplayWhileTransportDials(t *testing.T) {
 	clock := useFakeClock(t)
 	as := newFakeAS(t)
 	u := newDialHoldUpstream(t, http.Header{"Www-Authenticate": {`Bearer realm="api", error="invalid_token"`}})
-	c := startCaddy(t, dialHoldSite(as, u, ""))
+	c := startCaddy(t, dialHoldSite(as, u, t.Name(), ""))
 
 	status, body := replayWhileDialHeld(t, c, u, func() { clock.add(time.Minute) }) // old enough to drop
 	if status != http.StatusOK || body != "ok /refused" {
 		t.Errorf("GET /refused: %d %q, want 200 from the replay\n%s", status, body, c.logs())
 	}
+	wantOwnVarsMap(t, t.Name())
 	if n := as.issued(); n != 2 {
 		t.Errorf("%d tokens issued, want 2 (the refused one and the replay's)", n)
 	}
@@ -234,12 +309,13 @@ func TestUpstream401ReplayWhileTransportDials(t *testing.T) {
 func TestDPoPNonceReplayWhileTransportDials(t *testing.T) {
 	as := newFakeAS(t)
 	u := newDialHoldUpstream(t, http.Header{"Www-Authenticate": {`DPoP error="use_dpop_nonce"`}, "Dpop-Nonce": {"n-1"}})
-	c := startCaddy(t, dialHoldSite(as, u, "\t\tdpop "+u.URL+"\n"))
+	c := startCaddy(t, dialHoldSite(as, u, t.Name(), "\t\t\tdpop "+u.URL+"\n"))
 
 	status, body := replayWhileDialHeld(t, c, u, nil)
 	if status != http.StatusOK || body != "ok /refused" {
 		t.Errorf("GET /refused: %d %q, want 200 from the replay\n%s", status, body, c.logs())
 	}
+	wantOwnVarsMap(t, t.Name())
 	if n := as.issued(); n != 1 {
 		t.Errorf("%d tokens issued, want 1 (a nonce challenge is not a refused token)", n)
 	}
