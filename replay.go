@@ -2,8 +2,10 @@ package oauthbearer
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"strings"
 	"sync"
@@ -88,10 +90,11 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 		if tok, err = src.Token(r.Context()); err != nil {
 			return h.refuse(w, r, err)
 		}
+		rr := replayRequest(r)
 		if body != nil {
-			r.Body = io.NopCloser(bytes.NewReader(body))
+			rr.Body = io.NopCloser(bytes.NewReader(body))
 		}
-		h.inject(r, tok)
+		h.inject(rr, tok)
 		// The replay's answer goes to the client as it comes, unless it
 		// refuses the token and another replay may follow (buffered, as
 		// the first attempt's); its status says whether the new token
@@ -104,7 +107,7 @@ func (h *Handler) forward(w http.ResponseWriter, r *http.Request, next caddyhttp
 			buf.Reset()
 			replay = caddyhttp.NewResponseRecorder(w, buf, tokenRejected)
 		}
-		if err := next.ServeHTTP(replay, r); err != nil {
+		if err := next.ServeHTTP(replay, rr); err != nil {
 			return err
 		}
 		if !tokenRejected(replay.Status(), w.Header()) {
@@ -153,13 +156,14 @@ func (h *Handler) dpopNonceReplay(w http.ResponseWriter, r *http.Request, next c
 		return rec, true, rec.WriteResponse()
 	}
 	before.restore(w.Header())
+	rr := replayRequest(r)
 	if body != nil {
-		r.Body = io.NopCloser(bytes.NewReader(body))
+		rr.Body = io.NopCloser(bytes.NewReader(body))
 	}
 	buf.Reset()
 	rec = caddyhttp.NewResponseRecorder(w, buf, h.dpop.shouldBuffer)
-	h.inject(r, tok)
-	if err := next.ServeHTTP(rec, r); err != nil {
+	h.inject(rr, tok)
+	if err := next.ServeHTTP(rec, rr); err != nil {
 		return rec, true, err
 	}
 	if rec.Buffered() {
@@ -168,6 +172,30 @@ func (h *Handler) dpopNonceReplay(w http.ResponseWriter, r *http.Request, next c
 		}
 	}
 	return rec, false, nil
+}
+
+// replayRequest is r for one more trip through next (a replay): the same
+// request, with a context whose Caddy vars map is a copy of r's.
+// reverse_proxy writes that map each time it is entered
+// (caddyhttp.SetVar in prepareRequest, reverseproxy.go:925 in Caddy
+// v2.11.9), and an attempt may leave behind a goroutine that still reads
+// it: when the attempt found no idle connection, net/http's Transport
+// dials one in a goroutine of its own, with the attempt's context (its
+// values kept, net/http transport.go getConn), and goes on with whichever
+// connection comes first; Caddy's dialer reads the vars map
+// (httptransport.go:286, 307, 449) whenever that dial runs. A plain map
+// read and written at once is a data race, and can be Go's fatal
+// "concurrent map read and map write". The original map is only read
+// after the first attempt (here, and by such a dial); the vars a replay
+// sets stay on its copy: handle_errors and the access log see those of
+// the first attempt (the same handlers set them), and the placeholders
+// of the replay (Caddy's replacer is shared, and locked).
+func replayRequest(r *http.Request) *http.Request {
+	vars, ok := r.Context().Value(caddyhttp.VarsCtxKey).(map[string]any)
+	if !ok {
+		return r
+	}
+	return r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, maps.Clone(vars)))
 }
 
 // bufferBody makes the request body replayable when it is known to be
