@@ -272,6 +272,9 @@ func checkSet(ctx context.Context, s *foundSet) checkResult {
 		}
 	}
 	r.Format = ep.Format()
+	if r.TokenURL == "" {
+		r.TokenURL = ep.KnownTokenURL() // discovered from the issuer by the request just made
+	}
 	var te *TokenError
 	switch {
 	case err == nil && machineGrant(s.grant):

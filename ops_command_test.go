@@ -182,3 +182,21 @@ func TestStatusTellsSetsApart(t *testing.T) {
 	}
 	assertNoSecrets(t, out, "ops-bookable-secret-0123456789", "at-jwt-client")
 }
+
+// `caddy oauth-bearer check` of a set configured with `issuer` only shows
+// the token endpoint it discovered and used, not an empty TOKEN URL.
+func TestCheckCommandShowsTheDiscoveredTokenURL(t *testing.T) {
+	d := newDiscoveryE2E(t)
+	out, errOut, code := runCaddyCommand(t, "oauth-bearer", "check", "--json", "--config", writeCaddyfile(t, d.sites))
+	t.Logf("caddy oauth-bearer check --json:\n%s", out)
+	var results []map[string]any
+	if err := json.Unmarshal([]byte(out), &results); err != nil || len(results) != 1 {
+		t.Fatalf("--json output (exit %d, stderr %s): %v\n%s", code, errOut, err, out)
+	}
+	if r := results[0]; r["ok"] != true || r["token_url"] != d.tokens.tokenURL() {
+		t.Errorf("check of an issuer-configured set: %v; want ok and token_url %s (from the issuer's metadata)", r, d.tokens.tokenURL())
+	}
+	if n := d.is.metadataReads(); n != 1 {
+		t.Errorf("the issuer's metadata was read %d times, want 1", n)
+	}
+}

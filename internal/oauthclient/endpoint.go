@@ -550,6 +550,23 @@ func (e *Endpoint) tokenURL(ctx context.Context) (string, error) {
 	return d.TokenEndpoint, nil
 }
 
+// KnownTokenURL is the token endpoint as far as it is known without a
+// request: configured, or named by the metadata read so far; "" when
+// neither (an issuer not asked yet).
+func (e *Endpoint) KnownTokenURL() string {
+	if e.cfg.TokenURL != "" {
+		return e.cfg.TokenURL
+	}
+	d := e.discovered.Load()
+	switch {
+	case d == nil:
+		return ""
+	case e.cfg.Client.Certificate != nil:
+		return d.mtlsTokenEndpoint()
+	}
+	return d.TokenEndpoint
+}
+
 // Discover returns the issuer's metadata, read when there is none yet,
 // when its lifetime (Cache-Control, default a day) has ended, or after an
 // endpoint it names failed at transport level or answered 404; nil without
