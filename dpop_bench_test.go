@@ -10,6 +10,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/headers"
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/benchcpu"
 )
 
 // BenchmarkServeHTTPDPoP is BenchmarkServeHTTP's handler with dpop (a
@@ -49,7 +50,7 @@ func BenchmarkServeHTTPDPoP(b *testing.B) {
 		b.Run(c.name+"/serial", func(b *testing.B) {
 			w, r := newBenchWriter(), benchRequest()
 			b.ReportAllocs()
-			report := cpuPerOp(b)
+			report := benchcpu.PerOp(b)
 			for b.Loop() {
 				serve(w, r)
 			}

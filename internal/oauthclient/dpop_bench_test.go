@@ -8,6 +8,7 @@ import (
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
+	"github.com/oauthbearer/caddy-oauth-bearer/internal/benchcpu"
 )
 
 // The cost of a proof, made on every proxied request (go test -run '^$'
@@ -33,7 +34,7 @@ func BenchmarkDPoPProof(b *testing.B) {
 		k := testDPoPKey(b, alg)
 		b.Run(alg, func(b *testing.B) {
 			b.ReportAllocs()
-			defer cpuPerOp(b)()
+			defer benchcpu.PerOp(b)()
 			for b.Loop() {
 				if _, err := k.Proof(ProofParams{Method: "GET", URL: benchHTU, AccessTokenHash: ath, Nonce: "eyJ7S_zG.eyJH0-Z.HX4w-7v"}); err != nil {
 					b.Fatal(err)
@@ -62,7 +63,7 @@ func BenchmarkDPoPProofGoJoseSigner(b *testing.B) {
 				b.Fatal(err)
 			}
 			b.ReportAllocs()
-			defer cpuPerOp(b)()
+			defer benchcpu.PerOp(b)()
 			for b.Loop() {
 				var id [16]byte
 				rand.Read(id[:])
@@ -90,7 +91,7 @@ func BenchmarkDPoPSignatureOnly(b *testing.B) {
 		b.Run(alg, func(b *testing.B) {
 			dst := make([]byte, 0, 1024)
 			b.ReportAllocs()
-			defer cpuPerOp(b)()
+			defer benchcpu.PerOp(b)()
 			for b.Loop() {
 				if _, err := k.appendSignature(dst, input); err != nil {
 					b.Fatal(err)

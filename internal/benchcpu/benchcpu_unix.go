@@ -1,6 +1,8 @@
 //go:build unix
 
-package oauthclient
+// Package benchcpu reports a benchmark's CPU time per operation, for the
+// benchmarks of the root package and of internal/oauthclient.
+package benchcpu
 
 import (
 	"syscall"
@@ -8,12 +10,12 @@ import (
 	"time"
 )
 
-// cpuPerOp starts counting the process's CPU time (user and system, every
+// PerOp starts counting the process's CPU time (user and system, every
 // thread's: the garbage collector's too); the function it returns, called
 // after the benchmark's loop, reports it per operation as cpu-ns/op. On a
 // shared machine a benchmark's ns/op counts the time it waited for a core;
 // cpu-ns/op does not, so it is the figure to compare between runs there.
-func cpuPerOp(b *testing.B) func() {
+func PerOp(b *testing.B) func() {
 	start := processCPU()
 	return func() { b.ReportMetric(float64(processCPU()-start)/float64(b.N), "cpu-ns/op") }
 }
