@@ -292,6 +292,18 @@ func (k *dpopKeys) keyForRecord(rec *tokenRecord) (*oauthclient.DPoPKey, []byte,
 			return key, rec.DPoPKey, nil
 		}
 	}
+	key, der, err := newKeptDPoPKey()
+	if err != nil {
+		return nil, nil, err
+	}
+	k.env.logger().Info("made the DPoP key of the credential set; it is kept in the storage with the token",
+		zap.String("provider", k.provider), zap.String("jkt", key.Thumbprint()))
+	return key, der, nil
+}
+
+// newKeptDPoPKey makes a P-256 key to keep in a record (a credential set's
+// token record, a grant's record), and the PKCS#8 DER to keep.
+func newKeptDPoPKey() (*oauthclient.DPoPKey, []byte, error) {
 	key, err := oauthclient.GenerateDPoPKey()
 	if err != nil {
 		return nil, nil, err
@@ -300,8 +312,6 @@ func (k *dpopKeys) keyForRecord(rec *tokenRecord) (*oauthclient.DPoPKey, []byte,
 	if err != nil {
 		return nil, nil, err
 	}
-	k.env.logger().Info("made the DPoP key of the credential set; it is kept in the storage with the token",
-		zap.String("provider", k.provider), zap.String("jkt", key.Thumbprint()))
 	return key, der, nil
 }
 

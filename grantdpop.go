@@ -57,15 +57,7 @@ func (g *grant) newDPoPKey() (*oauthclient.DPoPKey, []byte, error) {
 	if g.cfg.dpopKey != nil {
 		return g.cfg.dpopKey, nil, nil
 	}
-	key, err := oauthclient.GenerateDPoPKey()
-	if err != nil {
-		return nil, nil, err
-	}
-	der, err := key.MarshalPKCS8()
-	if err != nil {
-		return nil, nil, err
-	}
-	return key, der, nil
+	return newKeptDPoPKey()
 }
 
 // parseDPoPKey reads a key kept in a grant record or a consent state.
