@@ -713,28 +713,34 @@ func TestParseGrantErrors(t *testing.T) {
 		{"inject: grant twice", inject + "\tgrant authorization_code\n\tgrant authorization_code\n}", 5, "given twice"},
 	}
 	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			d := caddyfile.NewTestDispenser(tc.input)
-			var err error
-			if strings.HasPrefix(tc.input, "oauth_bearer_consent") {
-				err = new(ConsentHandler).UnmarshalCaddyfile(d)
-			} else {
-				err = new(Handler).UnmarshalCaddyfile(d)
-			}
-			if err == nil {
-				t.Fatal("accepted")
-			}
-			msg := err.Error()
-			if !strings.Contains(msg, tc.want) {
-				t.Errorf("error %q lacks %q", msg, tc.want)
-			}
-			if suffix := fmt.Sprintf("Testfile:%d", tc.line); !strings.HasSuffix(msg, suffix) {
-				t.Errorf("error %q does not end with %q", msg, suffix)
-			}
-			if strings.Contains(msg, "s3cret-value") {
-				t.Errorf("error %q echoes the secret", msg)
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { wantRefusedAt(t, tc.input, tc.line, tc.want, "s3cret-value") })
+	}
+}
+
+// wantRefusedAt checks that input, an oauth_bearer or oauth_bearer_consent
+// block, is refused with an error that says want, ends with its line and
+// does not hold secret.
+func wantRefusedAt(t *testing.T, input string, line int, want, secret string) {
+	t.Helper()
+	d := caddyfile.NewTestDispenser(input)
+	var err error
+	if strings.HasPrefix(input, "oauth_bearer_consent") {
+		err = new(ConsentHandler).UnmarshalCaddyfile(d)
+	} else {
+		err = new(Handler).UnmarshalCaddyfile(d)
+	}
+	if err == nil {
+		t.Fatal("accepted")
+	}
+	msg := err.Error()
+	if !strings.Contains(msg, want) {
+		t.Errorf("error %q lacks %q", msg, want)
+	}
+	if suffix := fmt.Sprintf("Testfile:%d", line); !strings.HasSuffix(msg, suffix) {
+		t.Errorf("error %q does not end with %q", msg, suffix)
+	}
+	if strings.Contains(msg, secret) {
+		t.Errorf("error %q echoes the secret", msg)
 	}
 }
 

@@ -2,7 +2,6 @@ package oauthbearer
 
 import (
 	"encoding/json"
-	"fmt"
 	"strings"
 	"testing"
 
@@ -52,28 +51,7 @@ func TestParsePARErrors(t *testing.T) {
 		{"par for the injector", "oauth_bearer {\n\tclient_id id\n\tclient_secret s\n\ttoken_url https://as.example.com/token\n\tpar on\n}", 5, "par: belongs to oauth_bearer_consent"},
 	}
 	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			d := caddyfile.NewTestDispenser(tc.input)
-			var err error
-			if strings.HasPrefix(tc.input, "oauth_bearer_consent") {
-				err = new(ConsentHandler).UnmarshalCaddyfile(d)
-			} else {
-				err = new(Handler).UnmarshalCaddyfile(d)
-			}
-			if err == nil {
-				t.Fatal("accepted")
-			}
-			msg := err.Error()
-			if !strings.Contains(msg, tc.want) {
-				t.Errorf("error %q lacks %q", msg, tc.want)
-			}
-			if suffix := fmt.Sprintf("Testfile:%d", tc.line); !strings.HasSuffix(msg, suffix) {
-				t.Errorf("error %q does not end with %q", msg, suffix)
-			}
-			if strings.Contains(msg, "s3cret-value") {
-				t.Errorf("the secret is in the error")
-			}
-		})
+		t.Run(tc.name, func(t *testing.T) { wantRefusedAt(t, tc.input, tc.line, tc.want, "s3cret-value") })
 	}
 }
 
